@@ -1,0 +1,649 @@
+//! Checkpoint loading: HF `model.safetensors`, HF `pytorch_model.bin` (torch zip) and fair-esm
+//! `.pt`, in f32, f16 or bf16, into host [`EsmWeights`].
+//!
+//! Every key is mapped to one canonical (fair-esm) name in [`canonical_name`]; the `esm.`
+//! prefix of fine-tuned HF checkpoints and the `encoder.` / `encoder.sentence_encoder.`
+//! prefixes of fair-esm files are stripped there. Heads (`lm_head`, `contact_head`,
+//! `classifier`, `pooler`) and unused position tables are ignored by name; any other
+//! unknown tensor, a missing one, a wrong shape or a layer count that disagrees with the
+//! config is an error naming the file and the key. Nothing here panics on a bad file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, TensorData};
+use burn_store::pytorch::{PytorchError, PytorchReader};
+
+use super::config::{ConfigError, EsmConfig, PRESET_NAMES};
+use super::weights::{EsmWeights, HostTensor, LayerWeights, LinearWeights, NormWeights};
+
+/// Why a checkpoint could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read checkpoint")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable {format} checkpoint (truncated or foreign file?): {detail}")]
+    Format {
+        path: PathBuf,
+        format: &'static str,
+        detail: String,
+    },
+    #[error("{dir}: no checkpoint found (looked for model.safetensors, pytorch_model.bin, *.pt)")]
+    NoCheckpoint { dir: PathBuf },
+    #[error("{path}: missing tensor '{key}' (expected shape {expected:?})")]
+    MissingTensor {
+        path: PathBuf,
+        key: String,
+        expected: Vec<usize>,
+    },
+    #[error("{path}: tensor '{key}' has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        key: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{path}: tensor '{key}' has dtype {dtype}, expected f32, f16 or bf16")]
+    UnsupportedDtype {
+        path: PathBuf,
+        key: String,
+        dtype: String,
+    },
+    #[error("{path}: unexpected tensor '{key}' (not part of an ESM-2 backbone or a known head)")]
+    UnexpectedTensor { path: PathBuf, key: String },
+    #[error(
+        "{path}: the checkpoint has {found} layers but the config says {expected} (key '{key}')"
+    )]
+    LayerCount {
+        path: PathBuf,
+        expected: usize,
+        found: usize,
+        key: String,
+    },
+    #[error("{path}: cannot read tensor '{key}': {detail}")]
+    TensorData {
+        path: PathBuf,
+        key: String,
+        detail: String,
+    },
+    #[error(
+        "{path}: no config.json beside the checkpoint and no preset with {layers} layers of width {hidden} (known: {known}); pass a config",
+        known = PRESET_NAMES.join(", ")
+    )]
+    CannotInferConfig {
+        path: PathBuf,
+        layers: usize,
+        hidden: usize,
+    },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// The file formats this loader reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum CheckpointFormat {
+    /// HF `model.safetensors`.
+    Safetensors,
+    /// A torch pickle/zip: HF `pytorch_model.bin` or fair-esm `.pt`.
+    Torch,
+}
+
+/// A loaded checkpoint and what was learnt while reading it.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub weights: EsmWeights,
+    pub path: PathBuf,
+    pub format: CheckpointFormat,
+    /// Dtypes found among the backbone tensors.
+    pub stored_dtypes: BTreeSet<String>,
+    /// Keys ignored as heads or unused tables.
+    pub ignored: Vec<String>,
+}
+
+/// Resolves `path` (a checkpoint file, or a folder holding one plus `config.json`), reads the
+/// config (`config` overrides `config.json`; without either the size is matched to a
+/// preset) and loads the backbone.
+pub fn load_checkpoint(path: &Path, config: Option<EsmConfig>) -> Result<Checkpoint, LoadError> {
+    let file = resolve_checkpoint_file(path)?;
+    let source = TensorSource::open(&file)?;
+    let config = match config {
+        Some(c) => {
+            c.validate()?;
+            c
+        }
+        None => match file.parent().map(|d| d.join("config.json")) {
+            Some(json) if json.is_file() => EsmConfig::from_json_file(&json)?,
+            _ => infer_config(&file, &source)?,
+        },
+    };
+    read_weights(&file, &source, config)
+}
+
+/// The checkpoint file for `path`: itself, or the first known name inside a folder.
+pub fn resolve_checkpoint_file(path: &Path) -> Result<PathBuf, LoadError> {
+    if !path.is_dir() {
+        if !path.exists() {
+            return Err(LoadError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        return Ok(path.to_path_buf());
+    }
+    for name in ["model.safetensors", "pytorch_model.bin"] {
+        let candidate = path.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    let entries = std::fs::read_dir(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut pts: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "pt" || e == "pth"))
+        .collect();
+    pts.sort();
+    pts.into_iter()
+        .next()
+        .ok_or_else(|| LoadError::NoCheckpoint {
+            dir: path.to_path_buf(),
+        })
+}
+
+/// Raw tensors of a checkpoint file, read on demand.
+enum TensorSource {
+    Safetensors(Vec<u8>),
+    Torch(PytorchReader),
+}
+
+/// Shape and dtype of one stored tensor.
+struct StoredInfo {
+    shape: Vec<usize>,
+    dtype: String,
+}
+
+impl TensorSource {
+    fn open(path: &Path) -> Result<Self, LoadError> {
+        let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+        if is_safetensors {
+            let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| LoadError::Format {
+                path: path.to_path_buf(),
+                format: "safetensors",
+                detail: e.to_string(),
+            })?;
+            return Ok(Self::Safetensors(bytes));
+        }
+        let torch_error = |e: PytorchError| LoadError::Format {
+            path: path.to_path_buf(),
+            format: "torch",
+            detail: e.to_string(),
+        };
+        // fair-esm keeps the state dict under "model"; HF files are the state dict itself.
+        let reader = match PytorchReader::with_top_level_key(path, "model") {
+            Ok(r) if !r.is_empty() => r,
+            _ => PytorchReader::new(path).map_err(torch_error)?,
+        };
+        if reader.is_empty() {
+            return Err(LoadError::Format {
+                path: path.to_path_buf(),
+                format: "torch",
+                detail: "no tensors in the file".into(),
+            });
+        }
+        Ok(Self::Torch(reader))
+    }
+
+    fn format(&self) -> CheckpointFormat {
+        match self {
+            Self::Safetensors(_) => CheckpointFormat::Safetensors,
+            Self::Torch(_) => CheckpointFormat::Torch,
+        }
+    }
+
+    /// Every stored key with its shape and dtype.
+    fn infos(&self) -> BTreeMap<String, StoredInfo> {
+        match self {
+            Self::Safetensors(bytes) => match safetensors::SafeTensors::deserialize(bytes) {
+                Ok(st) => st
+                    .iter()
+                    .map(|(k, v)| {
+                        let info = StoredInfo {
+                            shape: v.shape().to_vec(),
+                            dtype: format!("{:?}", v.dtype()).to_lowercase(),
+                        };
+                        (k.to_string(), info)
+                    })
+                    .collect(),
+                Err(_) => BTreeMap::new(),
+            },
+            Self::Torch(reader) => reader
+                .tensors()
+                .iter()
+                .map(|(k, snap)| {
+                    let info = StoredInfo {
+                        shape: snap.shape.to_vec(),
+                        dtype: dtype_name(snap.dtype),
+                    };
+                    (k.clone(), info)
+                })
+                .collect(),
+        }
+    }
+
+    /// The values of `key` widened to f32.
+    fn read_f32(&self, path: &Path, key: &str) -> Result<Vec<f32>, LoadError> {
+        let data_error = |detail: String| LoadError::TensorData {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            detail,
+        };
+        let unsupported = |dtype: String| LoadError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            dtype,
+        };
+        match self {
+            Self::Safetensors(bytes) => {
+                let st = safetensors::SafeTensors::deserialize(bytes)
+                    .map_err(|e| data_error(e.to_string()))?;
+                let view = st.tensor(key).map_err(|e| data_error(e.to_string()))?;
+                let raw = view.data();
+                use safetensors::Dtype;
+                let values = match view.dtype() {
+                    Dtype::F32 => raw
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                    Dtype::F16 => raw
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                    Dtype::BF16 => raw
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                    other => return Err(unsupported(format!("{other:?}").to_lowercase())),
+                };
+                Ok(values)
+            }
+            Self::Torch(reader) => {
+                let snap = reader
+                    .get(key)
+                    .ok_or_else(|| data_error("key vanished".into()))?;
+                if !matches!(
+                    snap.dtype,
+                    DType::F32 | DType::F16 | DType::BF16 | DType::F64
+                ) {
+                    return Err(unsupported(dtype_name(snap.dtype)));
+                }
+                let data: TensorData = snap.to_data().map_err(|e| data_error(format!("{e:?}")))?;
+                data.convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|e| data_error(format!("{e:?}")))
+            }
+        }
+    }
+}
+
+fn dtype_name(dtype: DType) -> String {
+    format!("{dtype:?}").to_lowercase()
+}
+
+/// What a stored key is, once prefixes are stripped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyRole {
+    /// A backbone tensor under its canonical fair-esm name.
+    Backbone(String),
+    /// A head or unused table, ignored.
+    Ignored,
+    /// Not an ESM tensor.
+    Unknown,
+}
+
+/// Maps an HF or fair-esm key to its canonical fair-esm name (see `ESM2.md`).
+pub fn canonical_name(key: &str) -> KeyRole {
+    let key = key.strip_prefix("esm.").unwrap_or(key);
+    let ignored_prefixes = [
+        "lm_head.",
+        "contact_head.",
+        "classifier.",
+        "pooler.",
+        "encoder.lm_head.",
+        "embeddings.position_embeddings.",
+        "embeddings.position_ids",
+        "embed_positions.",
+    ];
+    if ignored_prefixes.iter().any(|p| key.starts_with(p)) {
+        return KeyRole::Ignored;
+    }
+    // HF names.
+    if key == "embeddings.word_embeddings.weight" {
+        return KeyRole::Backbone("embed_tokens.weight".into());
+    }
+    if let Some(rest) = key.strip_prefix("encoder.emb_layer_norm_after.") {
+        return KeyRole::Backbone(format!("emb_layer_norm_after.{rest}"));
+    }
+    if let Some(rest) = key.strip_prefix("encoder.layer.") {
+        let Some((index, tail)) = rest.split_once('.') else {
+            return KeyRole::Unknown;
+        };
+        let mapped = [
+            ("attention.self.query.", "self_attn.q_proj."),
+            ("attention.self.key.", "self_attn.k_proj."),
+            ("attention.self.value.", "self_attn.v_proj."),
+            ("attention.self.rotary_embeddings.", "self_attn.rot_emb."),
+            ("attention.output.dense.", "self_attn.out_proj."),
+            ("attention.LayerNorm.", "self_attn_layer_norm."),
+            ("intermediate.dense.", "fc1."),
+            ("output.dense.", "fc2."),
+            ("LayerNorm.", "final_layer_norm."),
+        ]
+        .iter()
+        .find_map(|(hf, fair)| tail.strip_prefix(hf).map(|p| format!("{fair}{p}")));
+        return match mapped {
+            Some(t) => KeyRole::Backbone(format!("layers.{index}.{t}")),
+            None => KeyRole::Unknown,
+        };
+    }
+    // fair-esm names.
+    let key = key
+        .strip_prefix("encoder.sentence_encoder.")
+        .or_else(|| key.strip_prefix("encoder."))
+        .unwrap_or(key);
+    if key.starts_with("lm_head.") || key.starts_with("contact_head.") {
+        return KeyRole::Ignored;
+    }
+    if key.starts_with("embed_tokens.")
+        || key.starts_with("emb_layer_norm_after.")
+        || key.starts_with("layers.")
+    {
+        return KeyRole::Backbone(key.to_string());
+    }
+    KeyRole::Unknown
+}
+
+/// The layer index of a canonical `layers.{i}.` name.
+fn layer_index(canonical: &str) -> Option<usize> {
+    canonical
+        .strip_prefix("layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Matches the stored size to a preset when no config was given.
+fn infer_config(path: &Path, source: &TensorSource) -> Result<EsmConfig, LoadError> {
+    let mut layers = 0;
+    let mut hidden = 0;
+    for (key, info) in source.infos() {
+        if let KeyRole::Backbone(name) = canonical_name(&key) {
+            if let Some(i) = layer_index(&name) {
+                layers = layers.max(i + 1);
+            }
+            if name == "embed_tokens.weight" && info.shape.len() == 2 {
+                hidden = info.shape[1];
+            }
+        }
+    }
+    PRESET_NAMES
+        .iter()
+        .filter_map(|n| EsmConfig::preset(n).ok())
+        .find(|c| c.num_hidden_layers == layers && c.hidden_size == hidden)
+        .ok_or(LoadError::CannotInferConfig {
+            path: path.to_path_buf(),
+            layers,
+            hidden,
+        })
+}
+
+/// Canonical names and shapes an ESM-2 of `config` needs.
+fn expected_tensors(config: &EsmConfig) -> Vec<(String, Vec<usize>)> {
+    let h = config.hidden_size;
+    let f = config.intermediate_size;
+    let mut out = vec![
+        (
+            "embed_tokens.weight".to_string(),
+            vec![config.vocab_size, h],
+        ),
+        ("emb_layer_norm_after.weight".to_string(), vec![h]),
+        ("emb_layer_norm_after.bias".to_string(), vec![h]),
+    ];
+    for i in 0..config.num_hidden_layers {
+        let p = format!("layers.{i}.");
+        for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            out.push((format!("{p}self_attn.{proj}.weight"), vec![h, h]));
+            out.push((format!("{p}self_attn.{proj}.bias"), vec![h]));
+        }
+        out.push((
+            format!("{p}self_attn.rot_emb.inv_freq"),
+            vec![config.head_dim() / 2],
+        ));
+        for norm in ["self_attn_layer_norm", "final_layer_norm"] {
+            out.push((format!("{p}{norm}.weight"), vec![h]));
+            out.push((format!("{p}{norm}.bias"), vec![h]));
+        }
+        out.push((format!("{p}fc1.weight"), vec![f, h]));
+        out.push((format!("{p}fc1.bias"), vec![f]));
+        out.push((format!("{p}fc2.weight"), vec![h, f]));
+        out.push((format!("{p}fc2.bias"), vec![h]));
+    }
+    out
+}
+
+fn read_weights(
+    path: &Path,
+    source: &TensorSource,
+    config: EsmConfig,
+) -> Result<Checkpoint, LoadError> {
+    let infos = source.infos();
+    let mut by_canonical: BTreeMap<String, String> = BTreeMap::new();
+    let mut ignored = Vec::new();
+    let mut layers_found = 0;
+    let mut deepest_key = String::new();
+    for key in infos.keys() {
+        match canonical_name(key) {
+            KeyRole::Backbone(name) => {
+                if let Some(i) = layer_index(&name)
+                    && i + 1 > layers_found
+                {
+                    layers_found = i + 1;
+                    deepest_key = key.clone();
+                }
+                by_canonical.insert(name, key.clone());
+            }
+            KeyRole::Ignored => ignored.push(key.clone()),
+            KeyRole::Unknown => {
+                return Err(LoadError::UnexpectedTensor {
+                    path: path.to_path_buf(),
+                    key: key.clone(),
+                });
+            }
+        }
+    }
+    if layers_found > config.num_hidden_layers {
+        return Err(LoadError::LayerCount {
+            path: path.to_path_buf(),
+            expected: config.num_hidden_layers,
+            found: layers_found,
+            key: deepest_key,
+        });
+    }
+
+    let mut tensors: BTreeMap<String, HostTensor> = BTreeMap::new();
+    let mut stored_dtypes = BTreeSet::new();
+    let expected = expected_tensors(&config);
+    let expected_names: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    for (name, source_key) in &by_canonical {
+        if !expected_names.contains(name.as_str()) {
+            return Err(LoadError::UnexpectedTensor {
+                path: path.to_path_buf(),
+                key: source_key.clone(),
+            });
+        }
+    }
+    for (name, shape) in &expected {
+        let Some(key) = by_canonical.get(name) else {
+            if layer_index(name).is_some_and(|i| i >= layers_found) && layers_found > 0 {
+                return Err(LoadError::LayerCount {
+                    path: path.to_path_buf(),
+                    expected: config.num_hidden_layers,
+                    found: layers_found,
+                    key: deepest_key,
+                });
+            }
+            return Err(LoadError::MissingTensor {
+                path: path.to_path_buf(),
+                key: name.clone(),
+                expected: shape.clone(),
+            });
+        };
+        let info = &infos[key];
+        if &info.shape != shape {
+            return Err(LoadError::ShapeMismatch {
+                path: path.to_path_buf(),
+                key: key.clone(),
+                expected: shape.clone(),
+                found: info.shape.clone(),
+            });
+        }
+        stored_dtypes.insert(info.dtype.clone());
+        let data = source.read_f32(path, key)?;
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(LoadError::TensorData {
+                path: path.to_path_buf(),
+                key: key.clone(),
+                detail: format!("{} values for shape {shape:?}", data.len()),
+            });
+        }
+        tensors.insert(name.clone(), HostTensor::new(shape.clone(), data));
+    }
+
+    let mut t = TakeTensors(tensors);
+    let layers = (0..config.num_hidden_layers)
+        .map(|i| {
+            let p = format!("layers.{i}");
+            LayerWeights {
+                q_proj: t.linear(&format!("{p}.self_attn.q_proj")),
+                k_proj: t.linear(&format!("{p}.self_attn.k_proj")),
+                v_proj: t.linear(&format!("{p}.self_attn.v_proj")),
+                out_proj: t.linear(&format!("{p}.self_attn.out_proj")),
+                inv_freq: t.take(&format!("{p}.self_attn.rot_emb.inv_freq")).data,
+                self_attn_layer_norm: t.norm(&format!("{p}.self_attn_layer_norm")),
+                fc1: t.linear(&format!("{p}.fc1")),
+                fc2: t.linear(&format!("{p}.fc2")),
+                final_layer_norm: t.norm(&format!("{p}.final_layer_norm")),
+            }
+        })
+        .collect();
+    let emb_layer_norm_after = t.norm("emb_layer_norm_after");
+    let embed_tokens = t.take("embed_tokens.weight");
+    Ok(Checkpoint {
+        weights: EsmWeights {
+            config,
+            embed_tokens,
+            layers,
+            emb_layer_norm_after,
+        },
+        path: path.to_path_buf(),
+        format: source.format(),
+        stored_dtypes,
+        ignored,
+    })
+}
+
+/// Hands out the checked tensors by canonical name.
+struct TakeTensors(BTreeMap<String, HostTensor>);
+
+impl TakeTensors {
+    fn take(&mut self, name: &str) -> HostTensor {
+        // Every expected name was found and shape-checked before this is called.
+        self.0
+            .remove(name)
+            .unwrap_or_else(|| unreachable!("{name} was checked before assembly"))
+    }
+
+    fn linear(&mut self, prefix: &str) -> LinearWeights {
+        LinearWeights {
+            weight: self.take(&format!("{prefix}.weight")),
+            bias: self.take(&format!("{prefix}.bias")),
+        }
+    }
+
+    fn norm(&mut self, prefix: &str) -> NormWeights {
+        NormWeights {
+            weight: self.take(&format!("{prefix}.weight")),
+            bias: self.take(&format!("{prefix}.bias")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_and_fair_esm_names_meet_in_one_canonical_name() {
+        let b = |s: &str| KeyRole::Backbone(s.to_string());
+        assert_eq!(
+            canonical_name("esm.encoder.layer.3.attention.self.query.weight"),
+            b("layers.3.self_attn.q_proj.weight")
+        );
+        assert_eq!(
+            canonical_name("encoder.sentence_encoder.layers.3.self_attn.q_proj.weight"),
+            b("layers.3.self_attn.q_proj.weight")
+        );
+        assert_eq!(
+            canonical_name("encoder.layer.0.attention.self.rotary_embeddings.inv_freq"),
+            b("layers.0.self_attn.rot_emb.inv_freq")
+        );
+        assert_eq!(
+            canonical_name("esm.encoder.layer.5.LayerNorm.bias"),
+            b("layers.5.final_layer_norm.bias")
+        );
+        assert_eq!(
+            canonical_name("esm.encoder.layer.5.output.dense.bias"),
+            b("layers.5.fc2.bias")
+        );
+        assert_eq!(
+            canonical_name("esm.embeddings.word_embeddings.weight"),
+            b("embed_tokens.weight")
+        );
+        assert_eq!(
+            canonical_name("encoder.emb_layer_norm_after.weight"),
+            b("emb_layer_norm_after.weight")
+        );
+        assert_eq!(
+            canonical_name("embed_tokens.weight"),
+            b("embed_tokens.weight")
+        );
+        assert_eq!(canonical_name("classifier.dense.weight"), KeyRole::Ignored);
+        assert_eq!(canonical_name("encoder.lm_head.weight"), KeyRole::Ignored);
+        assert_eq!(
+            canonical_name("esm.contact_head.regression.weight"),
+            KeyRole::Ignored
+        );
+        assert_eq!(canonical_name("decoder.weight"), KeyRole::Unknown);
+        assert_eq!(
+            canonical_name("encoder.layer.0.attention.self.gate.weight"),
+            KeyRole::Unknown
+        );
+    }
+
+    #[test]
+    fn expected_tensors_cover_every_weight() {
+        let c = EsmConfig::preset("esm2_t6_8M_UR50D").unwrap();
+        // 3 + 6 layers x 17 = 105 backbone tensors (the 8M file adds 8 ignored ones).
+        assert_eq!(expected_tensors(&c).len(), 105);
+    }
+}

