@@ -121,23 +121,47 @@ pub fn embed<B: Backend, E>(
     Ok(tokens)
 }
 
-/// The last-layer token states of every protein (padded batches under `budget`), each
-/// `[n + 2, hidden]` flat with BOS and EOS, in protein order.
+/// The last-layer token states of every protein, each `[n + 2, hidden]` flat with BOS and
+/// EOS, in protein order.
+pub fn token_states<B: Backend>(
+    model: &Esm2<B>,
+    proteins: &[Protein],
+    layout: Layout,
+) -> Vec<Vec<f32>> {
+    let last = model.config.num_hidden_layers;
+    let mut out = vec![Vec::new(); proteins.len()];
+    let mut collect = |batch: &dyn Batch| {
+        let states = runner::run_batch(model, batch, &[last]);
+        for k in 0..batch.len() {
+            out[batch.record(k)] = runner::sequence_states(&states[&last], batch, k).to_vec();
+        }
+    };
+    match layout {
+        Layout::Padded { budget } => {
+            for indices in padded_batches(proteins, budget) {
+                collect(&padded_batch(model, proteins, &indices));
+            }
+        }
+        Layout::Packed { budget } => {
+            for indices in pack_proteins(proteins, budget).bins {
+                collect(&PackedBatch::from_proteins(
+                    proteins,
+                    &indices,
+                    model.config.token_dropout,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// [`token_states`] with padded batches of `budget` tokens.
 pub fn token_states_padded<B: Backend>(
     model: &Esm2<B>,
     proteins: &[Protein],
     budget: usize,
 ) -> Vec<Vec<f32>> {
-    let last = model.config.num_hidden_layers;
-    let mut out = vec![Vec::new(); proteins.len()];
-    for indices in padded_batches(proteins, budget) {
-        let batch = padded_batch(model, proteins, &indices);
-        let states = runner::run_batch(model, &batch, &[last]);
-        for (k, &i) in indices.iter().enumerate() {
-            out[i] = runner::sequence_states(&states[&last], &batch, k).to_vec();
-        }
-    }
-    out
+    token_states(model, proteins, Layout::Padded { budget })
 }
 
 #[cfg(test)]

@@ -117,6 +117,29 @@ impl Packing {
     }
 }
 
+impl Packing {
+    /// Tokens / capacity over every batch but the least filled one: the fill of the batches
+    /// a stream keeps producing (any packer leaves one partial batch at the end).
+    pub fn full_batch_efficiency(&self) -> f64 {
+        if self.bin_tokens.len() < 2 {
+            return 1.0;
+        }
+        let mut fills = self.bin_tokens.clone();
+        fills.sort_unstable();
+        let kept = &fills[1..];
+        let used: usize = kept.iter().sum();
+        let capacity: usize = kept.iter().map(|&t| t.max(self.budget)).sum();
+        used as f64 / capacity as f64
+    }
+
+    /// The fewest batches any packer could use: `ceil(tokens / budget)`, counting each
+    /// over-budget sequence as a batch of its own.
+    pub fn lower_bound_batches(costs: &[usize], budget: usize) -> usize {
+        let (over, fits): (Vec<usize>, Vec<usize>) = costs.iter().partition(|&&c| c > budget);
+        over.len() + fits.iter().sum::<usize>().div_ceil(budget)
+    }
+}
+
 /// First-fit-decreasing: sequences sorted by cost (`len + 2` tokens, ties by index, so the
 /// result is deterministic), each placed in the first batch with room, else a new one. A
 /// sequence costlier than the budget gets a batch of its own. Nothing is split or dropped.
@@ -154,6 +177,7 @@ pub fn pack_proteins(proteins: &[Protein], budget: usize) -> Packing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::Protein;
 
     #[test]
     fn packed_layout_gathers_each_sequence_into_its_block() {
@@ -189,6 +213,71 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(1, 700), (1, 700), (2, 10)]
         );
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn packing_respects_the_budget_and_keeps_every_sequence_once(
+            costs in proptest::collection::vec(3usize..1100, 0..60),
+            budget in 64usize..5000,
+        ) {
+            let p = first_fit_decreasing(&costs, budget);
+            let mut seen: Vec<usize> = p.bins.concat();
+            seen.sort();
+            prop_assert_eq!(seen, (0..costs.len()).collect::<Vec<_>>());
+            for (bin, &tokens) in p.bins.iter().zip(&p.bin_tokens) {
+                prop_assert_eq!(tokens, bin.iter().map(|&i| costs[i]).sum::<usize>());
+                prop_assert!(tokens <= budget || bin.len() == 1, "bin {:?} holds {} > {}", bin, tokens, budget);
+            }
+            prop_assert!(p.efficiency() <= 1.0);
+        }
+
+        #[test]
+        fn packing_is_deterministic_and_independent_of_input_order(
+            costs in proptest::collection::vec(3usize..600, 1..40),
+            rotation in 0usize..40,
+        ) {
+            let budget = 1024;
+            let p = first_fit_decreasing(&costs, budget);
+            prop_assert_eq!(&p, &first_fit_decreasing(&costs, budget));
+            // The same sequences in another order pack into bins of the same costs.
+            let k = rotation % costs.len();
+            let rotated: Vec<usize> = costs[k..].iter().chain(&costs[..k]).copied().collect();
+            let q = first_fit_decreasing(&rotated, budget);
+            let shape = |p: &Packing, c: &[usize]| -> Vec<Vec<usize>> {
+                p.bins.iter().map(|b| b.iter().map(|&i| c[i]).collect()).collect()
+            };
+            prop_assert_eq!(shape(&p, &costs), shape(&q, &rotated));
+        }
+    }
+
+    #[test]
+    fn empty_input_packs_into_nothing() {
+        let p = first_fit_decreasing(&[], 4096);
+        assert!(p.bins.is_empty());
+        assert_eq!(p.efficiency(), 1.0);
+    }
+
+    #[test]
+    fn a_single_sequence_gets_one_batch() {
+        let p = first_fit_decreasing(&[100], 4096);
+        assert_eq!(p.bins, vec![vec![0]]);
+    }
+
+    #[test]
+    fn a_sequence_longer_than_the_budget_gets_a_batch_of_its_own() {
+        let p = first_fit_decreasing(&[10, 5000, 20], 4096);
+        assert_eq!(p.bins, vec![vec![1], vec![2, 0]]);
+        assert_eq!(p.bin_tokens, vec![5000, 30]);
+    }
+
+    #[test]
+    fn over_length_proteins_are_packed_truncated() {
+        let long = Protein::from_letters("long", &"A".repeat(1500));
+        let p = pack_proteins(&[long], 4096);
+        assert_eq!(p.bin_tokens, vec![1024]);
     }
 
     #[test]
