@@ -162,3 +162,24 @@ fn each_sequence_is_the_same_alone_with_others_and_in_any_order() {
         }
     }
 }
+
+/// Property 7: packed FP16 against padded FP32 on mixed batches that hold a sequence of
+/// over 400 residues, boundary tokens included.
+#[test]
+fn packed_fp16_matches_padded_fp32_with_long_sequences_and_boundary_tokens() {
+    use esmfuzz::generate::{Stratum, mixed_batch, protein};
+    use proptest::strategy::Strategy;
+    let long = protein(Stratum::Long).prop_filter("over 400 residues", |p| p.residues.len() > 400);
+    let strategy = (long, mixed_batch(Stratum::Medium, 3)).prop_map(|(l, mut rest)| {
+        rest.insert(1, l);
+        rest
+    });
+    common::check_family(
+        "packed_vs_padded_fp32",
+        Precision::F16,
+        esmfuzz::props::Layout::Packed,
+        2,
+        strategy,
+        &["cosine", "boundary", "non-finite"],
+    );
+}

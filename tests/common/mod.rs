@@ -92,3 +92,57 @@ pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     (a.shape().to_vec(), a.iter().copied().collect())
 }
+
+/// A CPU model of the real weights per policy, built once per test binary.
+pub fn shared_model(precision: Precision) -> &'static Esm2<Cpu> {
+    use std::sync::Mutex;
+    type Models = Mutex<Vec<(Precision, &'static Esm2<Cpu>)>>;
+    static MODELS: OnceLock<Models> = OnceLock::new();
+    let models = MODELS.get_or_init(|| Mutex::new(Vec::new()));
+    let mut models = models.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, m)) = models.iter().find(|(p, _)| *p == precision) {
+        return m;
+    }
+    let model: &'static Esm2<Cpu> = Box::leak(Box::new(cpu_model(precision)));
+    models.push((precision, model));
+    model
+}
+
+/// Runs the properties of `precision` (laid out as `layout`) against padded FP32 over
+/// `strategy`, keeping the verdicts whose property name contains one of `select` (all when
+/// empty); persists seeds and shrunk counterexamples under `proptest-regressions/`.
+pub fn check_family<S>(
+    family: &str,
+    precision: Precision,
+    layout: esmfuzz::props::Layout,
+    default_cases: u32,
+    strategy: S,
+    select: &[&str],
+) where
+    S: proptest::strategy::Strategy<Value = Vec<Protein>>,
+{
+    use esmfuzz::generate::{assert_held, cases, run_property};
+    use esmfuzz::props::{Tolerances, check_case, failures};
+    let reference = shared_model(Precision::F32);
+    let test = shared_model(precision);
+    let tol = Tolerances::for_precision(precision);
+    let family = format!("{}__{family}", precision.name());
+    let outcome = run_property(&family, cases(default_cases), strategy, true, |proteins| {
+        let verdicts: Vec<_> = check_case(reference, test, proteins, layout, &tol)
+            .into_iter()
+            .filter(|v| select.is_empty() || select.iter().any(|s| v.property.contains(s)))
+            .collect();
+        let lens: Vec<usize> = proteins.iter().map(|p| p.residues.len()).collect();
+        let worst = verdicts
+            .iter()
+            .min_by(|a, b| a.margin.total_cmp(&b.margin))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        println!("{family} case {lens:?}: smallest margin: {worst}");
+        match failures(&verdicts) {
+            None => Ok(()),
+            Some(msg) => Err(proptest::test_runner::TestCaseError::fail(msg)),
+        }
+    });
+    assert_held(&family, outcome);
+}

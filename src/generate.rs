@@ -1,0 +1,459 @@
+//! proptest strategies for biologically plausible proteins, shared by the tests and the CLI.
+//!
+//! Residues follow the Swiss-Prot background composition; lengths come in strata; features
+//! seen in real proteins are mixed in (homopolymer runs, short tandem repeats, low-complexity
+//! segments, a hydrophobic signal-peptide-like N-terminus, a leading Met, rare residues).
+//! Shrinking moves toward short sequences of the most common residue (L) without features.
+//!
+//! Saved seeds replay only while these strategies stay the same: [`GENERATOR_VERSION`] names
+//! the current ones, and every shrunk counterexample is also written as FASTA (see
+//! [`run_property`]), which replays whatever the strategies become.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
+
+use crate::input::Protein;
+
+/// Version of the strategies below; bump it when they change (old seeds then replay other
+/// inputs, the FASTA counterexamples do not).
+pub const GENERATOR_VERSION: u32 = 2;
+
+/// Swiss-Prot background frequencies (%), most common first, so shrinking (toward index 0)
+/// moves toward `L`.
+pub const BACKGROUND: [(char, f64); 20] = [
+    ('L', 9.65),
+    ('A', 8.25),
+    ('G', 7.07),
+    ('V', 6.87),
+    ('E', 6.72),
+    ('S', 6.65),
+    ('I', 5.91),
+    ('K', 5.80),
+    ('R', 5.53),
+    ('D', 5.46),
+    ('T', 5.36),
+    ('P', 4.74),
+    ('N', 4.06),
+    ('Q', 3.93),
+    ('F', 3.86),
+    ('Y', 2.92),
+    ('M', 2.41),
+    ('H', 2.27),
+    ('C', 1.38),
+    ('W', 1.10),
+];
+
+/// Rare residue codes, mixed in at low rates.
+pub const RARE: [char; 5] = ['X', 'B', 'U', 'Z', 'O'];
+/// Residues of hydrophobic signal-peptide-like N-termini.
+const HYDROPHOBIC: [char; 6] = ['L', 'A', 'V', 'I', 'F', 'M'];
+
+/// Length strata, simplest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Stratum {
+    Tiny,
+    Short,
+    Medium,
+    Long,
+    VeryLong,
+    OverLength,
+}
+
+impl Stratum {
+    pub const ALL: [Stratum; 6] = [
+        Stratum::Tiny,
+        Stratum::Short,
+        Stratum::Medium,
+        Stratum::Long,
+        Stratum::VeryLong,
+        Stratum::OverLength,
+    ];
+
+    /// Residue counts of the stratum.
+    pub fn lengths(self) -> RangeInclusive<usize> {
+        match self {
+            Stratum::Tiny => 1..=9,
+            Stratum::Short => 10..=49,
+            Stratum::Medium => 50..=200,
+            Stratum::Long => 201..=500,
+            Stratum::VeryLong => 501..=1022,
+            Stratum::OverLength => 1023..=1500,
+        }
+    }
+
+    /// The stratum a residue count falls in.
+    pub fn of_len(len: usize) -> Stratum {
+        Stratum::ALL
+            .into_iter()
+            .find(|s| s.lengths().contains(&len))
+            .unwrap_or(Stratum::OverLength)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stratum::Tiny => "tiny",
+            Stratum::Short => "short",
+            Stratum::Medium => "medium",
+            Stratum::Long => "long",
+            Stratum::VeryLong => "very-long",
+            Stratum::OverLength => "over-length",
+        }
+    }
+}
+
+impl fmt::Display for Stratum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One residue from the background composition (0.1% resolution, so a residue shrinks to
+/// `L` in about ten steps).
+pub fn residue() -> impl Strategy<Value = char> {
+    (0u32..1000).prop_map(|u| {
+        let x = u as f64 / 10.0 * BACKGROUND.iter().map(|(_, p)| p).sum::<f64>() / 100.0;
+        let mut acc = 0.0;
+        for (c, p) in BACKGROUND {
+            acc += p;
+            if x < acc {
+                return c;
+            }
+        }
+        'W'
+    })
+}
+
+/// A realistic feature written over part of a sequence. Positions are per-mille of the
+/// length (shrinking toward the N-terminus).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Feature {
+    /// A run of one residue (poly-Q, poly-P, ...).
+    Homopolymer { at: u16, residue: char, len: usize },
+    /// A short unit repeated in tandem.
+    TandemRepeat {
+        at: u16,
+        unit: Vec<char>,
+        copies: usize,
+    },
+    /// A segment drawn from two or three residues only.
+    LowComplexity {
+        at: u16,
+        residues: Vec<char>,
+        pattern: Vec<u8>,
+    },
+    /// A hydrophobic N-terminal stretch after a positive residue, like a signal peptide.
+    SignalPeptide { core: Vec<char> },
+    /// A rare residue code (X B U Z O) at one position.
+    Rare { at: u16, residue: char },
+}
+
+fn feature() -> impl Strategy<Value = Feature> {
+    prop_oneof![
+        (0u16..1000, prop::sample::select(RARE.to_vec()))
+            .prop_map(|(at, residue)| Feature::Rare { at, residue }),
+        (
+            0u16..1000,
+            prop::sample::select(vec!['Q', 'P', 'E', 'S', 'G', 'A', 'N', 'K']),
+            4usize..30
+        )
+            .prop_map(|(at, residue, len)| Feature::Homopolymer { at, residue, len }),
+        (
+            0u16..1000,
+            prop::collection::vec(residue(), 2..=6),
+            2usize..=8
+        )
+            .prop_map(|(at, unit, copies)| Feature::TandemRepeat { at, unit, copies }),
+        (
+            0u16..1000,
+            prop::collection::vec(residue(), 2..=3),
+            prop::collection::vec(0u8..3, 8..40)
+        )
+            .prop_map(|(at, residues, pattern)| Feature::LowComplexity {
+                at,
+                residues,
+                pattern
+            }),
+        prop::collection::vec(prop::sample::select(HYDROPHOBIC.to_vec()), 7..=15)
+            .prop_map(|core| Feature::SignalPeptide { core }),
+    ]
+}
+
+impl Feature {
+    /// Overwrites part of `seq` (its length never changes, so strata hold).
+    fn apply(&self, seq: &mut [char]) {
+        let n = seq.len();
+        let start = |at: u16| (at as usize * n) / 1000;
+        let mut write = |from: usize, chars: &mut dyn Iterator<Item = char>| {
+            for (slot, c) in seq.iter_mut().skip(from).zip(chars) {
+                *slot = c;
+            }
+        };
+        match self {
+            Feature::Rare { at, residue } => write(start(*at), &mut std::iter::once(*residue)),
+            Feature::Homopolymer { at, residue, len } => {
+                write(start(*at), &mut std::iter::repeat_n(*residue, *len))
+            }
+            Feature::TandemRepeat { at, unit, copies } => write(
+                start(*at),
+                &mut unit.iter().copied().cycle().take(unit.len() * copies),
+            ),
+            Feature::LowComplexity {
+                at,
+                residues,
+                pattern,
+            } => write(
+                start(*at),
+                &mut pattern
+                    .iter()
+                    .map(|&i| residues[i as usize % residues.len()]),
+            ),
+            Feature::SignalPeptide { core } => {
+                write(0, &mut ['M', 'K'].into_iter().chain(core.iter().copied()))
+            }
+        }
+    }
+}
+
+/// A protein of `stratum`: background residues, up to two features, maybe a leading Met.
+pub fn protein(stratum: Stratum) -> impl Strategy<Value = Protein> {
+    (
+        prop::collection::vec(residue(), stratum.lengths()),
+        prop::collection::vec(feature(), 0..=2),
+        any::<bool>(),
+    )
+        .prop_map(move |(mut seq, features, leading_met)| {
+            for f in &features {
+                f.apply(&mut seq);
+            }
+            if leading_met {
+                seq[0] = 'M';
+            }
+            let letters: String = seq.into_iter().collect();
+            Protein::from_letters(
+                &format!("gen-v{GENERATOR_VERSION}-{stratum}-{}", letters.len()),
+                &letters,
+            )
+        })
+}
+
+/// A protein of any stratum up to `max`, each stratum equally likely. The stratum is drawn
+/// first (`prop_flat_map`), so shrinking also moves to simpler strata, not only to the short
+/// end of the one first drawn.
+pub fn protein_up_to(max: Stratum) -> BoxedStrategy<Protein> {
+    (0..=max as usize)
+        .prop_flat_map(|i| protein(Stratum::ALL[i]))
+        .boxed()
+}
+
+/// A batch of 2..=`max_len` proteins mixing strata up to `max` (for packing and batch-mates).
+pub fn mixed_batch(max: Stratum, max_len: usize) -> impl Strategy<Value = Vec<Protein>> {
+    prop::collection::vec(protein_up_to(max), 2..=max_len.max(2)).prop_map(|mut ps| {
+        for (i, p) in ps.iter_mut().enumerate() {
+            p.name = format!("{}-{i}", p.name);
+        }
+        ps
+    })
+}
+
+impl PartialOrd for Stratum {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Stratum {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (*self as u8).cmp(&(*other as u8))
+    }
+}
+
+/// Shrink steps allowed per failure.
+pub const MAX_SHRINK_ITERS: u32 = 1024;
+
+/// Case count: `PROPTEST_CASES` when set (CI keeps the defaults small), else `default`.
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Where a property family's seeds and counterexamples live.
+pub fn regressions_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proptest-regressions")
+}
+
+/// Writes proteins as FASTA.
+pub fn write_fasta(path: &Path, proteins: &[Protein]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text: String = proteins.iter().map(|p| format!("{p:?}\n")).collect();
+    std::fs::write(path, text)
+}
+
+/// How a property run ended.
+#[derive(Debug)]
+pub enum PropertyOutcome {
+    /// Every case held.
+    Held { cases: u32 },
+    /// A case failed: the failure message of the shrunk case, the shrunk input, and how many
+    /// cases ran up to the first failure.
+    Failed {
+        message: String,
+        minimal: Vec<Protein>,
+        cases_to_failure: usize,
+    },
+}
+
+/// Runs `property` over `strategy` with seeds persisted in
+/// `proptest-regressions/<family>.txt` (replayed first), shrinking any failure.
+/// With `persist_counterexample`, the shrunk input is also written to
+/// `proptest-regressions/counterexamples/<family>.fasta` for [`crate::generate`]-independent replay.
+pub fn run_property<S>(
+    family: &str,
+    cases: u32,
+    strategy: S,
+    persist_counterexample: bool,
+    property: impl Fn(&[Protein]) -> Result<(), TestCaseError>,
+) -> PropertyOutcome
+where
+    S: Strategy<Value = Vec<Protein>>,
+{
+    let seeds = regressions_dir().join(format!("{family}.txt"));
+    let seeds: &'static str = Box::leak(seeds.to_string_lossy().into_owned().into_boxed_str());
+    let config = Config {
+        cases,
+        failure_persistence: if persist_counterexample {
+            Some(Box::new(FileFailurePersistence::Direct(seeds)))
+        } else {
+            None
+        },
+        // Each shrink step is a model run: enough steps to take a 50-residue case down to one
+        // residue (the stratum shrinks only after its residues), bounded in time.
+        max_shrink_iters: MAX_SHRINK_ITERS,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    let first_failure = std::sync::atomic::AtomicUsize::new(0);
+    let result = runner.run(&strategy, |proteins| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let outcome = property(&proteins);
+        if outcome.is_err() {
+            let _ = first_failure.compare_exchange(
+                0,
+                n,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            );
+        }
+        outcome
+    });
+    match result {
+        Ok(()) => PropertyOutcome::Held { cases },
+        Err(TestError::Fail(reason, minimal)) => {
+            if persist_counterexample {
+                let path = regressions_dir()
+                    .join("counterexamples")
+                    .join(format!("{family}.fasta"));
+                if let Err(e) = write_fasta(&path, &minimal) {
+                    eprintln!("warning: cannot write {}: {e}", path.display());
+                }
+            }
+            PropertyOutcome::Failed {
+                message: reason.to_string(),
+                minimal,
+                cases_to_failure: first_failure.load(std::sync::atomic::Ordering::SeqCst),
+            }
+        }
+        Err(TestError::Abort(reason)) => PropertyOutcome::Failed {
+            message: format!("aborted: {reason}"),
+            minimal: Vec::new(),
+            cases_to_failure: 0,
+        },
+    }
+}
+
+/// Panics with the shrunk counterexample as FASTA when a property failed.
+pub fn assert_held(family: &str, outcome: PropertyOutcome) {
+    if let PropertyOutcome::Failed {
+        message, minimal, ..
+    } = outcome
+    {
+        let fasta: String = minimal.iter().map(|p| format!("{p:?}\n")).collect();
+        panic!(
+            "property family '{family}' failed: {message}\nminimal counterexample (also in proptest-regressions/counterexamples/{family}.fasta):\n{fasta}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::strategy::ValueTree;
+
+    #[test]
+    fn background_frequencies_sum_to_100_percent() {
+        let total: f64 = BACKGROUND.iter().map(|(_, p)| p).sum();
+        assert!((total - 100.0).abs() < 0.1, "{total}");
+    }
+
+    #[test]
+    fn generated_proteins_stay_in_their_stratum() {
+        let mut runner = TestRunner::deterministic();
+        for stratum in Stratum::ALL {
+            for _ in 0..5 {
+                let p = protein(stratum).new_tree(&mut runner).unwrap().current();
+                assert!(
+                    stratum.lengths().contains(&p.original_len),
+                    "{stratum}: {}",
+                    p.original_len
+                );
+                assert!(p.residues.len() <= crate::alphabet::MAX_RESIDUES);
+            }
+        }
+    }
+
+    #[test]
+    fn composition_follows_the_background() {
+        let mut runner = TestRunner::deterministic();
+        let mut counts = std::collections::HashMap::new();
+        let mut total = 0usize;
+        for _ in 0..20 {
+            let p = protein(Stratum::VeryLong)
+                .new_tree(&mut runner)
+                .unwrap()
+                .current();
+            for c in p.letters().chars() {
+                *counts.entry(c).or_insert(0usize) += 1;
+                total += 1;
+            }
+        }
+        let share = |c: char| 100.0 * *counts.get(&c).unwrap_or(&0) as f64 / total as f64;
+        assert!((share('L') - 9.65).abs() < 1.5, "L {:.2}%", share('L'));
+        assert!((share('W') - 1.10).abs() < 0.8, "W {:.2}%", share('W'));
+    }
+
+    #[test]
+    fn shrinking_crosses_strata_down_to_one_residue() {
+        let mut runner = TestRunner::deterministic();
+        let mut tree = protein_up_to(Stratum::Long).new_tree(&mut runner).unwrap();
+        while tree.simplify() {}
+        assert_eq!(tree.current().letters(), "L");
+    }
+
+    #[test]
+    fn shrinking_moves_toward_short_runs_of_leucine() {
+        let mut runner = TestRunner::deterministic();
+        let mut tree = protein(Stratum::Short).new_tree(&mut runner).unwrap();
+        while tree.simplify() {}
+        let p = tree.current();
+        assert_eq!(p.residues.len(), 10, "{p:?}");
+        assert!(p.letters().chars().all(|c| c == 'L'), "{p:?}");
+    }
+}
