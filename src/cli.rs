@@ -410,8 +410,7 @@ fn run_parity(args: ParityArgs) -> Result<Outcome> {
     });
     print_parity(&report);
     if let Some(path) = &args.report {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_report(path, &report)?;
     }
     Ok(if report.reference_passed {
         Outcome::Passed
@@ -593,8 +592,13 @@ fn run_bench(args: BenchArgs) -> Result<Outcome> {
         );
     }
     if let Some(path) = &args.report {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_report(path, &report)?;
     }
     Ok(Outcome::Passed)
+}
+
+/// Writes a report as pretty JSON.
+fn write_report(path: &Path, report: &impl Serialize) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))
 }

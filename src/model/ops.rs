@@ -105,9 +105,18 @@ pub fn linear<B: Backend, const D: usize>(
     y.reshape(out_dims)
 }
 
-/// Whether statistics are widened to f32 under this plan and fault set.
-fn widen(plan: &ComputePlan, unshifted_fault: bool) -> bool {
-    plan.precision.statistics_in_f32() && !unshifted_fault
+/// `x` in the dtype its statistics are computed in: f32 when the plan widens statistics
+/// (and the unshifted fault is off), else unchanged.
+fn for_statistics<B: Backend, const D: usize>(
+    plan: &ComputePlan,
+    x: Tensor<B, D>,
+    unshifted_fault: bool,
+) -> Tensor<B, D> {
+    if plan.precision.statistics_in_f32() && !unshifted_fault {
+        x.cast(DType::F32)
+    } else {
+        x
+    }
 }
 
 /// LayerNorm over the last dimension (biased variance, as PyTorch), statistics in f32 when
@@ -124,11 +133,7 @@ pub fn layer_norm<B: Backend, const D: usize>(
     unshifted_fault: bool,
 ) -> Tensor<B, D> {
     let storage = x.dtype();
-    let x = if widen(plan, unshifted_fault) {
-        x.cast(DType::F32)
-    } else {
-        x
-    };
+    let x = for_statistics(plan, x, unshifted_fault);
     let mean = x.clone().mean_dim(D - 1);
     let centered = x - mean;
     let var = (centered.clone() * centered.clone()).mean_dim(D - 1);
@@ -147,11 +152,7 @@ pub fn softmax_last<B: Backend, const D: usize>(
     unshifted_fault: bool,
 ) -> Tensor<B, D> {
     let storage = x.dtype();
-    let x = if widen(plan, unshifted_fault) {
-        x.cast(DType::F32)
-    } else {
-        x
-    };
+    let x = for_statistics(plan, x, unshifted_fault);
     if unshifted_fault {
         let e = x.exp();
         let sum = e.clone().sum_dim(D - 1);
