@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench fixtures (default: matmul parity bench). Needs gpu/ from
+# STEP: matmul parity bench fuzz fixtures (default: matmul parity bench fuzz). Needs gpu/ from
 # scripts/prepare_gpu.sh. Everything printed goes to OUT_DIR/log.txt; JSON reports beside it.
 # Each step has a time limit so one slow step cannot starve the rest (kernels compile and
 # autotune on first use of every shape, which dominates short runs).
 set -uo pipefail
 out=${1:-gpu-out}
 shift || true
-steps=${*:-matmul parity bench}
+steps=${*:-matmul parity bench fuzz}
 mkdir -p "$out"
 log="$out/log.txt"
 bin=/tmp/esmfuzz
@@ -29,6 +29,7 @@ for step in $steps; do
     matmul) run timeout 120 "$bin" matmul-check --backend cuda --size 1024 ;;
     parity) run timeout 300 "$bin" parity --backend cuda --precisions "${PARITY_PRECISIONS:-tf32,f16,bf16,f16-mixed}" --report "$out/parity_cuda.json" ;;
     bench) run timeout 200 "$bin" bench --backend cuda --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat 2 --report "$out/bench_cuda.json" ;;
+    fuzz) run timeout 400 "$bin" fuzz --backend cuda --precision "${FUZZ_PRECISION:-f16}" --cases "${FUZZ_CASES:-4}" --out "$out/fuzz" ;;
     fixtures)
       run python3 scripts/make_tiny_fixtures.py /tmp/tiny
       tar -C /tmp -cf "$out/tiny_fixtures.tar" tiny ;;

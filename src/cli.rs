@@ -66,6 +66,27 @@ pub enum Command {
     MatmulCheck(MatmulCheckArgs),
     /// Throughput (tokens/s) of padded versus packed batches on a FASTA file.
     Bench(BenchArgs),
+    /// Fuzz a policy against FP32 with generated proteins: the property families of the
+    /// test suite on any backend; exit 1 when a property fails (shrunk case written as FASTA).
+    Fuzz(FuzzArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FuzzArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Policy under test (compared with FP32 on the same backend).
+    #[arg(long, value_enum, default_value_t = Precision::F16)]
+    pub precision: Precision,
+    /// Cases per family.
+    #[arg(long, default_value_t = 8)]
+    pub cases: u32,
+    /// Longest stratum to generate (one family per stratum, plus mixed and packed batches).
+    #[arg(long, value_enum, default_value_t = crate::generate::Stratum::VeryLong)]
+    pub max_stratum: crate::generate::Stratum,
+    /// Folder for report.json (rewritten after each family) and shrunk counterexamples.
+    #[arg(long, default_value = "fuzz-out")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +221,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Parity(args) => run_parity(args),
         Command::MatmulCheck(args) => run_matmul_check(args),
         Command::Bench(args) => run_bench(args),
+        Command::Fuzz(args) => run_fuzz(args),
     }
 }
 
@@ -601,4 +623,82 @@ fn run_bench(args: BenchArgs) -> Result<Outcome> {
 fn write_report(path: &Path, report: &impl Serialize) -> Result<()> {
     std::fs::write(path, serde_json::to_string_pretty(report)?)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The campaign report, rewritten after each family so a stopped run keeps its results.
+#[derive(Debug, Serialize)]
+struct FuzzReport {
+    backend: BackendKind,
+    device: String,
+    weights: PathBuf,
+    policy: String,
+    reference_policy: String,
+    generator_version: u32,
+    tolerances: crate::props::Tolerances,
+    families: Vec<crate::campaign::FamilyResult>,
+}
+
+fn run_fuzz(args: FuzzArgs) -> Result<Outcome> {
+    use crate::campaign::{Family, run_family};
+    let checkpoint = args.model.load()?;
+    let backend = args.model.backend;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let report_path = args.out.join("report.json");
+    let tol = crate::props::Tolerances::for_precision(args.precision);
+    let families = Family::all_up_to(args.max_stratum);
+    let report = with_backend!(backend, |B, device| {
+        let ref_plan = ComputePlan::new(Precision::F32, backend);
+        let plan = ComputePlan::new(args.precision, backend);
+        eprintln!(
+            "reference: {}\nunder test: {}",
+            ref_plan.describe(),
+            plan.describe()
+        );
+        let reference = Esm2::<B>::new(&checkpoint.weights, ref_plan, FaultSet::none(), &device);
+        let test = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+        let mut report = FuzzReport {
+            backend,
+            device: format!("{device:?}"),
+            weights: checkpoint.path.clone(),
+            policy: plan.describe(),
+            reference_policy: ref_plan.describe(),
+            generator_version: crate::generate::GENERATOR_VERSION,
+            tolerances: tol,
+            families: Vec::new(),
+        };
+        let bar = ProgressBar::new(families.len() as u64);
+        for family in families {
+            bar.set_message(family.name());
+            let result = run_family(&reference, &test, family, args.cases, &tol, &args.out);
+            bar.inc(1);
+            let line = format!(
+                "{:<24} {} {} cases {:>7.1} s  tightest: {}",
+                result.family,
+                if result.passed { "ok  " } else { "FAIL" },
+                result.cases,
+                result.seconds,
+                result
+                    .tightest
+                    .as_ref()
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            );
+            // Printed whether or not stderr is a terminal (a hidden bar drops println).
+            bar.suspend(|| eprintln!("{line}"));
+            if let (Some(msg), Some(path)) = (&result.failure, &result.counterexample) {
+                bar.suspend(|| eprintln!("{msg}\nshrunk counterexample: {}", path.display()));
+            }
+            report.families.push(result);
+            write_report(&report_path, &report)?;
+        }
+        bar.finish_and_clear();
+        report
+    });
+    eprintln!("report: {}", report_path.display());
+    Ok(if report.families.iter().all(|f| f.passed) {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
 }

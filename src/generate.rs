@@ -53,7 +53,7 @@ pub const RARE: [char; 5] = ['X', 'B', 'U', 'Z', 'O'];
 const HYDROPHOBIC: [char; 6] = ['L', 'A', 'V', 'I', 'F', 'M'];
 
 /// Length strata, simplest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, clap::ValueEnum)]
 pub enum Stratum {
     Tiny,
     Short,

@@ -8,6 +8,7 @@
 pub mod alphabet;
 pub mod backend;
 pub mod batch;
+pub mod campaign;
 pub mod cli;
 pub mod embed;
 pub mod fault;

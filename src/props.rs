@@ -361,10 +361,23 @@ pub fn ks_statistic(a: &[f64], b: &[f64]) -> f64 {
     d
 }
 
-/// Property 6: KS distance between the reduced and FP32 value distributions.
+/// Values per comparison at which the KS bounds were calibrated.
+pub const KS_REFERENCE_VALUES: f64 = 10_000.0;
+
+/// Property 6: KS distance between the reduced and FP32 value distributions. D of two
+/// samples scales like `1 / sqrt(n)`, so below [`KS_REFERENCE_VALUES`] values the bound
+/// widens by `sqrt(KS_REFERENCE_VALUES / n)` (measured: f16 D 7.3e-3 on 960 values of a
+/// 1-residue case, 5.8e-4 on ~10^5 values).
 pub fn distribution(test: &[Vec<f32>], reference: &[Vec<f32>], tol: &Tolerances) -> Verdict {
-    let d = ks_statistic(&values(test), &values(reference));
-    Verdict::below("Kolmogorov-Smirnov D", d, tol.ks_d, String::new())
+    let (t, r) = (values(test), values(reference));
+    let n = t.len() as f64;
+    let bound = tol.ks_d * (KS_REFERENCE_VALUES / n.max(1.0)).sqrt().max(1.0);
+    Verdict::below(
+        "Kolmogorov-Smirnov D",
+        ks_statistic(&t, &r),
+        bound,
+        format!("{} values", t.len()),
+    )
 }
 
 /// Property 8: the same sequence's states in two runs (other batch-mates, order, or a

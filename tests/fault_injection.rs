@@ -185,3 +185,40 @@ fn one_layer_weights_perturbed_are_caught() {
         (1, 10),
     );
 }
+
+#[test]
+fn a_fuzz_campaign_reports_a_fault_and_writes_its_counterexample() {
+    use esmfuzz::campaign::{Family, run_family};
+    let out = tempfile::tempdir().unwrap();
+    let faulty = common::cpu_model_with(
+        common::weights(),
+        Precision::F32,
+        FaultSet {
+            scale_layer_output: Some((2, 1.01)),
+            ..FaultSet::none()
+        },
+    );
+    let tol = Tolerances::for_precision(Precision::F32);
+    let result = run_family(
+        common::shared_model(Precision::F32),
+        &faulty,
+        Family::Stratum(Stratum::Tiny),
+        4,
+        &tol,
+        out.path(),
+    );
+    println!("{result:?}");
+    assert!(!result.passed, "the campaign missed the fault");
+    let path = result.counterexample.expect("counterexample written");
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.starts_with(">gen-v"), "{text}");
+    let clean = run_family(
+        common::shared_model(Precision::F32),
+        common::shared_model(Precision::F32),
+        Family::Stratum(Stratum::Tiny),
+        4,
+        &tol,
+        out.path(),
+    );
+    assert!(clean.passed, "{:?}", clean.failure);
+}

@@ -1,0 +1,125 @@
+//! Fuzzing campaigns for the CLI: the property families of the test suite over generated
+//! proteins, on any backend, with results reported as each family completes.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use proptest::strategy::Strategy;
+use proptest::test_runner::TestCaseError;
+
+use crate::generate::{PropertyOutcome, Stratum, mixed_batch, protein, run_property, write_fasta};
+use crate::model::Esm2;
+use crate::props::{Layout, Tolerances, Verdict, check_case, failures};
+
+/// One family of a campaign: a strategy and a layout.
+#[derive(Debug, Clone, Copy)]
+pub enum Family {
+    /// Single proteins of one stratum, padded.
+    Stratum(Stratum),
+    /// Mixed batches up to a stratum, padded.
+    Mixed(Stratum),
+    /// Mixed batches up to a stratum, packed (against padded FP32).
+    Packed(Stratum),
+}
+
+impl Family {
+    /// The family's name in reports and file names.
+    pub fn name(&self) -> String {
+        match self {
+            Family::Stratum(s) => format!("stratum-{s}"),
+            Family::Mixed(s) => format!("mixed-up-to-{s}"),
+            Family::Packed(s) => format!("packed-up-to-{s}"),
+        }
+    }
+
+    /// Every family of a campaign that goes up to `max`.
+    pub fn all_up_to(max: Stratum) -> Vec<Family> {
+        let mut families: Vec<Family> = Stratum::ALL
+            .into_iter()
+            .filter(|s| *s <= max)
+            .map(Family::Stratum)
+            .collect();
+        let mixed = max.min(Stratum::Long);
+        families.push(Family::Mixed(mixed));
+        families.push(Family::Packed(mixed));
+        families
+    }
+}
+
+/// The outcome of one family.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FamilyResult {
+    pub family: String,
+    pub cases: u32,
+    pub passed: bool,
+    /// The verdict with the smallest margin over every case run (the shrunk one on failure).
+    pub tightest: Option<Verdict>,
+    /// The failed verdicts of the shrunk counterexample.
+    pub failure: Option<String>,
+    /// Where the shrunk counterexample was written as FASTA.
+    pub counterexample: Option<PathBuf>,
+    pub seconds: f64,
+}
+
+/// Runs `family` with `cases` cases: `test` against padded `reference`, `tol` thresholds.
+/// A failure's shrunk input is written to `out_dir/<family>.fasta`.
+pub fn run_family<B: Backend>(
+    reference: &Esm2<B>,
+    test: &Esm2<B>,
+    family: Family,
+    cases: u32,
+    tol: &Tolerances,
+    out_dir: &Path,
+) -> FamilyResult {
+    let start = std::time::Instant::now();
+    let tightest: RefCell<Option<Verdict>> = RefCell::new(None);
+    let property = |proteins: &[crate::input::Protein], layout: Layout| {
+        let verdicts = check_case(reference, test, proteins, layout, tol);
+        if let Some(v) = verdicts.iter().min_by(|a, b| a.margin.total_cmp(&b.margin)) {
+            let mut t = tightest.borrow_mut();
+            if t.as_ref()
+                .is_none_or(|w| v.margin < w.margin || v.margin.is_nan())
+            {
+                *t = Some(v.clone());
+            }
+        }
+        match failures(&verdicts) {
+            None => Ok(()),
+            Some(msg) => Err(TestCaseError::fail(msg)),
+        }
+    };
+    let name = family.name();
+    let outcome = match family {
+        Family::Stratum(s) => {
+            run_property(&name, cases, protein(s).prop_map(|p| vec![p]), false, |p| {
+                property(p, Layout::Padded)
+            })
+        }
+        Family::Mixed(s) => run_property(&name, cases, mixed_batch(s, 4), false, |p| {
+            property(p, Layout::Padded)
+        }),
+        Family::Packed(s) => run_property(&name, cases, mixed_batch(s, 4), false, |p| {
+            property(p, Layout::Packed)
+        }),
+    };
+    let (passed, failure, counterexample) = match outcome {
+        PropertyOutcome::Held { .. } => (true, None, None),
+        PropertyOutcome::Failed {
+            message, minimal, ..
+        } => {
+            let path = out_dir.join(format!("{name}.fasta"));
+            let written = write_fasta(&path, &minimal).ok().map(|_| path);
+            (false, Some(message), written)
+        }
+    };
+    FamilyResult {
+        family: name,
+        cases,
+        passed,
+        tightest: tightest.into_inner(),
+        failure,
+        counterexample,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
