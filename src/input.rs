@@ -136,7 +136,7 @@ pub fn normalise(
                 return Err(InputError::UnknownResidue {
                     record: record.to_string(),
                     position: i + 1,
-                    found: char_for_message(raw, c),
+                    found: char_for_message(c),
                 });
             }
         };
@@ -157,7 +157,7 @@ pub fn normalise(
 }
 
 /// A printable form of an offending byte (non-ASCII bytes show as U+FFFD).
-fn char_for_message(_raw: &[u8], c: u8) -> char {
+fn char_for_message(c: u8) -> char {
     if c.is_ascii() {
         c as char
     } else {
