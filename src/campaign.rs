@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use proptest::strategy::Strategy;
-use proptest::test_runner::TestCaseError;
 
 use crate::generate::{PropertyOutcome, Stratum, mixed_batch, protein, run_property, write_fasta};
 use crate::model::Esm2;
-use crate::props::{Layout, Tolerances, Verdict, check_case, failures};
+use crate::props::{Layout, Tolerances, Verdict, case_result, check_case, tightest};
 
 /// One family of a campaign: a strategy and a layout.
 #[derive(Debug, Clone, Copy)]
@@ -73,21 +72,18 @@ pub fn run_family<B: Backend>(
     out_dir: &Path,
 ) -> FamilyResult {
     let start = std::time::Instant::now();
-    let tightest: RefCell<Option<Verdict>> = RefCell::new(None);
+    let tightest_seen: RefCell<Option<Verdict>> = RefCell::new(None);
     let property = |proteins: &[crate::input::Protein], layout: Layout| {
         let verdicts = check_case(reference, test, proteins, layout, tol);
-        if let Some(v) = verdicts.iter().min_by(|a, b| a.margin.total_cmp(&b.margin)) {
-            let mut t = tightest.borrow_mut();
+        if let Some(v) = tightest(&verdicts) {
+            let mut t = tightest_seen.borrow_mut();
             if t.as_ref()
                 .is_none_or(|w| v.margin < w.margin || v.margin.is_nan())
             {
                 *t = Some(v.clone());
             }
         }
-        match failures(&verdicts) {
-            None => Ok(()),
-            Some(msg) => Err(TestCaseError::fail(msg)),
-        }
+        case_result(&verdicts)
     };
     let name = family.name();
     let outcome = match family {
@@ -117,7 +113,7 @@ pub fn run_family<B: Backend>(
         family: name,
         cases,
         passed,
-        tightest: tightest.into_inner(),
+        tightest: tightest_seen.into_inner(),
         failure,
         counterexample,
         seconds: start.elapsed().as_secs_f64(),

@@ -53,7 +53,9 @@ pub const RARE: [char; 5] = ['X', 'B', 'U', 'Z', 'O'];
 const HYDROPHOBIC: [char; 6] = ['L', 'A', 'V', 'I', 'F', 'M'];
 
 /// Length strata, simplest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, clap::ValueEnum,
+)]
 pub enum Stratum {
     Tiny,
     Short,
@@ -257,18 +259,6 @@ pub fn mixed_batch(max: Stratum, max_len: usize) -> impl Strategy<Value = Vec<Pr
         }
         ps
     })
-}
-
-impl PartialOrd for Stratum {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Stratum {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (*self as u8).cmp(&(*other as u8))
-    }
 }
 
 /// Shrink steps allowed per failure.

@@ -55,6 +55,14 @@ impl Verdict {
             detail,
         }
     }
+
+    /// Holds when `measured <= threshold` (NaN fails): for bounds that may be 0.
+    pub fn at_most(property: &str, measured: f64, threshold: f64, detail: String) -> Self {
+        Self {
+            passed: measured <= threshold,
+            ..Self::below(property, measured, threshold, detail)
+        }
+    }
 }
 
 impl fmt::Display for Verdict {
@@ -73,6 +81,27 @@ impl fmt::Display for Verdict {
                 format!(" ({})", self.detail)
             }
         )
+    }
+}
+
+/// The verdict closest to failing (smallest margin; a NaN margin counts as smallest).
+pub fn tightest(verdicts: &[Verdict]) -> Option<&Verdict> {
+    verdicts.iter().min_by(|a, b| {
+        if a.margin.is_nan() {
+            std::cmp::Ordering::Less
+        } else if b.margin.is_nan() {
+            std::cmp::Ordering::Greater
+        } else {
+            a.margin.total_cmp(&b.margin)
+        }
+    })
+}
+
+/// The verdicts as a proptest case result: a failure carries every failed verdict.
+pub fn case_result(verdicts: &[Verdict]) -> Result<(), proptest::test_runner::TestCaseError> {
+    match failures(verdicts) {
+        None => Ok(()),
+        Some(msg) => Err(proptest::test_runner::TestCaseError::fail(msg)),
     }
 }
 
@@ -383,15 +412,7 @@ pub fn distribution(test: &[Vec<f32>], reference: &[Vec<f32>], tol: &Tolerances)
 /// Property 8: the same sequence's states in two runs (other batch-mates, order, or a
 /// repeat) differ by at most `threshold`.
 pub fn isolation(property: &str, a: &[f32], b: &[f32], threshold: f64, detail: String) -> Verdict {
-    Verdict::below(property, metrics::max_abs_diff(a, b), threshold, detail).with_inclusive_zero()
-}
-
-impl Verdict {
-    /// For "at most" bounds whose threshold may be 0: holds when `measured <= threshold`.
-    fn with_inclusive_zero(mut self) -> Self {
-        self.passed = self.measured <= self.threshold;
-        self
-    }
+    Verdict::at_most(property, metrics::max_abs_diff(a, b), threshold, detail)
 }
 
 /// Property 8 for one case: each sequence alone equals itself among batch-mates (padded,

@@ -13,9 +13,8 @@ use esmfuzz::generate::{
 use esmfuzz::input::Protein;
 use esmfuzz::metrics;
 use esmfuzz::model::Precision;
-use esmfuzz::props::{Layout, Tolerances, Verdict, check_case, failures, run_case};
+use esmfuzz::props::{Layout, Tolerances, Verdict, case_result, check_case, run_case};
 use proptest::strategy::{BoxedStrategy, Strategy};
-use proptest::test_runner::TestCaseError;
 
 /// Cases within which every fault must be caught.
 const MAX_CASES_TO_CATCH: usize = 16;
@@ -60,10 +59,7 @@ fn caught(
         MAX_CASES_TO_CATCH as u32,
         strategy,
         false,
-        |proteins| match failures(&check(&faulty, proteins)) {
-            None => Ok(()),
-            Some(msg) => Err(TestCaseError::fail(msg)),
-        },
+        |proteins| case_result(&check(&faulty, proteins)),
     );
     match outcome {
         PropertyOutcome::Held { cases } => {

@@ -5,9 +5,8 @@ mod common;
 
 use esmfuzz::generate::{Stratum, assert_held, cases, mixed_batch, protein, run_property};
 use esmfuzz::model::Precision;
-use esmfuzz::props::{Layout, Tolerances, failures, isolation_case};
+use esmfuzz::props::{Layout, Tolerances, case_result, isolation_case, tightest};
 use proptest::strategy::Strategy;
-use proptest::test_runner::TestCaseError;
 
 #[test]
 fn fp16_has_no_non_finite_values_and_sane_norms_on_long_inputs() {
@@ -45,15 +44,9 @@ fn isolated(precision: Precision, default_cases: u32) {
         true,
         |proteins| {
             let verdicts = isolation_case(model, proteins, &tol);
-            let worst = verdicts
-                .iter()
-                .min_by(|a, b| a.margin.total_cmp(&b.margin))
-                .map(|v| v.to_string());
+            let worst = tightest(&verdicts).map(|v| v.to_string());
             println!("{family}: smallest margin: {}", worst.unwrap_or_default());
-            match failures(&verdicts) {
-                None => Ok(()),
-                Some(msg) => Err(TestCaseError::fail(msg)),
-            }
+            case_result(&verdicts)
         },
     );
     assert_held(&family, outcome);

@@ -6,7 +6,7 @@ mod common;
 
 use esmfuzz::input::{NormaliseOptions, read_fasta};
 use esmfuzz::model::Precision;
-use esmfuzz::props::{Layout, Tolerances, check_case, failures, isolation_case};
+use esmfuzz::props::{Layout, Tolerances, check_case, failures, isolation_case, tightest};
 
 fn policy_of(file_stem: &str) -> Option<Precision> {
     let name = file_stem.split("__").next()?;
@@ -54,7 +54,7 @@ fn saved_counterexamples_replay_and_hold() {
                 &tol,
             ));
         }
-        let worst = verdicts.iter().min_by(|a, b| a.margin.total_cmp(&b.margin));
+        let worst = tightest(&verdicts);
         println!(
             "{stem} ({} sequences): smallest margin: {}",
             proteins.len(),

@@ -122,7 +122,7 @@ pub fn check_family<S>(
     S: proptest::strategy::Strategy<Value = Vec<Protein>>,
 {
     use esmfuzz::generate::{assert_held, cases, run_property};
-    use esmfuzz::props::{Tolerances, check_case, failures};
+    use esmfuzz::props::{Tolerances, case_result, check_case, tightest};
     let reference = shared_model(Precision::F32);
     let test = shared_model(precision);
     let tol = Tolerances::for_precision(precision);
@@ -133,16 +133,11 @@ pub fn check_family<S>(
             .filter(|v| select.is_empty() || select.iter().any(|s| v.property.contains(s)))
             .collect();
         let lens: Vec<usize> = proteins.iter().map(|p| p.residues.len()).collect();
-        let worst = verdicts
-            .iter()
-            .min_by(|a, b| a.margin.total_cmp(&b.margin))
+        let worst = tightest(&verdicts)
             .map(|v| v.to_string())
             .unwrap_or_default();
         println!("{family} case {lens:?}: smallest margin: {worst}");
-        match failures(&verdicts) {
-            None => Ok(()),
-            Some(msg) => Err(proptest::test_runner::TestCaseError::fail(msg)),
-        }
+        case_result(&verdicts)
     });
     assert_held(&family, outcome);
 }
