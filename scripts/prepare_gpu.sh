@@ -11,4 +11,7 @@ gzip -c target/cuda/release/esmfuzz > gpu/esmfuzz.gz
 for d in models corpus reference; do
   rm -rf "gpu/shared/$d" && cp -r "../shared/$d" "gpu/shared/$d" && chmod -R u+w "gpu/shared/$d"
 done
+# Seed the GPU machine's autotune cache with the H100 results saved by earlier runs (a fresh
+# machine then compiles only the winning kernels: first FP32 corpus pass 34 s instead of 237 s).
+[ -f gpu/cubecl-autotune.tar.gz ] || cp results/h100/cubecl-autotune.tar.gz gpu/
 du -sh gpu

@@ -9,7 +9,9 @@ use proptest::strategy::Strategy;
 
 use crate::generate::{PropertyOutcome, Stratum, mixed_batch, protein, run_property, write_fasta};
 use crate::model::Esm2;
-use crate::props::{Layout, Tolerances, Verdict, case_result, check_case, tightest};
+use crate::props::{
+    Layout, Tolerances, Verdict, case_result, check_case, isolation_case, tightest,
+};
 
 /// One family of a campaign: a strategy and a layout.
 #[derive(Debug, Clone, Copy)]
@@ -20,6 +22,9 @@ pub enum Family {
     Mixed(Stratum),
     /// Mixed batches up to a stratum, packed (against padded FP32).
     Packed(Stratum),
+    /// Mixed batches up to a stratum: the policy under test alone vs among batch-mates
+    /// (padded, and packed in reverse order), and a repeat bit-identical (property 8).
+    Isolation(Stratum),
 }
 
 impl Family {
@@ -29,6 +34,7 @@ impl Family {
             Family::Stratum(s) => format!("stratum-{s}"),
             Family::Mixed(s) => format!("mixed-up-to-{s}"),
             Family::Packed(s) => format!("packed-up-to-{s}"),
+            Family::Isolation(s) => format!("isolation-up-to-{s}"),
         }
     }
 
@@ -42,6 +48,7 @@ impl Family {
         let mixed = max.min(Stratum::Long);
         families.push(Family::Mixed(mixed));
         families.push(Family::Packed(mixed));
+        families.push(Family::Isolation(mixed));
         families
     }
 }
@@ -62,7 +69,8 @@ pub struct FamilyResult {
 }
 
 /// Runs `family` with `cases` cases: `test` against padded `reference`, `tol` thresholds.
-/// A failure's shrunk input is written to `out_dir/<family>.fasta`.
+/// `on_case(n, proteins)` is told of every model run (generated and shrinking cases alike)
+/// before it starts. A failure's shrunk input is written to `out_dir/<family>.fasta`.
 pub fn run_family<B: Backend>(
     reference: &Esm2<B>,
     test: &Esm2<B>,
@@ -70,11 +78,20 @@ pub fn run_family<B: Backend>(
     cases: u32,
     tol: &Tolerances,
     out_dir: &Path,
+    mut on_case: impl FnMut(usize, &[crate::input::Protein]),
 ) -> FamilyResult {
     let start = std::time::Instant::now();
     let tightest_seen: RefCell<Option<Verdict>> = RefCell::new(None);
-    let property = |proteins: &[crate::input::Protein], layout: Layout| {
-        let verdicts = check_case(reference, test, proteins, layout, tol);
+    let runs = RefCell::new(0usize);
+    let on_case = RefCell::new(&mut on_case);
+    // `layout: None` is the isolation family.
+    let property = |proteins: &[crate::input::Protein], layout: Option<Layout>| {
+        *runs.borrow_mut() += 1;
+        (on_case.borrow_mut())(*runs.borrow(), proteins);
+        let verdicts = match layout {
+            Some(layout) => check_case(reference, test, proteins, layout, tol),
+            None => isolation_case(test, proteins, tol),
+        };
         if let Some(v) = tightest(&verdicts) {
             let mut t = tightest_seen.borrow_mut();
             if t.as_ref()
@@ -89,14 +106,17 @@ pub fn run_family<B: Backend>(
     let outcome = match family {
         Family::Stratum(s) => {
             run_property(&name, cases, protein(s).prop_map(|p| vec![p]), false, |p| {
-                property(p, Layout::Padded)
+                property(p, Some(Layout::Padded))
             })
         }
         Family::Mixed(s) => run_property(&name, cases, mixed_batch(s, 4), false, |p| {
-            property(p, Layout::Padded)
+            property(p, Some(Layout::Padded))
         }),
         Family::Packed(s) => run_property(&name, cases, mixed_batch(s, 4), false, |p| {
-            property(p, Layout::Packed)
+            property(p, Some(Layout::Packed))
+        }),
+        Family::Isolation(s) => run_property(&name, cases, mixed_batch(s, 4), false, |p| {
+            property(p, None)
         }),
     };
     let (passed, failure, counterexample) = match outcome {

@@ -102,7 +102,12 @@ pub struct BenchArgs {
     /// Tokens per batch for both layouts (default: 1024 on the CPU, 16384 on CUDA).
     #[arg(long)]
     pub token_budget: Option<usize>,
-    /// Timed passes over the file per layout (the best is reported).
+    /// Slots per attention group of packed batches; several values give one row each
+    /// (default: 1024 on the CPU, 4096 on CUDA).
+    #[arg(long, value_delimiter = ',')]
+    pub attention_group_slots: Vec<usize>,
+    /// Timed passes over the file per layout after the first (the best is reported; the
+    /// first pass, which compiles and tunes kernels on CUDA, is reported apart).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
     /// Also write the figures as JSON here.
@@ -170,6 +175,10 @@ pub struct EmbedArgs {
     /// Default: 1024 on the CPU, 16384 on CUDA.
     #[arg(long)]
     pub token_budget: Option<usize>,
+    /// With --packed: slots per attention group (sequences of similar length padded into
+    /// blocks together). Default: 1024 on the CPU, 4096 on CUDA.
+    #[arg(long)]
+    pub attention_group_slots: Option<usize>,
     /// Read characters outside the ESM-2 alphabet as X instead of failing.
     #[arg(long)]
     pub map_unknown_to_x: bool,
@@ -276,7 +285,10 @@ fn run_embed(args: EmbedArgs) -> Result<Outcome> {
     let bar = progress(proteins.len(), "embedding");
     let start = Instant::now();
     let tokens = with_backend!(args.model.backend, |B, device| {
-        let model = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+        let mut model = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+        if let Some(slots) = args.attention_group_slots {
+            model.attention_group_slots = slots;
+        }
         embed::embed(&model, &proteins, layout, |i, row: Vec<f32>| {
             bar.inc(1);
             writer.write_row(i, &row)
@@ -512,6 +524,13 @@ fn run_matmul_check(args: MatmulCheckArgs) -> Result<Outcome> {
 struct BenchRow {
     precision: Precision,
     policy: String,
+    /// Slots per attention group of the packed layout.
+    attention_group_slots: usize,
+    /// Seconds of the first pass over the file, kernel compilation and autotuning included
+    /// (on CUDA each new shape compiles and tunes kernels).
+    padded_first_pass_seconds: f64,
+    packed_first_pass_seconds: f64,
+    /// Tokens per second of the best later pass (warm caches).
     padded_tokens_per_second: f64,
     packed_tokens_per_second: f64,
     packed_over_padded: f64,
@@ -528,22 +547,40 @@ struct BenchReport {
     padding_efficiency: f64,
     packing_efficiency: f64,
     packed_batches: usize,
+    /// Warm passes per layout (the best is reported).
+    repeat: usize,
     rows: Vec<BenchRow>,
 }
 
-fn best_pass_seconds<B: Backend>(
+/// Seconds of one pass over `proteins`.
+fn pass_seconds<B: Backend>(model: &Esm2<B>, proteins: &[Protein], layout: Layout) -> f64 {
+    let start = Instant::now();
+    let _ = embed::embed(model, proteins, layout, |_, _| Ok::<(), ()>(()));
+    start.elapsed().as_secs_f64()
+}
+
+/// The first (cold) pass and the best of `repeat` later passes, in seconds, with progress
+/// on stderr.
+fn timed_passes<B: Backend>(
     model: &Esm2<B>,
     proteins: &[Protein],
     layout: Layout,
     repeat: usize,
-) -> f64 {
-    (0..repeat.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            let _ = embed::embed(model, proteins, layout, |_, _| Ok::<(), ()>(()));
-            start.elapsed().as_secs_f64()
+) -> (f64, f64) {
+    let name = match layout {
+        Layout::Padded { .. } => "padded",
+        Layout::Packed { .. } => "packed",
+    };
+    let first = pass_seconds(model, proteins, layout);
+    eprintln!("  {name}: first pass {first:.2} s");
+    let best = (0..repeat.max(1))
+        .map(|i| {
+            let t = pass_seconds(model, proteins, layout);
+            eprintln!("  {name}: pass {} {t:.2} s", i + 2);
+            t
         })
-        .fold(f64::INFINITY, f64::min)
+        .fold(f64::INFINITY, f64::min);
+    (first, best)
 }
 
 fn run_bench(args: BenchArgs) -> Result<Outcome> {
@@ -556,28 +593,7 @@ fn run_bench(args: BenchArgs) -> Result<Outcome> {
     let tokens: usize = proteins.iter().map(|p| p.residues.len() + 2).sum();
     let packing = crate::pack::pack_proteins(&proteins, budget);
     let report = with_backend!(backend, |B, device| {
-        let mut rows = Vec::new();
-        for &precision in &args.precisions {
-            let plan = ComputePlan::new(precision, backend);
-            eprintln!("policy: {}", plan.describe());
-            let model = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
-            // Warm-up: kernels compile and autotune on the first batches of each shape.
-            let warm: Vec<Protein> = proteins.iter().take(8).cloned().collect();
-            best_pass_seconds(&model, &warm, Layout::Padded { budget }, 1);
-            best_pass_seconds(&model, &warm, Layout::Packed { budget }, 1);
-            let padded =
-                best_pass_seconds(&model, &proteins, Layout::Padded { budget }, args.repeat);
-            let packed =
-                best_pass_seconds(&model, &proteins, Layout::Packed { budget }, args.repeat);
-            rows.push(BenchRow {
-                precision,
-                policy: plan.describe(),
-                padded_tokens_per_second: tokens as f64 / padded,
-                packed_tokens_per_second: tokens as f64 / packed,
-                packed_over_padded: padded / packed,
-            });
-        }
-        BenchReport {
+        let mut report = BenchReport {
             backend,
             device: format!("{device:?}"),
             fasta: args.fasta.clone(),
@@ -587,8 +603,42 @@ fn run_bench(args: BenchArgs) -> Result<Outcome> {
             padding_efficiency: embed::padding_efficiency(&proteins, budget),
             packing_efficiency: packing.efficiency(),
             packed_batches: packing.bins.len(),
-            rows,
+            repeat: args.repeat,
+            rows: Vec::new(),
+        };
+        for &precision in &args.precisions {
+            let plan = ComputePlan::new(precision, backend);
+            eprintln!("policy: {}", plan.describe());
+            let mut model = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+            let (padded_first, padded) =
+                timed_passes(&model, &proteins, Layout::Padded { budget }, args.repeat);
+            let slots = if args.attention_group_slots.is_empty() {
+                vec![plan.attention_group_slots()]
+            } else {
+                args.attention_group_slots.clone()
+            };
+            for slots in slots {
+                eprintln!("  attention groups of {slots} slots");
+                model.attention_group_slots = slots;
+                let (packed_first, packed) =
+                    timed_passes(&model, &proteins, Layout::Packed { budget }, args.repeat);
+                report.rows.push(BenchRow {
+                    precision,
+                    policy: plan.describe(),
+                    attention_group_slots: slots,
+                    padded_first_pass_seconds: padded_first,
+                    packed_first_pass_seconds: packed_first,
+                    padded_tokens_per_second: tokens as f64 / padded,
+                    packed_tokens_per_second: tokens as f64 / packed,
+                    packed_over_padded: padded / packed,
+                });
+            }
+            // Rewritten after every policy, so a stopped run keeps what it measured.
+            if let Some(path) = &args.report {
+                write_report(path, &report)?;
+            }
         }
+        report
     });
     println!(
         "{} sequences, {} tokens, budget {} tokens/batch on {}: padding efficiency {:.1}%, packing efficiency {:.1}% ({} batches)",
@@ -601,20 +651,20 @@ fn run_bench(args: BenchArgs) -> Result<Outcome> {
         report.packed_batches
     );
     println!(
-        "{:<10} {:>14} {:>14} {:>8}",
-        "policy", "padded tok/s", "packed tok/s", "ratio"
+        "{:<10} {:>12} {:>14} {:>14} {:>8} {:>18}",
+        "policy", "group slots", "padded tok/s", "packed tok/s", "ratio", "first passes (s)"
     );
     for r in &report.rows {
         println!(
-            "{:<10} {:>14.0} {:>14.0} {:>8.2}",
+            "{:<10} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>8.1} / {:<8.1}",
             r.precision.name(),
+            r.attention_group_slots,
             r.padded_tokens_per_second,
             r.packed_tokens_per_second,
-            r.packed_over_padded
+            r.packed_over_padded,
+            r.padded_first_pass_seconds,
+            r.packed_first_pass_seconds
         );
-    }
-    if let Some(path) = &args.report {
-        write_report(path, &report)?;
     }
     Ok(Outcome::Passed)
 }
@@ -669,8 +719,29 @@ fn run_fuzz(args: FuzzArgs) -> Result<Outcome> {
         };
         let bar = ProgressBar::new(families.len() as u64);
         for family in families {
-            bar.set_message(family.name());
-            let result = run_family(&reference, &test, family, args.cases, &tol, &args.out);
+            let name = family.name();
+            let started = Instant::now();
+            let result = run_family(
+                &reference,
+                &test,
+                family,
+                args.cases,
+                &tol,
+                &args.out,
+                |n, proteins| {
+                    let lens: Vec<usize> = proteins.iter().map(|p| p.residues.len()).collect();
+                    let msg = format!(
+                        "{name}: run {n} at {:.1} s, lengths {lens:?}",
+                        started.elapsed().as_secs_f64()
+                    );
+                    if bar.is_hidden() {
+                        // Logs of long unattended runs (e.g. on the GPU machine) show progress.
+                        eprintln!("{msg}");
+                    } else {
+                        bar.set_message(msg);
+                    }
+                },
+            );
             bar.inc(1);
             let line = format!(
                 "{:<24} {} {} cases {:>7.1} s  tightest: {}",

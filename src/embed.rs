@@ -60,23 +60,19 @@ pub fn padding_efficiency(proteins: &[Protein], budget: usize) -> f64 {
     real as f64 / padded.max(1) as f64
 }
 
-/// Row lengths of padded batches are rounded up to this multiple on CUDA, where every new
-/// shape costs a kernel compilation and an autotune run.
-pub const CUDA_LEN_MULTIPLE: usize = 64;
-
-/// Builds the padded batch of `indices` for `model` (rows rounded to
-/// [`CUDA_LEN_MULTIPLE`] on CUDA).
+/// Builds the padded batch of `indices` for `model`, rows rounded up to the plan's
+/// [`crate::model::precision::ComputePlan::block_multiple`] (so the model need not regroup them).
 pub fn padded_batch<B: Backend>(
     model: &Esm2<B>,
     proteins: &[Protein],
     indices: &[usize],
 ) -> PaddedBatch {
     let seqs: Vec<(usize, Vec<u32>)> = indices.iter().map(|&i| (i, proteins[i].tokens())).collect();
-    let multiple = match model.plan.backend {
-        crate::model::BackendKind::Cpu => 1,
-        crate::model::BackendKind::Cuda => CUDA_LEN_MULTIPLE,
-    };
-    PaddedBatch::with_len_multiple(&seqs, model.config.token_dropout, multiple)
+    PaddedBatch::with_len_multiple(
+        &seqs,
+        model.config.token_dropout,
+        model.plan.block_multiple(),
+    )
 }
 
 /// How `embed` lays sequences out.

@@ -4,7 +4,7 @@
 //! The model runs its linear layers and FFN on the `[tokens, hidden]` stream with no padding
 //! work. Attention gathers the sequences, longest first, into groups of padded blocks
 //! (`[blocks, block_len]`, empty slots read a zero row and are masked as keys; a group holds
-//! at most [`ATTENTION_GROUP_SLOTS`] slots or one sequence) and runs once per group. Its cost
+//! at most [`ATTENTION_GROUP_SLOTS`] slots or one sequence; 1024 on the CPU, 4096 on CUDA) and runs once per group. Its cost
 //! is `O(sum_g blocks_g * heads * block_len_g^2)` time and, for one group at a time,
 //! `O(blocks_g * heads * block_len_g^2)` memory for the scores plus
 //! `O(slots * hidden)` for the gathered q, k, v; with `T` tokens and `max_seqlen` the longest,
@@ -18,10 +18,10 @@ use crate::batch::Batch;
 use crate::input::Protein;
 use crate::model::layout::{HostLayout, ModelInput, token_dropout_scale};
 
-/// Slots per attention group inside a packed batch: sequences of similar length are padded
-/// into blocks together while `blocks x longest` stays within this (the padded-batch sweet
-/// spot measured on the CPU, see [`crate::embed::DEFAULT_CPU_BUDGET`]).
-pub const ATTENTION_GROUP_SLOTS: usize = 1024;
+/// Slots per attention group inside a packed batch as built: sequences of similar length are
+/// padded into blocks together while `blocks x longest` stays within this. The model
+/// regroups under its backend's own budget (`ComputePlan::attention_group_slots`).
+pub const ATTENTION_GROUP_SLOTS: usize = crate::model::precision::CPU_ATTENTION_GROUP_SLOTS;
 
 /// One packed batch.
 #[derive(Debug, Clone, PartialEq)]

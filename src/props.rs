@@ -84,9 +84,18 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// The verdict closest to failing (smallest margin; a NaN margin counts as smallest).
+/// The verdict closest to failing (smallest margin; a NaN margin counts as smallest). A failed
+/// verdict always wins; among passing ones, exact-equality checks (threshold 0, where a pass
+/// always has margin 0) are skipped when any other verdict exists, since they say nothing
+/// about how close a tolerance is to its edge.
 pub fn tightest(verdicts: &[Verdict]) -> Option<&Verdict> {
-    verdicts.iter().min_by(|a, b| {
+    let informative = |v: &&Verdict| !v.passed || v.threshold != 0.0;
+    let pool: Vec<&Verdict> = if verdicts.iter().any(|v| informative(&v)) {
+        verdicts.iter().filter(informative).collect()
+    } else {
+        verdicts.iter().collect()
+    };
+    pool.into_iter().min_by(|a, b| {
         if a.margin.is_nan() {
             std::cmp::Ordering::Less
         } else if b.margin.is_nan() {
@@ -548,6 +557,23 @@ mod tests {
         assert!(!v.passed && v.margin < 0.0);
         let v = Verdict::above("z", 0.995, 0.99, String::new());
         assert!(v.passed && (v.margin - 0.005).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tightest_skips_passing_exact_checks_but_never_a_failure() {
+        let exact = Verdict::at_most("repeat", 0.0, 0.0, String::new());
+        let loose = Verdict::above("cosine", 0.995, 0.99, String::new());
+        let name = |v: Option<&Verdict>| v.map(|v| v.property.clone());
+        assert_eq!(
+            name(tightest(&[exact.clone(), loose.clone()])),
+            Some("cosine".into())
+        );
+        assert_eq!(name(tightest(&[exact])), Some("repeat".into()));
+        let broken = Verdict::at_most("broken repeat", 1e-7, 0.0, String::new());
+        assert_eq!(
+            name(tightest(&[loose, broken])),
+            Some("broken repeat".into())
+        );
     }
 
     #[test]

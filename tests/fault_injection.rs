@@ -202,6 +202,7 @@ fn a_fuzz_campaign_reports_a_fault_and_writes_its_counterexample() {
         4,
         &tol,
         out.path(),
+        |_, _| {},
     );
     println!("{result:?}");
     assert!(!result.passed, "the campaign missed the fault");
@@ -215,6 +216,7 @@ fn a_fuzz_campaign_reports_a_fault_and_writes_its_counterexample() {
         4,
         &tol,
         out.path(),
+        |_, _| {},
     );
     assert!(clean.passed, "{:?}", clean.failure);
 }

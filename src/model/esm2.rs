@@ -19,6 +19,8 @@ pub struct Esm2<B: Backend> {
     pub config: EsmConfig,
     pub plan: ComputePlan,
     pub faults: FaultSet,
+    /// Slots per attention group for packed input (the plan's default unless set).
+    pub attention_group_slots: usize,
     /// `[vocab, hidden]`.
     embed_tokens: Tensor<B, 2>,
     layers: Vec<EsmLayer<B>>,
@@ -56,6 +58,7 @@ impl<B: Backend> Esm2<B> {
             config: weights.config.clone(),
             plan,
             faults,
+            attention_group_slots: plan.attention_group_slots(),
             embed_tokens: to_device(&weights.embed_tokens, &plan, device),
             layers: weights
                 .layers
@@ -84,7 +87,7 @@ impl<B: Backend> Esm2<B> {
         let n_tokens = input.tokens.len();
         let unshifted = self.faults.unshifted_half_statistics;
 
-        let host_layout = self.faulty_layout(input);
+        let host_layout = self.device_layout(input);
         let layout = BlockLayout::<B>::new(&host_layout, device);
 
         let ids: Vec<i64> = input.tokens.iter().map(|&t| t as i64).collect();
@@ -100,26 +103,34 @@ impl<B: Backend> Esm2<B> {
         if repr_layers.contains(&0) {
             representations.insert(0, x.clone());
         }
+        // RoPE tables per group, rebuilt only when a layer's `inv_freq` differs from the
+        // previous layer's (checkpoints store one per layer; they are normally identical).
+        let mut rotary: Option<(&[f32], Vec<RotaryTables<B>>)> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let rotary: Vec<RotaryTables<B>> = host_layout
-                .groups
-                .iter()
-                .map(|g| {
-                    RotaryTables::new(
-                        &layer.self_attn.inv_freq,
-                        &g.positions,
-                        g.position_rows,
-                        g.block_len,
-                        dtype,
-                        device,
-                    )
-                })
-                .collect();
+            let inv_freq = layer.self_attn.inv_freq.as_slice();
+            if rotary.as_ref().is_none_or(|(f, _)| *f != inv_freq) {
+                let tables = host_layout
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        RotaryTables::new(
+                            inv_freq,
+                            &g.positions,
+                            g.position_rows,
+                            g.block_len,
+                            dtype,
+                            device,
+                        )
+                    })
+                    .collect();
+                rotary = Some((inv_freq, tables));
+            }
+            let rotary = rotary.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
             x = layer.forward(
                 &self.plan,
                 x,
                 &layout,
-                &rotary,
+                rotary,
                 self.config.layer_norm_eps,
                 unshifted,
             );
@@ -143,18 +154,67 @@ impl<B: Backend> Esm2<B> {
         EsmOutput { representations }
     }
 
-    /// The layout the model really uses: the input's, unless a packing fault rewrites it.
-    fn faulty_layout(&self, input: &ModelInput) -> super::layout::HostLayout {
-        let mut layout = input.layout.clone();
-        if !layout.is_packed() {
-            return layout;
+    /// The layout the model really uses: the input's, packed input regrouped under
+    /// [`Esm2::attention_group_slots`], rewritten by any packing fault, with block lengths
+    /// rounded up to the plan's [`ComputePlan::block_multiple`].
+    fn device_layout(&self, input: &ModelInput) -> super::layout::HostLayout {
+        let n_tokens = input.tokens.len();
+        let mut layout = input.layout.regrouped(self.attention_group_slots);
+        if layout.is_packed() && self.faults.attention_leaks_across_sequences {
+            layout = layout.as_single_block(n_tokens);
         }
-        if self.faults.attention_leaks_across_sequences {
-            layout = layout.as_single_block(input.tokens.len());
+        if layout.is_packed() && self.faults.rope_not_restarted {
+            layout = layout.with_stream_positions(n_tokens);
         }
-        if self.faults.rope_not_restarted {
-            layout = layout.with_stream_positions(input.tokens.len());
+        layout.with_block_multiple(n_tokens, self.plan.block_multiple())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Cpu, cpu_device};
+    use crate::batch::{Batch, PaddedBatch};
+    use crate::model::precision::{BackendKind, Precision};
+    use crate::pack::PackedBatch;
+
+    /// Last-layer states of `input` as f32.
+    fn states(model: &Esm2<Cpu>, input: &ModelInput) -> Vec<f32> {
+        let out = model.forward(input, &[model.config.num_hidden_layers]);
+        let last = out.representations.into_values().next().unwrap();
+        last.into_data().convert::<f32>().into_vec().unwrap()
+    }
+
+    /// Rounding block lengths up (what CUDA does) must not change any token's output.
+    #[test]
+    fn block_multiple_does_not_change_the_output() {
+        let config = EsmConfig::tiny();
+        let weights = EsmWeights::random(&config, 3);
+        let plan = ComputePlan::new(Precision::F32, BackendKind::Cpu);
+        let model = Esm2::<Cpu>::new(&weights, plan, FaultSet::none(), &cpu_device());
+        let seqs: Vec<(usize, Vec<u32>)> = [3usize, 11, 6]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (i, [vec![0], vec![5 + i as u32; n], vec![2]].concat()))
+            .collect();
+        let batches: [Box<dyn Batch>; 2] = [
+            Box::new(PaddedBatch::new(&seqs, true)),
+            Box::new(PackedBatch::new(&seqs, true)),
+        ];
+        for batch in &batches {
+            let input = batch.input();
+            let bucketed = ModelInput {
+                layout: input.layout.with_block_multiple(input.tokens.len(), 8),
+                ..input.clone()
+            };
+            assert_ne!(bucketed.layout, input.layout);
+            let (a, b) = (states(&model, input), states(&model, &bucketed));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-5, "max |diff| {worst:e}");
         }
-        layout
     }
 }

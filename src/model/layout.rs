@@ -25,6 +25,18 @@ pub struct HostLayout {
     /// For each token, `[tokens]`, its row among the concatenated slots of all groups.
     /// `None` when the stream is already in block order (a padded batch, one group).
     pub scatter: Option<Vec<i64>>,
+    /// The packing this layout groups, so a backend can regroup it under its own slot
+    /// budget ([`HostLayout::regrouped`]); `None` for padded batches and fault layouts.
+    pub packing: Option<GroupedPacking>,
+}
+
+/// A packed stream's boundaries and the slot budget its groups were formed under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupedPacking {
+    /// `[sequences + 1]`.
+    pub cu_seqlens: Vec<i32>,
+    /// Slots per attention group.
+    pub group_budget: usize,
 }
 
 /// Blocks of one length.
@@ -75,6 +87,7 @@ impl HostLayout {
                 position_rows: 1,
             }],
             scatter: None,
+            packing: None,
         }
     }
 
@@ -130,6 +143,22 @@ impl HostLayout {
         HostLayout {
             groups,
             scatter: Some(scatter),
+            packing: Some(GroupedPacking {
+                cu_seqlens: cu_seqlens.to_vec(),
+                group_budget,
+            }),
+        }
+    }
+
+    /// The same packing grouped under `group_budget` slots per attention group (a backend
+    /// where launches cost more than padded slots wants bigger groups); other layouts are
+    /// returned unchanged.
+    pub fn regrouped(&self, group_budget: usize) -> HostLayout {
+        match &self.packing {
+            Some(p) if p.group_budget != group_budget => {
+                HostLayout::packed(&p.cu_seqlens, group_budget)
+            }
+            _ => self.clone(),
         }
     }
 
@@ -137,6 +166,68 @@ impl HostLayout {
     /// block order.
     pub fn is_packed(&self) -> bool {
         self.scatter.is_some()
+    }
+
+    /// The same attention with every group's `block_len` rounded up to a multiple of
+    /// `multiple`: the added slots of each block are empty (they read the zero row past the
+    /// `n_tokens` stream rows and are masked as keys), so results are unchanged while
+    /// backends that compile and autotune kernels per shape see far fewer shapes.
+    /// Returns `self` unchanged when every group is already aligned.
+    pub fn with_block_multiple(&self, n_tokens: usize, multiple: usize) -> HostLayout {
+        let multiple = multiple.max(1);
+        if self.groups.iter().all(|g| g.block_len % multiple == 0) {
+            return self.clone();
+        }
+        // Old global slot index -> new global slot index, group by group.
+        let mut slot_map: Vec<i64> = Vec::new();
+        let mut new_base = 0usize;
+        let groups: Vec<BlockGroup> = self
+            .groups
+            .iter()
+            .map(|g| {
+                let new_len = g.block_len.div_ceil(multiple) * multiple;
+                let extra = new_len - g.block_len;
+                let mut gather = Vec::with_capacity(g.batch * new_len);
+                let mut key_padding = Vec::with_capacity(g.batch * new_len);
+                let mut positions = Vec::with_capacity(g.position_rows * new_len);
+                for block in 0..g.batch {
+                    for offset in 0..g.block_len {
+                        let slot = block * g.block_len + offset;
+                        gather.push(g.token_of_slot(slot) as i64);
+                        key_padding.push(g.key_padding[slot]);
+                        slot_map.push((new_base + block * new_len + offset) as i64);
+                    }
+                    gather.extend(std::iter::repeat_n(n_tokens as i64, extra));
+                    key_padding.extend(std::iter::repeat_n(true, extra));
+                }
+                for row in 0..g.position_rows {
+                    let old = &g.positions[row * g.block_len..(row + 1) * g.block_len];
+                    positions.extend_from_slice(old);
+                    // Masked slots: any position will do; continue the row's own sequence.
+                    let next = old.last().map_or(0, |&p| p + 1);
+                    positions.extend((0..extra as u32).map(|i| next + i));
+                }
+                new_base += g.batch * new_len;
+                BlockGroup {
+                    batch: g.batch,
+                    block_len: new_len,
+                    gather: Some(gather),
+                    key_padding,
+                    positions,
+                    position_rows: g.position_rows,
+                }
+            })
+            .collect();
+        let scatter = match &self.scatter {
+            Some(s) => s.iter().map(|&old| slot_map[old as usize]).collect(),
+            // Block order: token `t` is old slot `t`.
+            None => slot_map[..n_tokens].to_vec(),
+        };
+        HostLayout {
+            groups,
+            scatter: Some(scatter),
+            packing: self.packing.clone(),
+        }
     }
 
     /// Fault: all `n_tokens` tokens in one unmasked block, so attention crosses sequences
@@ -162,6 +253,7 @@ impl HostLayout {
                 position_rows: 1,
             }],
             scatter: Some(identity),
+            packing: None,
         }
     }
 
@@ -185,6 +277,7 @@ impl HostLayout {
         HostLayout {
             groups,
             scatter: self.scatter.clone(),
+            packing: None,
         }
     }
 }
@@ -291,6 +384,76 @@ pub fn token_dropout_scale(tokens: &[u32], token_dropout: bool) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// For each token: its RoPE position and the tokens it attends to, as attention sees them.
+    fn attended(layout: &HostLayout, n_tokens: usize) -> Vec<(u32, Vec<usize>)> {
+        let slots: Vec<(&BlockGroup, usize)> = layout
+            .groups
+            .iter()
+            .flat_map(|g| (0..g.batch * g.block_len).map(move |slot| (g, slot)))
+            .collect();
+        (0..n_tokens)
+            .map(|t| {
+                let global = layout.scatter.as_ref().map_or(t, |s| s[t] as usize);
+                let (g, slot) = slots[global];
+                assert_eq!(
+                    g.token_of_slot(slot),
+                    t,
+                    "token {t} reads back from its slot"
+                );
+                let first = slot / g.block_len * g.block_len;
+                let keys = (first..first + g.block_len)
+                    .filter(|&s| !g.key_padding[s])
+                    .map(|s| g.token_of_slot(s))
+                    .collect();
+                (g.position_of_slot(slot), keys)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn block_multiple_keeps_every_token_its_position_and_its_keys() {
+        let packed = HostLayout::packed(&[0, 3, 10, 12, 17], 16);
+        let bucketed = packed.with_block_multiple(17, 8);
+        assert!(bucketed.groups.iter().all(|g| g.block_len % 8 == 0));
+        assert_eq!(attended(&packed, 17), attended(&bucketed, 17));
+
+        let key_padding = [vec![false; 3], vec![true; 2], vec![false; 5]].concat();
+        let padded = HostLayout::padded(2, 5, key_padding);
+        let bucketed = padded.with_block_multiple(10, 4);
+        assert_eq!(bucketed.groups[0].block_len, 8);
+        assert_eq!(
+            bucketed.groups[0].gather.as_ref().unwrap()[5..8],
+            [10, 10, 10]
+        );
+        assert_eq!(attended(&padded, 10), attended(&bucketed, 10));
+
+        let faulty = packed.with_stream_positions(17);
+        assert_eq!(
+            attended(&faulty, 17),
+            attended(&faulty.with_block_multiple(17, 8), 17)
+        );
+        assert_eq!(packed.with_block_multiple(17, 1), packed);
+    }
+
+    #[test]
+    fn regrouping_changes_the_groups_but_not_what_attention_sees() {
+        let cu = [0, 3, 10, 12, 17, 30];
+        let small = HostLayout::packed(&cu, 16);
+        for budget in [0, 13, 64, 4096] {
+            let other = small.regrouped(budget);
+            assert_eq!(other, HostLayout::packed(&cu, budget));
+            assert_eq!(
+                attended(&small, 30),
+                attended(&other, 30),
+                "budget {budget}"
+            );
+        }
+        assert_eq!(small.groups.len(), 3);
+        assert_eq!(small.regrouped(4096).groups.len(), 1);
+        let padded = HostLayout::padded(1, 4, vec![false; 4]);
+        assert_eq!(padded.regrouped(1), padded);
+    }
 
     #[test]
     fn token_dropout_without_masks_is_0_88() {

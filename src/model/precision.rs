@@ -102,6 +102,18 @@ pub enum MatmulMode {
     SplitBf16x6,
 }
 
+/// Block-length multiple on CUDA (see [`ComputePlan::block_multiple`]).
+pub const CUDA_BLOCK_MULTIPLE: usize = 64;
+
+/// Default slots per attention group of a packed batch on the CPU: the padded-batch sweet
+/// spot measured there (see `embed::DEFAULT_CPU_BUDGET`).
+pub const CPU_ATTENTION_GROUP_SLOTS: usize = 1024;
+/// Default slots per attention group on CUDA, where each group costs a dozen kernel
+/// launches per layer. H100, corpus packed at 16384 tokens, warm tokens/s for 1024 / 4096 /
+/// 16384 slots: FP32 130k / 166k / 145k, FP16 308k / 649k / 612k (padded: 121k and 568k);
+/// `esmfuzz bench --backend cuda --attention-group-slots 1024,4096,16384`, results/h100.
+pub const CUDA_ATTENTION_GROUP_SLOTS: usize = 4096;
+
 /// A policy realised on a backend: what the model actually computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ComputePlan {
@@ -127,6 +139,25 @@ impl ComputePlan {
     /// The dtype weights and activations are stored in.
     pub fn dtype(&self) -> DType {
         self.precision.storage_dtype()
+    }
+
+    /// Default slots per attention group when the model regroups a packed batch.
+    pub fn attention_group_slots(&self) -> usize {
+        match self.backend {
+            BackendKind::Cpu => CPU_ATTENTION_GROUP_SLOTS,
+            BackendKind::Cuda => CUDA_ATTENTION_GROUP_SLOTS,
+        }
+    }
+
+    /// Attention blocks (and padded rows) are rounded up to a multiple of this many slots.
+    /// burn-cuda compiles and autotunes kernels per shape (its matmul tuning key buckets
+    /// sizes by powers of two but keys on the power-of-two factor of each dimension), so
+    /// unbucketed random lengths cost a compilation per new length; the CPU needs none.
+    pub fn block_multiple(&self) -> usize {
+        match self.backend {
+            BackendKind::Cpu => 1,
+            BackendKind::Cuda => CUDA_BLOCK_MULTIPLE,
+        }
     }
 
     /// One line saying what this policy computes on this backend.
