@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Builds the CUDA binary here and stages what the GPU machine needs in gpu/ (ignored by git,
+# Builds the CUDA binary here and stages what the GPU machine needs in gpu/ (ignored by .gitignore,
 # carried to the GPU machine by the device tool: name `gpu` in `carry`).
 #   bash scripts/prepare_gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/gpu/' .git/info/exclude 2>/dev/null || echo '/gpu/' >> .git/info/exclude
 cargo build --release --features cuda --target-dir target/cuda
 mkdir -p gpu/shared
 gzip -c target/cuda/release/esmfuzz > gpu/esmfuzz.gz

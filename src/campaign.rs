@@ -1,13 +1,14 @@
 //! Fuzzing campaigns for the CLI: the property families of the test suite over generated
 //! proteins, on any backend, with results reported as each family completes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use proptest::strategy::Strategy;
 
 use crate::generate::{PropertyOutcome, Stratum, mixed_batch, protein, run_property, write_fasta};
+use crate::input::Protein;
 use crate::model::Esm2;
 use crate::props::{
     Layout, Tolerances, Verdict, case_result, check_case, isolation_case, tightest,
@@ -78,45 +79,44 @@ pub fn run_family<B: Backend>(
     cases: u32,
     tol: &Tolerances,
     out_dir: &Path,
-    mut on_case: impl FnMut(usize, &[crate::input::Protein]),
+    mut on_case: impl FnMut(usize, &[Protein]),
 ) -> FamilyResult {
     let start = std::time::Instant::now();
     let tightest_seen: RefCell<Option<Verdict>> = RefCell::new(None);
-    let runs = RefCell::new(0usize);
+    let runs = Cell::new(0usize);
     let on_case = RefCell::new(&mut on_case);
-    // `layout: None` is the isolation family.
-    let property = |proteins: &[crate::input::Protein], layout: Option<Layout>| {
-        *runs.borrow_mut() += 1;
-        (on_case.borrow_mut())(*runs.borrow(), proteins);
-        let verdicts = match layout {
-            Some(layout) => check_case(reference, test, proteins, layout, tol),
-            None => isolation_case(test, proteins, tol),
-        };
+    // One model run: report it, compute its verdicts, keep the tightest seen so far.
+    let property = |proteins: &[Protein], check: &dyn Fn(&[Protein]) -> Vec<Verdict>| {
+        runs.set(runs.get() + 1);
+        (on_case.borrow_mut())(runs.get(), proteins);
+        let verdicts = check(proteins);
         if let Some(v) = tightest(&verdicts) {
-            let mut t = tightest_seen.borrow_mut();
-            if t.as_ref()
-                .is_none_or(|w| v.margin < w.margin || v.margin.is_nan())
-            {
-                *t = Some(v.clone());
-            }
+            let mut seen = tightest_seen.borrow_mut();
+            let candidates: Vec<Verdict> = seen.take().into_iter().chain([v.clone()]).collect();
+            *seen = tightest(&candidates).cloned();
         }
         case_result(&verdicts)
     };
+    let against_reference =
+        |layout: Layout| move |p: &[Protein]| check_case(reference, test, p, layout, tol);
+    let padded = against_reference(Layout::Padded);
+    let packed = against_reference(Layout::Packed);
+    let isolation = |p: &[Protein]| isolation_case(test, p, tol);
     let name = family.name();
     let outcome = match family {
         Family::Stratum(s) => {
             run_property(&name, cases, protein(s).prop_map(|p| vec![p]), false, |p| {
-                property(p, Some(Layout::Padded))
+                property(p, &padded)
             })
         }
         Family::Mixed(s) => run_property(&name, cases, mixed_batch(s, 4), false, |p| {
-            property(p, Some(Layout::Padded))
+            property(p, &padded)
         }),
         Family::Packed(s) => run_property(&name, cases, mixed_batch(s, 4), false, |p| {
-            property(p, Some(Layout::Packed))
+            property(p, &packed)
         }),
         Family::Isolation(s) => run_property(&name, cases, mixed_batch(s, 4), false, |p| {
-            property(p, None)
+            property(p, &isolation)
         }),
     };
     let (passed, failure, counterexample) = match outcome {

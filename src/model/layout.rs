@@ -26,7 +26,8 @@ pub struct HostLayout {
     /// `None` when the stream is already in block order (a padded batch, one group).
     pub scatter: Option<Vec<i64>>,
     /// The packing this layout groups, so a backend can regroup it under its own slot
-    /// budget ([`HostLayout::regrouped`]); `None` for padded batches and fault layouts.
+    /// budget ([`HostLayout::regrouped`]); `None` for padded batches, fault layouts and
+    /// layouts rounded by [`HostLayout::with_block_multiple`].
     pub packing: Option<GroupedPacking>,
 }
 
@@ -226,7 +227,9 @@ impl HostLayout {
         HostLayout {
             groups,
             scatter: Some(scatter),
-            packing: self.packing.clone(),
+            // The groups are no longer those `HostLayout::packed` forms, so regrouping this
+            // layout would silently drop the rounding.
+            packing: None,
         }
     }
 
