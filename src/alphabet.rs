@@ -36,6 +36,11 @@ pub fn residue_id(c: u8) -> Option<u32> {
         .map(|i| i as u32 + 4)
 }
 
+/// Whether `c` is one of the vocabulary's gap tokens (`-`, `.`), which are not residues.
+pub fn is_gap(c: char) -> bool {
+    c == '-' || c == '.'
+}
+
 /// The character of a residue token id (ids 4..=30), for printing sequences back.
 pub fn residue_char(id: u32) -> Option<char> {
     let i = id.checked_sub(4)? as usize;

@@ -1,6 +1,9 @@
-//! The burn backends esmfuzz runs on: Flex on the CPU always, burn-cuda with `--features cuda`.
+//! The backends esmfuzz runs on and every knob that depends on the backend: burn's Flex on
+//! the CPU always, burn-cuda with `--features cuda`; default token budgets, attention-group
+//! slots and the block-length multiple, each with the measurement behind it.
 
-use crate::model::BackendKind;
+use std::fmt;
+use std::str::FromStr;
 
 /// burn's Flex CPU backend.
 pub type Cpu = burn::backend::Flex;
@@ -13,11 +16,89 @@ pub fn cpu_device() -> burn::backend::flex::FlexDevice {
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
-/// Whether this build can run `kind`.
-pub fn available(kind: BackendKind) -> bool {
-    match kind {
-        BackendKind::Cpu => true,
-        BackendKind::Cuda => cfg!(feature = "cuda"),
+/// Which device the model runs on; decides how a precision policy is realised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// burn's Flex CPU backend.
+    Cpu,
+    /// burn-cuda (cubecl), only with the `cuda` feature.
+    Cuda,
+}
+
+/// Default tokens per batch (padded or packed) on the CPU. Padded, 8M model, 2 cores, 40
+/// corpus records: 1024 gave 991 tokens/s, 2048 gave 862 (mimalloc); 4096 and 8192 gave 620
+/// and 416 (glibc malloc): big batches churn memory faster than the extra width pays.
+pub const CPU_TOKEN_BUDGET: usize = 1024;
+/// Default tokens per batch on CUDA, where larger batches keep the GPU busy.
+pub const CUDA_TOKEN_BUDGET: usize = 16384;
+
+/// Default slots per attention group of a packed batch on the CPU: the padded-batch sweet
+/// spot measured there (see [`CPU_TOKEN_BUDGET`]).
+pub const CPU_ATTENTION_GROUP_SLOTS: usize = 1024;
+/// Default slots per attention group on CUDA, where each group costs a dozen kernel
+/// launches per layer. H100, corpus packed at 16384 tokens, warm tokens/s for 1024 / 4096 /
+/// 16384 slots: FP32 130k / 166k / 145k, FP16 308k / 649k / 612k (padded: 121k and 568k);
+/// `esmfuzz bench --backend cuda --attention-group-slots 1024,4096,16384`, results/h100.
+pub const CUDA_ATTENTION_GROUP_SLOTS: usize = 4096;
+
+/// Block-length multiple on CUDA (see [`BackendKind::block_multiple`]).
+pub const CUDA_BLOCK_MULTIPLE: usize = 64;
+
+impl BackendKind {
+    /// Both backends, the CPU first.
+    pub const ALL: [BackendKind; 2] = [BackendKind::Cpu, BackendKind::Cuda];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+
+    /// Default tokens per batch.
+    pub fn default_token_budget(self) -> usize {
+        match self {
+            BackendKind::Cpu => CPU_TOKEN_BUDGET,
+            BackendKind::Cuda => CUDA_TOKEN_BUDGET,
+        }
+    }
+
+    /// Default slots per attention group when the model regroups a packed batch.
+    pub fn attention_group_slots(self) -> usize {
+        match self {
+            BackendKind::Cpu => CPU_ATTENTION_GROUP_SLOTS,
+            BackendKind::Cuda => CUDA_ATTENTION_GROUP_SLOTS,
+        }
+    }
+
+    /// Attention blocks (and padded rows) are rounded up to a multiple of this many slots.
+    /// burn-cuda compiles and autotunes kernels per shape (its matmul tuning key buckets
+    /// sizes by powers of two but keys on the power-of-two factor of each dimension), so
+    /// unbucketed random lengths cost a compilation per new length; the CPU needs none.
+    pub fn block_multiple(self) -> usize {
+        match self {
+            BackendKind::Cpu => 1,
+            BackendKind::Cuda => CUDA_BLOCK_MULTIPLE,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| format!("unknown backend '{s}' (expected cpu or cuda)"))
     }
 }
 
@@ -27,19 +108,19 @@ pub fn available(kind: BackendKind) -> bool {
 macro_rules! with_backend {
     ($kind:expr, |$b:ident, $device:ident| $body:expr) => {{
         match $kind {
-            $crate::model::BackendKind::Cpu => {
+            $crate::backend::BackendKind::Cpu => {
                 type $b = $crate::backend::Cpu;
                 let $device = $crate::backend::cpu_device();
                 $body
             }
             #[cfg(feature = "cuda")]
-            $crate::model::BackendKind::Cuda => {
+            $crate::backend::BackendKind::Cuda => {
                 type $b = $crate::backend::Cuda;
                 let $device = burn::backend::cuda::CudaDevice::default();
                 $body
             }
             #[cfg(not(feature = "cuda"))]
-            $crate::model::BackendKind::Cuda => {
+            $crate::backend::BackendKind::Cuda => {
                 return Err(anyhow::anyhow!(
                     "this esmfuzz was built without CUDA: rebuild with `cargo build --release --features cuda`"
                 ))

@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::alphabet::{self, MAX_RESIDUES};
@@ -20,6 +20,14 @@ pub enum InputError {
         "record '{record}': character '{found}' at residue position {position} is not in the ESM-2 alphabet (pass --map-unknown-to-x to read it as X)"
     )]
     UnknownResidue {
+        record: String,
+        position: usize,
+        found: char,
+    },
+    #[error(
+        "record '{record}': '{found}' at residue position {position} is a gap token of the ESM-2 vocabulary, not a residue (pass --allow-gap-tokens to embed it as a gap, or --map-unknown-to-x to read it as X)"
+    )]
+    GapToken {
         record: String,
         position: usize,
         found: char,
@@ -51,6 +59,10 @@ pub enum InputError {
     },
     #[error("{path}: the file holds no FASTA records")]
     NoRecords { path: PathBuf },
+    #[error("{path}: is a folder; name a FASTA file")]
+    Folder { path: PathBuf },
+    #[error("{path}: is gzip-compressed; decompress it first (gunzip -k {path})")]
+    Gzip { path: PathBuf },
 }
 
 /// How strictly to read residues.
@@ -58,6 +70,8 @@ pub enum InputError {
 pub struct NormaliseOptions {
     /// Read characters outside the alphabet as `X` instead of failing.
     pub map_unknown_to_x: bool,
+    /// Keep the gap tokens `-` and `.` (in the ESM-2 vocabulary, but not residues).
+    pub allow_gap_tokens: bool,
 }
 
 /// One normalised protein: its name and residue token ids (BOS/EOS not included).
@@ -84,6 +98,11 @@ impl Protein {
         self.original_len > self.residues.len()
     }
 
+    /// Tokens the model sees for this protein: its residues plus BOS and EOS.
+    pub fn token_len(&self) -> usize {
+        self.residues.len() + 2
+    }
+
     /// `[<cls>, residues.., <eos>]`.
     pub fn tokens(&self) -> Vec<u32> {
         alphabet::with_special_tokens(&self.residues)
@@ -105,38 +124,49 @@ impl fmt::Debug for Protein {
     }
 }
 
-/// Normalises one sequence; `record` names it in errors.
+/// Normalises one sequence; `record` names it in errors. Positions count characters (a
+/// byte sequence that is not UTF-8 is read with U+FFFD for each bad byte).
 pub fn normalise(
     record: &str,
     raw: &[u8],
     options: NormaliseOptions,
 ) -> Result<Protein, InputError> {
-    let chars: Vec<u8> = raw
-        .iter()
-        .copied()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
+    let text = String::from_utf8_lossy(raw);
+    let chars: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
     let body = match chars.split_last() {
-        Some((b'*', rest)) => rest,
+        Some(('*', rest)) => rest,
         _ => &chars[..],
     };
     let mut residues = Vec::with_capacity(body.len().min(MAX_RESIDUES));
     for (i, &c) in body.iter().enumerate() {
         let upper = c.to_ascii_uppercase();
-        let id = match alphabet::residue_id(upper) {
+        let position = i + 1;
+        let known = u8::try_from(upper).ok().and_then(alphabet::residue_id);
+        let id = match known {
+            Some(_) if alphabet::is_gap(upper) && !options.allow_gap_tokens => {
+                if options.map_unknown_to_x {
+                    alphabet::X
+                } else {
+                    return Err(InputError::GapToken {
+                        record: record.to_string(),
+                        position,
+                        found: c,
+                    });
+                }
+            }
             Some(id) => id,
-            None if upper == b'*' => {
+            None if upper == '*' => {
                 return Err(InputError::InternalStop {
                     record: record.to_string(),
-                    position: i + 1,
+                    position,
                 });
             }
             None if options.map_unknown_to_x => alphabet::X,
             None => {
                 return Err(InputError::UnknownResidue {
                     record: record.to_string(),
-                    position: i + 1,
-                    found: char_for_message(c),
+                    position,
+                    found: c,
                 });
             }
         };
@@ -156,21 +186,26 @@ pub fn normalise(
     })
 }
 
-/// A printable form of an offending byte (non-ASCII bytes show as U+FFFD).
-fn char_for_message(c: u8) -> char {
-    if c.is_ascii() {
-        c as char
-    } else {
-        char::REPLACEMENT_CHARACTER
-    }
-}
-
 /// Reads and normalises every record of a FASTA file, in file order.
 pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>, InputError> {
-    let file = File::open(path).map_err(|source| InputError::Open {
+    if path.is_dir() {
+        return Err(InputError::Folder {
+            path: path.to_path_buf(),
+        });
+    }
+    let open = |source| InputError::Open {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut file = File::open(path).map_err(open)?;
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic).map_err(open)?;
+    if n == 2 && magic == [0x1f, 0x8b] {
+        return Err(InputError::Gzip {
+            path: path.to_path_buf(),
+        });
+    }
+    file.seek(SeekFrom::Start(0)).map_err(open)?;
     let mut reader = noodles_fasta::io::Reader::new(BufReader::new(file));
     let mut proteins: Vec<Protein> = Vec::new();
     for (index, result) in reader.records().enumerate() {
@@ -197,6 +232,16 @@ pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>
         });
     }
     Ok(proteins)
+}
+
+/// Writes proteins as FASTA (one record per protein, as [`Protein`]'s `Debug` prints it),
+/// creating the parent folder.
+pub fn write_fasta(path: &Path, proteins: &[Protein]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text: String = proteins.iter().map(|p| format!("{p:?}\n")).collect();
+    std::fs::write(path, text)
 }
 
 #[cfg(test)]
@@ -249,6 +294,7 @@ mod tests {
             b"MKJV",
             NormaliseOptions {
                 map_unknown_to_x: true,
+                ..NormaliseOptions::default()
             },
         )
         .unwrap();
@@ -256,8 +302,48 @@ mod tests {
     }
 
     #[test]
-    fn rare_residues_and_gaps_are_in_the_alphabet() {
-        assert_eq!(norm("XBUZO.-").unwrap().letters(), "XBUZO.-");
+    fn rare_residues_are_in_the_alphabet_and_gaps_only_on_request() {
+        assert_eq!(norm("XBUZO").unwrap().letters(), "XBUZO");
+        let err = norm("MK-V").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                InputError::GapToken {
+                    position: 3,
+                    found: '-',
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let gaps = NormaliseOptions {
+            allow_gap_tokens: true,
+            ..NormaliseOptions::default()
+        };
+        assert_eq!(normalise("r", b"M.K-", gaps).unwrap().letters(), "M.K-");
+    }
+
+    #[test]
+    fn unknown_characters_count_as_characters_not_bytes() {
+        let x = NormaliseOptions {
+            map_unknown_to_x: true,
+            ..NormaliseOptions::default()
+        };
+        let p = normalise("r", "MKÅV".as_bytes(), x).unwrap();
+        assert_eq!(p.letters(), "MKXV");
+        let err = norm("MKÅV").unwrap_err().to_string();
+        assert!(err.contains("'Å'") && err.contains("position 3"), "{err}");
+    }
+
+    #[test]
+    fn folders_and_gzip_files_get_their_own_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_fasta(dir.path(), NormaliseOptions::default()).unwrap_err();
+        assert!(matches!(err, InputError::Folder { .. }), "{err}");
+        let gz = dir.path().join("x.fasta.gz");
+        std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
+        let err = read_fasta(&gz, NormaliseOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("gunzip"), "{err}");
     }
 
     #[test]

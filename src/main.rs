@@ -1,6 +1,8 @@
 //! `esmfuzz`: parse, run, map the result to an exit code (0 passed, 1 a check failed,
 //! 2 usage, input or load error).
 
+mod cli;
+
 use std::process::ExitCode;
 
 /// burn allocates a fresh buffer per op; glibc returns large ones to the kernel and pays a
@@ -10,7 +12,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use esmfuzz::cli::{self, Cli, Outcome};
+use cli::{Cli, Outcome};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,6 +1,8 @@
-//! A `.npy` writer that fills rows as they complete: the header and a NaN-filled body are
-//! written first, so a run that stops early leaves a valid file whose unfinished rows are NaN.
-//! (ndarray-npy writes whole arrays only; reading is left to it.)
+//! A `.npy` writer that fills rows as they complete and never touches its target until the
+//! last row is in: rows go to `<target>.partial` (header and a NaN-filled body first, so a
+//! run that stops early leaves a valid file whose unfinished rows are NaN), which
+//! [`NpyRowWriter::finish`] renames onto the target. (ndarray-npy writes whole arrays only;
+//! reading is left to it.)
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -18,10 +20,20 @@ pub struct NpyError {
 /// A `[rows, cols]` little-endian f32 `.npy` file written row by row, in any order.
 pub struct NpyRowWriter {
     file: File,
+    /// The `.partial` file being written.
     path: PathBuf,
+    target: PathBuf,
     header_len: u64,
     rows: usize,
     cols: usize,
+    written: Vec<bool>,
+}
+
+/// Where rows of `target` are written until the run completes: `<target>.partial`.
+pub fn partial_path(target: &Path) -> PathBuf {
+    let mut name = target.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
 }
 
 /// The `.npy` v1.0 header for a C-order `<f4` array of `shape`, padded to 64 bytes.
@@ -43,13 +55,14 @@ pub fn npy_header(shape: &[usize]) -> Vec<u8> {
 }
 
 impl NpyRowWriter {
-    /// Creates the file with every value NaN.
-    pub fn create(path: &Path, rows: usize, cols: usize) -> Result<Self, NpyError> {
+    /// Creates `<target>.partial` with every value NaN; `target` is not touched.
+    pub fn create(target: &Path, rows: usize, cols: usize) -> Result<Self, NpyError> {
+        let path = partial_path(target);
         let err = |source| NpyError {
-            path: path.to_path_buf(),
+            path: path.clone(),
             source,
         };
-        let mut file = File::create(path).map_err(err)?;
+        let mut file = File::create(&path).map_err(err)?;
         let header = npy_header(&[rows, cols]);
         file.write_all(&header).map_err(err)?;
         let nan_row: Vec<u8> = std::iter::repeat_n(f32::NAN.to_le_bytes(), cols)
@@ -61,10 +74,12 @@ impl NpyRowWriter {
         file.flush().map_err(err)?;
         Ok(Self {
             file,
-            path: path.to_path_buf(),
+            path,
+            target: target.to_path_buf(),
             header_len: header.len() as u64,
             rows,
             cols,
+            written: vec![false; rows],
         })
     }
 
@@ -82,7 +97,32 @@ impl NpyRowWriter {
         };
         self.file.seek(SeekFrom::Start(offset)).map_err(err)?;
         self.file.write_all(&bytes).map_err(err)?;
-        self.file.flush().map_err(err)
+        self.file.flush().map_err(err)?;
+        self.written[row] = true;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows_written(&self) -> usize {
+        self.written.iter().filter(|&&w| w).count()
+    }
+
+    /// Moves the finished file onto its target; an error (and the `.partial` file kept) when
+    /// a row was never written.
+    pub fn finish(self) -> Result<PathBuf, NpyError> {
+        let err = |source| NpyError {
+            path: self.path.clone(),
+            source,
+        };
+        if let Some(row) = self.written.iter().position(|&w| !w) {
+            return Err(err(std::io::Error::other(format!(
+                "row {row} of {} was never written; the partial file is kept",
+                self.rows
+            ))));
+        }
+        self.file.sync_all().map_err(err)?;
+        std::fs::rename(&self.path, &self.target).map_err(err)?;
+        Ok(self.target)
     }
 }
 
@@ -98,11 +138,30 @@ mod tests {
         w.write_row(2, &[5.0, 6.0]).unwrap();
         w.write_row(0, &[1.0, 2.0]).unwrap();
         drop(w);
-        let a: ndarray::Array2<f32> = ndarray_npy::read_npy(&path).unwrap();
+        assert!(!path.exists(), "an unfinished run never writes its target");
+        let a: ndarray::Array2<f32> = ndarray_npy::read_npy(partial_path(&path)).unwrap();
         assert_eq!(a.shape(), &[3, 2]);
         assert_eq!(a[[0, 1]], 2.0);
         assert_eq!(a[[2, 0]], 5.0);
         assert!(a[[1, 0]].is_nan(), "unfinished rows stay NaN");
+    }
+
+    #[test]
+    fn finish_replaces_the_target_only_when_every_row_is_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        std::fs::write(&path, b"precious").unwrap();
+        let mut w = NpyRowWriter::create(&path, 2, 1).unwrap();
+        w.write_row(0, &[1.0]).unwrap();
+        assert!(w.finish().is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+        let mut w = NpyRowWriter::create(&path, 2, 1).unwrap();
+        w.write_row(1, &[2.0]).unwrap();
+        w.write_row(0, &[1.0]).unwrap();
+        assert_eq!(w.finish().unwrap(), path);
+        let a: ndarray::Array2<f32> = ndarray_npy::read_npy(&path).unwrap();
+        assert_eq!(a.as_slice().unwrap(), &[1.0, 2.0]);
+        assert!(!partial_path(&path).exists());
     }
 
     #[test]

@@ -4,12 +4,12 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::layout::{BlockLayout, DeviceGroup};
+use super::device::DeviceLinear;
+use super::layout::{DeviceGroup, DeviceLayout};
 use super::ops;
 use super::precision::ComputePlan;
 use super::rotary::RotaryTables;
-use super::weights::LinearWeights;
-use super::{DeviceLinear, device_linear};
+use super::weights::LayerWeights;
 
 /// Self-attention of one layer, weights on the device in the storage dtype.
 pub struct SelfAttention<B: Backend> {
@@ -20,27 +20,29 @@ pub struct SelfAttention<B: Backend> {
     /// `[head_dim / 2]`, kept on the host: RoPE tables are built in f32 per forward.
     pub inv_freq: Vec<f32>,
     pub heads: usize,
+    plan: ComputePlan,
+    /// The unshifted-half-statistics fault (softmax without max-shift, in storage dtype).
+    unshifted_fault: bool,
 }
 
 impl<B: Backend> SelfAttention<B> {
-    #[allow(clippy::too_many_arguments)]
+    /// The attention of layer weights `w`, `heads` heads, under `plan`.
     pub fn new(
-        q: &LinearWeights,
-        k: &LinearWeights,
-        v: &LinearWeights,
-        out: &LinearWeights,
-        inv_freq: &[f32],
+        w: &LayerWeights,
         heads: usize,
         plan: &ComputePlan,
+        unshifted_fault: bool,
         device: &B::Device,
     ) -> Self {
         Self {
-            q_proj: device_linear(q, plan, device),
-            k_proj: device_linear(k, plan, device),
-            v_proj: device_linear(v, plan, device),
-            out_proj: device_linear(out, plan, device),
-            inv_freq: inv_freq.to_vec(),
+            q_proj: DeviceLinear::new(&w.q_proj, plan, device),
+            k_proj: DeviceLinear::new(&w.k_proj, plan, device),
+            v_proj: DeviceLinear::new(&w.v_proj, plan, device),
+            out_proj: DeviceLinear::new(&w.out_proj, plan, device),
+            inv_freq: w.inv_freq.clone(),
             heads,
+            plan: *plan,
+            unshifted_fault,
         }
     }
 
@@ -48,17 +50,15 @@ impl<B: Backend> SelfAttention<B> {
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
     pub fn forward(
         &self,
-        plan: &ComputePlan,
         x: Tensor<B, 2>,
-        layout: &BlockLayout<B>,
+        layout: &DeviceLayout<B>,
         rotary: &[RotaryTables<B>],
-        unshifted_fault: bool,
     ) -> Tensor<B, 2> {
         let [_tokens, hidden] = x.dims();
         let scaling = ((hidden / self.heads) as f64).powf(-0.5);
-        let q = self.q_proj.forward(plan, x.clone()).mul_scalar(scaling);
-        let k = self.k_proj.forward(plan, x.clone());
-        let v = self.v_proj.forward(plan, x);
+        let q = self.q_proj.forward(x.clone()).mul_scalar(scaling);
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
         let (q, k, v) = (
             layout.extend_for_gather(q),
             layout.extend_for_gather(k),
@@ -68,14 +68,14 @@ impl<B: Backend> SelfAttention<B> {
             .groups
             .iter()
             .zip(rotary)
-            .map(|(group, rot)| self.attend_group(plan, group, rot, [&q, &k, &v], unshifted_fault))
+            .map(|(group, rot)| self.attend_group(group, rot, [&q, &k, &v]))
             .collect();
         let context = if contexts.len() == 1 {
             contexts.remove(0)
         } else {
             Tensor::cat(contexts, 0)
         };
-        self.out_proj.forward(plan, layout.from_blocks(context))
+        self.out_proj.forward(layout.from_blocks(context))
     }
 
     /// Attention within one group of equally long blocks.
@@ -84,12 +84,11 @@ impl<B: Backend> SelfAttention<B> {
     /// `q, k, v: [tokens (+ 1), hidden]` -> `[batch * block_len, hidden]`
     fn attend_group(
         &self,
-        plan: &ComputePlan,
         group: &DeviceGroup<B>,
         rotary: &RotaryTables<B>,
         [q, k, v]: [&Tensor<B, 2>; 3],
-        unshifted_fault: bool,
     ) -> Tensor<B, 2> {
+        let plan = &self.plan;
         let [_, hidden] = q.dims();
         let (batch, len, heads) = (group.batch, group.block_len, self.heads);
         let head_dim = hidden / heads;
@@ -107,7 +106,7 @@ impl<B: Backend> SelfAttention<B> {
         let scores = ops::matmul(plan, q, k.swap_dims(2, 3));
         let mask = group.key_padding.clone().expand([batch, heads, len, len]);
         let scores = scores.mask_fill(mask, ops::mask_value(plan.dtype()));
-        let probs = ops::softmax_last(plan, scores, unshifted_fault);
+        let probs = ops::softmax_last(plan, scores, self.unshifted_fault);
         ops::matmul(plan, probs, v)
             .swap_dims(1, 2)
             .reshape([batch * len, hidden])

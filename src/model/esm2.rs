@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use super::config::EsmConfig;
+use super::device::{DeviceNorm, to_device};
+use super::fault::FaultSet;
 use super::layer::EsmLayer;
-use super::layout::{BlockLayout, ModelInput};
+use super::layout::{DeviceLayout, HostLayout, ModelInput};
 use super::precision::ComputePlan;
 use super::rotary::RotaryTables;
 use super::weights::EsmWeights;
-use super::{DeviceNorm, to_device};
-use crate::fault::FaultSet;
 
 /// ESM-2 on one device under one precision policy.
 pub struct Esm2<B: Backend> {
@@ -36,43 +36,44 @@ pub struct EsmOutput<B: Backend> {
 }
 
 impl<B: Backend> Esm2<B> {
-    /// Builds the model from host weights, cast to the plan's storage dtype.
+    /// Builds the model from host weights, cast to the plan's storage dtype, with `faults`
+    /// built in ([`FaultSet::none`] for the faithful model).
     pub fn new(
         weights: &EsmWeights,
         plan: ComputePlan,
         faults: FaultSet,
         device: &B::Device,
     ) -> Self {
-        let perturbed;
-        let weights = match faults.perturb_layer_weights {
-            Some((layer, eps)) => {
-                let mut w = weights.clone();
-                w.perturb_layer(layer, eps);
-                perturbed = w;
-                &perturbed
-            }
-            None => weights,
+        let faulty;
+        let weights = if faults.changes_weights() {
+            faulty = faults.apply_to(weights);
+            &faulty
+        } else {
+            weights
         };
         let heads = weights.config.num_attention_heads;
+        let eps = weights.config.layer_norm_eps;
+        let unshifted = faults.unshifted_half_statistics;
         Self {
             config: weights.config.clone(),
             plan,
             faults,
-            attention_group_slots: plan.attention_group_slots(),
+            attention_group_slots: plan.backend.attention_group_slots(),
             embed_tokens: to_device(&weights.embed_tokens, &plan, device),
             layers: weights
                 .layers
                 .iter()
-                .map(|l| EsmLayer::new(l, heads, &plan, device))
+                .map(|l| EsmLayer::new(l, heads, &plan, eps, unshifted, device))
                 .collect(),
-            emb_layer_norm_after: DeviceNorm::new(&weights.emb_layer_norm_after, &plan, device),
+            emb_layer_norm_after: DeviceNorm::new(
+                &weights.emb_layer_norm_after,
+                &plan,
+                eps,
+                unshifted,
+                device,
+            ),
             device: device.clone(),
         }
-    }
-
-    /// The device the model lives on.
-    pub fn device(&self) -> &B::Device {
-        &self.device
     }
 
     /// Runs the model; `repr_layers` picks which representations to return (indices above
@@ -85,10 +86,9 @@ impl<B: Backend> Esm2<B> {
         let dtype = self.plan.dtype();
         let n_layers = self.layers.len();
         let n_tokens = input.tokens.len();
-        let unshifted = self.faults.unshifted_half_statistics;
 
-        let host_layout = self.device_layout(input);
-        let layout = BlockLayout::<B>::new(&host_layout, device);
+        let host_layout = self.effective_layout(input);
+        let layout = DeviceLayout::<B>::new(&host_layout, device);
 
         let ids: Vec<i64> = input.tokens.iter().map(|&t| t as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n_tokens]), device);
@@ -126,26 +126,14 @@ impl<B: Backend> Esm2<B> {
                 rotary = Some((inv_freq, tables));
             }
             let rotary = rotary.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
-            x = layer.forward(
-                &self.plan,
-                x,
-                &layout,
-                rotary,
-                self.config.layer_norm_eps,
-                unshifted,
-            );
+            x = layer.forward(x, &layout, rotary);
             if let Some((faulty, factor)) = self.faults.scale_layer_output
                 && faulty == i
             {
                 x = x.mul_scalar(factor);
             }
             if i + 1 == n_layers {
-                x = self.emb_layer_norm_after.forward(
-                    &self.plan,
-                    x,
-                    self.config.layer_norm_eps,
-                    unshifted,
-                );
+                x = self.emb_layer_norm_after.forward(x);
             }
             if repr_layers.contains(&(i + 1)) {
                 representations.insert(i + 1, x.clone());
@@ -156,8 +144,8 @@ impl<B: Backend> Esm2<B> {
 
     /// The layout the model really uses: the input's, packed input regrouped under
     /// [`Esm2::attention_group_slots`], rewritten by any packing fault, with block lengths
-    /// rounded up to the plan's [`ComputePlan::block_multiple`].
-    fn device_layout(&self, input: &ModelInput) -> super::layout::HostLayout {
+    /// rounded up to the backend's [`crate::backend::BackendKind::block_multiple`].
+    fn effective_layout(&self, input: &ModelInput) -> HostLayout {
         let n_tokens = input.tokens.len();
         let mut layout = input.layout.regrouped(self.attention_group_slots);
         if layout.is_packed() && self.faults.attention_leaks_across_sequences {
@@ -166,17 +154,16 @@ impl<B: Backend> Esm2<B> {
         if layout.is_packed() && self.faults.rope_not_restarted {
             layout = layout.with_stream_positions(n_tokens);
         }
-        layout.with_block_multiple(n_tokens, self.plan.block_multiple())
+        layout.with_block_multiple(n_tokens, self.plan.backend.block_multiple())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Cpu, cpu_device};
-    use crate::batch::{Batch, PaddedBatch};
-    use crate::model::precision::{BackendKind, Precision};
-    use crate::pack::PackedBatch;
+    use crate::backend::{BackendKind, Cpu, cpu_device};
+    use crate::batch::{Batch, PackedBatch, PaddedBatch};
+    use crate::model::precision::Precision;
 
     /// Last-layer states of `input` as f32.
     fn states(model: &Esm2<Cpu>, input: &ModelInput) -> Vec<f32> {

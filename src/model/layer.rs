@@ -4,12 +4,12 @@
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::attention::SelfAttention;
-use super::layout::BlockLayout;
+use super::device::{DeviceLinear, DeviceNorm};
+use super::layout::DeviceLayout;
 use super::ops;
 use super::precision::ComputePlan;
 use super::rotary::RotaryTables;
 use super::weights::LayerWeights;
-use super::{DeviceLinear, DeviceNorm, device_linear};
 
 /// One transformer layer on the device.
 pub struct EsmLayer<B: Backend> {
@@ -21,22 +21,23 @@ pub struct EsmLayer<B: Backend> {
 }
 
 impl<B: Backend> EsmLayer<B> {
-    pub fn new(w: &LayerWeights, heads: usize, plan: &ComputePlan, device: &B::Device) -> Self {
+    /// The layer of weights `w` under `plan`; `eps` is the LayerNorm epsilon and
+    /// `unshifted_fault` the unshifted-half-statistics fault.
+    pub fn new(
+        w: &LayerWeights,
+        heads: usize,
+        plan: &ComputePlan,
+        eps: f64,
+        unshifted_fault: bool,
+        device: &B::Device,
+    ) -> Self {
+        let norm = |n| DeviceNorm::new(n, plan, eps, unshifted_fault, device);
         Self {
-            self_attn: SelfAttention::new(
-                &w.q_proj,
-                &w.k_proj,
-                &w.v_proj,
-                &w.out_proj,
-                &w.inv_freq,
-                heads,
-                plan,
-                device,
-            ),
-            self_attn_layer_norm: DeviceNorm::new(&w.self_attn_layer_norm, plan, device),
-            fc1: device_linear(&w.fc1, plan, device),
-            fc2: device_linear(&w.fc2, plan, device),
-            final_layer_norm: DeviceNorm::new(&w.final_layer_norm, plan, device),
+            self_attn: SelfAttention::new(w, heads, plan, unshifted_fault, device),
+            self_attn_layer_norm: norm(&w.self_attn_layer_norm),
+            fc1: DeviceLinear::new(&w.fc1, plan, device),
+            fc2: DeviceLinear::new(&w.fc2, plan, device),
+            final_layer_norm: norm(&w.final_layer_norm),
         }
     }
 
@@ -46,24 +47,14 @@ impl<B: Backend> EsmLayer<B> {
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
     pub fn forward(
         &self,
-        plan: &ComputePlan,
         x: Tensor<B, 2>,
-        layout: &BlockLayout<B>,
+        layout: &DeviceLayout<B>,
         rotary: &[RotaryTables<B>],
-        eps: f64,
-        unshifted_fault: bool,
     ) -> Tensor<B, 2> {
-        let h = self
-            .self_attn_layer_norm
-            .forward(plan, x.clone(), eps, unshifted_fault);
-        let x = x + self
-            .self_attn
-            .forward(plan, h, layout, rotary, unshifted_fault);
-        let h = self
-            .final_layer_norm
-            .forward(plan, x.clone(), eps, unshifted_fault);
-        let h = self.fc1.forward(plan, h);
-        let h = self.fc2.forward(plan, ops::gelu_exact(h));
+        let h = self.self_attn_layer_norm.forward(x.clone());
+        let x = x + self.self_attn.forward(h, layout, rotary);
+        let h = self.final_layer_norm.forward(x.clone());
+        let h = self.fc2.forward(ops::gelu_exact(self.fc1.forward(h)));
         x + h
     }
 }

@@ -1,7 +1,7 @@
 //! How a token stream maps onto attention blocks. Layers run on `[tokens, hidden]`; attention
 //! regroups the tokens into groups of `[batch, block_len]` blocks, one sequence per block,
 //! and back. A padded batch is one group already in block order; a packed one gathers its
-//! sequences into groups of similar length (see [`crate::pack`]).
+//! sequences into groups of similar length (see [`crate::batch::PackedBatch`]).
 
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 
@@ -296,7 +296,7 @@ pub struct DeviceGroup<B: Backend> {
 }
 
 /// [`HostLayout`] on the device.
-pub struct BlockLayout<B: Backend> {
+pub struct DeviceLayout<B: Backend> {
     pub groups: Vec<DeviceGroup<B>>,
     /// `[tokens]`.
     pub scatter: Option<Tensor<B, 1, Int>>,
@@ -306,7 +306,7 @@ fn int_tensor<B: Backend>(v: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
     Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
 }
 
-impl<B: Backend> BlockLayout<B> {
+impl<B: Backend> DeviceLayout<B> {
     pub fn new(host: &HostLayout, device: &B::Device) -> Self {
         let groups = host
             .groups

@@ -79,6 +79,16 @@ pub enum LoadError {
         layers: usize,
         hidden: usize,
     },
+    #[error(
+        "{path}: tensor '{key}' holds {value} at flat index {index}; a model built from it computes \
+         nothing meaningful (pass --allow-nonfinite-weights to run it anyway)"
+    )]
+    NonFinite {
+        path: PathBuf,
+        key: String,
+        index: usize,
+        value: f32,
+    },
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -102,6 +112,21 @@ pub struct Checkpoint {
     pub stored_dtypes: BTreeSet<String>,
     /// Keys ignored as heads or unused tables.
     pub ignored: Vec<String>,
+}
+
+impl Checkpoint {
+    /// An error naming the first tensor and index holding NaN or Inf, if any.
+    pub fn check_finite(&self) -> Result<(), LoadError> {
+        match self.weights.first_non_finite() {
+            None => Ok(()),
+            Some((key, index, value)) => Err(LoadError::NonFinite {
+                path: self.path.clone(),
+                key,
+                index,
+                value,
+            }),
+        }
+    }
 }
 
 /// Resolves `path` (a checkpoint file, or a folder holding one plus `config.json`), reads the
@@ -310,7 +335,9 @@ pub enum KeyRole {
     Unknown,
 }
 
-/// Maps an HF or fair-esm key to its canonical fair-esm name (see `ESM2.md`).
+/// Maps an HF or fair-esm key to its canonical fair-esm name (`layers.{i}.self_attn.q_proj.weight`,
+/// `embed_tokens.weight`, `emb_layer_norm_after.bias`, ...): HF's `encoder.layer.{i}.attention.
+/// self.query` is fair-esm's `layers.{i}.self_attn.q_proj`, and so on (table in the body).
 pub fn canonical_name(key: &str) -> KeyRole {
     let key = key.strip_prefix("esm.").unwrap_or(key);
     let ignored_prefixes = [

@@ -5,11 +5,14 @@
 //! each backend really does; reports print it.
 
 use std::fmt;
+use std::str::FromStr;
 
 use burn::tensor::DType;
 
+use crate::backend::BackendKind;
+
 /// A numeric policy for the whole model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
     /// IEEE f32 everywhere; on CUDA the matmuls avoid TF32 (see [`MatmulMode::SplitBf16x6`]).
@@ -22,7 +25,6 @@ pub enum Precision {
     /// bf16 storage and arithmetic.
     Bf16,
     /// f16 storage and matmuls; softmax and LayerNorm statistics computed in f32.
-    #[value(name = "f16-mixed")]
     F16Mixed,
 }
 
@@ -68,22 +70,20 @@ impl fmt::Display for Precision {
     }
 }
 
-/// Which device the model runs on; decides how a policy is realised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendKind {
-    /// burn's Flex CPU backend.
-    Cpu,
-    /// burn-cuda (cubecl), only with the `cuda` feature.
-    Cuda,
-}
+impl FromStr for Precision {
+    type Err = String;
 
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendKind::Cpu => "cpu",
-            BackendKind::Cuda => "cuda",
-        })
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+                format!(
+                    "unknown precision '{s}' (expected one of {})",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -101,18 +101,6 @@ pub enum MatmulMode {
     /// exact in TF32 and `a3 < 2^-16 |a|`, so the result keeps ~f32 accuracy at 6x the work.
     SplitBf16x6,
 }
-
-/// Block-length multiple on CUDA (see [`ComputePlan::block_multiple`]).
-pub const CUDA_BLOCK_MULTIPLE: usize = 64;
-
-/// Default slots per attention group of a packed batch on the CPU: the padded-batch sweet
-/// spot measured there (see `embed::DEFAULT_CPU_BUDGET`).
-pub const CPU_ATTENTION_GROUP_SLOTS: usize = 1024;
-/// Default slots per attention group on CUDA, where each group costs a dozen kernel
-/// launches per layer. H100, corpus packed at 16384 tokens, warm tokens/s for 1024 / 4096 /
-/// 16384 slots: FP32 130k / 166k / 145k, FP16 308k / 649k / 612k (padded: 121k and 568k);
-/// `esmfuzz bench --backend cuda --attention-group-slots 1024,4096,16384`, results/h100.
-pub const CUDA_ATTENTION_GROUP_SLOTS: usize = 4096;
 
 /// A policy realised on a backend: what the model actually computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -139,25 +127,6 @@ impl ComputePlan {
     /// The dtype weights and activations are stored in.
     pub fn dtype(&self) -> DType {
         self.precision.storage_dtype()
-    }
-
-    /// Default slots per attention group when the model regroups a packed batch.
-    pub fn attention_group_slots(&self) -> usize {
-        match self.backend {
-            BackendKind::Cpu => CPU_ATTENTION_GROUP_SLOTS,
-            BackendKind::Cuda => CUDA_ATTENTION_GROUP_SLOTS,
-        }
-    }
-
-    /// Attention blocks (and padded rows) are rounded up to a multiple of this many slots.
-    /// burn-cuda compiles and autotunes kernels per shape (its matmul tuning key buckets
-    /// sizes by powers of two but keys on the power-of-two factor of each dimension), so
-    /// unbucketed random lengths cost a compilation per new length; the CPU needs none.
-    pub fn block_multiple(&self) -> usize {
-        match self.backend {
-            BackendKind::Cpu => 1,
-            BackendKind::Cuda => CUDA_BLOCK_MULTIPLE,
-        }
     }
 
     /// One line saying what this policy computes on this backend.

@@ -1,6 +1,9 @@
 //! Host-side weights in f32, laid out per ESM module: the single source from which every
 //! precision's model is built ("the reduced copy is a cast of the same weights").
 
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
 use super::config::EsmConfig;
 
 /// A dense f32 tensor on the host, row-major.
@@ -68,25 +71,6 @@ pub struct EsmWeights {
     pub emb_layer_norm_after: NormWeights,
 }
 
-/// A small deterministic generator (SplitMix64) so random weights need no extra dependency
-/// and are identical on every machine.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn symmetric(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 /// `inv_freq` as ESM computes it: `1 / 10000^(2i / head_dim)`, rounded through f16 as the
 /// trained checkpoints store it.
 pub fn default_inv_freq(head_dim: usize) -> Vec<f32> {
@@ -102,12 +86,14 @@ impl EsmWeights {
     /// Randomly initialised weights for `config` (uniform, scaled by 1/sqrt(fan_in); LayerNorm
     /// weights near 1), deterministic in `seed`. For tests that need no weight file.
     pub fn random(config: &EsmConfig, seed: u64) -> Self {
-        let mut rng = SplitMix(seed);
+        let mut rng = StdRng::seed_from_u64(seed);
         let hidden = config.hidden_size;
         let ffn = config.intermediate_size;
         let mut uniform = |shape: Vec<usize>, scale: f32, offset: f32| {
             let n = shape.iter().product();
-            let data = (0..n).map(|_| offset + scale * rng.symmetric()).collect();
+            let data = (0..n)
+                .map(|_| offset + scale * rng.random_range(-1.0f32..1.0))
+                .collect();
             HostTensor::new(shape, data)
         };
         let mut linear = |d_out: usize, d_in: usize| LinearWeights {
@@ -152,10 +138,10 @@ impl EsmWeights {
         let Some(l) = self.layers.get_mut(layer) else {
             return;
         };
-        let mut rng = SplitMix(0xFA17 + layer as u64);
+        let mut rng = StdRng::seed_from_u64(0xFA17 + layer as u64);
         let mut perturb = |t: &mut HostTensor| {
             for w in &mut t.data {
-                let sign = if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
+                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
                 *w *= 1.0 + eps * sign;
             }
         };
@@ -171,11 +157,96 @@ impl EsmWeights {
             perturb(&mut lin.bias);
         }
     }
+
+    /// Sets one weight of layer `layer`'s `fc1` to NaN: the NaN-weight fault.
+    pub fn poison_layer(&mut self, layer: usize) {
+        if let Some(w) = self
+            .layers
+            .get_mut(layer)
+            .and_then(|l| l.fc1.weight.data.first_mut())
+        {
+            *w = f32::NAN;
+        }
+    }
+
+    /// Zeroes the columns of layer `layer`'s `out_proj` that read attention head `head`, so
+    /// the head contributes nothing: the zeroed-head fault.
+    pub fn zero_attention_head(&mut self, layer: usize, head: usize) {
+        let heads = self.config.num_attention_heads;
+        let Some(l) = self.layers.get_mut(layer) else {
+            return;
+        };
+        let w = &mut l.out_proj.weight;
+        let (rows, cols) = (w.shape[0], w.shape[1]);
+        let head_dim = cols / heads.max(1);
+        for r in 0..rows {
+            for c in head * head_dim..((head + 1) * head_dim).min(cols) {
+                w.data[r * cols + c] = 0.0;
+            }
+        }
+    }
+
+    /// Every tensor under its canonical fair-esm name, `inv_freq` included.
+    pub fn named_tensors(&self) -> Vec<(String, &[f32])> {
+        let mut out: Vec<(String, &[f32])> =
+            vec![("embed_tokens.weight".into(), &self.embed_tokens.data)];
+        for (i, l) in self.layers.iter().enumerate() {
+            let linears = [
+                ("self_attn.q_proj", &l.q_proj),
+                ("self_attn.k_proj", &l.k_proj),
+                ("self_attn.v_proj", &l.v_proj),
+                ("self_attn.out_proj", &l.out_proj),
+                ("fc1", &l.fc1),
+                ("fc2", &l.fc2),
+            ];
+            for (name, lin) in linears {
+                out.push((format!("layers.{i}.{name}.weight"), &lin.weight.data));
+                out.push((format!("layers.{i}.{name}.bias"), &lin.bias.data));
+            }
+            let norms = [
+                ("self_attn_layer_norm", &l.self_attn_layer_norm),
+                ("final_layer_norm", &l.final_layer_norm),
+            ];
+            for (name, norm) in norms {
+                out.push((format!("layers.{i}.{name}.weight"), &norm.weight.data));
+                out.push((format!("layers.{i}.{name}.bias"), &norm.bias.data));
+            }
+            out.push((
+                format!("layers.{i}.self_attn.rot_emb.inv_freq"),
+                &l.inv_freq,
+            ));
+        }
+        let after = &self.emb_layer_norm_after;
+        out.push(("emb_layer_norm_after.weight".into(), &after.weight.data));
+        out.push(("emb_layer_norm_after.bias".into(), &after.bias.data));
+        out
+    }
+
+    /// The first non-finite value: (tensor name, flat index, value).
+    pub fn first_non_finite(&self) -> Option<(String, usize, f32)> {
+        self.named_tensors().into_iter().find_map(|(name, data)| {
+            data.iter()
+                .position(|v| !v.is_finite())
+                .map(|i| (name, i, data[i]))
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_non_finite_weight_is_named_with_its_index() {
+        let mut w = EsmWeights::random(&EsmConfig::tiny(), 1);
+        assert_eq!(w.first_non_finite(), None);
+        w.poison_layer(1);
+        let (name, index, value) = w.first_non_finite().unwrap();
+        assert_eq!((name.as_str(), index), ("layers.1.fc1.weight", 0));
+        assert!(value.is_nan());
+        let tensors = w.named_tensors().len();
+        assert_eq!(tensors, 1 + w.layers.len() * 17 + 2);
+    }
 
     #[test]
     fn transpose_swaps_rows_and_columns() {

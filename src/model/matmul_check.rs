@@ -2,24 +2,17 @@
 //! product of random f32 matrices against the same product in f64 on the host.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 
-use crate::model::ops;
-use crate::model::precision::ComputePlan;
-use crate::runner::HostStates;
+use super::ops;
+use super::precision::ComputePlan;
+use crate::batch::HostStates;
 
-/// Deterministic uniform values in [-1, 1) (SplitMix64).
+/// Uniform values in [-1, 1), `[n, n]` row-major, deterministic in `seed`.
 pub fn random_matrix(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    (0..n * n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n * n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
 /// `a @ b` for `[n, n]` row-major matrices, in f64.
@@ -50,8 +43,13 @@ pub fn matmul_relative_error<B: Backend>(
         Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [n, n]), device).cast(plan.dtype())
     };
     let c = HostStates::fetch(ops::matmul(plan, upload(a), upload(b)));
+    relative_error(&c.data, exact)
+}
+
+/// `||c - exact|| / ||exact||` (L2), accumulated in f64.
+fn relative_error(c: &[f32], exact: &[f64]) -> f64 {
     let (mut diff, mut norm) = (0f64, 0f64);
-    for (&t, &e) in c.data.iter().zip(exact) {
+    for (&t, &e) in c.iter().zip(exact) {
         diff += (t as f64 - e).powi(2);
         norm += e * e;
     }
@@ -103,12 +101,7 @@ mod tests {
             upload(&b),
             tf32_product,
         ));
-        let (mut diff, mut norm) = (0f64, 0f64);
-        for (&t, &e) in c.data.iter().zip(&exact) {
-            diff += (t as f64 - e).powi(2);
-            norm += e * e;
-        }
-        let err = (diff / norm).sqrt();
+        let err = relative_error(&c.data, &exact);
         assert!(err < 1e-6, "split over TF32 products {err:e}");
     }
 }

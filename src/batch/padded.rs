@@ -1,26 +1,12 @@
-//! Padded batches: every sequence in its own row of `seq_len` tokens, `<pad>` after its EOS.
-//! [`Batch`] is what the model runners need from any batch, padded or packed.
+//! Padded batches: every sequence in its own row of `seq_len` tokens, `<pad>` after its EOS,
+//! and the grouping of proteins into padded batches under a token budget.
 
 use std::ops::Range;
 
+use super::Batch;
 use crate::alphabet::PAD;
+use crate::input::Protein;
 use crate::model::layout::{HostLayout, ModelInput, token_dropout_scale};
-
-/// What a runner needs from a batch of sequences, however it is laid out.
-pub trait Batch {
-    /// The model input (tokens, token-dropout scales, attention layout).
-    fn input(&self) -> &ModelInput;
-    /// Number of sequences.
-    fn len(&self) -> usize;
-    /// Whether the batch holds no sequence.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Rows of sequence `i` in the output `[tokens, hidden]`, BOS and EOS included.
-    fn sequence_rows(&self, i: usize) -> Range<usize>;
-    /// The caller's index (e.g. FASTA record number) of sequence `i`.
-    fn record(&self, i: usize) -> usize;
-}
 
 /// Sequences padded to a common length.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,9 +81,65 @@ impl Batch for PaddedBatch {
     }
 }
 
+/// Groups protein indices into padded batches: longest first, each batch's
+/// `batch_size * longest` at most `budget` (a longer protein gets a batch of its own).
+pub fn padded_batches(proteins: &[Protein], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..proteins.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(proteins[i].token_len()));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut current_len = 0;
+    for i in order {
+        let len = proteins[i].token_len();
+        let longest = current_len.max(len);
+        if !current.is_empty() && (current.len() + 1) * longest > budget {
+            batches.push(std::mem::take(&mut current));
+            current_len = 0;
+        }
+        current_len = current_len.max(len);
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+/// Real tokens / padded tokens over the padded batches of `budget`.
+pub fn padding_efficiency(proteins: &[Protein], budget: usize) -> f64 {
+    let (mut real, mut padded) = (0usize, 0usize);
+    for b in padded_batches(proteins, budget) {
+        let lens: Vec<usize> = b.iter().map(|&i| proteins[i].token_len()).collect();
+        real += lens.iter().sum::<usize>();
+        padded += lens.len() * lens.iter().max().copied().unwrap_or(0);
+    }
+    real as f64 / padded.max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn proteins(lens: &[usize]) -> Vec<Protein> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &n)| Protein::from_letters(&format!("p{i}"), &"A".repeat(n)))
+            .collect()
+    }
+
+    #[test]
+    fn padded_batches_respect_the_budget_and_keep_every_protein() {
+        let p = proteins(&[10, 300, 48, 1022, 5, 90]);
+        let batches = padded_batches(&p, 1024);
+        let mut seen: Vec<usize> = batches.concat();
+        seen.sort();
+        assert_eq!(seen, (0..6).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| p[i].token_len()).max().unwrap();
+            assert!(b.len() == 1 || b.len() * longest <= 1024, "{b:?}");
+        }
+        assert_eq!(batches[0], vec![3], "1024 tokens fill a batch alone");
+    }
 
     #[test]
     fn padding_follows_eos_and_is_masked() {

@@ -7,14 +7,13 @@
 //!
 //! Saved seeds replay only while these strategies stay the same: [`GENERATOR_VERSION`] names
 //! the current ones, and every shrunk counterexample is also written as FASTA (see
-//! [`run_property`]), which replays whatever the strategies become.
+//! [`super::family`]), which replays whatever the strategies become.
 
 use std::fmt;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
 
 use crate::input::Protein;
 
@@ -53,9 +52,8 @@ pub const RARE: [char; 5] = ['X', 'B', 'U', 'Z', 'O'];
 const HYDROPHOBIC: [char; 6] = ['L', 'A', 'V', 'I', 'F', 'M'];
 
 /// Length strata, simplest first.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Stratum {
     Tiny,
     Short,
@@ -87,14 +85,6 @@ impl Stratum {
         }
     }
 
-    /// The stratum a residue count falls in.
-    pub fn of_len(len: usize) -> Stratum {
-        Stratum::ALL
-            .into_iter()
-            .find(|s| s.lengths().contains(&len))
-            .unwrap_or(Stratum::OverLength)
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Stratum::Tiny => "tiny",
@@ -110,6 +100,23 @@ impl Stratum {
 impl fmt::Display for Stratum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl FromStr for Stratum {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|x| x.name()).collect();
+                format!(
+                    "unknown stratum '{s}' (expected one of {})",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -261,131 +268,11 @@ pub fn mixed_batch(max: Stratum, max_len: usize) -> impl Strategy<Value = Vec<Pr
     })
 }
 
-/// Shrink steps allowed per failure.
-pub const MAX_SHRINK_ITERS: u32 = 1024;
-
-/// Case count: `PROPTEST_CASES` when set (CI keeps the defaults small), else `default`.
-pub fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Where a property family's seeds and counterexamples live.
-pub fn regressions_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proptest-regressions")
-}
-
-/// Writes proteins as FASTA.
-pub fn write_fasta(path: &Path, proteins: &[Protein]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let text: String = proteins.iter().map(|p| format!("{p:?}\n")).collect();
-    std::fs::write(path, text)
-}
-
-/// How a property run ended.
-#[derive(Debug)]
-pub enum PropertyOutcome {
-    /// Every case held.
-    Held { cases: u32 },
-    /// A case failed: the failure message of the shrunk case, the shrunk input, and how many
-    /// cases ran up to the first failure.
-    Failed {
-        message: String,
-        minimal: Vec<Protein>,
-        cases_to_failure: usize,
-    },
-}
-
-/// Runs `property` over `strategy` with seeds persisted in
-/// `proptest-regressions/<family>.txt` (replayed first), shrinking any failure.
-/// With `persist_counterexample`, the shrunk input is also written to
-/// `proptest-regressions/counterexamples/<family>.fasta` for [`crate::generate`]-independent replay.
-pub fn run_property<S>(
-    family: &str,
-    cases: u32,
-    strategy: S,
-    persist_counterexample: bool,
-    property: impl Fn(&[Protein]) -> Result<(), TestCaseError>,
-) -> PropertyOutcome
-where
-    S: Strategy<Value = Vec<Protein>>,
-{
-    let seeds = regressions_dir().join(format!("{family}.txt"));
-    let seeds: &'static str = Box::leak(seeds.to_string_lossy().into_owned().into_boxed_str());
-    let config = Config {
-        cases,
-        failure_persistence: if persist_counterexample {
-            Some(Box::new(FileFailurePersistence::Direct(seeds)))
-        } else {
-            None
-        },
-        // Each shrink step is a model run: enough steps to take a 50-residue case down to one
-        // residue (the stratum shrinks only after its residues), bounded in time.
-        max_shrink_iters: MAX_SHRINK_ITERS,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let counter = std::sync::atomic::AtomicUsize::new(0);
-    let first_failure = std::sync::atomic::AtomicUsize::new(0);
-    let result = runner.run(&strategy, |proteins| {
-        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let outcome = property(&proteins);
-        if outcome.is_err() {
-            let _ = first_failure.compare_exchange(
-                0,
-                n,
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-            );
-        }
-        outcome
-    });
-    match result {
-        Ok(()) => PropertyOutcome::Held { cases },
-        Err(TestError::Fail(reason, minimal)) => {
-            if persist_counterexample {
-                let path = regressions_dir()
-                    .join("counterexamples")
-                    .join(format!("{family}.fasta"));
-                if let Err(e) = write_fasta(&path, &minimal) {
-                    eprintln!("warning: cannot write {}: {e}", path.display());
-                }
-            }
-            PropertyOutcome::Failed {
-                message: reason.to_string(),
-                minimal,
-                cases_to_failure: first_failure.load(std::sync::atomic::Ordering::SeqCst),
-            }
-        }
-        Err(TestError::Abort(reason)) => PropertyOutcome::Failed {
-            message: format!("aborted: {reason}"),
-            minimal: Vec::new(),
-            cases_to_failure: 0,
-        },
-    }
-}
-
-/// Panics with the shrunk counterexample as FASTA when a property failed.
-pub fn assert_held(family: &str, outcome: PropertyOutcome) {
-    if let PropertyOutcome::Failed {
-        message, minimal, ..
-    } = outcome
-    {
-        let fasta: String = minimal.iter().map(|p| format!("{p:?}\n")).collect();
-        panic!(
-            "property family '{family}' failed: {message}\nminimal counterexample (also in proptest-regressions/counterexamples/{family}.fasta):\n{fasta}"
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
 
     #[test]
     fn background_frequencies_sum_to_100_percent() {

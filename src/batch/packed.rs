@@ -4,7 +4,9 @@
 //! The model runs its linear layers and FFN on the `[tokens, hidden]` stream with no padding
 //! work. Attention gathers the sequences, longest first, into groups of padded blocks
 //! (`[blocks, block_len]`, empty slots read a zero row and are masked as keys; a group holds
-//! at most [`ATTENTION_GROUP_SLOTS`] slots or one sequence; 1024 on the CPU, 4096 on CUDA) and runs once per group. Its cost
+//! at most [`ATTENTION_GROUP_SLOTS`] slots or one sequence as built; the model regroups
+//! under its backend's own budget, 1024 on the CPU, 4096 on CUDA) and runs once per group.
+//! Its cost
 //! is `O(sum_g blocks_g * heads * block_len_g^2)` time and, for one group at a time,
 //! `O(blocks_g * heads * block_len_g^2)` memory for the scores plus
 //! `O(slots * hidden)` for the gathered q, k, v; with `T` tokens and `max_seqlen` the longest,
@@ -14,14 +16,14 @@
 
 use std::ops::Range;
 
-use crate::batch::Batch;
+use super::Batch;
 use crate::input::Protein;
 use crate::model::layout::{HostLayout, ModelInput, token_dropout_scale};
 
 /// Slots per attention group inside a packed batch as built: sequences of similar length are
 /// padded into blocks together while `blocks x longest` stays within this. The model
-/// regroups under its backend's own budget (`ComputePlan::attention_group_slots`).
-pub const ATTENTION_GROUP_SLOTS: usize = crate::model::precision::CPU_ATTENTION_GROUP_SLOTS;
+/// regroups under its backend's own budget (`BackendKind::attention_group_slots`).
+pub const ATTENTION_GROUP_SLOTS: usize = crate::backend::CPU_ATTENTION_GROUP_SLOTS;
 
 /// One packed batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,11 +71,6 @@ impl PackedBatch {
             indices.iter().map(|&i| (i, proteins[i].tokens())).collect();
         Self::new(&seqs, token_dropout)
     }
-
-    /// Tokens in the stream.
-    pub fn num_tokens(&self) -> usize {
-        self.input.tokens.len()
-    }
 }
 
 impl Batch for PackedBatch {
@@ -115,9 +112,7 @@ impl Packing {
         }
         used as f64 / capacity as f64
     }
-}
 
-impl Packing {
     /// Tokens / capacity over every batch but the least filled one: the fill of the batches
     /// a stream keeps producing (any packer leaves one partial batch at the end).
     pub fn full_batch_efficiency(&self) -> f64 {
@@ -140,7 +135,7 @@ impl Packing {
     }
 }
 
-/// First-fit-decreasing: sequences sorted by cost (`len + 2` tokens, ties by index, so the
+/// First-fit-decreasing: sequences sorted by cost (tokens with BOS and EOS; ties by index, so the
 /// result is deterministic), each placed in the first batch with room, else a new one. A
 /// sequence costlier than the budget gets a batch of its own. Nothing is split or dropped.
 pub fn first_fit_decreasing(costs: &[usize], budget: usize) -> Packing {
@@ -170,7 +165,7 @@ pub fn first_fit_decreasing(costs: &[usize], budget: usize) -> Packing {
 
 /// Packs proteins (already truncated by normalisation) under `budget` tokens per batch.
 pub fn pack_proteins(proteins: &[Protein], budget: usize) -> Packing {
-    let costs: Vec<usize> = proteins.iter().map(|p| p.residues.len() + 2).collect();
+    let costs: Vec<usize> = proteins.iter().map(Protein::token_len).collect();
     first_fit_decreasing(&costs, budget)
 }
 

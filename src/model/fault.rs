@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use super::weights::EsmWeights;
+
 /// The deliberate defects a model can carry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct FaultSet {
@@ -21,6 +23,11 @@ pub struct FaultSet {
     /// Perturb one layer's weights (0-based layer index) by a relative amount: every weight
     /// w becomes w * (1 + eps * s) with a fixed pseudo-random sign s.
     pub perturb_layer_weights: Option<(usize, f32)>,
+    /// One weight of one layer's FFN (0-based layer index) is NaN, as in a corrupted
+    /// checkpoint loaded with `--allow-nonfinite-weights`.
+    pub nan_weight: Option<usize>,
+    /// One attention head (layer, head; 0-based) contributes nothing.
+    pub zeroed_attention_head: Option<(usize, usize)>,
 }
 
 impl FaultSet {
@@ -29,9 +36,26 @@ impl FaultSet {
         Self::default()
     }
 
-    /// Whether any fault is switched on.
-    pub fn any(&self) -> bool {
-        *self != Self::none()
+    /// Whether a fault changes the weights themselves.
+    pub fn changes_weights(&self) -> bool {
+        self.perturb_layer_weights.is_some()
+            || self.nan_weight.is_some()
+            || self.zeroed_attention_head.is_some()
+    }
+
+    /// `weights` with this set's weight faults applied.
+    pub fn apply_to(&self, weights: &EsmWeights) -> EsmWeights {
+        let mut w = weights.clone();
+        if let Some((layer, eps)) = self.perturb_layer_weights {
+            w.perturb_layer(layer, eps);
+        }
+        if let Some(layer) = self.nan_weight {
+            w.poison_layer(layer);
+        }
+        if let Some((layer, head)) = self.zeroed_attention_head {
+            w.zero_attention_head(layer, head);
+        }
+        w
     }
 }
 
@@ -52,6 +76,12 @@ impl fmt::Display for FaultSet {
         }
         if let Some((layer, eps)) = self.perturb_layer_weights {
             parts.push(format!("perturb-layer-weights(layer {layer}, eps {eps})"));
+        }
+        if let Some(layer) = self.nan_weight {
+            parts.push(format!("nan-weight(layer {layer})"));
+        }
+        if let Some((layer, head)) = self.zeroed_attention_head {
+            parts.push(format!("zeroed-attention-head(layer {layer}, head {head})"));
         }
         if parts.is_empty() {
             f.write_str("none")

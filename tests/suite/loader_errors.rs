@@ -4,20 +4,21 @@
 //! Bad files are made from the real 8M weights: read with burn-store, rewritten as HF
 //! safetensors with one defect each.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn_store::pytorch::PytorchReader;
+use esmfuzz::harness::metrics;
 use esmfuzz::model::load::{LoadError, load_checkpoint};
 use safetensors::{Dtype, tensor::TensorView};
 
+use super::common;
+
 /// Tensors by key: (shape, f32 values).
-type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+pub type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// The real checkpoint's tensors by their HF key (with the `esm.` prefix), in f32.
-fn real_tensors() -> Tensors {
+pub fn real_tensors() -> Tensors {
     let file = common::weights_path().join("pytorch_model.bin");
     let reader = PytorchReader::new(&file).expect("real weights readable");
     reader
@@ -34,7 +35,7 @@ fn real_tensors() -> Tensors {
 }
 
 /// Writes `tensors` as safetensors in `dtype` (F32, F16 or BF16) plus the real config.json.
-fn write_checkpoint(dir: &Path, tensors: &Tensors, dtype: Dtype) -> PathBuf {
+pub fn write_checkpoint(dir: &Path, tensors: &Tensors, dtype: Dtype) -> PathBuf {
     std::fs::copy(
         common::weights_path().join("config.json"),
         dir.join("config.json"),
@@ -101,11 +102,13 @@ fn safetensors_in_f32_f16_and_bf16_load_the_same_backbone() {
             &loaded.weights.layers[3].fc1.weight.data,
             &reference.layers[3].fc1.weight.data,
         );
-        let rel = a
+        let rel: Vec<f64> = a
             .iter()
             .zip(b)
-            .map(|(x, y)| ((x - y) / y.abs().max(1e-3)).abs())
-            .fold(0f32, f32::max);
+            .map(|(x, y)| ((x - y) / y.abs().max(1e-3)).abs() as f64)
+            .collect();
+        // NaN-propagating: a NaN weight fails the bound instead of reading as 0.
+        let rel = metrics::max(&rel);
         assert!(
             rel <= tolerance,
             "{dtype:?}: relative difference {rel} > {tolerance}"

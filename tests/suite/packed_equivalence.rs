@@ -1,17 +1,19 @@
 //! Packed (varlen) inference gives the padded results: on the whole corpus, for every
 //! sequence whatever its batch-mates and their order, boundary tokens included.
 
-mod common;
-
 use std::sync::OnceLock;
 
-use esmfuzz::embed::{DEFAULT_CPU_BUDGET, Layout, token_states};
+use esmfuzz::backend::CPU_TOKEN_BUDGET;
+use esmfuzz::batch::{
+    Batching, PackedBatch, Packing, pack_proteins, run_batch, sequence_states, token_states,
+};
+use esmfuzz::harness::family::Family;
+use esmfuzz::harness::metrics::{self, compare_states};
+use esmfuzz::harness::verdict::{PropertyId, Selection};
 use esmfuzz::input::Protein;
-use esmfuzz::metrics;
 use esmfuzz::model::Precision;
-use esmfuzz::pack::{PackedBatch, pack_proteins};
-use esmfuzz::parity::compare_states;
-use esmfuzz::runner::{run_batch, sequence_states};
+
+use super::common;
 
 /// The production packing budget of the origin pipeline.
 const PACK_BUDGET: usize = 4096;
@@ -36,11 +38,9 @@ fn padded(precision: Precision) -> &'static Vec<Vec<f32>> {
     };
     cell.get_or_init(|| {
         token_states(
-            &common::cpu_model(precision),
+            common::shared_model(precision),
             common::corpus(),
-            Layout::Padded {
-                budget: DEFAULT_CPU_BUDGET,
-            },
+            Batching::padded(CPU_TOKEN_BUDGET),
         )
     })
 }
@@ -49,11 +49,9 @@ fn packed_against(precision: Precision, reference: Precision, floor: f64) {
     let hidden = common::weights().config.hidden_size;
     let packing = pack_proteins(common::corpus(), PACK_BUDGET);
     let states = token_states(
-        &common::cpu_model(precision),
+        common::shared_model(precision),
         common::corpus(),
-        Layout::Packed {
-            budget: PACK_BUDGET,
-        },
+        Batching::packed(PACK_BUDGET),
     );
     let c = compare_states(&states, padded(reference), hidden);
     println!(
@@ -86,11 +84,8 @@ fn packed_fp16_matches_padded_fp16_and_fp32_per_token_on_the_corpus() {
 #[test]
 fn first_fit_decreasing_packs_the_corpus_into_the_fewest_batches_at_4096_tokens() {
     let packing = pack_proteins(common::corpus(), PACK_BUDGET);
-    let costs: Vec<usize> = common::corpus()
-        .iter()
-        .map(|p| p.residues.len() + 2)
-        .collect();
-    let fewest = esmfuzz::pack::Packing::lower_bound_batches(&costs, PACK_BUDGET);
+    let costs: Vec<usize> = common::corpus().iter().map(Protein::token_len).collect();
+    let fewest = Packing::lower_bound_batches(&costs, PACK_BUDGET);
     let (all, full) = (packing.efficiency(), packing.full_batch_efficiency());
     println!(
         "corpus at {PACK_BUDGET} tokens: {} batches (lower bound {fewest}), efficiency {:.2}% overall, {:.2}% over all but the last batch",
@@ -111,10 +106,10 @@ fn first_fit_decreasing_packs_the_corpus_into_the_fewest_batches_at_4096_tokens(
 
 /// Runs `proteins` packed in one batch in the given order; states of each, in that order.
 fn packed_states(order: &[usize], proteins: &[Protein]) -> Vec<Vec<f32>> {
-    let model = common::cpu_model(Precision::F32);
+    let model = common::shared_model(Precision::F32);
     let batch = PackedBatch::from_proteins(proteins, order, true);
     let last = model.config.num_hidden_layers;
-    let states = run_batch(&model, &batch, &[last]);
+    let states = run_batch(model, &batch, &[last]);
     (0..order.len())
         .map(|k| sequence_states(&states[&last], &batch, k).to_vec())
         .collect()
@@ -163,23 +158,20 @@ fn each_sequence_is_the_same_alone_with_others_and_in_any_order() {
     }
 }
 
-/// Property 7: packed FP16 against padded FP32 on mixed batches that hold a sequence of
-/// over 400 residues, boundary tokens included.
+/// Packed FP16 against padded FP32 on mixed batches that hold a sequence of over 400
+/// residues, boundary tokens and the relative-L2 bound included, and packed against its own
+/// padded states (property 7).
 #[test]
 fn packed_fp16_matches_padded_fp32_with_long_sequences_and_boundary_tokens() {
-    use esmfuzz::generate::{Stratum, mixed_batch, protein};
-    use proptest::strategy::Strategy;
-    let long = protein(Stratum::Long).prop_filter("over 400 residues", |p| p.residues.len() > 400);
-    let strategy = (long, mixed_batch(Stratum::Medium, 3)).prop_map(|(l, mut rest)| {
-        rest.insert(1, l);
-        rest
-    });
-    common::check_family(
-        "packed_vs_padded_fp32",
-        Precision::F16,
-        esmfuzz::props::Layout::Packed,
-        2,
-        strategy,
-        &["cosine", "boundary", "non-finite"],
-    );
+    let selection = Selection::only(&[
+        PropertyId::PooledCosine,
+        PropertyId::TokenCosineMean,
+        PropertyId::TokenCosineMin,
+        PropertyId::RelativeL2,
+        PropertyId::BoundaryTokenCosine,
+        PropertyId::NonFinite,
+        PropertyId::PackedVsPadded,
+    ])
+    .expect("a non-empty selection");
+    common::check_family(Family::PackedWithLong, Precision::F16, 2, selection);
 }

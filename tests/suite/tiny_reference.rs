@@ -3,16 +3,14 @@
 //! every checkpoint format loads the same backbone, and the FP32 model reproduces HF's float64
 //! hidden states for a padded batch with a `<mask>` token at every `repr_layers` index.
 
-mod common;
-
 use std::path::PathBuf;
 
-use esmfuzz::batch::PaddedBatch;
-use esmfuzz::fault::FaultSet;
-use esmfuzz::metrics::max_abs_diff;
+use esmfuzz::batch::{PaddedBatch, run_batch};
+use esmfuzz::harness::metrics::max_abs_diff;
 use esmfuzz::model::load::{CheckpointFormat, load_checkpoint};
-use esmfuzz::model::{EsmWeights, Precision};
-use esmfuzz::runner::run_batch;
+use esmfuzz::model::{EsmWeights, FaultSet, Precision};
+
+use super::common;
 
 fn fixture(name: &str) -> PathBuf {
     common::repo().join("tests/fixtures/tiny").join(name)
@@ -24,8 +22,8 @@ fn f32_weights() -> EsmWeights {
         .weights
 }
 
-/// Largest |a - b| over every weight of two backbones.
-fn weight_distance(a: &EsmWeights, b: &EsmWeights) -> f32 {
+/// Largest |a - b| over every weight of two backbones (NaN when either holds a NaN).
+fn weight_distance(a: &EsmWeights, b: &EsmWeights) -> f64 {
     let flat = |w: &EsmWeights| -> Vec<f32> {
         let mut v = w.embed_tokens.data.clone();
         for l in &w.layers {
@@ -57,10 +55,7 @@ fn weight_distance(a: &EsmWeights, b: &EsmWeights) -> f32 {
     };
     let (x, y) = (flat(a), flat(b));
     assert_eq!(x.len(), y.len());
-    x.iter()
-        .zip(&y)
-        .map(|(p, q)| (p - q).abs())
-        .fold(0.0, f32::max)
+    max_abs_diff(&x, &y)
 }
 
 #[test]

@@ -1,0 +1,121 @@
+//! `esmfuzz embed`: pooled embeddings of a FASTA file to `.npy`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use esmfuzz::batch::{self, Batching, Layout, pack_proteins};
+use esmfuzz::harness::cases::run_case;
+use esmfuzz::input::NormaliseOptions;
+use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
+use esmfuzz::npy::{NpyRowWriter, partial_path};
+use esmfuzz::with_backend;
+
+use super::{
+    ModelArgs, Outcome, check_output, precision_parser, progress, read_proteins,
+    warn_if_over_budget,
+};
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Input FASTA.
+    #[arg(long)]
+    pub fasta: PathBuf,
+    /// Precision policy.
+    #[arg(long, value_parser = precision_parser(), default_value = "f32")]
+    pub precision: Precision,
+    /// Output .npy, `[records, hidden]` float32. Rows go to OUT.partial as batches finish;
+    /// OUT itself is written only when every row is in and finite.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Pack sequences into varlen batches (cu_seqlens) instead of padding them.
+    #[arg(long)]
+    pub packed: bool,
+    /// Tokens per batch: padded (batch size x longest) or packed (sum of lengths + 2 each).
+    /// Default: 1024 on the CPU, 16384 on CUDA.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub token_budget: Option<u64>,
+    /// With --packed: slots per attention group (sequences of similar length padded into
+    /// blocks together). Default: 1024 on the CPU, 4096 on CUDA.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub attention_group_slots: Option<u64>,
+    /// Read characters outside the ESM-2 alphabet (and the gap tokens `-` `.`) as X instead
+    /// of failing.
+    #[arg(long)]
+    pub map_unknown_to_x: bool,
+    /// Keep the gap tokens `-` and `.` (in the ESM-2 vocabulary, but not residues).
+    #[arg(long)]
+    pub allow_gap_tokens: bool,
+}
+
+pub fn run(args: EmbedArgs) -> Result<Outcome> {
+    check_output(&args.out, &[&args.fasta, &args.model.weights])?;
+    let proteins = read_proteins(
+        &args.fasta,
+        NormaliseOptions {
+            map_unknown_to_x: args.map_unknown_to_x,
+            allow_gap_tokens: args.allow_gap_tokens,
+        },
+    )?;
+    let checkpoint = args.model.load()?;
+    let hidden = checkpoint.weights.config.hidden_size;
+    let plan = ComputePlan::new(args.precision, args.model.backend);
+    eprintln!("policy: {}", plan.describe());
+    let budget = args.model.budget(args.token_budget.map(|b| b as usize));
+    warn_if_over_budget(&proteins, budget);
+    let batching = if args.packed {
+        let packing = pack_proteins(&proteins, budget);
+        eprintln!(
+            "packed {} sequences into {} batches of <= {budget} tokens ({:.1}% efficiency)",
+            proteins.len(),
+            packing.bins.len(),
+            100.0 * packing.efficiency()
+        );
+        Batching::packed(budget)
+    } else {
+        Batching::padded(budget)
+    };
+    let start = Instant::now();
+    let (tokens, writer) = with_backend!(args.model.backend, |B, device| {
+        let mut model = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+        if let Some(slots) = args.attention_group_slots {
+            model.attention_group_slots = slots as usize;
+        }
+        let mut writer = NpyRowWriter::create(&args.out, proteins.len(), hidden)?;
+        let bar = progress(proteins.len(), "embedding");
+        let tokens = batch::embed(&model, &proteins, batching, |i, row: Vec<f32>| {
+            bar.inc(1);
+            if let Some(at) = row.iter().position(|v| !v.is_finite()) {
+                // Run the record alone through every layer to say where it went non-finite.
+                let alone = run_case(&model, &proteins[i..=i], Layout::Padded);
+                bail!(
+                    "record {} ('{}'): the {} embedding holds {} at dimension {at} ({}); \
+                     nothing was written to {} (finished rows are in {})",
+                    i + 1,
+                    proteins[i].name,
+                    args.precision,
+                    row[at],
+                    alone.finite.detail,
+                    args.out.display(),
+                    partial_path(&args.out).display()
+                );
+            }
+            Ok(writer.write_row(i, &row)?)
+        })?;
+        bar.finish_and_clear();
+        (tokens, writer)
+    });
+    let out = writer.finish()?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "wrote {} ({} x {hidden}); {tokens} tokens in {secs:.2} s = {:.0} tokens/s",
+        out.display(),
+        proteins.len(),
+        tokens as f64 / secs
+    );
+    Ok(Outcome::Passed)
+}

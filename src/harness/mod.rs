@@ -1,0 +1,18 @@
+//! The property harness, in floors that only ever call downwards:
+//!
+//! - [`family`]: the one family driver (seeds, persistence, shrinking, replay), used by the
+//!   tests and by [`campaign`];
+//! - [`cases`]: the only place a property runs a model; it hands host states to
+//! - [`properties`]: pure functions from states to [`verdict::Verdict`]s, built on
+//! - [`metrics`]: comparisons in f64, total on NaN and Inf;
+//! - [`strategies`]: the generators of biologically plausible proteins;
+//! - [`reference`]: FP32 against the HF transformers reference, as verdicts.
+
+pub mod campaign;
+pub mod cases;
+pub mod family;
+pub mod metrics;
+pub mod properties;
+pub mod reference;
+pub mod strategies;
+pub mod verdict;

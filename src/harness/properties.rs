@@ -1,0 +1,331 @@
+//! The properties: pure functions from host states to [`Verdict`]s. None runs a model (that
+//! is [`super::cases`]' job); each takes the states of the policy under test and, where it
+//! compares, of the FP32 reference, `[n + 2, hidden]` per sequence.
+
+use statrs::statistics::Statistics;
+
+use super::metrics;
+use super::verdict::{PropertyId, Tolerances, Verdict};
+use crate::batch::{Batch, LayerStates, pool_residues, sequence_states};
+
+/// Properties 1 and 2 and the relative-L2 regression bound.
+pub fn equivalence(
+    test: &[Vec<f32>],
+    reference: &[Vec<f32>],
+    names: &[String],
+    hidden: usize,
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let c = metrics::compare_states(test, reference, hidden);
+    let worst = names
+        .get(c.pooled_cosine_argmin)
+        .cloned()
+        .unwrap_or_default();
+    vec![
+        Verdict::above(
+            PropertyId::PooledCosine,
+            c.pooled_cosine_min,
+            tol.pooled_cosine,
+            worst,
+        ),
+        Verdict::above(
+            PropertyId::TokenCosineMean,
+            c.token_cosine_mean,
+            tol.token_cosine_mean,
+            String::new(),
+        ),
+        Verdict::above(
+            PropertyId::TokenCosineMin,
+            c.token_cosine_min,
+            tol.token_cosine_min,
+            String::new(),
+        ),
+        Verdict::below(
+            PropertyId::RelativeL2,
+            c.relative_l2,
+            tol.relative_l2,
+            String::new(),
+        ),
+    ]
+}
+
+/// Boundary tokens: per-token cosine of the first (BOS) and last (EOS) token of every
+/// sequence, against the token-cosine minimum.
+pub fn boundary_tokens(
+    test: &[Vec<f32>],
+    reference: &[Vec<f32>],
+    hidden: usize,
+    tol: &Tolerances,
+) -> Verdict {
+    let mut worst = (f64::INFINITY, String::new());
+    for (i, (t, r)) in test.iter().zip(reference).enumerate() {
+        let rows = t.len() / hidden;
+        for (row, what) in [(0, "BOS"), (rows - 1, "EOS")] {
+            let c = metrics::cosine(&t[row * hidden..][..hidden], &r[row * hidden..][..hidden]);
+            if (c < worst.0 || c.is_nan()) && !worst.0.is_nan() {
+                worst = (c, format!("sequence {i} {what}"));
+            }
+        }
+    }
+    Verdict::above(
+        PropertyId::BoundaryTokenCosine,
+        worst.0,
+        tol.token_cosine_min,
+        worst.1,
+    )
+}
+
+/// Property 3: no NaN or Inf in any layer's output at any real (non-pad) token; the detail
+/// names the first layer, sequence and token that is not finite.
+pub fn finite_layers(layers: &LayerStates, batch: &dyn Batch) -> Verdict {
+    let mut bad = 0usize;
+    let mut first = String::new();
+    for (layer, states) in layers {
+        for i in 0..batch.len() {
+            let seq = sequence_states(states, batch, i);
+            let n = metrics::count_non_finite(seq);
+            if n > 0 && first.is_empty() {
+                let at = seq.iter().position(|v| !v.is_finite()).unwrap_or(0);
+                first = format!(
+                    "first non-finite after layer {layer} (0: the embeddings), sequence {i}, token {}",
+                    at / states.hidden
+                );
+            }
+            bad += n;
+        }
+    }
+    Verdict::below(PropertyId::NonFinite, bad as f64, 0.5, first)
+}
+
+/// Property 4: every pooled embedding has a finite L2 norm in (1, 1000).
+pub fn pooled_norms(test: &[Vec<f32>], hidden: usize) -> Vec<Verdict> {
+    let norms: Vec<f64> = test
+        .iter()
+        .map(|s| metrics::l2_norm(&pool_residues(s, hidden)))
+        .collect();
+    vec![
+        Verdict::above(
+            PropertyId::PooledNormMin,
+            metrics::min(&norms),
+            1.0,
+            String::new(),
+        ),
+        Verdict::below(
+            PropertyId::PooledNormMax,
+            metrics::max(&norms),
+            1000.0,
+            String::new(),
+        ),
+    ]
+}
+
+/// All values of all token states, as f64.
+fn values(states: &[Vec<f32>]) -> Vec<f64> {
+    states.iter().flatten().map(|&v| v as f64).collect()
+}
+
+/// Number of values with |z| > 3 under their own mean and std.
+fn outliers(values: &[f64], mean: f64, std: f64) -> usize {
+    values
+        .iter()
+        .filter(|v| ((*v - mean) / std).abs() > 3.0)
+        .count()
+}
+
+/// Property 5: global mean, std, mean per-token L2 norm and |z| > 3 outlier counts. A NaN
+/// anywhere makes the mean, std and norm NaN, and their verdicts fail.
+pub fn statistics(
+    test: &[Vec<f32>],
+    reference: &[Vec<f32>],
+    hidden: usize,
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let (t, r) = (values(test), values(reference));
+    let (tm, rm) = ((&t).mean(), (&r).mean());
+    let (ts, rs) = ((&t).population_std_dev(), (&r).population_std_dev());
+    let token_norms = |s: &[Vec<f32>]| -> Vec<f64> {
+        s.iter()
+            .flat_map(|x| x.chunks_exact(hidden).map(metrics::l2_norm))
+            .collect()
+    };
+    let (tn, rn) = (token_norms(test).mean(), token_norms(reference).mean());
+    let (to, ro) = (outliers(&t, tm, ts) as f64, outliers(&r, rm, rs) as f64);
+    let larger = to.max(ro).max(1.0);
+    let outlier_rel = ((to - ro).abs() - larger.sqrt()).max(0.0) / larger;
+    vec![
+        Verdict::below(
+            PropertyId::MeanDifference,
+            (tm - rm).abs(),
+            tol.mean_abs_diff,
+            format!("{tm:.5} vs {rm:.5}"),
+        ),
+        Verdict::below(
+            PropertyId::StdRelative,
+            ((ts - rs) / rs).abs(),
+            tol.std_rel,
+            format!("{ts:.5} vs {rs:.5}"),
+        ),
+        Verdict::below(
+            PropertyId::TokenNormRelative,
+            ((tn - rn) / rn).abs(),
+            tol.l2_norm_rel,
+            format!("{tn:.4} vs {rn:.4}"),
+        ),
+        Verdict::below(
+            PropertyId::OutlierRelative,
+            outlier_rel,
+            tol.outlier_rel,
+            format!("{to} vs {ro}"),
+        ),
+    ]
+}
+
+/// Values per comparison at which the KS bounds were calibrated.
+pub const KS_REFERENCE_VALUES: f64 = 10_000.0;
+
+/// Property 6: KS distance between the reduced and FP32 value distributions. D of two
+/// samples scales like `1 / sqrt(n)`, so below [`KS_REFERENCE_VALUES`] values the bound
+/// widens by `sqrt(KS_REFERENCE_VALUES / n)` (measured: f16 D 7.3e-3 on 960 values of a
+/// 1-residue case, 5.8e-4 on ~10^5 values).
+pub fn distribution(test: &[Vec<f32>], reference: &[Vec<f32>], tol: &Tolerances) -> Verdict {
+    let (t, r) = (values(test), values(reference));
+    let n = t.len() as f64;
+    let bound = tol.ks_d * (KS_REFERENCE_VALUES / n.max(1.0)).sqrt().max(1.0);
+    Verdict::below(
+        PropertyId::KolmogorovSmirnov,
+        metrics::ks_statistic(&t, &r),
+        bound,
+        format!("{} values", t.len()),
+    )
+}
+
+/// Property 8: the same sequence's states in two runs (other batch-mates, order, or a
+/// repeat) differ by at most `threshold`.
+pub fn isolation(
+    property: PropertyId,
+    a: &[f32],
+    b: &[f32],
+    threshold: f64,
+    detail: String,
+) -> Verdict {
+    Verdict::at_most(property, metrics::max_abs_diff(a, b), threshold, detail)
+}
+
+/// Property 7: the policy's packed states against its own padded ones, per sequence; the
+/// detail names the worst sequence.
+pub fn packed_vs_padded(packed: &[Vec<f32>], padded: &[Vec<f32>], tol: &Tolerances) -> Verdict {
+    let diffs: Vec<f64> = packed
+        .iter()
+        .zip(padded)
+        .map(|(a, b)| metrics::max_abs_diff(a, b))
+        .collect();
+    let worst = metrics::max(&diffs);
+    let at = diffs
+        .iter()
+        .position(|&d| d == worst || d.is_nan())
+        .unwrap_or(0);
+    Verdict::at_most(
+        PropertyId::PackedVsPadded,
+        worst,
+        tol.packed_abs,
+        format!("sequence {at}"),
+    )
+}
+
+/// Properties 1-6 of `test` states against `reference` states (one case, both complete).
+pub fn against_reference(
+    test: &[Vec<f32>],
+    reference: &[Vec<f32>],
+    names: &[String],
+    hidden: usize,
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let mut verdicts = equivalence(test, reference, names, hidden, tol);
+    verdicts.push(boundary_tokens(test, reference, hidden, tol));
+    verdicts.extend(pooled_norms(test, hidden));
+    verdicts.extend(statistics(test, reference, hidden, tol));
+    verdicts.push(distribution(test, reference, tol));
+    verdicts
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::Precision;
+
+    /// Wall time any metric or property may take on a few hundred values, however hostile.
+    const BOUND: Duration = Duration::from_secs(2);
+
+    /// Ordinary values with NaN, +-Inf, subnormals, zeros and huge values mixed in.
+    fn hostile_value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            6 => -8.0f32..8.0,
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(f32::MIN_POSITIVE / 8.0),
+            1 => Just(0.0f32),
+            1 => prop_oneof![Just(3.0e38f32), Just(-3.0e38f32), Just(65504.0f32)],
+        ]
+    }
+
+    /// Two cases' states of the same shape: `hidden` 4, 1-3 sequences of 1-6 residues.
+    fn state_pairs() -> impl Strategy<Value = (Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        prop::collection::vec(1usize..=6, 1..=3).prop_flat_map(|lens| {
+            let one = |lens: &[usize]| {
+                lens.iter()
+                    .map(|&n| prop::collection::vec(hostile_value(), (n + 2) * 4))
+                    .collect::<Vec<_>>()
+            };
+            (one(&lens), one(&lens))
+        })
+    }
+
+    fn non_finite(s: &[Vec<f32>]) -> bool {
+        s.iter().flatten().any(|v| !v.is_finite())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn hostile_numbers_end_in_bounded_time_and_non_finite_states_fail((test, reference) in state_pairs()) {
+            let tol = Tolerances::for_precision(Precision::F16);
+            let names: Vec<String> = (0..test.len()).map(|i| format!("s{i}")).collect();
+            let start = Instant::now();
+            let mut verdicts = against_reference(&test, &reference, &names, 4, &tol);
+            verdicts.push(packed_vs_padded(&test, &reference, &tol));
+            for (t, r) in test.iter().zip(&reference) {
+                verdicts.push(isolation(PropertyId::AloneVsPadded, t, r, 0.05, String::new()));
+                let _ = metrics::ks_statistic(
+                    &t.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                    &r.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                );
+            }
+            prop_assert!(start.elapsed() < BOUND, "took {:?}", start.elapsed());
+            if non_finite(&test) || non_finite(&reference) {
+                prop_assert!(
+                    verdicts.iter().any(|v| !v.passed),
+                    "non-finite states passed every verdict"
+                );
+            }
+            for v in &verdicts {
+                prop_assert!(!v.measured.is_nan() || !v.passed, "a NaN passed: {}", v);
+            }
+        }
+    }
+
+    #[test]
+    fn identical_states_pass_every_statistic() {
+        let s = vec![vec![0.5f32, -1.0, 2.0, 0.1, 0.3, -0.2, 1.5, 0.0]];
+        let tol = Tolerances::for_precision(Precision::F32);
+        for v in statistics(&s, &s, 2, &tol) {
+            assert!(v.passed, "{v}");
+        }
+        assert!(distribution(&s, &s, &tol).passed);
+    }
+}

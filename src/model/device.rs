@@ -1,0 +1,94 @@
+//! Weights on the device: uploads cast to the policy's storage dtype, and the two modules
+//! every layer is built from (`Linear`, `LayerNorm`), each keeping the plan (and the fault
+//! switches) it was built with, so its forward takes only the activations.
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use super::ops;
+use super::precision::ComputePlan;
+use super::weights::{HostTensor, LinearWeights, NormWeights};
+
+/// Uploads a host tensor and casts it to the plan's storage dtype.
+///
+/// The rank is checked by the loaders (every tensor's shape is validated against the
+/// config), so a mismatch here is a bug, not bad input.
+pub fn to_device<B: Backend, const D: usize>(
+    t: &HostTensor,
+    plan: &ComputePlan,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let shape: [usize; D] = t
+        .shape
+        .clone()
+        .try_into()
+        .unwrap_or_else(|s: Vec<usize>| panic!("expected a rank-{D} tensor, got shape {s:?}"));
+    Tensor::<B, D>::from_data(TensorData::new(t.data.clone(), shape), device).cast(plan.dtype())
+}
+
+/// A PyTorch `Linear` on the device, weight stored transposed for `x @ w`.
+pub struct DeviceLinear<B: Backend> {
+    /// `[in, out]`.
+    pub weight_t: Tensor<B, 2>,
+    /// `[out]`.
+    pub bias: Tensor<B, 1>,
+    plan: ComputePlan,
+}
+
+impl<B: Backend> DeviceLinear<B> {
+    pub fn new(w: &LinearWeights, plan: &ComputePlan, device: &B::Device) -> Self {
+        Self {
+            weight_t: to_device(&w.weight.transposed(), plan, device),
+            bias: to_device(&w.bias, plan, device),
+            plan: *plan,
+        }
+    }
+
+    /// # Shapes
+    /// `x: [..., in]` -> `[..., out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        ops::linear(&self.plan, x, &self.weight_t, &self.bias)
+    }
+}
+
+/// A PyTorch `LayerNorm` on the device.
+pub struct DeviceNorm<B: Backend> {
+    /// `[hidden]`.
+    pub weight: Tensor<B, 1>,
+    /// `[hidden]`.
+    pub bias: Tensor<B, 1>,
+    plan: ComputePlan,
+    eps: f64,
+    /// The unshifted-half-statistics fault (statistics in the storage dtype).
+    unshifted_fault: bool,
+}
+
+impl<B: Backend> DeviceNorm<B> {
+    pub fn new(
+        w: &NormWeights,
+        plan: &ComputePlan,
+        eps: f64,
+        unshifted_fault: bool,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            weight: to_device(&w.weight, plan, device),
+            bias: to_device(&w.bias, plan, device),
+            plan: *plan,
+            eps,
+            unshifted_fault,
+        }
+    }
+
+    /// # Shapes
+    /// `x: [..., hidden]` -> `[..., hidden]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        ops::layer_norm(
+            &self.plan,
+            x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            self.unshifted_fault,
+        )
+    }
+}

@@ -1,0 +1,251 @@
+//! The binary as a user meets it, with bad input: every run ends in bounded time, a non-zero
+//! exit names what is wrong, and no run destroys a file it did not create.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use safetensors::Dtype;
+
+use super::common;
+use super::loader_errors::{real_tensors, write_checkpoint};
+
+/// How long any one command here may take before the test calls it a hang.
+const HANG: Duration = Duration::from_secs(300);
+
+/// Runs the built `esmfuzz` with `args` from the repository root; (exit code, stderr).
+fn esmfuzz(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_esmfuzz"))
+        .args(args)
+        .current_dir(common::repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the esmfuzz binary starts");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code().unwrap_or(-1), err);
+        }
+        if start.elapsed() > HANG {
+            let _ = child.kill();
+            panic!("esmfuzz {args:?} ran past {HANG:?}: a hang");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temp path")
+}
+
+/// Three short corpus records as a FASTA file in `dir`.
+fn small_fasta(dir: &Path) -> PathBuf {
+    let path = dir.join("small.fasta");
+    let text: String = common::corpus()
+        .iter()
+        .filter(|p| p.residues.len() < 60)
+        .take(3)
+        .map(|p| format!("{p:?}\n"))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The real weights with one NaN in layer 2's FFN, as safetensors in a new folder.
+fn nan_checkpoint() -> tempfile::TempDir {
+    let mut tensors = real_tensors();
+    let key = "esm.encoder.layer.2.intermediate.dense.weight";
+    tensors.get_mut(key).expect("the FFN weight").1[5] = f32::NAN;
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &tensors, Dtype::F32);
+    dir
+}
+
+#[test]
+fn nan_weights_are_refused_naming_the_tensor_and_index() {
+    let weights = nan_checkpoint();
+    let work = tempfile::tempdir().unwrap();
+    let fasta = small_fasta(work.path());
+    let out = work.path().join("out.npy");
+    let (code, err) = esmfuzz(&[
+        "embed",
+        "--weights",
+        s(weights.path()),
+        "--fasta",
+        s(&fasta),
+        "--out",
+        s(&out),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("layers.2.fc1.weight") && err.contains("index 5"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn embed_refuses_non_finite_rows_and_keeps_an_existing_output() {
+    let weights = nan_checkpoint();
+    let work = tempfile::tempdir().unwrap();
+    let fasta = small_fasta(work.path());
+    let out = work.path().join("out.npy");
+    std::fs::write(&out, b"precious").unwrap();
+    let (code, err) = esmfuzz(&[
+        "embed",
+        "--weights",
+        s(weights.path()),
+        "--fasta",
+        s(&fasta),
+        "--out",
+        s(&out),
+        "--allow-nonfinite-weights",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("record ") && err.contains("holds NaN"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        b"precious",
+        "the old output was touched"
+    );
+}
+
+#[test]
+fn fuzz_on_nan_weights_fails_the_non_finite_property_in_bounded_time() {
+    let weights = nan_checkpoint();
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("fuzz");
+    let regressions = work.path().join("regressions");
+    let (code, err) = esmfuzz(&[
+        "fuzz",
+        "--weights",
+        s(weights.path()),
+        "--allow-nonfinite-weights",
+        "--precision",
+        "f16",
+        "--cases",
+        "2",
+        "--max-stratum",
+        "tiny",
+        "--seed",
+        "3",
+        "--out",
+        s(&out),
+        "--regressions",
+        s(&regressions),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("non-finite values in any layer"), "{err}");
+    let report = std::fs::read_to_string(out.join("report.json")).unwrap();
+    assert!(report.contains("\"passed\": false"), "{report}");
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
+    let work = tempfile::tempdir().unwrap();
+    let fasta = small_fasta(work.path());
+    let before = std::fs::read(&fasta).unwrap();
+    let (code, err) = esmfuzz(&["embed", "--fasta", s(&fasta), "--out", s(&fasta)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("overwrite an input"), "{err}");
+    assert_eq!(std::fs::read(&fasta).unwrap(), before);
+}
+
+#[test]
+fn nonsense_sizes_and_counts_are_usage_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let fasta = small_fasta(work.path());
+    let out = work.path().join("o.npy");
+    for args in [
+        vec!["fuzz", "--cases", "0"],
+        vec!["matmul-check", "--size", "0"],
+        vec![
+            "embed",
+            "--fasta",
+            s(&fasta),
+            "--out",
+            s(&out),
+            "--token-budget",
+            "0",
+        ],
+        vec!["bench", "--repeat", "0"],
+    ] {
+        let (code, err) = esmfuzz(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("invalid value"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_gzip_fasta_and_a_folder_get_clear_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let gz = work.path().join("x.fasta.gz");
+    std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]).unwrap();
+    let out = work.path().join("o.npy");
+    let (code, err) = esmfuzz(&["embed", "--fasta", s(&gz), "--out", s(&out)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("gunzip"), "{err}");
+    let (code, err) = esmfuzz(&["embed", "--fasta", s(work.path()), "--out", s(&out)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is a folder"), "{err}");
+}
+
+/// `value` without the keys that hold timings.
+fn without_timings(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(k, _)| k != "seconds")
+                .map(|(k, v)| (k, without_timings(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_timings).collect()),
+        other => other,
+    }
+}
+
+#[test]
+fn fuzz_with_one_seed_twice_writes_the_same_report_apart_from_timings() {
+    let work = tempfile::tempdir().unwrap();
+    let reports: Vec<serde_json::Value> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let out = work.path().join(name);
+            let regressions = work.path().join(format!("regressions-{name}"));
+            let (code, err) = esmfuzz(&[
+                "fuzz",
+                "--precision",
+                "f16",
+                "--cases",
+                "2",
+                "--max-stratum",
+                "tiny",
+                "--seed",
+                "11",
+                "--out",
+                s(&out),
+                "--regressions",
+                s(&regressions),
+            ]);
+            assert_eq!(code, 0, "{err}");
+            assert!(err.contains("seed: 11"), "{err}");
+            let text = std::fs::read_to_string(out.join("report.json")).unwrap();
+            let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+            // The two runs name their own (empty) regressions folders.
+            json["regressions"] = serde_json::Value::Null;
+            without_timings(json)
+        })
+        .collect();
+    assert_eq!(reports[0]["seed"], 11);
+    assert_eq!(reports[0], reports[1]);
+}

