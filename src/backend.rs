@@ -16,6 +16,32 @@ pub fn cpu_device() -> burn::backend::flex::FlexDevice {
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
+/// Whether CUDA works here: creates the default device and runs one tiny op. cudarc panics
+/// when it cannot load the driver (`libcuda.so`); that panic is caught (and not printed)
+/// and returned as an error saying what is missing.
+#[cfg(feature = "cuda")]
+pub fn probe_cuda() -> Result<(), String> {
+    use burn::tensor::Tensor;
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(|| {
+        let device = burn::backend::cuda::CudaDevice::default();
+        Tensor::<Cuda, 1>::zeros([1], &device).into_data();
+    });
+    std::panic::set_hook(hook);
+    result.map_err(|payload| {
+        let detail = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown failure".to_string());
+        format!(
+            "CUDA is not usable on this machine (no NVIDIA driver or GPU found: {detail}); \
+             run on a machine with a GPU, or use --backend cpu"
+        )
+    })
+}
+
 /// Which device the model runs on; decides how a precision policy is realised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -115,6 +141,7 @@ macro_rules! with_backend {
             }
             #[cfg(feature = "cuda")]
             $crate::backend::BackendKind::Cuda => {
+                $crate::backend::probe_cuda().map_err(|e| anyhow::anyhow!(e))?;
                 type $b = $crate::backend::Cuda;
                 let $device = burn::backend::cuda::CudaDevice::default();
                 $body

@@ -171,6 +171,9 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                             failure.message, failure.minimal_fasta
                         )
                     });
+                    if let Some(l) = &result.localisation {
+                        bar.suspend(|| eprintln!("where the error is born:\n{}", l.to_markdown()));
+                    }
                 }
             }
             printed = campaign.families.len();

@@ -4,6 +4,7 @@
 
 mod bench;
 mod embed;
+mod explain;
 mod fuzz;
 mod matmul_check;
 mod parity;
@@ -59,6 +60,10 @@ pub enum Command {
     MatmulCheck(matmul_check::MatmulCheckArgs),
     /// Throughput (tokens/s) of padded versus packed batches on a FASTA file.
     Bench(bench::BenchArgs),
+    /// Where one FASTA record's error is born: relative L2, token cosines and max |diff|
+    /// against FP32 after the embeddings, each attention and FFN block, and the final
+    /// LayerNorm; exit 1 when a place exceeds the policy's relative-L2 bound.
+    Explain(explain::ExplainArgs),
     /// Fuzz a policy against FP32 with generated proteins: saved failures replayed first,
     /// then the property families of the test suite, on any backend; exit 1 when a property
     /// fails (shrunk case written as FASTA).
@@ -72,6 +77,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Parity(args) => parity::run(args),
         Command::MatmulCheck(args) => matmul_check::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Fuzz(args) => fuzz::run(args),
     }
 }

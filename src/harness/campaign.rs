@@ -74,6 +74,7 @@ pub fn run_campaign<B: Backend>(
         seed: Some(spec.seed),
         regressions: Some(spec.regressions.clone()),
         selection: Selection::all(),
+        localise: true,
     };
     let saved = saved_files(&spec.regressions, precision)?;
     let mut report = CampaignReport {

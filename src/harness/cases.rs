@@ -4,13 +4,14 @@
 
 use burn::tensor::backend::Backend;
 
+use super::localise::{Localisation, localise};
 use super::properties::{against_reference, finite_layers, isolation, packed_vs_padded};
 use super::verdict::{PropertyId, Tolerances, Verdict};
 use crate::batch::{
-    Batch, LayerStates, Layout, PackedBatch, PaddedBatch, run_batch, sequence_states,
+    Batch, HostStates, LayerStates, Layout, PackedBatch, PaddedBatch, run_batch, sequence_states,
 };
 use crate::input::Protein;
-use crate::model::Esm2;
+use crate::model::{Esm2, Place};
 
 /// The models a family judges: the FP32 reference and the policy under test (which may be
 /// the same model, or carry injected faults).
@@ -39,20 +40,60 @@ pub struct CaseStates {
 /// Runs `proteins` as one batch laid out as `layout`.
 pub fn run_case<B: Backend>(model: &Esm2<B>, proteins: &[Protein], layout: Layout) -> CaseStates {
     let layers: Vec<usize> = (0..=model.config.num_hidden_layers).collect();
+    let batch = one_batch(model, proteins, layout);
+    let states = run_batch(model, batch.as_ref(), &layers);
+    CaseStates {
+        last: per_sequence(&states, batch.as_ref(), model.config.num_hidden_layers),
+        finite: finite_layers(&states, batch.as_ref()),
+    }
+}
+
+/// Runs `proteins` as one batch laid out as `layout` and returns every sequence's states at
+/// every [`Place`] of the forward pass, `[n + 2, hidden]` per sequence.
+pub fn trace_case<B: Backend>(
+    model: &Esm2<B>,
+    proteins: &[Protein],
+    layout: Layout,
+) -> Vec<(Place, Vec<Vec<f32>>)> {
+    let batch = one_batch(model, proteins, layout);
+    model
+        .trace(batch.input())
+        .into_iter()
+        .map(|(place, t)| {
+            let states = HostStates::fetch(t);
+            let seqs = (0..batch.len())
+                .map(|i| sequence_states(&states, batch.as_ref(), i).to_vec())
+                .collect();
+            (place, seqs)
+        })
+        .collect()
+}
+
+/// Where the error of one case is born: the policy under test laid out as `layout` against
+/// the FP32 reference run padded, at every place of the forward pass.
+pub fn localise_case<B: Backend>(
+    models: Models<'_, B>,
+    proteins: &[Protein],
+    layout: Layout,
+    threshold: f64,
+) -> Localisation {
+    let reference = trace_case(models.reference, proteins, Layout::Padded);
+    let test = trace_case(models.test, proteins, layout);
+    let hidden = models.reference.config.hidden_size;
+    localise(&test, &reference, proteins, hidden, threshold)
+}
+
+/// `proteins` as one batch of `layout`, records numbered in input order.
+fn one_batch<B: Backend>(model: &Esm2<B>, proteins: &[Protein], layout: Layout) -> Box<dyn Batch> {
     let seqs: Vec<(usize, Vec<u32>)> = proteins
         .iter()
         .enumerate()
         .map(|(i, p)| (i, p.tokens()))
         .collect();
     let dropout = model.config.token_dropout;
-    let batch: Box<dyn Batch> = match layout {
+    match layout {
         Layout::Padded => Box::new(PaddedBatch::new(&seqs, dropout)),
         Layout::Packed => Box::new(PackedBatch::new(&seqs, dropout)),
-    };
-    let states = run_batch(model, batch.as_ref(), &layers);
-    CaseStates {
-        last: per_sequence(&states, batch.as_ref(), model.config.num_hidden_layers),
-        finite: finite_layers(&states, batch.as_ref()),
     }
 }
 

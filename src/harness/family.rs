@@ -23,7 +23,8 @@ use proptest::test_runner::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::cases::{Models, check_against_reference, check_isolation};
+use super::cases::{Models, check_against_reference, check_isolation, localise_case};
+use super::localise::Localisation;
 use super::strategies::{Stratum, mixed_batch, protein, protein_up_to};
 use super::verdict::{Selection, Tolerances, Verdict, failures, tightest};
 use crate::batch::Layout;
@@ -208,6 +209,9 @@ pub struct RunOptions {
     pub regressions: Option<PathBuf>,
     /// The properties judged.
     pub selection: Selection,
+    /// Localise the error of the failing case, or of the tightest passing one (families
+    /// that compare with FP32 only; two more model runs).
+    pub localise: bool,
 }
 
 /// Watches a family run; every method has a do-nothing default.
@@ -260,7 +264,11 @@ pub struct FamilyResult {
     pub passed: bool,
     /// The verdict with the smallest margin over every case run (the shrunk one on failure).
     pub tightest: Option<Verdict>,
+    /// The proteins of the case that gave `tightest`, as FASTA.
+    pub tightest_case: String,
     pub failure: Option<FamilyFailure>,
+    /// Where the error of the failing (else the tightest) case is born.
+    pub localisation: Option<Localisation>,
     pub seconds: f64,
 }
 
@@ -325,7 +333,7 @@ fn drive<B: Backend>(
 
     let runs = RefCell::new(0usize);
     let first_failure = RefCell::new(0usize);
-    let tightest_seen: RefCell<Option<Verdict>> = RefCell::new(None);
+    let tightest_seen: RefCell<Option<(Verdict, Vec<Protein>)>> = RefCell::new(None);
     let observer = RefCell::new(observer);
     let result = runner.run(&family.strategy(), |proteins| {
         let run = {
@@ -345,8 +353,16 @@ fn drive<B: Backend>(
         }
         if let Some(v) = tightest(&verdicts) {
             let mut seen = tightest_seen.borrow_mut();
-            let candidates: Vec<Verdict> = seen.take().into_iter().chain([v.clone()]).collect();
-            *seen = tightest(&candidates).cloned();
+            let replace = match seen.as_ref() {
+                None => true,
+                Some((best, _)) => {
+                    let pair = [best.clone(), v.clone()];
+                    tightest(&pair).is_some_and(|t| std::ptr::eq(t, &pair[1]))
+                }
+            };
+            if replace {
+                *seen = Some((v.clone(), proteins.clone()));
+            }
         }
         match failures(&verdicts) {
             None => Ok(()),
@@ -398,6 +414,18 @@ fn drive<B: Backend>(
             counterexample: None,
         }),
     };
+    let (tightest, tightest_proteins) = tightest_seen.into_inner().unzip();
+    let localisation = match (options.localise, family.check()) {
+        (true, Check::AgainstReference(layout)) => {
+            let case = failure
+                .as_ref()
+                .map(|f| &f.minimal)
+                .filter(|m| !m.is_empty())
+                .or(tightest_proteins.as_ref());
+            case.map(|proteins| localise_case(models, proteins, layout, tol.relative_l2))
+        }
+        _ => None,
+    };
     FamilyResult {
         family: name,
         policy,
@@ -405,8 +433,13 @@ fn drive<B: Backend>(
         runs: runs.into_inner(),
         replayed_seeds,
         passed: failure.is_none(),
-        tightest: tightest_seen.into_inner(),
+        tightest,
+        tightest_case: tightest_proteins
+            .as_deref()
+            .map(fasta_text)
+            .unwrap_or_default(),
         failure,
+        localisation,
         seconds: start.elapsed().as_secs_f64(),
     }
 }

@@ -3,7 +3,8 @@
 //! - [`family`]: the one family driver (seeds, persistence, shrinking, replay), used by the
 //!   tests and by [`campaign`];
 //! - [`cases`]: the only place a property runs a model; it hands host states to
-//! - [`properties`]: pure functions from states to [`verdict::Verdict`]s, built on
+//! - [`properties`]: pure functions from states to [`verdict::Verdict`]s, and [`localise`]:
+//!   where in the forward pass an error is born, both built on
 //! - [`metrics`]: comparisons in f64, total on NaN and Inf;
 //! - [`strategies`]: the generators of biologically plausible proteins;
 //! - [`reference`]: FP32 against the HF transformers reference, as verdicts.
@@ -11,6 +12,7 @@
 pub mod campaign;
 pub mod cases;
 pub mod family;
+pub mod localise;
 pub mod metrics;
 pub mod properties;
 pub mod reference;

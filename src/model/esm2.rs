@@ -28,6 +28,31 @@ pub struct Esm2<B: Backend> {
     device: B::Device,
 }
 
+/// A place in the forward pass where the residual stream can be compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Place {
+    /// The token embeddings after token dropout.
+    Embeddings,
+    /// Layer `i` (0-based, HF's `encoder.layer.i`) after its attention block.
+    Attention(usize),
+    /// Layer `i` after its FFN block: the layer's output.
+    Ffn(usize),
+    /// After `emb_layer_norm_after`.
+    FinalNorm,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Embeddings => f.write_str("embeddings"),
+            Place::Attention(i) => write!(f, "layer {i} attention"),
+            Place::Ffn(i) => write!(f, "layer {i} FFN"),
+            Place::FinalNorm => f.write_str("final LayerNorm"),
+        }
+    }
+}
+
 /// Representations by layer index: 0 is the embedding output (after token dropout), `i` in
 /// `1..L` the output of layer `i`, and `L` the output after `emb_layer_norm_after`.
 pub struct EsmOutput<B: Backend> {
@@ -82,9 +107,38 @@ impl<B: Backend> Esm2<B> {
     /// # Shapes
     /// `input.tokens: [tokens]` -> each representation `[tokens, hidden]`
     pub fn forward(&self, input: &ModelInput, repr_layers: &[usize]) -> EsmOutput<B> {
+        let last = self.layers.len();
+        let mut representations = BTreeMap::new();
+        self.run(input, |place, x| {
+            let index = match place {
+                Place::Embeddings => Some(0),
+                Place::Ffn(i) if i + 1 < last => Some(i + 1),
+                Place::FinalNorm => Some(last),
+                _ => None,
+            };
+            if let Some(index) = index.filter(|i| repr_layers.contains(i)) {
+                representations.insert(index, x.clone());
+            }
+        });
+        EsmOutput { representations }
+    }
+
+    /// Runs the model and returns the states at every [`Place`], in order: the embeddings,
+    /// each layer's residual stream after its attention block and after its FFN block, and
+    /// the output of the final LayerNorm.
+    ///
+    /// # Shapes
+    /// `input.tokens: [tokens]` -> each state `[tokens, hidden]`
+    pub fn trace(&self, input: &ModelInput) -> Vec<(Place, Tensor<B, 2>)> {
+        let mut places = Vec::with_capacity(2 * self.layers.len() + 2);
+        self.run(input, |place, x| places.push((place, x.clone())));
+        places
+    }
+
+    /// The forward pass, showing `observe` the residual stream at every place.
+    fn run(&self, input: &ModelInput, mut observe: impl FnMut(Place, &Tensor<B, 2>)) {
         let device = &self.device;
         let dtype = self.plan.dtype();
-        let n_layers = self.layers.len();
         let n_tokens = input.tokens.len();
 
         let host_layout = self.effective_layout(input);
@@ -98,11 +152,8 @@ impl<B: Backend> Esm2<B> {
         )
         .cast(dtype);
         let mut x = self.embed_tokens.clone().select(0, ids) * scale;
+        observe(Place::Embeddings, &x);
 
-        let mut representations = BTreeMap::new();
-        if repr_layers.contains(&0) {
-            representations.insert(0, x.clone());
-        }
         // RoPE tables per group, rebuilt only when a layer's `inv_freq` differs from the
         // previous layer's (checkpoints store one per layer; they are normally identical).
         let mut rotary: Option<(&[f32], Vec<RotaryTables<B>>)> = None;
@@ -126,20 +177,18 @@ impl<B: Backend> Esm2<B> {
                 rotary = Some((inv_freq, tables));
             }
             let rotary = rotary.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
-            x = layer.forward(x, &layout, rotary);
+            let after_attention = layer.attention_block(x, &layout, rotary);
+            observe(Place::Attention(i), &after_attention);
+            x = layer.ffn_block(after_attention);
             if let Some((faulty, factor)) = self.faults.scale_layer_output
                 && faulty == i
             {
                 x = x.mul_scalar(factor);
             }
-            if i + 1 == n_layers {
-                x = self.emb_layer_norm_after.forward(x);
-            }
-            if repr_layers.contains(&(i + 1)) {
-                representations.insert(i + 1, x.clone());
-            }
+            observe(Place::Ffn(i), &x);
         }
-        EsmOutput { representations }
+        x = self.emb_layer_norm_after.forward(x);
+        observe(Place::FinalNorm, &x);
     }
 
     /// The layout the model really uses: the input's, packed input regrouped under

@@ -41,18 +41,25 @@ impl<B: Backend> EsmLayer<B> {
         }
     }
 
-    /// `x + attn(LN(x))`, then `x + fc2(gelu(fc1(LN(x))))`.
+    /// `x + attn(LN(x))`.
     ///
     /// # Shapes
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
-    pub fn forward(
+    pub fn attention_block(
         &self,
         x: Tensor<B, 2>,
         layout: &DeviceLayout<B>,
         rotary: &[RotaryTables<B>],
     ) -> Tensor<B, 2> {
         let h = self.self_attn_layer_norm.forward(x.clone());
-        let x = x + self.self_attn.forward(h, layout, rotary);
+        x + self.self_attn.forward(h, layout, rotary)
+    }
+
+    /// `x + fc2(gelu(fc1(LN(x))))`.
+    ///
+    /// # Shapes
+    /// `x: [tokens, hidden]` -> `[tokens, hidden]`
+    pub fn ffn_block(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.final_layer_norm.forward(x.clone());
         let h = self.fc2.forward(ops::gelu_exact(self.fc1.forward(h)));
         x + h

@@ -17,7 +17,7 @@ pub mod weights;
 
 pub use crate::backend::BackendKind;
 pub use config::EsmConfig;
-pub use esm2::{Esm2, EsmOutput};
+pub use esm2::{Esm2, EsmOutput, Place};
 pub use fault::FaultSet;
 pub use precision::{ComputePlan, Precision};
 pub use weights::EsmWeights;

@@ -249,3 +249,19 @@ fn fuzz_with_one_seed_twice_writes_the_same_report_apart_from_timings() {
     assert_eq!(reports[0]["seed"], 11);
     assert_eq!(reports[0], reports[1]);
 }
+
+#[test]
+fn explain_localises_a_record_and_names_a_missing_one() {
+    let work = tempfile::tempdir().unwrap();
+    let fasta = small_fasta(work.path());
+    let name = common::corpus()
+        .iter()
+        .find(|p| p.residues.len() < 60)
+        .map(|p| p.name.clone())
+        .unwrap();
+    let (code, err) = esmfuzz(&["explain", "--fasta", s(&fasta), "--record", &name]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = esmfuzz(&["explain", "--fasta", s(&fasta), "--record", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no record 'nope'"), "{err}");
+}

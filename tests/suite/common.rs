@@ -157,6 +157,7 @@ pub fn check_family(
         seed: None,
         regressions: Some(regressions()),
         selection,
+        localise: false,
     };
     let result = run_family(
         family,

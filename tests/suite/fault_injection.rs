@@ -37,6 +37,7 @@ fn caught(
         seed: Some(SEED),
         regressions: None,
         selection: Selection::all(),
+        localise: false,
     };
     let result = run_family(
         family,

@@ -11,6 +11,7 @@ mod cli_behaviour;
 mod equivalence_by_stratum;
 mod fault_injection;
 mod loader_errors;
+mod localisation;
 mod numerical_stability;
 mod packed_equivalence;
 mod reader_fuzz;

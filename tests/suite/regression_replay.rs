@@ -93,6 +93,7 @@ fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
         seed: Some(1),
         regressions: Some(regressions.path().to_path_buf()),
         selection: Selection::all(),
+        localise: false,
     };
     let saved = run_family(tiny, models, &tol, &options, &mut ());
     assert!(!saved.passed, "the fault was not caught");

@@ -1,0 +1,94 @@
+//! `esmfuzz explain`: where in the forward pass one FASTA record's error is born, for a
+//! policy against FP32.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use esmfuzz::batch::Layout;
+use esmfuzz::harness::cases::{Models, localise_case};
+use esmfuzz::harness::verdict::Tolerances;
+use esmfuzz::input::NormaliseOptions;
+use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
+use esmfuzz::with_backend;
+
+use super::{ModelArgs, Outcome, precision_parser, read_proteins, write_report};
+
+#[derive(clap::Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// FASTA file holding the record.
+    #[arg(long)]
+    pub fasta: PathBuf,
+    /// The record's identifier (the FASTA name up to the first whitespace).
+    #[arg(long)]
+    pub record: String,
+    /// Policy to explain (against FP32 on the same backend).
+    #[arg(long, value_parser = precision_parser(), default_value = "f16")]
+    pub precision: Precision,
+    /// Run the policy under test packed (varlen) instead of padded.
+    #[arg(long)]
+    pub packed: bool,
+    /// Also write the localisation as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+pub fn run(args: ExplainArgs) -> Result<Outcome> {
+    let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
+    let Some(protein) = proteins.iter().find(|p| p.name == args.record) else {
+        let known: Vec<&str> = proteins.iter().take(5).map(|p| p.name.as_str()).collect();
+        bail!(
+            "{}: no record '{}' among its {} records (the first: {})",
+            args.fasta.display(),
+            args.record,
+            proteins.len(),
+            known.join(", ")
+        );
+    };
+    let checkpoint = args.model.load()?;
+    let backend = args.model.backend;
+    let tol = Tolerances::for_precision(args.precision);
+    let layout = if args.packed {
+        Layout::Packed
+    } else {
+        Layout::Padded
+    };
+    let localisation = with_backend!(backend, |B, device| {
+        let reference = Esm2::<B>::new(
+            &checkpoint.weights,
+            ComputePlan::new(Precision::F32, backend),
+            FaultSet::none(),
+            &device,
+        );
+        let plan = ComputePlan::new(args.precision, backend);
+        eprintln!("under test: {}", plan.describe());
+        let test = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+        let models = Models {
+            reference: &reference,
+            test: &test,
+        };
+        localise_case(
+            models,
+            std::slice::from_ref(protein),
+            layout,
+            tol.relative_l2,
+        )
+    });
+    println!(
+        "{} ({} residues), {} {layout} against FP32 padded on {backend}:\n",
+        protein.name,
+        protein.residues.len(),
+        args.precision
+    );
+    println!("{}", localisation.to_markdown());
+    if let Some(path) = &args.report {
+        write_report(path, &localisation)?;
+    }
+    Ok(if localisation.first_crossing.is_none() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
+}
