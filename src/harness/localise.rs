@@ -191,7 +191,7 @@ mod tests {
     fn the_error_is_placed_where_it_is_born_and_where_it_grows() {
         let p = Protein::from_letters("p", "MK");
         let r = vec![vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0, 0.5, 0.5]];
-        let bump = |x: f32| vec![vec![1.0f32, 0.0, 0.0, 1.0 + x, 1.0, 1.0, 0.5, 0.5]];
+        let bump = |x: f32| vec![vec![1.0f32, 0.0, x, 1.0, 1.0, 1.0, 0.5, 0.5]];
         let places = [
             Place::Embeddings,
             Place::Attention(0),

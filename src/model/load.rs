@@ -329,6 +329,10 @@ fn dtype_name(dtype: DType) -> String {
 pub enum KeyRole {
     /// A backbone tensor under its canonical fair-esm name.
     Backbone(String),
+    /// A RoPE `inv_freq` stored once for every layer: HF transformers 5.x writes
+    /// `encoder.layer.*.attention.self.rotary_embeddings.inv_freq`, its current `EsmModel`
+    /// keeps one model-level `rotary_embeddings.inv_freq`.
+    SharedInvFreq,
     /// A head or unused table, ignored.
     Ignored,
     /// Not an ESM tensor.
@@ -340,6 +344,24 @@ pub enum KeyRole {
 /// self.query` is fair-esm's `layers.{i}.self_attn.q_proj`, and so on (table in the body).
 pub fn canonical_name(key: &str) -> KeyRole {
     let key = key.strip_prefix("esm.").unwrap_or(key);
+    match canonical_name_as_stored(key) {
+        // Older LayerNorm parameter names (TF-style), as HF's loader also accepts them.
+        KeyRole::Backbone(name) => KeyRole::Backbone(match name.rsplit_once('.') {
+            Some((module, "gamma")) if module.contains("norm") => format!("{module}.weight"),
+            Some((module, "beta")) if module.contains("norm") => format!("{module}.bias"),
+            _ => name,
+        }),
+        other => other,
+    }
+}
+
+/// [`canonical_name`] before LayerNorm parameter names are unified.
+fn canonical_name_as_stored(key: &str) -> KeyRole {
+    if key == "rotary_embeddings.inv_freq"
+        || key == "encoder.layer.*.attention.self.rotary_embeddings.inv_freq"
+    {
+        return KeyRole::SharedInvFreq;
+    }
     let ignored_prefixes = [
         "lm_head.",
         "contact_head.",
@@ -478,8 +500,10 @@ fn read_weights(
     let mut ignored = Vec::new();
     let mut layers_found = 0;
     let mut deepest_key = String::new();
+    let mut shared_inv_freq: Option<String> = None;
     for key in infos.keys() {
         match canonical_name(key) {
+            KeyRole::SharedInvFreq => shared_inv_freq = Some(key.clone()),
             KeyRole::Backbone(name) => {
                 if let Some(i) = layer_index(&name)
                     && i + 1 > layers_found
@@ -496,6 +520,14 @@ fn read_weights(
                     key: key.clone(),
                 });
             }
+        }
+    }
+    // A shared inv_freq serves every layer that stores none of its own.
+    if let Some(shared) = &shared_inv_freq {
+        for i in 0..config.num_hidden_layers {
+            by_canonical
+                .entry(format!("layers.{i}.self_attn.rot_emb.inv_freq"))
+                .or_insert_with(|| shared.clone());
         }
     }
     if layers_found > config.num_hidden_layers {

@@ -289,3 +289,41 @@ fn without_config_json_the_size_is_matched_to_a_preset_or_refused() {
         "{err}"
     );
 }
+
+/// HF transformers 5.x writes one wildcard `inv_freq` for all layers and LayerNorm
+/// parameters as `gamma` / `beta`; its current `EsmModel` keeps one model-level `inv_freq`.
+/// Both load to the same backbone as the original file.
+#[test]
+fn hf_5_shared_inv_freq_and_gamma_beta_names_load_the_same_backbone() {
+    let reference = load_checkpoint(&common::weights_path(), None)
+        .unwrap()
+        .weights;
+    let original = real_tensors();
+    let inv_freq = original
+        .get("esm.encoder.layer.0.attention.self.rotary_embeddings.inv_freq")
+        .expect("the 8M file stores inv_freq per layer")
+        .clone();
+    for shared_key in [
+        "esm.encoder.layer.*.attention.self.rotary_embeddings.inv_freq",
+        "esm.rotary_embeddings.inv_freq",
+    ] {
+        let mut renamed: Tensors = original
+            .iter()
+            .filter(|(k, _)| !k.ends_with("rotary_embeddings.inv_freq"))
+            .map(|(k, v)| {
+                let k = k
+                    .replace("LayerNorm.weight", "LayerNorm.gamma")
+                    .replace("LayerNorm.bias", "LayerNorm.beta");
+                (k, v.clone())
+            })
+            .collect();
+        assert!(renamed.keys().any(|k| k.ends_with(".gamma")));
+        renamed.insert(shared_key.to_string(), inv_freq.clone());
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(dir.path(), &renamed, Dtype::F32);
+        let loaded = load_checkpoint(dir.path(), None)
+            .unwrap_or_else(|e| panic!("{shared_key}: {e}"))
+            .weights;
+        assert_eq!(loaded, reference, "{shared_key}");
+    }
+}
