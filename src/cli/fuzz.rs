@@ -1,6 +1,7 @@
 //! `esmfuzz fuzz`: a campaign of the property families against FP32 on any backend, saved
 //! failures replayed first; `report.json` is rewritten as the campaign goes.
 
+use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,8 +14,8 @@ use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::campaign::{CampaignReport, CampaignSpec, run_campaign};
 use esmfuzz::harness::cases::Models;
 use esmfuzz::harness::family::{Family, FamilyResult, Observer};
-use esmfuzz::harness::strategies::Stratum;
-use esmfuzz::harness::verdict::Tolerances;
+use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
+use esmfuzz::harness::verdict::{Tolerances, Verdict, tightest};
 use esmfuzz::input::Protein;
 use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
 use esmfuzz::with_backend;
@@ -43,14 +44,23 @@ pub struct FuzzArgs {
     /// `counterexamples/<policy>__<family>.fasta`, replayed first; new failures are saved here.
     #[arg(long, default_value = "proptest-regressions")]
     pub regressions: PathBuf,
-    /// Folder for report.json (rewritten after each family) and shrunk counterexamples.
+    /// Folder for report.json and report.md (rewritten after each family), cases.jsonl
+    /// (one line per judged case, as they come) and shrunk counterexamples.
     #[arg(long, default_value = "fuzz-out")]
     pub out: PathBuf,
+    /// Continue the stopped campaign whose report.json is in this folder (its seed, policy
+    /// and case count): finished families are kept, the others run. Writes to that folder.
+    #[arg(long, conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
 }
+
+/// Version of report.json's layout; bumped when a field changes meaning or goes.
+const REPORT_SCHEMA: u32 = 2;
 
 /// The campaign report with what it ran on.
 #[derive(Debug, Serialize)]
 struct FuzzReport<'a> {
+    schema: u32,
     esmfuzz_version: &'static str,
     backend: BackendKind,
     device: String,
@@ -70,19 +80,34 @@ fn fresh_seed() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 32)
 }
 
-/// Shows each model run on the progress bar, or as a log line when stderr is no terminal
-/// (logs of long unattended runs, e.g. on the GPU machine, show progress).
+/// Shows each model run on the progress bar (or as a log line when stderr is no terminal:
+/// logs of long unattended runs, e.g. on the GPU machine, show progress) with the largest
+/// fraction of a tolerance used so far, and streams each judged case to cases.jsonl.
 struct ProgressObserver {
     bar: ProgressBar,
     started: Instant,
+    worst_used: f64,
+    lines: std::io::BufWriter<std::fs::File>,
+    write_error: Option<std::io::Error>,
+}
+
+/// One line of cases.jsonl.
+#[derive(Serialize)]
+struct CaseLine<'a> {
+    family: String,
+    run: usize,
+    lengths: Vec<usize>,
+    passed: bool,
+    tightest: Option<&'a Verdict>,
 }
 
 impl Observer for ProgressObserver {
     fn case_started(&mut self, family: Family, run: usize, proteins: &[Protein]) {
         let lens: Vec<usize> = proteins.iter().map(|p| p.residues.len()).collect();
         let msg = format!(
-            "{family}: run {run} at {:.1} s, lengths {lens:?}",
-            self.started.elapsed().as_secs_f64()
+            "{family}: run {run} at {:.1} s, lengths {lens:?}; worst so far {:.1}% of a tolerance",
+            self.started.elapsed().as_secs_f64(),
+            100.0 * self.worst_used
         );
         if self.bar.is_hidden() {
             eprintln!("{msg}");
@@ -90,6 +115,84 @@ impl Observer for ProgressObserver {
             self.bar.set_message(msg);
         }
     }
+
+    fn case_judged(&mut self, family: Family, run: usize, proteins: &[Protein], v: &[Verdict]) {
+        let tightest = tightest(v);
+        if let Some(t) = tightest {
+            self.worst_used = self.worst_used.max(if t.used.is_nan() {
+                f64::INFINITY
+            } else {
+                t.used
+            });
+        }
+        let line = CaseLine {
+            family: family.name(),
+            run,
+            lengths: proteins.iter().map(|p| p.residues.len()).collect(),
+            passed: v.iter().all(|v| v.passed),
+            tightest,
+        };
+        let written = serde_json::to_writer(&mut self.lines, &line)
+            .map_err(std::io::Error::other)
+            .and_then(|()| self.lines.write_all(b"\n"))
+            .and_then(|()| self.lines.flush());
+        if let Err(e) = written
+            && self.write_error.is_none()
+        {
+            self.write_error = Some(e);
+        }
+    }
+}
+
+/// What a stopped campaign's report.json tells a resumed one.
+#[derive(serde::Deserialize)]
+struct StoppedCampaign {
+    precision: Precision,
+    seed: u64,
+    generator_version: u32,
+    cases_per_family: u32,
+    families: Vec<FamilyResult>,
+}
+
+/// The finished families of the campaign in `dir`, after checking it is the campaign these
+/// arguments describe.
+fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<StoppedCampaign> {
+    let path = dir.join("report.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("{}: nothing to resume", path.display()))?;
+    let stopped: StoppedCampaign = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a campaign report", path.display()))?;
+    let mismatch = |what: &str, theirs: String, ours: String| {
+        anyhow::anyhow!(
+            "{}: the stopped campaign ran {what} {theirs}, this one asks for {ours}",
+            path.display()
+        )
+    };
+    if stopped.precision != args.precision {
+        return Err(mismatch(
+            "policy",
+            stopped.precision.to_string(),
+            args.precision.to_string(),
+        ));
+    }
+    if stopped.cases_per_family != args.cases.get() {
+        return Err(mismatch(
+            "cases per family",
+            stopped.cases_per_family.to_string(),
+            args.cases.to_string(),
+        ));
+    }
+    if stopped.generator_version != GENERATOR_VERSION {
+        return Err(mismatch(
+            "generator version",
+            stopped.generator_version.to_string(),
+            GENERATOR_VERSION.to_string(),
+        ));
+    }
+    if let Some(seed) = args.seed.filter(|&s| s != stopped.seed) {
+        return Err(mismatch("seed", stopped.seed.to_string(), seed.to_string()));
+    }
+    Ok(stopped)
 }
 
 fn family_line(result: &FamilyResult) -> String {
@@ -110,20 +213,39 @@ fn family_line(result: &FamilyResult) -> String {
 }
 
 pub fn run(args: FuzzArgs) -> Result<Outcome> {
-    let seed = args.seed.unwrap_or_else(fresh_seed);
+    let stopped = args
+        .resume
+        .as_deref()
+        .map(|dir| stopped_campaign(dir, &args))
+        .transpose()?;
+    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
+    let seed = stopped
+        .as_ref()
+        .map(|s| s.seed)
+        .or(args.seed)
+        .unwrap_or_else(fresh_seed);
     eprintln!("seed: {seed} (rerun with --seed {seed})");
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let lines_path = out.join("cases.jsonl");
+    let lines = std::fs::OpenOptions::new()
+        .create(true)
+        .append(stopped.is_some())
+        .write(true)
+        .truncate(stopped.is_none())
+        .open(&lines_path)
+        .with_context(|| format!("creating {}", lines_path.display()))?;
     let checkpoint = args.model.load()?;
     let backend = args.model.backend;
-    let report_path = args.out.join("report.json");
+    let report_path = out.join("report.json");
+    let markdown_path = out.join("report.md");
     let tol = Tolerances::for_precision(args.precision);
     let spec = CampaignSpec {
         families: Family::campaign(args.max_stratum),
         cases: args.cases,
         seed,
         regressions: args.regressions.clone(),
-        out_dir: args.out.clone(),
+        out_dir: out.clone(),
+        completed: stopped.map(|s| s.families).unwrap_or_default(),
     };
     let report = with_backend!(backend, |B, device| {
         let ref_plan = ComputePlan::new(Precision::F32, backend);
@@ -143,6 +265,9 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         let mut observer = ProgressObserver {
             bar: bar.clone(),
             started: Instant::now(),
+            worst_used: 0.0,
+            lines: std::io::BufWriter::new(lines),
+            write_error: None,
         };
         let mut printed = 0usize;
         let mut write = |campaign: &CampaignReport| -> std::io::Result<()> {
@@ -178,6 +303,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             }
             printed = campaign.families.len();
             let full = FuzzReport {
+                schema: REPORT_SCHEMA,
                 esmfuzz_version: env!("CARGO_PKG_VERSION"),
                 backend,
                 device: format!("{device:?}"),
@@ -187,19 +313,25 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                 passed: campaign.passed(),
                 campaign,
             };
-            write_report(&report_path, &full).map_err(std::io::Error::other)
+            write_report(&report_path, &full).map_err(std::io::Error::other)?;
+            let plots = super::plots::write_plots(&out, campaign).map_err(std::io::Error::other)?;
+            std::fs::write(&markdown_path, markdown(&full, &plots))
         };
         let report = run_campaign(models, &tol, &spec, &mut observer, &mut write)?;
         bar.finish_and_clear();
+        if let Some(e) = observer.write_error {
+            return Err(anyhow::Error::new(e).context(format!("writing {}", lines_path.display())));
+        }
         report
     });
     eprintln!(
-        "seed {seed}: {}; report: {}",
+        "seed {seed}: {}; report: {} (data: {})",
         if report.passed() {
             "all held"
         } else {
             "FAILED"
         },
+        markdown_path.display(),
         report_path.display()
     );
     Ok(if report.passed() {
@@ -207,4 +339,110 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+/// report.md: the verdict first, then a table of families, each family's metrics, and each
+/// failure with its shrunk input and where its error is born.
+fn markdown(r: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
+    let c = r.campaign;
+    let mut md = format!(
+        "# esmfuzz campaign: {}\n\n**{}** against FP32 on {} ({}), seed {}, {} cases per family, generator v{}, esmfuzz {}.\n\n",
+        if r.passed {
+            "all properties held"
+        } else {
+            "FAILED"
+        },
+        r.policy,
+        r.backend,
+        r.device,
+        c.seed,
+        c.cases_per_family,
+        c.generator_version,
+        r.esmfuzz_version
+    );
+    md.push_str(&format!(
+        "Weights: `{}`. Saved failures replayed first: {} counterexample file(s), {} seed file(s) of families not run here{}.\n\n",
+        r.weights.display(),
+        c.replayed_counterexamples.len(),
+        c.replayed_seed_families.len(),
+        if c.unreplayable.is_empty() {
+            String::new()
+        } else {
+            format!(", **{} file(s) naming no known family**", c.unreplayable.len())
+        }
+    ));
+    md.push_str("| family | verdict | cases | model runs | tightest property | tolerance used | seconds |\n|---|---|---|---|---|---|---|\n");
+    for f in c.replayed_seed_families.iter().chain(&c.families) {
+        let (property, used) = f
+            .tightest
+            .as_ref()
+            .map_or((String::new(), String::new()), |t| {
+                (t.property.to_string(), format!("{:.1}%", 100.0 * t.used))
+            });
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {property} | {used} | {:.1} |\n",
+            f.family,
+            if f.passed { "ok" } else { "**FAIL**" },
+            f.cases,
+            f.runs,
+            f.seconds
+        ));
+    }
+    for (path, caption) in plots {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        md.push_str(&format!("\n![{caption}]({name})\n"));
+    }
+    for r in c.replayed_counterexamples.iter().filter(|r| !r.passed) {
+        md.push_str(&format!(
+            "\nReplayed counterexample `{}` **fails again**:\n```\n{}\n```\n",
+            r.file.display(),
+            r.failure.clone().unwrap_or_default()
+        ));
+    }
+    for f in &c.families {
+        md.push_str(&format!("\n## {}\n\n", f.family));
+        if !f.metrics.is_empty() {
+            md.push_str("| property | threshold | min | p01 | median | max | worst use of tolerance |\n|---|---|---|---|---|---|---|\n");
+            for m in &f.metrics {
+                md.push_str(&format!(
+                    "| {} | {:.4e} | {:.6e} | {:.6e} | {:.6e} | {:.6e} | {:.1}% |\n",
+                    m.property,
+                    m.threshold,
+                    m.min,
+                    m.p01,
+                    m.median,
+                    m.max,
+                    100.0 * m.worst_used
+                ));
+            }
+        }
+        if let Some(failure) = &f.failure {
+            md.push_str(&format!(
+                "\n**Failed** at model run {}. Shrunk counterexample{}:\n```\n{}```\nFailed verdicts:\n```\n{}\n```\n",
+                failure.cases_to_failure,
+                failure
+                    .counterexample
+                    .as_ref()
+                    .map(|p| format!(" (saved as `{}`)", p.display()))
+                    .unwrap_or_default(),
+                failure.minimal_fasta,
+                failure.message
+            ));
+        }
+        if let Some(l) = &f.localisation {
+            let which = if f.failure.is_some() {
+                "the shrunk counterexample"
+            } else {
+                "the tightest case"
+            };
+            md.push_str(&format!(
+                "\nWhere the error of {which} is born:\n\n{}",
+                l.to_markdown()
+            ));
+        }
+    }
+    md
 }

@@ -8,6 +8,7 @@ mod explain;
 mod fuzz;
 mod matmul_check;
 mod parity;
+mod plots;
 
 use std::path::{Path, PathBuf};
 

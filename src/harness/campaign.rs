@@ -28,10 +28,13 @@ pub struct CampaignSpec {
     pub regressions: PathBuf,
     /// Shrunk counterexamples of this campaign are also written here as `<family>.fasta`.
     pub out_dir: PathBuf,
+    /// Families a stopped run of this same campaign (same seed, policy, generator version
+    /// and case count) finished: kept as they are, not run again.
+    pub completed: Vec<FamilyResult>,
 }
 
 /// What a campaign found.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CampaignReport {
     pub precision: Precision,
     pub seed: u64,
@@ -47,6 +50,9 @@ pub struct CampaignReport {
     /// Saved files of this policy naming no known family: they cannot be replayed.
     pub unreplayable: Vec<PathBuf>,
     pub families: Vec<FamilyResult>,
+    /// Families taken from a stopped run instead of being run again.
+    #[serde(default)]
+    pub resumed: Vec<String>,
 }
 
 impl CampaignReport {
@@ -88,6 +94,7 @@ pub fn run_campaign<B: Backend>(
         replayed_seed_families: Vec::new(),
         unreplayable: saved.unknown.clone(),
         families: Vec::new(),
+        resumed: Vec::new(),
     };
     for (family, seeds, counterexample) in &saved.families {
         if let Some(path) = counterexample {
@@ -107,6 +114,12 @@ pub fn run_campaign<B: Backend>(
     }
     progress(&report)?;
     for &family in &spec.families {
+        if let Some(done) = spec.completed.iter().find(|r| r.family == family.name()) {
+            report.resumed.push(done.family.clone());
+            report.families.push(done.clone());
+            progress(&report)?;
+            continue;
+        }
         let result = run_family(family, models, tol, &options, observer);
         keep_counterexample(&result, &spec.out_dir);
         report.families.push(result);

@@ -25,8 +25,9 @@ use rand::{Rng, SeedableRng};
 
 use super::cases::{Models, check_against_reference, check_isolation, localise_case};
 use super::localise::Localisation;
+use super::metrics;
 use super::strategies::{Stratum, mixed_batch, protein, protein_up_to};
-use super::verdict::{Selection, Tolerances, Verdict, failures, tightest};
+use super::verdict::{PropertyId, Selection, Tolerances, Verdict, f64_or_nan, failures, tightest};
 use crate::batch::Layout;
 use crate::input::{NormaliseOptions, Protein, read_fasta, write_fasta};
 use crate::model::Precision;
@@ -233,7 +234,7 @@ pub trait Observer {
 impl Observer for () {}
 
 /// A family that failed: the shrunk input and its failed verdicts.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FamilyFailure {
     /// The failed verdicts of the shrunk case (empty when proptest aborted, see `message`).
     pub verdicts: Vec<Verdict>,
@@ -241,7 +242,7 @@ pub struct FamilyFailure {
     pub message: String,
     /// The shrunk input, as FASTA.
     pub minimal_fasta: String,
-    /// The shrunk input.
+    /// The shrunk input (not serialised: `minimal_fasta` holds it).
     #[serde(skip)]
     pub minimal: Vec<Protein>,
     /// Model runs up to the first failing case (replayed seeds included).
@@ -250,8 +251,81 @@ pub struct FamilyFailure {
     pub counterexample: Option<PathBuf>,
 }
 
+/// The distribution of one property's measured values over a family's cases.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricSummary {
+    pub property: PropertyId,
+    /// Cases that measured it.
+    pub cases: usize,
+    pub threshold: f64,
+    /// The smallest, 1st percentile, median and largest measured value (NaN first).
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub min: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub p01: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub median: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub max: f64,
+    /// The largest fraction of the tolerance any case used.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub worst_used: f64,
+}
+
+/// Summaries of every property measured in `verdicts`, in [`PropertyId`] order.
+pub fn summarise(verdicts: &[Verdict]) -> Vec<MetricSummary> {
+    let mut ids: Vec<PropertyId> = verdicts.iter().map(|v| v.property).collect();
+    ids.sort();
+    ids.dedup();
+    ids.into_iter()
+        .map(|id| {
+            let of_id: Vec<&Verdict> = verdicts.iter().filter(|v| v.property == id).collect();
+            let mut measured: Vec<f64> = of_id.iter().map(|v| v.measured).collect();
+            // NaN first: a NaN is the worst a minimum can be.
+            measured.sort_by(|a, b| match (a.is_nan(), b.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Less,
+                (false, true) => std::cmp::Ordering::Greater,
+                _ => a.total_cmp(b),
+            });
+            let at = |q: f64| measured[((measured.len() - 1) as f64 * q).floor() as usize];
+            let used: Vec<f64> = of_id
+                .iter()
+                .map(|v| {
+                    if v.used.is_nan() {
+                        f64::INFINITY
+                    } else {
+                        v.used
+                    }
+                })
+                .collect();
+            MetricSummary {
+                property: id,
+                cases: of_id.len(),
+                threshold: of_id[0].threshold,
+                min: at(0.0),
+                p01: at(0.01),
+                median: at(0.5),
+                max: measured.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                worst_used: metrics::max(&used),
+            }
+        })
+        .collect()
+}
+
+/// One judged case's headline figures, for plots.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CasePoint {
+    /// Residues of each protein of the case.
+    pub lengths: Vec<usize>,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub pooled_cosine: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub relative_l2: f64,
+}
+
 /// The outcome of one family run.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FamilyResult {
     pub family: String,
     pub policy: Precision,
@@ -269,6 +343,11 @@ pub struct FamilyResult {
     pub failure: Option<FamilyFailure>,
     /// Where the error of the failing (else the tightest) case is born.
     pub localisation: Option<Localisation>,
+    /// Every judged property's values over the family's model runs (generated, replayed
+    /// and shrinking cases).
+    pub metrics: Vec<MetricSummary>,
+    /// Pooled cosine and relative L2 of every case that measured both.
+    pub points: Vec<CasePoint>,
     pub seconds: f64,
 }
 
@@ -334,6 +413,8 @@ fn drive<B: Backend>(
     let runs = RefCell::new(0usize);
     let first_failure = RefCell::new(0usize);
     let tightest_seen: RefCell<Option<(Verdict, Vec<Protein>)>> = RefCell::new(None);
+    let all_verdicts: RefCell<Vec<Verdict>> = RefCell::new(Vec::new());
+    let points: RefCell<Vec<CasePoint>> = RefCell::new(Vec::new());
     let observer = RefCell::new(observer);
     let result = runner.run(&family.strategy(), |proteins| {
         let run = {
@@ -346,6 +427,23 @@ fn drive<B: Backend>(
         observer
             .borrow_mut()
             .case_judged(family, run, &proteins, &verdicts);
+        all_verdicts.borrow_mut().extend(verdicts.iter().cloned());
+        let measured = |id| {
+            verdicts
+                .iter()
+                .find(|v| v.property == id)
+                .map(|v| v.measured)
+        };
+        if let (Some(pooled_cosine), Some(relative_l2)) = (
+            measured(PropertyId::PooledCosine),
+            measured(PropertyId::RelativeL2),
+        ) {
+            points.borrow_mut().push(CasePoint {
+                lengths: proteins.iter().map(|p| p.residues.len()).collect(),
+                pooled_cosine,
+                relative_l2,
+            });
+        }
         if verdicts.is_empty() {
             return Err(TestCaseError::fail(format!(
                 "family {name} produced none of the selected properties: nothing was judged"
@@ -440,6 +538,8 @@ fn drive<B: Backend>(
             .unwrap_or_default(),
         failure,
         localisation,
+        metrics: summarise(&all_verdicts.into_inner()),
+        points: points.into_inner(),
         seconds: start.elapsed().as_secs_f64(),
     }
 }
@@ -521,7 +621,7 @@ pub fn saved_files(regressions: &Path, policy: Precision) -> std::io::Result<Sav
 }
 
 /// The outcome of replaying one saved counterexample.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Replay {
     pub file: PathBuf,
     pub family: String,

@@ -3,25 +3,31 @@
 //! [`super::cases::trace_case`]) and measures the error at each.
 
 use super::metrics;
+use super::verdict::f64_or_nan;
 use crate::input::Protein;
 use crate::model::Place;
 
 /// The error of the policy under test at one place.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PlaceError {
     pub place: Place,
     /// `||test - ref|| / ||ref||` over every token of every sequence.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub relative_l2: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub token_cosine_min: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub token_cosine_mean: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub max_abs_diff: f64,
     /// This place's relative L2 over the previous place's (infinite where the error is
     /// born from nothing; 1 at the first place).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub growth: f64,
 }
 
 /// The token whose final state is furthest from FP32.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorstToken {
     pub sequence: usize,
     pub name: String,
@@ -29,13 +35,15 @@ pub struct WorstToken {
     pub position: usize,
     /// The residue letter, or `<cls>` / `<eos>`.
     pub token: String,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub cosine: f64,
 }
 
 /// Where the error of one case is born and where it grows.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Localisation {
     /// The relative-L2 threshold a place crosses.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub threshold: f64,
     pub places: Vec<PlaceError>,
     /// The first place whose relative L2 exceeds the threshold (or is NaN).

@@ -8,7 +8,9 @@ use crate::model::Precision;
 
 /// Every property the harness checks. Families select among them by id, never by label, so
 /// renaming a label cannot silently select nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PropertyId {
     /// Property 3: no NaN or Inf in any layer at any real token.
@@ -193,18 +195,27 @@ impl Selection {
     }
 }
 
+/// Reads a number JSON may hold as `null` (serde_json writes NaN and +-Inf so) as NaN.
+pub fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// The outcome of one property on one case.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub property: PropertyId,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub measured: f64,
     pub threshold: f64,
     /// Distance to the threshold, positive when the property holds (NaN when the measured
     /// value is NaN).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub margin: f64,
     /// The fraction of the tolerance used: the error over the allowed error, e.g.
     /// `(1 - cos) / (1 - 0.99)` for a cosine, `measured / threshold` for an upper bound.
     /// Below 1 the property holds; comparable across properties whatever their units.
+    #[serde(deserialize_with = "f64_or_nan")]
     pub used: f64,
     pub passed: bool,
     /// Which sequence, layer or token was worst.
@@ -321,7 +332,7 @@ pub fn failures(verdicts: &[Verdict]) -> Option<String> {
 }
 
 /// Thresholds for comparing a policy with the FP32 reference.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Tolerances {
     /// Property 1: pooled cosine per sequence, `>`. Acceptance: 0.99.
     pub pooled_cosine: f64,

@@ -29,7 +29,9 @@ pub struct Esm2<B: Backend> {
 }
 
 /// A place in the forward pass where the residual stream can be compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Place {
     /// The token embeddings after token dropout.

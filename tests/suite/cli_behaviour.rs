@@ -265,3 +265,42 @@ fn explain_localises_a_record_and_names_a_missing_one() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no record 'nope'"), "{err}");
 }
+
+#[test]
+fn fuzz_resume_runs_only_the_families_a_stopped_campaign_left() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("campaign");
+    let regressions = work.path().join("regressions");
+    let args = [
+        "fuzz",
+        "--precision",
+        "f16",
+        "--cases",
+        "2",
+        "--max-stratum",
+        "tiny",
+        "--seed",
+        "13",
+        "--regressions",
+        s(&regressions),
+    ];
+    let (code, err) = esmfuzz(&[&args[..], &["--out", s(&out)]].concat());
+    assert_eq!(code, 0, "{err}");
+    let report = out.join("report.json");
+    let whole: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // Stop it after its first two families, as an interrupted run leaves it.
+    let mut stopped = whole.clone();
+    stopped["families"].as_array_mut().unwrap().truncate(2);
+    std::fs::write(&report, serde_json::to_string(&stopped).unwrap()).unwrap();
+    let (code, err) = esmfuzz(&[&args[..], &["--resume", s(&out)]].concat());
+    assert_eq!(code, 0, "{err}");
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(resumed["resumed"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        without_timings(resumed["families"].clone()),
+        without_timings(whole["families"].clone())
+    );
+    assert!(out.join("report.md").exists() && out.join("cases.jsonl").exists());
+}

@@ -210,6 +210,7 @@ fn a_campaign_reports_a_fault_and_writes_its_counterexample() {
         seed: SEED,
         regressions: regressions.path().to_path_buf(),
         out_dir: out.path().to_path_buf(),
+        completed: Vec::new(),
     };
     let tol = Tolerances::for_precision(Precision::F32);
     let faulty = common::cpu_model_with(

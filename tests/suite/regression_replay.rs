@@ -107,6 +107,7 @@ fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
         seed: 2,
         regressions: regressions.path().to_path_buf(),
         out_dir: out.path().to_path_buf(),
+        completed: Vec::new(),
     };
     let report = run_campaign(models, &tol, &spec, &mut (), &mut |_| Ok(())).unwrap();
     let fasta = &report.replayed_counterexamples;
@@ -132,4 +133,40 @@ fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
         &Selection::all(),
     );
     assert!(replay.passed, "{:?}", replay.failure);
+}
+
+/// `families` without timings, as JSON.
+fn comparable(families: &[esmfuzz::harness::family::FamilyResult]) -> serde_json::Value {
+    let mut json = serde_json::to_value(families).unwrap();
+    for f in json.as_array_mut().unwrap() {
+        f.as_object_mut().unwrap().remove("seconds");
+    }
+    json
+}
+
+#[test]
+fn a_resumed_campaign_reports_what_an_uninterrupted_one_does() {
+    let tol = Tolerances::for_precision(Precision::F16);
+    let models = common::against_fp32(common::shared_model(Precision::F16));
+    let spec = |families: Vec<Family>, completed| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        CampaignSpec {
+            families,
+            cases: NonZeroU32::new(2).expect("not zero"),
+            seed: 21,
+            regressions: dir.join("regressions"),
+            out_dir: dir,
+            completed,
+        }
+    };
+    let both = vec![Family::Stratum(Stratum::Tiny), Family::Mixed(Stratum::Tiny)];
+    let run = |s: &CampaignSpec| run_campaign(models, &tol, s, &mut (), &mut |_| Ok(())).unwrap();
+    let whole = run(&spec(both.clone(), Vec::new()));
+    // A run stopped after its first family, its report read back from JSON as --resume does.
+    let stopped = run(&spec(both[..1].to_vec(), Vec::new()));
+    let json = serde_json::to_string(&stopped.families).unwrap();
+    let read_back = serde_json::from_str(&json).unwrap();
+    let resumed = run(&spec(both, read_back));
+    assert_eq!(resumed.resumed, vec!["stratum-tiny".to_string()]);
+    assert_eq!(comparable(&resumed.families), comparable(&whole.families));
 }
