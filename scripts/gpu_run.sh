@@ -9,7 +9,8 @@
 # CUBECL_CACHE_DIR (default ~/.cache/esmfuzz-cubecl; cubecl.toml is written here), so later
 # steps and later runs on the same machine reuse them. The autotune results (small) are also
 # saved as OUT_DIR/cubecl-autotune.tar.gz; put that file in gpu/ to seed a fresh machine.
-# Step time limits: STEP_SECONDS_<STEP> (seconds).
+# Step time limits: STEP_SECONDS_<STEP> (seconds). fuzz: FUZZ_PRECISIONS, FUZZ_CASES, FUZZ_SEED,
+# FUZZ_MAX_STRATUM; campaigns replay proptest-regressions/ of this checkout first.
 set -uo pipefail
 out=${1:-gpu-out}
 shift || true
@@ -51,7 +52,7 @@ for step in $steps; do
     bench) run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda --precisions "${BENCH_PRECISIONS:-f32,f16}" --repeat 2 ${BENCH_GROUP_SLOTS:+--attention-group-slots "$BENCH_GROUP_SLOTS"} --report "$out/bench_cuda.json" ;;
     fuzz)
       for p in ${FUZZ_PRECISIONS:-f16}; do
-        run timeout "${STEP_SECONDS_FUZZ:-400}" "$bin" fuzz --backend cuda --precision "$p" --cases "${FUZZ_CASES:-4}" --out "$out/fuzz-$p"
+        run timeout "${STEP_SECONDS_FUZZ:-400}" "$bin" fuzz --backend cuda --precision "$p" --cases "${FUZZ_CASES:-4}" --seed "${FUZZ_SEED:-1}" --max-stratum "${FUZZ_MAX_STRATUM:-very-long}" --out "$out/fuzz-$p"
       done ;;
     fixtures)
       run python3 scripts/make_tiny_fixtures.py /tmp/tiny

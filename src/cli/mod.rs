@@ -106,8 +106,8 @@ fn stratum_parser() -> impl TypedValueParser<Value = Stratum> {
 /// Where the model comes from and where it runs.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint file (model.safetensors, pytorch_model.bin, fair-esm .pt) or a folder with
-    /// one and config.json.
+    /// Checkpoint file (model.safetensors, pytorch_model.bin, fair-esm .pt), a folder with
+    /// one and config.json, or hf:<org>/<name>[@<revision>] from the Hugging Face cache.
     #[arg(long, default_value = DEFAULT_WEIGHTS)]
     pub weights: PathBuf,
     /// HF config.json to use instead of the one beside the checkpoint.
@@ -131,8 +131,9 @@ impl ModelArgs {
             (None, Some(name)) => Some(EsmConfig::preset(name)?),
             (None, None) => None,
         };
-        let checkpoint = load_checkpoint(&self.weights, config)
-            .with_context(|| format!("loading weights from {}", self.weights.display()))?;
+        let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
+        let checkpoint = load_checkpoint(&weights, config)
+            .with_context(|| format!("loading weights from {}", weights.display()))?;
         match checkpoint.check_finite() {
             Ok(()) => {}
             Err(e) if self.allow_nonfinite_weights => eprintln!("warning: {e}"),

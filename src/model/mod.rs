@@ -6,6 +6,7 @@ pub mod config;
 pub mod device;
 pub mod esm2;
 pub mod fault;
+pub mod hub;
 pub mod layer;
 pub mod layout;
 pub mod load;

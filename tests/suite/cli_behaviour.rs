@@ -15,8 +15,14 @@ const HANG: Duration = Duration::from_secs(300);
 
 /// Runs the built `esmfuzz` with `args` from the repository root; (exit code, stderr).
 fn esmfuzz(args: &[&str]) -> (i32, String) {
+    esmfuzz_with_env(args, &[])
+}
+
+/// [`esmfuzz`] with extra environment variables.
+fn esmfuzz_with_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_esmfuzz"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
         .current_dir(common::repo())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -303,4 +309,49 @@ fn fuzz_resume_runs_only_the_families_a_stopped_campaign_left() {
         without_timings(whole["families"].clone())
     );
     assert!(out.join("report.md").exists() && out.join("cases.jsonl").exists());
+}
+
+#[test]
+fn hf_weights_resolve_through_a_hugging_face_cache_laid_out_by_hand() {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--facebook--esm2_t6_8M_UR50D");
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for file in ["config.json", "pytorch_model.bin"] {
+        std::os::unix::fs::symlink(common::weights_path().join(file), snapshot.join(file)).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let fasta = small_fasta(work.path());
+    let out = work.path().join("o.npy");
+    let env = [("HF_HUB_CACHE", cache.path())];
+    let (code, err) = esmfuzz_with_env(
+        &[
+            "embed",
+            "--weights",
+            "hf:facebook/esm2_t6_8M_UR50D",
+            "--fasta",
+            s(&fasta),
+            "--out",
+            s(&out),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.exists());
+    let (code, err) = esmfuzz_with_env(
+        &[
+            "embed",
+            "--weights",
+            "hf:facebook/esm2_t33_650M_UR50D",
+            "--fasta",
+            s(&fasta),
+            "--out",
+            s(&out),
+        ],
+        &env,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not in the Hugging Face cache"), "{err}");
 }
