@@ -9,6 +9,7 @@ mod fuzz;
 mod matmul_check;
 mod parity;
 mod plots;
+mod synth;
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +66,9 @@ pub enum Command {
     /// against FP32 after the embeddings, each attention and FFN block, and the final
     /// LayerNorm; exit 1 when a place exceeds the policy's relative-L2 bound.
     Explain(explain::ExplainArgs),
+    /// Write a random-weight checkpoint of a published ESM-2 size (HF key names and
+    /// initialisation, safetensors), streaming.
+    Synth(synth::SynthArgs),
     /// Fuzz a policy against FP32 with generated proteins: saved failures replayed first,
     /// then the property families of the test suite, on any backend; exit 1 when a property
     /// fails (shrunk case written as FASTA).
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Bench(args) => bench::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Synth(args) => synth::run(args),
     }
 }
 

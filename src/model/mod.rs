@@ -14,6 +14,7 @@ pub mod matmul_check;
 pub mod ops;
 pub mod precision;
 pub mod rotary;
+pub mod synth;
 pub mod weights;
 
 pub use crate::backend::BackendKind;
