@@ -270,8 +270,9 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             write_error: None,
         };
         let mut printed = 0usize;
+        let mut replays_printed = false;
         let mut write = |campaign: &CampaignReport| -> std::io::Result<()> {
-            if printed == 0 {
+            if !std::mem::replace(&mut replays_printed, true) {
                 for r in &campaign.replayed_counterexamples {
                     let verdict = if r.passed { "ok  " } else { "FAIL" };
                     bar.suspend(|| eprintln!("replay {verdict} {}", r.file.display()));

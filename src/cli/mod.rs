@@ -131,6 +131,11 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<Checkpoint> {
+        // Say so before minutes of loading when the GPU is not there.
+        #[cfg(feature = "cuda")]
+        if self.backend == BackendKind::Cuda {
+            esmfuzz::backend::probe_cuda().map_err(|e| anyhow::anyhow!(e))?;
+        }
         let config = match (&self.config, &self.preset) {
             (Some(path), _) => Some(EsmConfig::from_json_file(path)?),
             (None, Some(name)) => Some(EsmConfig::preset(name)?),
