@@ -2,9 +2,6 @@
 //! the CPU always, burn-cuda with `--features cuda`; default token budgets, attention-group
 //! slots and the block-length multiple, each with the measurement behind it.
 
-use std::fmt;
-use std::str::FromStr;
-
 /// burn's Flex CPU backend.
 pub type Cpu = burn::backend::Flex;
 /// The Flex device.
@@ -111,22 +108,16 @@ impl BackendKind {
     }
 }
 
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+impl crate::named::Named for BackendKind {
+    const VALUES: &'static [Self] = &BackendKind::ALL;
+    const WHAT: &'static str = "backend";
+
+    fn name(self) -> &'static str {
+        BackendKind::name(self)
     }
 }
 
-impl FromStr for BackendKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|b| b.name() == s)
-            .ok_or_else(|| format!("unknown backend '{s}' (expected cpu or cuda)"))
-    }
-}
+crate::impl_named!(BackendKind);
 
 /// Calls `$body` with `B` bound to the backend type of `$kind` and `$device` to its device;
 /// CUDA without the feature is an error from the enclosing function.

@@ -13,4 +13,5 @@ pub mod batch;
 pub mod harness;
 pub mod input;
 pub mod model;
+pub mod named;
 pub mod npy;

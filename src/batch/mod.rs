@@ -6,7 +6,6 @@ mod packed;
 mod padded;
 mod run;
 
-use std::fmt;
 use std::ops::Range;
 
 use crate::model::layout::ModelInput;
@@ -53,11 +52,16 @@ impl Layout {
     }
 }
 
-impl fmt::Display for Layout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+impl crate::named::Named for Layout {
+    const VALUES: &'static [Self] = &[Layout::Padded, Layout::Packed];
+    const WHAT: &'static str = "layout";
+
+    fn name(self) -> &'static str {
+        Layout::name(self)
     }
 }
+
+crate::impl_named!(Layout);
 
 /// A layout and the token budget per batch: padded batches hold at most `budget` padded
 /// tokens (batch size x longest), packed ones at most `budget` tokens (first-fit-decreasing).

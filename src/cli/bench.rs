@@ -13,9 +13,7 @@ use esmfuzz::input::{NormaliseOptions, Protein};
 use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
 use esmfuzz::with_backend;
 
-use super::{
-    DEFAULT_CORPUS, ModelArgs, Outcome, precision_parser, read_proteins, token_count, write_report,
-};
+use super::{DEFAULT_CORPUS, ModelArgs, Outcome, named, read_proteins, token_count, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -25,7 +23,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = DEFAULT_CORPUS)]
     pub fasta: PathBuf,
     /// Policies to time.
-    #[arg(long, value_parser = precision_parser(), value_delimiter = ',', default_value = "f32,f16")]
+    #[arg(long, value_parser = named::<Precision>(), value_delimiter = ',', default_value = "f32,f16")]
     pub precisions: Vec<Precision>,
     /// Tokens per batch for both layouts (default: 1024 on the CPU, 16384 on CUDA).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]

@@ -14,8 +14,7 @@ use esmfuzz::npy::{NpyRowWriter, partial_path};
 use esmfuzz::with_backend;
 
 use super::{
-    ModelArgs, Outcome, check_output, precision_parser, progress, read_proteins,
-    warn_if_over_budget,
+    ModelArgs, Outcome, check_output, named, progress, read_proteins, warn_if_over_budget,
 };
 
 #[derive(Args, Debug)]
@@ -26,7 +25,7 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub fasta: PathBuf,
     /// Precision policy.
-    #[arg(long, value_parser = precision_parser(), default_value = "f32")]
+    #[arg(long, value_parser = named::<Precision>(), default_value = "f32")]
     pub precision: Precision,
     /// Output .npy, `[records, hidden]` float32. Rows go to OUT.partial as batches finish;
     /// OUT itself is written only when every row is in and finite.

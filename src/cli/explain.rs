@@ -12,7 +12,7 @@ use esmfuzz::input::NormaliseOptions;
 use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
 use esmfuzz::with_backend;
 
-use super::{ModelArgs, Outcome, precision_parser, read_proteins, write_report};
+use super::{ModelArgs, Outcome, named, read_proteins, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
@@ -25,7 +25,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub record: String,
     /// Policy to explain (against FP32 on the same backend).
-    #[arg(long, value_parser = precision_parser(), default_value = "f16")]
+    #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
     pub precision: Precision,
     /// Run the policy under test packed (varlen) instead of padded.
     #[arg(long)]

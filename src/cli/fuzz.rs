@@ -20,21 +20,21 @@ use esmfuzz::input::Protein;
 use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
 use esmfuzz::with_backend;
 
-use super::{ModelArgs, Outcome, precision_parser, stratum_parser, write_report};
+use super::{ModelArgs, Outcome, named, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct FuzzArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Policy under test (compared with FP32 on the same backend).
-    #[arg(long, value_parser = precision_parser(), default_value = "f16")]
+    #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
     pub precision: Precision,
     /// New cases per family (at least 1).
     #[arg(long, default_value_t = NonZeroU32::new(8).expect("8 is not zero"))]
     pub cases: NonZeroU32,
     /// Longest stratum to generate (one family per stratum, plus mixed, packed and
     /// isolation batches).
-    #[arg(long, value_parser = stratum_parser(), default_value = "very-long")]
+    #[arg(long, value_parser = named::<Stratum>(), default_value = "very-long")]
     pub max_stratum: Stratum,
     /// Generator seed (default: a fresh one, printed first and stored in report.json). The
     /// same seed, esmfuzz version and backend give the same cases and verdicts.

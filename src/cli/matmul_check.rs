@@ -8,12 +8,12 @@ use esmfuzz::model::matmul_check::{matmul_f64, matmul_relative_error, random_mat
 use esmfuzz::model::{ComputePlan, Precision};
 use esmfuzz::with_backend;
 
-use super::{Outcome, backend_parser};
+use super::{Outcome, named};
 
 #[derive(Args, Debug)]
 pub struct MatmulCheckArgs {
     /// Backend.
-    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    #[arg(long, value_parser = named::<BackendKind>(), default_value = "cpu")]
     pub backend: BackendKind,
     /// Matrix size n (products of n x n matrices).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=16384))]

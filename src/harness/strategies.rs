@@ -9,9 +9,7 @@
 //! the current ones, and every shrunk counterexample is also written as FASTA (see
 //! [`super::family`]), which replays whatever the strategies become.
 
-use std::fmt;
 use std::ops::RangeInclusive;
-use std::str::FromStr;
 
 use proptest::prelude::*;
 
@@ -97,28 +95,16 @@ impl Stratum {
     }
 }
 
-impl fmt::Display for Stratum {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+impl crate::named::Named for Stratum {
+    const VALUES: &'static [Self] = &Stratum::ALL;
+    const WHAT: &'static str = "stratum";
+
+    fn name(self) -> &'static str {
+        Stratum::name(self)
     }
 }
 
-impl FromStr for Stratum {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|x| x.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|x| x.name()).collect();
-                format!(
-                    "unknown stratum '{s}' (expected one of {})",
-                    names.join(", ")
-                )
-            })
-    }
-}
+crate::impl_named!(Stratum);
 
 /// One residue from the background composition (0.1% resolution, so a residue shrinks to
 /// `L` in about ten steps).

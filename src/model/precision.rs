@@ -4,9 +4,6 @@
 //! "FP16" on two backends is not the same arithmetic, so [`ComputePlan::describe`] states what
 //! each backend really does; reports print it.
 
-use std::fmt;
-use std::str::FromStr;
-
 use burn::tensor::DType;
 
 use crate::backend::BackendKind;
@@ -64,28 +61,16 @@ impl Precision {
     }
 }
 
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+impl crate::named::Named for Precision {
+    const VALUES: &'static [Self] = &Precision::ALL;
+    const WHAT: &'static str = "precision";
+
+    fn name(self) -> &'static str {
+        Precision::name(self)
     }
 }
 
-impl FromStr for Precision {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
-                format!(
-                    "unknown precision '{s}' (expected one of {})",
-                    names.join(", ")
-                )
-            })
-    }
-}
+crate::impl_named!(Precision);
 
 /// How a matrix product is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
