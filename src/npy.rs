@@ -126,9 +126,115 @@ impl NpyRowWriter {
     }
 }
 
+/// Reads a C-order little-endian float `.npy` of `<f4` or `<f2` values (what numpy writes
+/// for float32 and float16 arrays) as its shape and values widened to f32.
+pub fn read_float_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>), NpyError> {
+    let err = |detail: String| NpyError {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, detail),
+    };
+    let bytes = std::fs::read(path).map_err(|source| NpyError {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(err("not a .npy file (no \\x93NUMPY magic)".into()));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(err(format!("unsupported .npy version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .map(String::from_utf8_lossy)
+        .ok_or_else(|| err("truncated header".into()))?;
+    let field = |key: &str| -> Option<String> {
+        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+        let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest.to_string())
+    };
+    let descr = field("descr").ok_or_else(|| err("no 'descr' in the header".into()))?;
+    let width = if descr.starts_with("'<f4'") {
+        4
+    } else if descr.starts_with("'<f2'") {
+        2
+    } else {
+        return Err(err(format!(
+            "dtype {} is not float32 or float16 (little-endian)",
+            descr.split(',').next().unwrap_or("?")
+        )));
+    };
+    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+        return Err(err(
+            "Fortran-order arrays are not supported; save in C order".into(),
+        ));
+    }
+    let shape_text = field("shape").ok_or_else(|| err("no 'shape' in the header".into()))?;
+    let inside = shape_text
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| err(format!("unreadable shape {shape_text}")))?;
+    let shape: Vec<usize> = inside
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| err(format!("unreadable shape {shape_text}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let count: usize = shape.iter().product();
+    let data = &bytes[start + header_len..];
+    if data.len() != count * width {
+        return Err(err(format!(
+            "shape {shape:?} needs {} bytes of data, the file holds {}",
+            count * width,
+            data.len()
+        )));
+    }
+    let values = if width == 4 {
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    } else {
+        data.chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()
+    };
+    Ok((shape, values))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float32_and_float16_arrays_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        let a = ndarray::Array2::from_shape_vec((2, 3), vec![1.0f32, 2.0, 3.0, 4.0, 5.0, -6.5])
+            .unwrap();
+        ndarray_npy::write_npy(&path, &a).unwrap();
+        let (shape, values) = read_float_npy(&path).unwrap();
+        assert_eq!((shape, values), (vec![2, 3], a.iter().copied().collect()));
+        // float16: the same header with '<f2' and 2-byte values.
+        let mut bytes = npy_header(&[2]);
+        let header_end = bytes.len();
+        let text = String::from_utf8_lossy(&bytes[10..header_end]).replace("<f4", "<f2");
+        bytes.truncate(10);
+        bytes.extend_from_slice(text.as_bytes());
+        for v in [0.5f32, -2.0] {
+            bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read_float_npy(&path).unwrap(), (vec![2], vec![0.5, -2.0]));
+        std::fs::write(&path, b"not npy").unwrap();
+        assert!(read_float_npy(&path).is_err());
+    }
 
     #[test]
     fn rows_written_in_any_order_read_back_with_ndarray_npy() {

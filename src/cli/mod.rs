@@ -3,6 +3,8 @@
 //! parsed here through their `FromStr`.
 
 mod bench;
+mod cases;
+mod check;
 mod embed;
 mod explain;
 mod fuzz;
@@ -66,6 +68,11 @@ pub enum Command {
     /// against FP32 after the embeddings, each attention and FFN block, and the final
     /// LayerNorm; exit 1 when a place exceeds the policy's relative-L2 bound.
     Explain(explain::ExplainArgs),
+    /// The generators' proteins as FASTA (and a JSON listing), for another stack to embed.
+    Cases(cases::CasesArgs),
+    /// Another deployment's pooled embeddings of a FASTA file against this FP32 oracle:
+    /// exit 1 when a record falls below the bound, with a diagnosis.
+    Check(check::CheckArgs),
     /// Write a random-weight checkpoint of a published ESM-2 size (HF key names and
     /// initialisation, safetensors), streaming.
     Synth(synth::SynthArgs),
@@ -85,6 +92,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Explain(args) => explain::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Cases(args) => cases::run(args),
+        Command::Check(args) => check::run(args),
     }
 }
 

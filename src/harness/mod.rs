@@ -7,10 +7,12 @@
 //!   where in the forward pass an error is born, both built on
 //! - [`metrics`]: comparisons in f64, total on NaN and Inf;
 //! - [`strategies`]: the generators of biologically plausible proteins;
-//! - [`reference`]: FP32 against the HF transformers reference, as verdicts.
+//! - [`reference`]: FP32 against the HF transformers reference, as verdicts;
+//! - [`deployment`]: the generated cases for other stacks, and a judge of their embeddings.
 
 pub mod campaign;
 pub mod cases;
+pub mod deployment;
 pub mod family;
 pub mod localise;
 pub mod metrics;

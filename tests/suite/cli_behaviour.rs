@@ -355,3 +355,62 @@ fn hf_weights_resolve_through_a_hugging_face_cache_laid_out_by_hand() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not in the Hugging Face cache"), "{err}");
 }
+
+#[test]
+fn cases_embedded_by_a_faithful_pipeline_pass_check_and_a_wrong_pooling_is_diagnosed() {
+    let work = tempfile::tempdir().unwrap();
+    let fasta = work.path().join("cases.fasta");
+    let (code, err) = esmfuzz(&[
+        "cases",
+        "--strata",
+        "tiny,short,medium",
+        "--cases",
+        "4",
+        "--seed",
+        "3",
+        "--out",
+        s(&fasta),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(fasta.with_extension("json").exists());
+    let f16 = work.path().join("f16.npy");
+    let (code, err) = esmfuzz(&[
+        "embed",
+        "--fasta",
+        s(&fasta),
+        "--precision",
+        "f16",
+        "--out",
+        s(&f16),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = esmfuzz(&["check", "--fasta", s(&fasta), "--embeddings", s(&f16)]);
+    assert_eq!(code, 0, "{err}");
+
+    // A pipeline that averages every token, BOS and EOS included.
+    let proteins = esmfuzz::input::read_fasta(&fasta, Default::default()).unwrap();
+    let states = esmfuzz::batch::token_states(
+        common::shared_model(esmfuzz::model::Precision::F32),
+        &proteins,
+        esmfuzz::batch::Batching::padded(1024),
+    );
+    let hidden = common::weights().config.hidden_size;
+    let rows: Vec<f32> = states
+        .iter()
+        .flat_map(|s| {
+            let n = (s.len() / hidden) as f32;
+            (0..hidden).map(move |c| s.iter().skip(c).step_by(hidden).sum::<f32>() / n)
+        })
+        .collect();
+    let wrong = work.path().join("wrong.npy");
+    let array = ndarray::Array2::from_shape_vec((proteins.len(), hidden), rows).unwrap();
+    ndarray_npy::write_npy(&wrong, &array).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_esmfuzz"))
+        .args(["check", "--fasta", s(&fasta), "--embeddings", s(&wrong)])
+        .current_dir(common::repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("BOS and EOS included"), "{stdout}");
+}

@@ -1,0 +1,123 @@
+//! `esmfuzz check`: another deployment's pooled embeddings of a FASTA file against this
+//! project's FP32 on the same weights: per-record cosine under a policy's bound, the pooling
+//! convention they match, smallest failing records first, and a diagnosis.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use esmfuzz::batch::{Batching, token_states};
+use esmfuzz::harness::deployment::{DeploymentCheck, check_pooled};
+use esmfuzz::harness::verdict::Tolerances;
+use esmfuzz::input::NormaliseOptions;
+use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
+use esmfuzz::npy::read_float_npy;
+use esmfuzz::with_backend;
+
+use super::{ModelArgs, Outcome, named, read_proteins, write_report};
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The proteins they embedded (e.g. from `esmfuzz cases`), in the order of their rows.
+    #[arg(long)]
+    pub fasta: PathBuf,
+    /// Their pooled embeddings, `[records, hidden]` float32 or float16 `.npy`; several
+    /// (comma-separated) are each checked against one oracle run.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub embeddings: Vec<PathBuf>,
+    /// Hold their embeddings to this policy's pooled-cosine bound.
+    #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
+    pub bound_of: Precision,
+    /// Write the checks as JSON here (one entry per embeddings file).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+pub fn run(args: CheckArgs) -> Result<Outcome> {
+    let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
+    let checkpoint = args.model.load()?;
+    let hidden = checkpoint.weights.config.hidden_size;
+    // Every file is read and shaped before the oracle runs (minutes on a large corpus).
+    let mut embeddings = Vec::with_capacity(args.embeddings.len());
+    for path in &args.embeddings {
+        let (shape, values) = read_float_npy(path)?;
+        if shape != [proteins.len(), hidden] {
+            bail!(
+                "{}: shape {shape:?}, expected [{}, {hidden}] (one pooled row per record of {})",
+                path.display(),
+                proteins.len(),
+                args.fasta.display()
+            );
+        }
+        let rows: Vec<Vec<f32>> = values.chunks_exact(hidden).map(<[f32]>::to_vec).collect();
+        embeddings.push((path.clone(), rows));
+    }
+    let backend = args.model.backend;
+    let budget = args.model.budget(None);
+    let states = with_backend!(backend, |B, device| {
+        let plan = ComputePlan::new(Precision::F32, backend);
+        eprintln!("oracle: {}", plan.describe());
+        let model = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+        token_states(&model, &proteins, Batching::padded(budget))
+    });
+    let threshold = Tolerances::for_precision(args.bound_of).pooled_cosine;
+    let mut checks = Vec::with_capacity(embeddings.len());
+    for (path, theirs) in &embeddings {
+        let check = check_pooled(&proteins, &states, theirs, hidden, threshold);
+        println!("{}:", path.display());
+        print_check(&check);
+        checks.push(CheckedFile {
+            embeddings: path.clone(),
+            check,
+        });
+    }
+    if let Some(path) = &args.report {
+        write_report(path, &checks)?;
+    }
+    Ok(if checks.iter().all(|c| c.check.passed()) {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// One embeddings file's check, as the JSON report lists it.
+#[derive(serde::Serialize)]
+struct CheckedFile {
+    embeddings: PathBuf,
+    check: DeploymentCheck,
+}
+
+fn print_check(c: &DeploymentCheck) {
+    println!(
+        "{} records, pooled cosine bound {} per record: {}",
+        c.records,
+        c.threshold,
+        if c.passed() {
+            "all held".to_string()
+        } else {
+            format!("{} FAILED", c.failures.len())
+        }
+    );
+    for (pooling, median) in &c.median_cosine_by_pooling {
+        println!("  median cosine if pooled as {pooling:?}: {median:.6}");
+    }
+    println!("  pooling detected: {:?}", c.pooling_detected);
+    for d in &c.diagnosis {
+        println!("  diagnosis: {d}");
+    }
+    for f in c.failures.iter().take(10) {
+        println!(
+            "  FAIL {} ({} residues): cosine {:.6}, relative L2 {:.3e}",
+            f.name, f.residues, f.cosine, f.relative_l2
+        );
+    }
+    if let Some(w) = &c.worst_passing {
+        println!(
+            "  worst passing: {} ({} residues), cosine {:.6}",
+            w.name, w.residues, w.cosine
+        );
+    }
+}
