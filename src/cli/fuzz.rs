@@ -62,6 +62,12 @@ const REPORT_SCHEMA: u32 = 2;
 struct FuzzReport<'a> {
     schema: u32,
     esmfuzz_version: &'static str,
+    /// The git commit the binary was built from ("unknown" outside a checkout).
+    git_commit: &'static str,
+    /// sha256 of the checkpoint file.
+    checkpoint_sha256: &'a str,
+    /// The model's size: layers, hidden width, heads, parameters.
+    model: ModelSize,
     backend: BackendKind,
     device: String,
     weights: &'a Path,
@@ -70,6 +76,39 @@ struct FuzzReport<'a> {
     passed: bool,
     #[serde(flatten)]
     campaign: &'a CampaignReport,
+}
+
+/// The model's size, as report.json records it.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct ModelSize {
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    parameters: usize,
+}
+
+/// sha256 of a file, read in 8 MiB pieces.
+fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 8 << 20];
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// A seed for a campaign nobody seeded: the clock's nanoseconds mixed with the process id.
@@ -235,6 +274,19 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         .open(&lines_path)
         .with_context(|| format!("creating {}", lines_path.display()))?;
     let checkpoint = args.model.load()?;
+    let digest = sha256_of(&checkpoint.path)?;
+    let config = &checkpoint.weights.config;
+    let model = ModelSize {
+        layers: config.num_hidden_layers,
+        hidden: config.hidden_size,
+        heads: config.num_attention_heads,
+        parameters: checkpoint
+            .weights
+            .named_tensors()
+            .iter()
+            .map(|(_, t)| t.len())
+            .sum(),
+    };
     let backend = args.model.backend;
     let report_path = out.join("report.json");
     let markdown_path = out.join("report.md");
@@ -306,6 +358,9 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             let full = FuzzReport {
                 schema: REPORT_SCHEMA,
                 esmfuzz_version: env!("CARGO_PKG_VERSION"),
+                git_commit: env!("ESMFUZZ_GIT_COMMIT"),
+                checkpoint_sha256: &digest,
+                model,
                 backend,
                 device: format!("{device:?}"),
                 weights: &checkpoint.path,
@@ -347,7 +402,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
 fn markdown(r: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
     let c = r.campaign;
     let mut md = format!(
-        "# esmfuzz campaign: {}\n\n**{}** against FP32 on {} ({}), seed {}, {} cases per family, generator v{}, esmfuzz {}.\n\n",
+        "# esmfuzz campaign: {}\n\n**{}** against FP32 on {} ({}), seed {}, {} cases per family, generator v{}, esmfuzz {} ({}).\n\n",
         if r.passed {
             "all properties held"
         } else {
@@ -359,11 +414,17 @@ fn markdown(r: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
         c.seed,
         c.cases_per_family,
         c.generator_version,
-        r.esmfuzz_version
+        r.esmfuzz_version,
+        r.git_commit
     );
     md.push_str(&format!(
-        "Weights: `{}`. Saved failures replayed first: {} counterexample file(s), {} seed file(s) of families not run here{}.\n\n",
+        "Weights: `{}` (sha256 {}; {} layers x {}, {} heads, {} parameters). Saved failures replayed first: {} counterexample file(s), {} seed file(s) of families not run here{}.\n\n",
         r.weights.display(),
+        r.checkpoint_sha256,
+        r.model.layers,
+        r.model.hidden,
+        r.model.heads,
+        r.model.parameters,
         c.replayed_counterexamples.len(),
         c.replayed_seed_families.len(),
         if c.unreplayable.is_empty() {
