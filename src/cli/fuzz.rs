@@ -16,11 +16,11 @@ use esmfuzz::harness::cases::Models;
 use esmfuzz::harness::family::{Family, FamilyResult, Observer};
 use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
 use esmfuzz::harness::verdict::{Tolerances, Verdict, tightest};
-use esmfuzz::input::Protein;
+use esmfuzz::input::{NormaliseOptions, Protein};
 use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
 use esmfuzz::with_backend;
 
-use super::{ModelArgs, Outcome, named, write_report};
+use super::{ModelArgs, Outcome, named, read_proteins, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct FuzzArgs {
@@ -48,6 +48,11 @@ pub struct FuzzArgs {
     /// (one line per judged case, as they come) and shrunk counterexamples.
     #[arg(long, default_value = "fuzz-out")]
     pub out: PathBuf,
+    /// Also judge these FASTA files' records (e.g. a proteome, six-frame translations): every
+    /// record once against FP32, in padded batches of similar lengths, as family
+    /// `fasta-<file stem>`.
+    #[arg(long, value_delimiter = ',')]
+    pub fasta: Vec<PathBuf>,
     /// Continue the stopped campaign whose report.json is in this folder (its seed, policy
     /// and case count): finished families are kept, the others run. Writes to that folder.
     #[arg(long, conflicts_with = "out")]
@@ -273,6 +278,14 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         .truncate(stopped.is_none())
         .open(&lines_path)
         .with_context(|| format!("creating {}", lines_path.display()))?;
+    let mut real_proteins = Vec::with_capacity(args.fasta.len());
+    for path in &args.fasta {
+        let stem = path
+            .file_stem()
+            .map_or_else(|| "input".into(), |s| s.to_string_lossy().into_owned());
+        let proteins = read_proteins(path, NormaliseOptions::default())?;
+        real_proteins.push((format!("fasta-{stem}"), proteins));
+    }
     let checkpoint = args.model.load()?;
     let digest = sha256_of(&checkpoint.path)?;
     let config = &checkpoint.weights.config;
@@ -297,6 +310,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         seed,
         regressions: args.regressions.clone(),
         out_dir: out.clone(),
+        real_proteins,
         completed: stopped.map(|s| s.families).unwrap_or_default(),
     };
     let report = with_backend!(backend, |B, device| {

@@ -9,11 +9,11 @@ use burn::tensor::backend::Backend;
 use super::cases::Models;
 use super::family::{
     Family, FamilyResult, Observer, Replay, RunOptions, replay_counterexample, replay_seeds,
-    run_family, saved_files,
+    run_family, run_proteins, saved_files,
 };
 use super::strategies::GENERATOR_VERSION;
 use super::verdict::{Selection, Tolerances};
-use crate::input::write_fasta;
+use crate::input::{Protein, write_fasta};
 use crate::model::Precision;
 
 /// What a campaign runs.
@@ -28,6 +28,8 @@ pub struct CampaignSpec {
     pub regressions: PathBuf,
     /// Shrunk counterexamples of this campaign are also written here as `<family>.fasta`.
     pub out_dir: PathBuf,
+    /// Real proteins to judge as well, by name (`fasta-<file stem>`): every record once.
+    pub real_proteins: Vec<(String, Vec<Protein>)>,
     /// Families a stopped run of this same campaign (same seed, policy, generator version
     /// and case count) finished: kept as they are, not run again.
     pub completed: Vec<FamilyResult>,
@@ -121,6 +123,18 @@ pub fn run_campaign<B: Backend>(
             continue;
         }
         let result = run_family(family, models, tol, &options, observer);
+        keep_counterexample(&result, &spec.out_dir);
+        report.families.push(result);
+        progress(&report)?;
+    }
+    for (name, proteins) in &spec.real_proteins {
+        if let Some(done) = spec.completed.iter().find(|r| &r.family == name) {
+            report.resumed.push(done.family.clone());
+            report.families.push(done.clone());
+            progress(&report)?;
+            continue;
+        }
+        let result = run_proteins(name, proteins, models, tol, &options);
         keep_counterexample(&result, &spec.out_dir);
         report.families.push(result);
         progress(&report)?;

@@ -412,9 +412,7 @@ fn drive<B: Backend>(
 
     let runs = RefCell::new(0usize);
     let first_failure = RefCell::new(0usize);
-    let tightest_seen: RefCell<Option<(Verdict, Vec<Protein>)>> = RefCell::new(None);
-    let all_verdicts: RefCell<Vec<Verdict>> = RefCell::new(Vec::new());
-    let points: RefCell<Vec<CasePoint>> = RefCell::new(Vec::new());
+    let log = RefCell::new(CaseLog::default());
     let observer = RefCell::new(observer);
     let result = runner.run(&family.strategy(), |proteins| {
         let run = {
@@ -427,40 +425,11 @@ fn drive<B: Backend>(
         observer
             .borrow_mut()
             .case_judged(family, run, &proteins, &verdicts);
-        all_verdicts.borrow_mut().extend(verdicts.iter().cloned());
-        let measured = |id| {
-            verdicts
-                .iter()
-                .find(|v| v.property == id)
-                .map(|v| v.measured)
-        };
-        if let (Some(pooled_cosine), Some(relative_l2)) = (
-            measured(PropertyId::PooledCosine),
-            measured(PropertyId::RelativeL2),
-        ) {
-            points.borrow_mut().push(CasePoint {
-                lengths: proteins.iter().map(|p| p.residues.len()).collect(),
-                pooled_cosine,
-                relative_l2,
-            });
-        }
+        log.borrow_mut().record(&proteins, &verdicts);
         if verdicts.is_empty() {
             return Err(TestCaseError::fail(format!(
                 "family {name} produced none of the selected properties: nothing was judged"
             )));
-        }
-        if let Some(v) = tightest(&verdicts) {
-            let mut seen = tightest_seen.borrow_mut();
-            let replace = match seen.as_ref() {
-                None => true,
-                Some((best, _)) => {
-                    let pair = [best.clone(), v.clone()];
-                    tightest(&pair).is_some_and(|t| std::ptr::eq(t, &pair[1]))
-                }
-            };
-            if replace {
-                *seen = Some((v.clone(), proteins.clone()));
-            }
         }
         match failures(&verdicts) {
             None => Ok(()),
@@ -512,36 +481,170 @@ fn drive<B: Backend>(
             counterexample: None,
         }),
     };
-    let (tightest, tightest_proteins) = tightest_seen.into_inner().unzip();
+    let log = log.into_inner();
     let localisation = match (options.localise, family.check()) {
         (true, Check::AgainstReference(layout)) => {
-            let case = failure
-                .as_ref()
-                .map(|f| &f.minimal)
-                .filter(|m| !m.is_empty())
-                .or(tightest_proteins.as_ref());
-            case.map(|proteins| localise_case(models, proteins, layout, tol.relative_l2))
+            log.localise(failure.as_ref(), models, layout, tol)
         }
         _ => None,
     };
-    FamilyResult {
-        family: name,
+    log.into_result(
+        name,
         policy,
         cases,
-        runs: runs.into_inner(),
+        runs.into_inner(),
         replayed_seeds,
-        passed: failure.is_none(),
-        tightest,
-        tightest_case: tightest_proteins
-            .as_deref()
-            .map(fasta_text)
-            .unwrap_or_default(),
         failure,
         localisation,
-        metrics: summarise(&all_verdicts.into_inner()),
-        points: points.into_inner(),
-        seconds: start.elapsed().as_secs_f64(),
+        start,
+    )
+}
+
+/// What a family run saw, case by case: the tightest case, every verdict and the headline
+/// figures for plots.
+#[derive(Default)]
+struct CaseLog {
+    tightest: Option<(Verdict, Vec<Protein>)>,
+    verdicts: Vec<Verdict>,
+    points: Vec<CasePoint>,
+}
+
+impl CaseLog {
+    fn record(&mut self, proteins: &[Protein], verdicts: &[Verdict]) {
+        self.verdicts.extend(verdicts.iter().cloned());
+        let measured = |id| {
+            verdicts
+                .iter()
+                .find(|v| v.property == id)
+                .map(|v| v.measured)
+        };
+        if let (Some(pooled_cosine), Some(relative_l2)) = (
+            measured(PropertyId::PooledCosine),
+            measured(PropertyId::RelativeL2),
+        ) {
+            self.points.push(CasePoint {
+                lengths: proteins.iter().map(|p| p.residues.len()).collect(),
+                pooled_cosine,
+                relative_l2,
+            });
+        }
+        if let Some(v) = tightest(verdicts) {
+            let replace = match self.tightest.as_ref() {
+                None => true,
+                Some((best, _)) => {
+                    let pair = [best.clone(), v.clone()];
+                    tightest(&pair).is_some_and(|t| std::ptr::eq(t, &pair[1]))
+                }
+            };
+            if replace {
+                self.tightest = Some((v.clone(), proteins.to_vec()));
+            }
+        }
     }
+
+    /// Localises the failing case, else the tightest one.
+    fn localise<B: Backend>(
+        &self,
+        failure: Option<&FamilyFailure>,
+        models: Models<'_, B>,
+        layout: Layout,
+        tol: &Tolerances,
+    ) -> Option<Localisation> {
+        let case = failure
+            .map(|f| &f.minimal)
+            .filter(|m| !m.is_empty())
+            .or(self.tightest.as_ref().map(|(_, p)| p));
+        case.map(|proteins| localise_case(models, proteins, layout, tol.relative_l2))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn into_result(
+        self,
+        family: String,
+        policy: Precision,
+        cases: u32,
+        runs: usize,
+        replayed_seeds: usize,
+        failure: Option<FamilyFailure>,
+        localisation: Option<Localisation>,
+        start: Instant,
+    ) -> FamilyResult {
+        let (tightest, tightest_proteins) = self.tightest.unzip();
+        FamilyResult {
+            family,
+            policy,
+            cases,
+            runs,
+            replayed_seeds,
+            passed: failure.is_none(),
+            tightest,
+            tightest_case: tightest_proteins
+                .as_deref()
+                .map(fasta_text)
+                .unwrap_or_default(),
+            failure,
+            localisation,
+            metrics: summarise(&self.verdicts),
+            points: self.points,
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// Judges real proteins (a user's FASTA) against FP32: every record once, in padded batches
+/// of up to [`MIXED_BATCH_MAX`] records of similar length. Nothing is generated, so nothing
+/// shrinks: the failure reported is the failing batch of the shortest records, and the
+/// FASTA file itself is what replays it.
+pub fn run_proteins<B: Backend>(
+    name: &str,
+    proteins: &[Protein],
+    models: Models<'_, B>,
+    tol: &Tolerances,
+    options: &RunOptions,
+) -> FamilyResult {
+    let start = Instant::now();
+    let mut order: Vec<&Protein> = proteins.iter().collect();
+    order.sort_by_key(|p| p.residues.len());
+    let mut log = CaseLog::default();
+    let mut failure: Option<FamilyFailure> = None;
+    let mut runs = 0usize;
+    for chunk in order.chunks(MIXED_BATCH_MAX) {
+        let batch: Vec<Protein> = chunk.iter().map(|&p| p.clone()).collect();
+        runs += 1;
+        let verdicts =
+            options
+                .selection
+                .keep(check_against_reference(models, &batch, Layout::Padded, tol));
+        log.record(&batch, &verdicts);
+        let failed: Vec<Verdict> = verdicts.iter().filter(|v| !v.passed).cloned().collect();
+        if failure.is_none() && (!failed.is_empty() || verdicts.is_empty()) {
+            failure = Some(FamilyFailure {
+                message: failures(&verdicts)
+                    .unwrap_or_else(|| "none of the selected properties was judged".into()),
+                verdicts: failed,
+                minimal_fasta: fasta_text(&batch),
+                minimal: batch,
+                cases_to_failure: runs,
+                counterexample: None,
+            });
+        }
+    }
+    let localisation = if options.localise {
+        log.localise(failure.as_ref(), models, Layout::Padded, tol)
+    } else {
+        None
+    };
+    let policy = models.test.plan.precision;
+    log.into_result(
+        name.to_string(),
+        policy,
+        proteins.len() as u32,
+        runs,
+        0,
+        failure,
+        localisation,
+        start,
+    )
 }
 
 /// Proteins as FASTA text.

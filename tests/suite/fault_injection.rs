@@ -210,6 +210,7 @@ fn a_campaign_reports_a_fault_and_writes_its_counterexample() {
         seed: SEED,
         regressions: regressions.path().to_path_buf(),
         out_dir: out.path().to_path_buf(),
+        real_proteins: Vec::new(),
         completed: Vec::new(),
     };
     let tol = Tolerances::for_precision(Precision::F32);
@@ -246,4 +247,51 @@ fn a_campaign_reports_a_fault_and_writes_its_counterexample() {
     )
     .unwrap();
     assert!(clean.passed(), "{:?}", clean.families);
+}
+
+#[test]
+fn real_proteins_are_judged_once_each_and_a_fault_is_reported_on_the_shortest_batch() {
+    use esmfuzz::harness::family::run_proteins;
+    let proteins: Vec<_> = common::corpus()
+        .iter()
+        .filter(|p| p.residues.len() < 120)
+        .take(6)
+        .cloned()
+        .collect();
+    let tol = Tolerances::for_precision(Precision::F32);
+    let options = RunOptions {
+        cases: NonZeroU32::new(1).expect("not zero"),
+        seed: None,
+        regressions: None,
+        selection: Selection::all(),
+        localise: true,
+    };
+    let faulty = common::cpu_model_with(
+        common::weights(),
+        Precision::F32,
+        FaultSet {
+            scale_layer_output: Some((2, 1.01)),
+            ..FaultSet::none()
+        },
+    );
+    let result = run_proteins(
+        "fasta-test",
+        &proteins,
+        common::against_fp32(&faulty),
+        &tol,
+        &options,
+    );
+    assert_eq!((result.cases, result.runs), (6, 2));
+    let failure = result.failure.expect("the fault is reported");
+    let shortest = proteins.iter().map(|p| p.residues.len()).min().unwrap();
+    assert!(failure.minimal.iter().any(|p| p.residues.len() == shortest));
+    assert!(result.localisation.is_some());
+    let clean = run_proteins(
+        "fasta-test",
+        &proteins,
+        common::against_fp32(common::shared_model(Precision::F16)),
+        &Tolerances::for_precision(Precision::F16),
+        &options,
+    );
+    assert!(clean.passed, "{:?}", clean.failure.map(|f| f.message));
 }

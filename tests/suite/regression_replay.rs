@@ -107,6 +107,7 @@ fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
         seed: 2,
         regressions: regressions.path().to_path_buf(),
         out_dir: out.path().to_path_buf(),
+        real_proteins: Vec::new(),
         completed: Vec::new(),
     };
     let report = run_campaign(models, &tol, &spec, &mut (), &mut |_| Ok(())).unwrap();
@@ -156,6 +157,7 @@ fn a_resumed_campaign_reports_what_an_uninterrupted_one_does() {
             seed: 21,
             regressions: dir.join("regressions"),
             out_dir: dir,
+            real_proteins: Vec::new(),
             completed,
         }
     };
