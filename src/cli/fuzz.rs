@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use esmfuzz::backend::BackendKind;
-use esmfuzz::harness::campaign::{CampaignReport, CampaignSpec, run_campaign};
+use esmfuzz::harness::campaign::{CampaignReport, CampaignSpec, Shard, run_campaign};
 use esmfuzz::harness::cases::Models;
 use esmfuzz::harness::family::{Family, FamilyResult, Observer};
 use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
@@ -53,6 +53,10 @@ pub struct FuzzArgs {
     /// `fasta-<file stem>`.
     #[arg(long, value_delimiter = ',')]
     pub fasta: Vec<PathBuf>,
+    /// Run part I of N of the campaign (0-based; families split round-robin, each drawing the
+    /// cases it would draw unsharded); `esmfuzz merge` joins the parts' folders.
+    #[arg(long)]
+    pub shard: Option<Shard>,
     /// Continue the stopped campaign whose report.json is in this folder (its seed, policy
     /// and case count): finished families are kept, the others run. Writes to that folder.
     #[arg(long, conflicts_with = "out")]
@@ -60,36 +64,36 @@ pub struct FuzzArgs {
 }
 
 /// Version of report.json's layout; bumped when a field changes meaning or goes.
-const REPORT_SCHEMA: u32 = 2;
+pub(super) const REPORT_SCHEMA: u32 = 2;
 
 /// The campaign report with what it ran on.
 #[derive(Debug, Serialize)]
-struct FuzzReport<'a> {
-    schema: u32,
-    esmfuzz_version: &'static str,
+pub(super) struct FuzzReport<'a> {
+    pub(super) schema: u32,
+    pub(super) esmfuzz_version: &'static str,
     /// The git commit the binary was built from ("unknown" outside a checkout).
-    git_commit: &'static str,
+    pub(super) git_commit: &'static str,
     /// sha256 of the checkpoint file.
-    checkpoint_sha256: &'a str,
+    pub(super) checkpoint_sha256: &'a str,
     /// The model's size: layers, hidden width, heads, parameters.
-    model: ModelSize,
-    backend: BackendKind,
-    device: String,
-    weights: &'a Path,
-    policy: String,
-    reference_policy: String,
-    passed: bool,
+    pub(super) model: ModelSize,
+    pub(super) backend: BackendKind,
+    pub(super) device: String,
+    pub(super) weights: &'a Path,
+    pub(super) policy: String,
+    pub(super) reference_policy: String,
+    pub(super) passed: bool,
     #[serde(flatten)]
-    campaign: &'a CampaignReport,
+    pub(super) campaign: &'a CampaignReport,
 }
 
 /// The model's size, as report.json records it.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct ModelSize {
-    layers: usize,
-    hidden: usize,
-    heads: usize,
-    parameters: usize,
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
+pub(super) struct ModelSize {
+    pub(super) layers: usize,
+    pub(super) hidden: usize,
+    pub(super) heads: usize,
+    pub(super) parameters: usize,
 }
 
 /// sha256 of a file, read in 8 MiB pieces.
@@ -312,6 +316,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         out_dir: out.clone(),
         real_proteins,
         completed: stopped.map(|s| s.families).unwrap_or_default(),
+        shard: args.shard,
     };
     let report = with_backend!(backend, |B, device| {
         let ref_plan = ComputePlan::new(Precision::F32, backend);
@@ -413,7 +418,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
 
 /// report.md: the verdict first, then a table of families, each family's metrics, and each
 /// failure with its shrunk input and where its error is born.
-fn markdown(r: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
+pub(super) fn markdown(r: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
     let c = r.campaign;
     let mut md = format!(
         "# esmfuzz campaign: {}\n\n**{}** against FP32 on {} ({}), seed {}, {} cases per family, generator v{}, esmfuzz {} ({}).\n\n",

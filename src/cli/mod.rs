@@ -9,6 +9,7 @@ mod embed;
 mod explain;
 mod fuzz;
 mod matmul_check;
+mod merge;
 mod parity;
 mod plots;
 mod synth;
@@ -73,6 +74,8 @@ pub enum Command {
     /// Another deployment's pooled embeddings of a FASTA file against this FP32 oracle:
     /// exit 1 when a record falls below the bound, with a diagnosis.
     Check(check::CheckArgs),
+    /// Join the reports of every shard of one campaign (`fuzz --shard I/N`) into one.
+    Merge(merge::MergeArgs),
     /// Write a random-weight checkpoint of a published ESM-2 size (HF key names and
     /// initialisation, safetensors), streaming.
     Synth(synth::SynthArgs),
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Fuzz(args) => fuzz::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Cases(args) => cases::run(args),
+        Command::Merge(args) => merge::run(args),
         Command::Check(args) => check::run(args),
     }
 }

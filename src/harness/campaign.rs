@@ -16,6 +16,40 @@ use super::verdict::{Selection, Tolerances};
 use crate::input::{Protein, write_fasta};
 use crate::model::Precision;
 
+/// One of `count` disjoint parts of a campaign: the families whose position in the plan
+/// is `index` modulo `count` (0-based). The parts' union is the whole campaign, each family
+/// drawing the same cases as it would unsharded; part 0 also replays the saved failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// Whether the family at `position` of the plan belongs to this part.
+    pub fn owns(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `I/N` with `I < N`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("'{s}': expected I/N with 0 <= I < N, e.g. 0/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+}
+
 /// What a campaign runs.
 #[derive(Debug, Clone)]
 pub struct CampaignSpec {
@@ -33,6 +67,8 @@ pub struct CampaignSpec {
     /// Families a stopped run of this same campaign (same seed, policy, generator version
     /// and case count) finished: kept as they are, not run again.
     pub completed: Vec<FamilyResult>,
+    /// Run only this part of the campaign.
+    pub shard: Option<Shard>,
 }
 
 /// What a campaign found.
@@ -55,6 +91,12 @@ pub struct CampaignReport {
     /// Families taken from a stopped run instead of being run again.
     #[serde(default)]
     pub resumed: Vec<String>,
+    /// Every family of the whole campaign, in order (a shard runs some of them).
+    #[serde(default)]
+    pub planned: Vec<String>,
+    /// The part of the campaign this report covers; `None` for all of it.
+    #[serde(default)]
+    pub shard: Option<Shard>,
 }
 
 impl CampaignReport {
@@ -97,8 +139,20 @@ pub fn run_campaign<B: Backend>(
         unreplayable: saved.unknown.clone(),
         families: Vec::new(),
         resumed: Vec::new(),
+        planned: spec
+            .families
+            .iter()
+            .map(Family::name)
+            .chain(spec.real_proteins.iter().map(|(name, _)| name.clone()))
+            .collect(),
+        shard: spec.shard,
     };
-    for (family, seeds, counterexample) in &saved.families {
+    let owns = |position: usize| spec.shard.is_none_or(|s| s.owns(position));
+    let replays = spec.shard.is_none_or(|s| s.index == 0);
+    if !replays {
+        report.unreplayable.clear();
+    }
+    for (family, seeds, counterexample) in saved.families.iter().filter(|_| replays) {
         if let Some(path) = counterexample {
             report.replayed_counterexamples.push(replay_counterexample(
                 *family,
@@ -115,7 +169,10 @@ pub fn run_campaign<B: Backend>(
         }
     }
     progress(&report)?;
-    for &family in &spec.families {
+    for (position, &family) in spec.families.iter().enumerate() {
+        if !owns(position) {
+            continue;
+        }
         if let Some(done) = spec.completed.iter().find(|r| r.family == family.name()) {
             report.resumed.push(done.family.clone());
             report.families.push(done.clone());
@@ -127,7 +184,10 @@ pub fn run_campaign<B: Backend>(
         report.families.push(result);
         progress(&report)?;
     }
-    for (name, proteins) in &spec.real_proteins {
+    for (offset, (name, proteins)) in spec.real_proteins.iter().enumerate() {
+        if !owns(spec.families.len() + offset) {
+            continue;
+        }
         if let Some(done) = spec.completed.iter().find(|r| &r.family == name) {
             report.resumed.push(done.family.clone());
             report.families.push(done.clone());
@@ -142,6 +202,96 @@ pub fn run_campaign<B: Backend>(
     Ok(report)
 }
 
+/// Why shard reports cannot be merged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error("no report to merge")]
+    Empty,
+    #[error("report {index} is not a shard (it covers the whole campaign)")]
+    NotAShard { index: usize },
+    #[error("the shards disagree on {what}: {first} vs {other}")]
+    Disagree {
+        what: &'static str,
+        first: String,
+        other: String,
+    },
+    #[error("shard {index}/{count} is {problem}")]
+    Coverage {
+        index: usize,
+        count: usize,
+        problem: &'static str,
+    },
+}
+
+/// Merges the reports of every shard of one campaign into the report the whole campaign
+/// would have written (families in plan order; the replays of shard 0).
+pub fn merge_shards(mut reports: Vec<CampaignReport>) -> Result<CampaignReport, MergeError> {
+    let first = reports.first().ok_or(MergeError::Empty)?.clone();
+    let shard = first.shard.ok_or(MergeError::NotAShard { index: 0 })?;
+    let mut seen = vec![false; shard.count];
+    for (i, r) in reports.iter().enumerate() {
+        let s = r.shard.ok_or(MergeError::NotAShard { index: i })?;
+        let check = |what, a: String, b: String| {
+            if a == b {
+                Ok(())
+            } else {
+                Err(MergeError::Disagree {
+                    what,
+                    first: a,
+                    other: b,
+                })
+            }
+        };
+        check("shard count", shard.count.to_string(), s.count.to_string())?;
+        check(
+            "policy",
+            first.precision.to_string(),
+            r.precision.to_string(),
+        )?;
+        check("seed", first.seed.to_string(), r.seed.to_string())?;
+        check(
+            "generator version",
+            first.generator_version.to_string(),
+            r.generator_version.to_string(),
+        )?;
+        check(
+            "cases per family",
+            first.cases_per_family.to_string(),
+            r.cases_per_family.to_string(),
+        )?;
+        check("plan", first.planned.join(","), r.planned.join(","))?;
+        if std::mem::replace(&mut seen[s.index], true) {
+            return Err(MergeError::Coverage {
+                index: s.index,
+                count: s.count,
+                problem: "given twice",
+            });
+        }
+    }
+    if let Some(index) = seen.iter().position(|&s| !s) {
+        return Err(MergeError::Coverage {
+            index,
+            count: shard.count,
+            problem: "missing",
+        });
+    }
+    reports.sort_by_key(|r| r.shard.map_or(0, |s| s.index));
+    let mut merged = reports[0].clone();
+    merged.shard = None;
+    let mut families: Vec<FamilyResult> = reports.iter().flat_map(|r| r.families.clone()).collect();
+    let position = |name: &str| {
+        merged
+            .planned
+            .iter()
+            .position(|p| p == name)
+            .unwrap_or(usize::MAX)
+    };
+    families.sort_by_key(|f| position(&f.family));
+    merged.families = families;
+    merged.resumed = reports.iter().flat_map(|r| r.resumed.clone()).collect();
+    Ok(merged)
+}
+
 /// Copies a failed family's shrunk input to `out_dir/<family>.fasta` (best effort: the
 /// regressions folder holds it already, and the report holds it as text).
 fn keep_counterexample(result: &FamilyResult, out_dir: &Path) {
@@ -151,6 +301,22 @@ fn keep_counterexample(result: &FamilyResult, out_dir: &Path) {
         let path = out_dir.join(format!("{}.fasta", result.family));
         if let Err(e) = write_fasta(&path, &failure.minimal) {
             eprintln!("warning: cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_parse_and_split_the_plan_disjointly_and_completely() {
+        assert!("3/3".parse::<Shard>().is_err() && "0/0".parse::<Shard>().is_err());
+        assert!("1".parse::<Shard>().is_err());
+        let shards: Vec<Shard> = (0..3).map(|i| format!("{i}/3").parse().unwrap()).collect();
+        for position in 0..10 {
+            let owners = shards.iter().filter(|s| s.owns(position)).count();
+            assert_eq!(owners, 1, "position {position}");
         }
     }
 }

@@ -414,3 +414,65 @@ fn cases_embedded_by_a_faithful_pipeline_pass_check_and_a_wrong_pooling_is_diagn
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("BOS and EOS included"), "{stdout}");
 }
+
+#[test]
+fn three_shards_merged_report_what_the_unsharded_campaign_does() {
+    let work = tempfile::tempdir().unwrap();
+    let regressions = work.path().join("regressions");
+    let base = [
+        "fuzz",
+        "--precision",
+        "f16",
+        "--cases",
+        "2",
+        "--max-stratum",
+        "short",
+        "--seed",
+        "17",
+        "--regressions",
+        s(&regressions),
+    ];
+    let whole = work.path().join("whole");
+    let (code, err) = esmfuzz(&[&base[..], &["--out", s(&whole)]].concat());
+    assert_eq!(code, 0, "{err}");
+    let shard_dirs: Vec<PathBuf> = (0..3)
+        .map(|i| work.path().join(format!("shard{i}")))
+        .collect();
+    for (i, dir) in shard_dirs.iter().enumerate() {
+        let shard = format!("{i}/3");
+        let (code, err) = esmfuzz(&[&base[..], &["--shard", &shard, "--out", s(dir)]].concat());
+        assert_eq!(code, 0, "{err}");
+    }
+    let merged = work.path().join("merged");
+    // Given in another order: merge sorts them.
+    let (code, err) = esmfuzz(&[
+        "merge",
+        s(&shard_dirs[2]),
+        s(&shard_dirs[0]),
+        s(&shard_dirs[1]),
+        "--out",
+        s(&merged),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let read = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+    };
+    let (a, m) = (read(&whole), read(&merged));
+    assert_eq!(m["families"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        without_timings(m["families"].clone()),
+        without_timings(a["families"].clone())
+    );
+    assert_eq!(m["planned"], a["planned"]);
+    assert_eq!(m["passed"], a["passed"]);
+    // A missing shard is an error, not a smaller report.
+    let (code, err) = esmfuzz(&[
+        "merge",
+        s(&shard_dirs[0]),
+        s(&shard_dirs[1]),
+        "--out",
+        s(&merged),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("missing"), "{err}");
+}

@@ -212,6 +212,7 @@ fn a_campaign_reports_a_fault_and_writes_its_counterexample() {
         out_dir: out.path().to_path_buf(),
         real_proteins: Vec::new(),
         completed: Vec::new(),
+        shard: None,
     };
     let tol = Tolerances::for_precision(Precision::F32);
     let faulty = common::cpu_model_with(

@@ -109,6 +109,7 @@ fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
         out_dir: out.path().to_path_buf(),
         real_proteins: Vec::new(),
         completed: Vec::new(),
+        shard: None,
     };
     let report = run_campaign(models, &tol, &spec, &mut (), &mut |_| Ok(())).unwrap();
     let fasta = &report.replayed_counterexamples;
@@ -159,6 +160,7 @@ fn a_resumed_campaign_reports_what_an_uninterrupted_one_does() {
             out_dir: dir,
             real_proteins: Vec::new(),
             completed,
+            shard: None,
         }
     };
     let both = vec![Family::Stratum(Stratum::Tiny), Family::Mixed(Stratum::Tiny)];
