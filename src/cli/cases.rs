@@ -36,7 +36,12 @@ pub fn run(args: CasesArgs) -> Result<Outcome> {
         .iter()
         .map(|p| ExportedCase {
             id: p.name.clone(),
-            stratum: p.name.split('-').nth(1).unwrap_or("").to_string(),
+            stratum: args
+                .strata
+                .iter()
+                .find(|s| p.name.starts_with(&format!("case-{s}-s")))
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             residues: p.residues.len(),
         })
         .collect();

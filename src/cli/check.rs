@@ -104,7 +104,10 @@ fn print_check(c: &DeploymentCheck) {
     for (pooling, median) in &c.median_cosine_by_pooling {
         println!("  median cosine if pooled as {pooling:?}: {median:.6}");
     }
-    println!("  pooling detected: {:?}", c.pooling_detected);
+    match c.pooling_detected {
+        Some(p) => println!("  pooling detected: {p:?}"),
+        None => println!("  pooling not detected: fewer than half the rows are finite"),
+    }
     for d in &c.diagnosis {
         println!("  diagnosis: {d}");
     }

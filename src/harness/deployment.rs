@@ -107,8 +107,9 @@ pub struct DeploymentCheck {
     /// Per-record pooled cosine threshold.
     pub threshold: f64,
     pub records: usize,
-    /// The pooling their embeddings match best, with the median cosine under each.
-    pub pooling_detected: Pooling,
+    /// The pooling their embeddings match best (over their finite rows; `None` when fewer
+    /// than half the rows are finite), with the median cosine under each.
+    pub pooling_detected: Option<Pooling>,
     pub median_cosine_by_pooling: Vec<(Pooling, f64)>,
     /// Failing records, smallest first.
     pub failures: Vec<RecordCheck>,
@@ -140,16 +141,25 @@ pub fn check_pooled(
                 .iter()
                 .zip(theirs)
                 .map(|(s, t)| metrics::cosine(&pooling.pool(s, hidden), t))
-                .map(|c| if c.is_nan() { -1.0 } else { c })
+                .filter(|c| !c.is_nan())
                 .collect();
             cos.sort_by(f64::total_cmp);
             (pooling, cos.get(cos.len() / 2).copied().unwrap_or(f64::NAN))
         })
         .collect();
-    let pooling_detected = median_cosine_by_pooling
+    let finite_rows = theirs
         .iter()
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map_or(Pooling::ResidueMean, |(p, _)| *p);
+        .filter(|t| t.iter().all(|v| v.is_finite()))
+        .count();
+    let pooling_detected = (2 * finite_rows >= theirs.len().max(1))
+        .then(|| {
+            median_cosine_by_pooling
+                .iter()
+                .filter(|(_, c)| !c.is_nan())
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(p, _)| *p)
+        })
+        .flatten();
     let mut all: Vec<RecordCheck> = proteins
         .iter()
         .zip(oracle_states)
@@ -174,7 +184,7 @@ pub fn check_pooled(
         .min_by(|a, b| a.cosine.total_cmp(&b.cosine))
         .cloned();
     let mut diagnosis = Vec::new();
-    if pooling_detected != Pooling::ResidueMean {
+    if let Some(pooling_detected) = pooling_detected.filter(|p| *p != Pooling::ResidueMean) {
         let median = |p| {
             median_cosine_by_pooling
                 .iter()
@@ -270,7 +280,7 @@ mod tests {
             .collect();
         let check = check_pooled(&proteins, &states, &wrong, 2, 0.99);
         assert!(!check.passed());
-        assert_eq!(check.pooling_detected, Pooling::AllTokenMean);
+        assert_eq!(check.pooling_detected, Some(Pooling::AllTokenMean));
         assert!(
             check.diagnosis[0].contains("BOS and EOS included"),
             "{:?}",
