@@ -57,6 +57,10 @@ pub struct FuzzArgs {
     /// cases it would draw unsharded); `esmfuzz merge` joins the parts' folders.
     #[arg(long)]
     pub shard: Option<Shard>,
+    /// Run the campaign as one shard per listed GPU of this host (each child process sees
+    /// only its device through CUDA_VISIBLE_DEVICES), then merge the shards into --out.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["shard", "resume"])]
+    pub devices: Vec<String>,
     /// Continue the stopped campaign whose report.json is in this folder (its seed, policy
     /// and case count): finished families are kept, the others run. Writes to that folder.
     #[arg(long, conflicts_with = "out")]
@@ -118,6 +122,67 @@ fn sha256_of(path: &Path) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+/// `fuzz --devices`: one child `esmfuzz fuzz --shard i/N` per device, then `merge`.
+fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
+    let seed = args.seed.unwrap_or_else(fresh_seed);
+    eprintln!("seed: {seed} (rerun with --seed {seed})");
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    // This command line without the options each child gets its own value of.
+    let mut inherited: Vec<String> = Vec::new();
+    let mut raw = std::env::args().skip(1);
+    while let Some(arg) = raw.next() {
+        let name = arg.split('=').next().unwrap_or("");
+        if ["--devices", "--out", "--seed"].contains(&name) {
+            if !arg.contains('=') {
+                raw.next();
+            }
+            continue;
+        }
+        inherited.push(arg);
+    }
+    let exe = std::env::current_exe().context("finding the esmfuzz executable")?;
+    let count = args.devices.len();
+    let shard_dirs: Vec<PathBuf> = (0..count)
+        .map(|i| args.out.join(format!("shard-{i}")))
+        .collect();
+    let children: Vec<(String, std::process::Child)> = args
+        .devices
+        .iter()
+        .zip(&shard_dirs)
+        .enumerate()
+        .map(|(i, (device, dir))| {
+            let child = std::process::Command::new(&exe)
+                .args(&inherited)
+                .args([
+                    "--seed",
+                    &seed.to_string(),
+                    "--shard",
+                    &format!("{i}/{count}"),
+                ])
+                .arg("--out")
+                .arg(dir)
+                .env("CUDA_VISIBLE_DEVICES", device)
+                .spawn()
+                .with_context(|| format!("starting the shard for device {device}"))?;
+            Ok((device.clone(), child))
+        })
+        .collect::<Result<_>>()?;
+    for (device, mut child) in children {
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for device {device}"))?;
+        // 0: held, 1: a property failed (the merge reports it); anything else broke.
+        if !matches!(status.code(), Some(0 | 1)) {
+            anyhow::bail!("the shard on device {device} stopped with {status}");
+        }
+    }
+    super::merge::run(super::merge::MergeArgs {
+        shards: shard_dirs,
+        out: args.out.clone(),
+    })
 }
 
 /// A seed for a campaign nobody seeded: the clock's nanoseconds mixed with the process id.
@@ -261,6 +326,9 @@ fn family_line(result: &FamilyResult) -> String {
 }
 
 pub fn run(args: FuzzArgs) -> Result<Outcome> {
+    if !args.devices.is_empty() {
+        return run_on_devices(&args);
+    }
     let stopped = args
         .resume
         .as_deref()

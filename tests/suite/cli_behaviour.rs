@@ -465,6 +465,15 @@ fn three_shards_merged_report_what_the_unsharded_campaign_does() {
     );
     assert_eq!(m["planned"], a["planned"]);
     assert_eq!(m["passed"], a["passed"]);
+    // The same campaign as one shard per device, merged by the same command.
+    let devices = work.path().join("devices");
+    let (code, err) = esmfuzz(&[&base[..], &["--devices", "0,1,2", "--out", s(&devices)]].concat());
+    assert_eq!(code, 0, "{err}");
+    let d = read(&devices);
+    assert_eq!(
+        without_timings(d["families"].clone()),
+        without_timings(a["families"].clone())
+    );
     // A missing shard is an error, not a smaller report.
     let (code, err) = esmfuzz(&[
         "merge",
