@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench fuzz fixtures (default: matmul parity bench fuzz). Needs gpu/ from
+# STEP: matmul parity bench fuzz devices fixtures (default: matmul parity bench fuzz). Needs gpu/ from
 # scripts/prepare_gpu.sh. Everything printed goes to OUT_DIR/log.txt; JSON reports beside it.
 # Each step has a time limit so one slow step cannot starve the rest (kernels compile and
 # autotune on first use of every shape: on an H100 the first FP32 pass over the corpus took
@@ -54,6 +54,9 @@ for step in $steps; do
       for p in ${FUZZ_PRECISIONS:-f16}; do
         run timeout "${STEP_SECONDS_FUZZ:-400}" "$bin" fuzz --backend cuda --precision "$p" --cases "${FUZZ_CASES:-4}" --seed "${FUZZ_SEED:-1}" --max-stratum "${FUZZ_MAX_STRATUM:-very-long}" --out "$out/fuzz-$p"
       done ;;
+    devices)
+      # One shard per GPU of this host, merged (fuzz --devices).
+      run timeout "${STEP_SECONDS_FUZZ:-400}" "$bin" fuzz --backend cuda --devices "${FUZZ_DEVICES:-0,1}" --precision "${FUZZ_PRECISIONS:-f16}" --cases "${FUZZ_CASES:-4}" --seed "${FUZZ_SEED:-1}" --max-stratum "${FUZZ_MAX_STRATUM:-very-long}" --out "$out/devices" ;;
     fixtures)
       run python3 scripts/make_tiny_fixtures.py /tmp/tiny
       tar -C /tmp -cf "$out/tiny_fixtures.tar" tiny ;;
