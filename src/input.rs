@@ -234,14 +234,17 @@ pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>
     Ok(proteins)
 }
 
-/// Writes proteins as FASTA (one record per protein, as [`Protein`]'s `Debug` prints it),
-/// creating the parent folder.
+/// Proteins as FASTA text, one record per protein as [`Protein`]'s `Debug` prints it.
+pub fn fasta_text(proteins: &[Protein]) -> String {
+    proteins.iter().map(|p| format!("{p:?}\n")).collect()
+}
+
+/// Writes proteins as FASTA ([`fasta_text`]), creating the parent folder.
 pub fn write_fasta(path: &Path, proteins: &[Protein]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let text: String = proteins.iter().map(|p| format!("{p:?}\n")).collect();
-    std::fs::write(path, text)
+    std::fs::write(path, fasta_text(proteins))
 }
 
 #[cfg(test)]

@@ -169,37 +169,41 @@ pub fn run_campaign<B: Backend>(
         }
     }
     progress(&report)?;
-    for (position, &family) in spec.families.iter().enumerate() {
+    // The plan: generated families, then the user's proteins; one loop runs both.
+    let units = spec
+        .families
+        .iter()
+        .map(|&family| Unit::Generated(family))
+        .chain(
+            spec.real_proteins
+                .iter()
+                .map(|(name, proteins)| Unit::Real(name, proteins)),
+        );
+    for (position, unit) in units.enumerate() {
         if !owns(position) {
             continue;
         }
-        if let Some(done) = spec.completed.iter().find(|r| r.family == family.name()) {
-            report.resumed.push(done.family.clone());
-            report.families.push(done.clone());
-            progress(&report)?;
-            continue;
-        }
-        let result = run_family(family, models, tol, &options, observer);
-        keep_counterexample(&result, &spec.out_dir);
-        report.families.push(result);
-        progress(&report)?;
-    }
-    for (offset, (name, proteins)) in spec.real_proteins.iter().enumerate() {
-        if !owns(spec.families.len() + offset) {
-            continue;
-        }
+        let name = &report.planned[position];
         if let Some(done) = spec.completed.iter().find(|r| &r.family == name) {
             report.resumed.push(done.family.clone());
             report.families.push(done.clone());
-            progress(&report)?;
-            continue;
+        } else {
+            let result = match unit {
+                Unit::Generated(family) => run_family(family, models, tol, &options, observer),
+                Unit::Real(name, proteins) => run_proteins(name, proteins, models, tol, &options),
+            };
+            keep_counterexample(&result, &spec.out_dir);
+            report.families.push(result);
         }
-        let result = run_proteins(name, proteins, models, tol, &options);
-        keep_counterexample(&result, &spec.out_dir);
-        report.families.push(result);
         progress(&report)?;
     }
     Ok(report)
+}
+
+/// One entry of a campaign's plan.
+enum Unit<'a> {
+    Generated(Family),
+    Real(&'a str, &'a [Protein]),
 }
 
 /// Why shard reports cannot be merged.

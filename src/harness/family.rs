@@ -29,7 +29,7 @@ use super::metrics;
 use super::strategies::{Stratum, mixed_batch, protein, protein_up_to};
 use super::verdict::{PropertyId, Selection, Tolerances, Verdict, f64_or_nan, failures, tightest};
 use crate::batch::Layout;
-use crate::input::{NormaliseOptions, Protein, read_fasta, write_fasta};
+use crate::input::{NormaliseOptions, Protein, fasta_text, read_fasta, write_fasta};
 use crate::model::Precision;
 
 /// Most proteins in one batch of a mixed family.
@@ -413,6 +413,9 @@ fn drive<B: Backend>(
     let runs = RefCell::new(0usize);
     let first_failure = RefCell::new(0usize);
     let log = RefCell::new(CaseLog::default());
+    // The last failing case and its failed verdicts: proptest keeps a simplification only
+    // when it fails, so this is the shrunk case, and it need not be run again.
+    let last_failed: RefCell<Option<(Vec<Protein>, Vec<Verdict>)>> = RefCell::new(None);
     let observer = RefCell::new(observer);
     let result = runner.run(&family.strategy(), |proteins| {
         let run = {
@@ -438,6 +441,8 @@ fn drive<B: Backend>(
                 if *first == 0 {
                     *first = run;
                 }
+                let failed = verdicts.into_iter().filter(|v| !v.passed).collect();
+                *last_failed.borrow_mut() = Some((proteins, failed));
                 Err(TestCaseError::fail(message))
             }
         }
@@ -446,13 +451,17 @@ fn drive<B: Backend>(
     let failure = match result {
         Ok(()) => None,
         Err(TestError::Fail(reason, minimal)) => {
-            // The shrunk case's verdicts, for reports that name the failed property.
-            let verdicts: Vec<Verdict> = options
-                .selection
-                .keep(family.judge(models, &minimal, tol))
-                .into_iter()
-                .filter(|v| !v.passed)
-                .collect();
+            // The shrunk case's failed verdicts, for reports that name the failed property
+            // (judged again only if the last failing case is not the shrunk one).
+            let verdicts: Vec<Verdict> = match last_failed.into_inner() {
+                Some((proteins, failed)) if proteins == minimal => failed,
+                _ => options
+                    .selection
+                    .keep(family.judge(models, &minimal, tol))
+                    .into_iter()
+                    .filter(|v| !v.passed)
+                    .collect(),
+            };
             let counterexample = options.regressions.as_deref().and_then(|dir| {
                 let path = counterexample_path(dir, policy, family);
                 match write_fasta(&path, &minimal) {
@@ -645,11 +654,6 @@ pub fn run_proteins<B: Backend>(
         localisation,
         start,
     )
-}
-
-/// Proteins as FASTA text.
-pub fn fasta_text(proteins: &[Protein]) -> String {
-    proteins.iter().map(|p| format!("{p:?}\n")).collect()
 }
 
 /// Seeds saved in a proptest persistence file (lines `cc <hex> ...`); 0 when it is absent.

@@ -53,13 +53,13 @@ fn s(p: &Path) -> &str {
 /// Three short corpus records as a FASTA file in `dir`.
 fn small_fasta(dir: &Path) -> PathBuf {
     let path = dir.join("small.fasta");
-    let text: String = common::corpus()
+    let small: Vec<_> = common::corpus()
         .iter()
         .filter(|p| p.residues.len() < 60)
         .take(3)
-        .map(|p| format!("{p:?}\n"))
+        .cloned()
         .collect();
-    std::fs::write(&path, text).unwrap();
+    esmfuzz::input::write_fasta(&path, &small).unwrap();
     path
 }
 
