@@ -208,6 +208,7 @@ impl TensorSource {
             })?;
             return Ok(Self::Safetensors(bytes));
         }
+        check_torch_magic(path)?;
         let torch_error = |e: PytorchError| LoadError::Format {
             path: path.to_path_buf(),
             format: "torch",
@@ -318,6 +319,44 @@ impl TensorSource {
             }
         }
     }
+}
+
+/// The first bytes of a zip archive (`torch.save` since torch 1.6).
+const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
+/// The first bytes of a legacy (pre-1.6) `torch.save` file: pickle protocol 2, then the
+/// torch magic number 0x1950a86a20f9469cfc6c as a LONG1.
+const LEGACY_TORCH_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+
+/// Refuses a file that is neither a torch zip nor a legacy torch pickle before the pickle
+/// reader sees it: that reader allocates whatever a string length in the file claims (up to
+/// 4 GiB for a few random bytes), so a foreign file must not reach it.
+fn check_torch_magic(path: &Path) -> Result<(), LoadError> {
+    use std::io::Read;
+    let io_error = |source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = Vec::with_capacity(LEGACY_TORCH_MAGIC.len());
+    std::fs::File::open(path)
+        .map_err(io_error)?
+        .take(LEGACY_TORCH_MAGIC.len() as u64)
+        .read_to_end(&mut head)
+        .map_err(io_error)?;
+    if head.starts_with(ZIP_MAGIC) || head.starts_with(LEGACY_TORCH_MAGIC) {
+        return Ok(());
+    }
+    Err(LoadError::Format {
+        path: path.to_path_buf(),
+        format: "torch",
+        detail: format!(
+            "starts with {} (bytes 0..{}), neither a zip archive (50 4b 03 04) nor a legacy torch pickle",
+            head.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            head.len()
+        ),
+    })
 }
 
 fn dtype_name(dtype: DType) -> String {

@@ -253,6 +253,7 @@ fn foreign_torch_file_is_an_error() {
     std::fs::write(&file, b">sp|P1|X\nMKV\n").unwrap();
     let err = load_checkpoint(&file, None).expect_err("a FASTA file is no checkpoint");
     assert!(matches!(err, LoadError::Format { .. }), "{err}");
+    assert_names(&err, &["neither a zip archive", "3e 73 70 7c"]);
 }
 
 #[test]
