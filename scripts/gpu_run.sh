@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench fuzz devices fixtures (default: matmul parity bench fuzz). Needs gpu/ from
+# STEP: matmul parity bench fuzz devices fixtures suite bisect (default: matmul parity bench fuzz).
+# suite: the integration suite on CUDA (gpu/suite.gz from WITH_SUITE=1 prepare_gpu.sh), every
+# module, the FP32 reference true FP32 on the GPU; SUITE_ARGS passes test filters
+# (e.g. "--skip reader_fuzz"); new failures' seeds are copied to OUT_DIR/proptest-regressions. Needs gpu/ from
 # scripts/prepare_gpu.sh. Everything printed goes to OUT_DIR/log.txt; JSON reports beside it.
 # Each step has a time limit so one slow step cannot starve the rest (kernels compile and
 # autotune on first use of every shape: on an H100 the first FP32 pass over the corpus took
@@ -57,6 +60,15 @@ for step in $steps; do
     devices)
       # One shard per GPU of this host, merged (fuzz --devices).
       run timeout "${STEP_SECONDS_FUZZ:-400}" "$bin" fuzz --backend cuda --devices "${FUZZ_DEVICES:-0,1}" --precision "${FUZZ_PRECISIONS:-f16}" --cases "${FUZZ_CASES:-4}" --seed "${FUZZ_SEED:-1}" --max-stratum "${FUZZ_MAX_STRATUM:-very-long}" --out "$out/devices" ;;
+    bisect)
+      # What bf16 needs in FP32 to do as well as plain f16 on the corpus.
+      run timeout "${STEP_SECONDS_BISECT:-400}" "$bin" bisect-precision --backend cuda --precision "${BISECT_PRECISION:-bf16}" --reach "${BISECT_REACH:-f16}" --cases 0 --fasta ../shared/corpus/uniprot_sprot196.fasta --batch 8 --report "$out/bisect.json" ;;
+    suite)
+      gunzip -c gpu/suite.gz > /tmp/suite-cuda && chmod +x /tmp/suite-cuda
+      # The suite was built elsewhere: point it at this checkout and the CUDA esmfuzz binary.
+      run timeout "${STEP_SECONDS_SUITE:-540}" env ESMFUZZ_BACKEND=cuda ESMFUZZ_REPO="$PWD" \
+        ESMFUZZ_BIN="$bin" /tmp/suite-cuda ${SUITE_ARGS:-}
+      cp -r proptest-regressions "$out/" ;;
     fixtures)
       run python3 scripts/make_tiny_fixtures.py /tmp/tiny
       tar -C /tmp -cf "$out/tiny_fixtures.tar" tiny ;;

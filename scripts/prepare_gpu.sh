@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # Builds the CUDA binary here and stages what the GPU machine needs in gpu/ (ignored by .gitignore,
 # carried to the GPU machine by the device tool: name `gpu` in `carry`).
-#   bash scripts/prepare_gpu.sh
+#   bash scripts/prepare_gpu.sh            # the binary
+#   WITH_SUITE=1 bash scripts/prepare_gpu.sh   # and the integration suite built for CUDA
+#                                               # (gpu/suite.gz, run by `gpu_run.sh OUT suite`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --features cuda --target-dir target/cuda
 mkdir -p gpu/shared
 gzip -c target/cuda/release/esmfuzz > gpu/esmfuzz.gz
+if [ -n "${WITH_SUITE:-}" ]; then
+  suite=$(cargo test --release --features cuda --target-dir target/cuda --test suite --no-run \
+    --message-format=json | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "suite" and m.get("executable"):
+        print(m["executable"])')
+  gzip -c "$suite" > gpu/suite.gz
+fi
 for d in models corpus reference; do
   rm -rf "gpu/shared/$d" && cp -r "../shared/$d" "gpu/shared/$d" && chmod -R u+w "gpu/shared/$d"
 done

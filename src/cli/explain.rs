@@ -65,10 +65,7 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         let plan = ComputePlan::new(args.precision, backend);
         eprintln!("under test: {}", plan.describe());
         let test = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
-        let models = Models {
-            reference: &reference,
-            test: &test,
-        };
+        let models = Models::new(&reference, &test);
         localise_case(
             models,
             std::slice::from_ref(protein),

@@ -13,11 +13,11 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::campaign::{CampaignReport, CampaignSpec, Shard, run_campaign};
 use esmfuzz::harness::cases::Models;
-use esmfuzz::harness::family::{Family, FamilyResult, Observer};
+use esmfuzz::harness::family::{Family, FamilyResult, MetricSummary, Observer};
 use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
-use esmfuzz::harness::verdict::{Tolerances, Verdict, tightest};
+use esmfuzz::harness::verdict::{PropertyId, Tolerances, Verdict, tightest};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
+use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Fp32Places, Precision};
 use esmfuzz::with_backend;
 
 use super::{ModelArgs, Outcome, named, read_proteins, write_report};
@@ -29,6 +29,10 @@ pub struct FuzzArgs {
     /// Policy under test (compared with FP32 on the same backend).
     #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
     pub precision: Precision,
+    /// Places computed in FP32 within that policy (a mixed policy, as `bisect-precision`
+    /// prints it): attention:I, norms:I, ffn:I, layer:I (I or I-J), final-norm, all, none.
+    #[arg(long, default_value = "none")]
+    pub fp32_places: String,
     /// New cases per family (at least 1).
     #[arg(long, default_value_t = NonZeroU32::new(8).expect("8 is not zero"))]
     pub cases: NonZeroU32,
@@ -85,6 +89,8 @@ pub(super) struct FuzzReport<'a> {
     pub(super) device: String,
     pub(super) weights: &'a Path,
     pub(super) policy: String,
+    /// The policy's FP32 places (`none` for a plain policy).
+    pub(super) fp32_places: String,
     pub(super) reference_policy: String,
     pub(super) passed: bool,
     #[serde(flatten)]
@@ -261,10 +267,16 @@ impl Observer for ProgressObserver {
 #[derive(serde::Deserialize)]
 struct StoppedCampaign {
     precision: Precision,
+    #[serde(default = "no_places")]
+    fp32_places: String,
     seed: u64,
     generator_version: u32,
     cases_per_family: u32,
     families: Vec<FamilyResult>,
+}
+
+pub(super) fn no_places() -> String {
+    Fp32Places::none().to_string()
 }
 
 /// The finished families of the campaign in `dir`, after checking it is the campaign these
@@ -372,6 +384,18 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             .map(|(_, t)| t.len())
             .sum(),
     };
+    let places = Fp32Places::parse_for(&args.fp32_places, config.num_hidden_layers)
+        .context("--fp32-places")?;
+    if let Some(s) = stopped
+        .as_ref()
+        .filter(|s| s.fp32_places != places.to_string())
+    {
+        anyhow::bail!(
+            "{}: the stopped campaign ran FP32 places {}, this one asks for {places}",
+            out.join("report.json").display(),
+            s.fp32_places
+        );
+    }
     let backend = args.model.backend;
     let report_path = out.join("report.json");
     let markdown_path = out.join("report.md");
@@ -389,16 +413,31 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let report = with_backend!(backend, |B, device| {
         let ref_plan = ComputePlan::new(Precision::F32, backend);
         let plan = ComputePlan::new(args.precision, backend);
-        eprintln!(
-            "reference: {}\nunder test: {}",
-            ref_plan.describe(),
+        let policy = if places.is_empty() {
             plan.describe()
-        );
+        } else {
+            format!("{}; FP32 places: {places}", plan.describe())
+        };
+        eprintln!("reference: {}\nunder test: {policy}", ref_plan.describe(),);
         let reference = Esm2::<B>::new(&checkpoint.weights, ref_plan, FaultSet::none(), &device);
-        let test = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+        let test = Esm2::<B>::mixed(
+            &checkpoint.weights,
+            plan,
+            places.clone(),
+            FaultSet::none(),
+            &device,
+        );
+        // FP32 summed in another order: the floor the policy's errors are read against.
+        let floor = Esm2::<B>::new(
+            &checkpoint.weights,
+            ComputePlan::reordered_f32(backend),
+            FaultSet::none(),
+            &device,
+        );
         let models = Models {
             reference: &reference,
             test: &test,
+            floor: Some(&floor),
         };
         let bar = ProgressBar::new(spec.families.len() as u64);
         let mut observer = ProgressObserver {
@@ -451,7 +490,8 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                 backend,
                 device: format!("{device:?}"),
                 weights: &checkpoint.path,
-                policy: plan.describe(),
+                policy: policy.clone(),
+                fp32_places: places.to_string(),
                 reference_policy: ref_plan.describe(),
                 passed: campaign.passed(),
                 campaign,
@@ -554,10 +594,17 @@ pub(super) fn markdown(r: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String 
     for f in &c.families {
         md.push_str(&format!("\n## {}\n\n", f.family));
         if !f.metrics.is_empty() {
-            md.push_str("| property | threshold | min | p01 | median | max | worst use of tolerance |\n|---|---|---|---|---|---|---|\n");
+            md.push_str("| property | threshold | min | p01 | median | max | worst use of tolerance | FP32 noise floor |\n|---|---|---|---|---|---|---|---|\n");
             for m in &f.metrics {
+                let floor = f
+                    .noise_floor
+                    .iter()
+                    .find(|v| v.property == m.property)
+                    .map_or("".to_string(), |v| {
+                        format!("{:.6e} ({:.2}%)", v.measured, 100.0 * v.used)
+                    });
                 md.push_str(&format!(
-                    "| {} | {:.4e} | {:.6e} | {:.6e} | {:.6e} | {:.6e} | {:.1}% |\n",
+                    "| {} | {:.4e} | {:.6e} | {:.6e} | {:.6e} | {:.6e} | {:.1}% | {floor} |\n",
                     m.property,
                     m.threshold,
                     m.min,
@@ -565,6 +612,30 @@ pub(super) fn markdown(r: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String 
                     m.median,
                     m.max,
                     100.0 * m.worst_used
+                ));
+            }
+            if !f.noise_floor.is_empty() {
+                md.push_str("\nNoise floor: FP32 with every reduction summed in another order, against the FP32 reference, on this family's tightest case (what the metric reads when only rounding order differs).\n");
+            }
+        }
+        if !f.by_stratum.is_empty() {
+            md.push_str("\nBy stratum of each case's longest protein:\n\n| stratum | cases | pooled cosine min | token cosine min | relative L2 max | worst use of tolerance |\n|---|---|---|---|---|---|\n");
+            for s in &f.by_stratum {
+                let get = |id: PropertyId, pick: fn(&MetricSummary) -> f64| {
+                    s.metrics
+                        .iter()
+                        .find(|m| m.property == id)
+                        .map_or("".to_string(), |m| format!("{:.6}", pick(m)))
+                };
+                let worst = s.metrics.iter().map(|m| m.worst_used).fold(0.0, f64::max);
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {:.1}% |\n",
+                    s.stratum.name(),
+                    s.cases,
+                    get(PropertyId::PooledCosine, |m| m.min),
+                    get(PropertyId::TokenCosineMin, |m| m.min),
+                    get(PropertyId::RelativeL2, |m| m.max),
+                    100.0 * worst
                 ));
             }
         }

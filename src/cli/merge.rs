@@ -33,6 +33,8 @@ struct Header {
     device: String,
     weights: PathBuf,
     policy: String,
+    #[serde(default = "super::fuzz::no_places")]
+    fp32_places: String,
     reference_policy: String,
 }
 
@@ -92,6 +94,7 @@ pub fn run(args: MergeArgs) -> Result<Outcome> {
         device: devices.join(", "),
         weights: &first.weights,
         policy: first.policy.clone(),
+        fp32_places: first.fp32_places.clone(),
         reference_policy: first.reference_policy.clone(),
         passed: merged.passed(),
         campaign: &merged,

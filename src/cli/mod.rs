@@ -3,6 +3,7 @@
 //! parsed here through their `FromStr`.
 
 mod bench;
+mod bisect;
 mod cases;
 mod check;
 mod embed;
@@ -69,6 +70,10 @@ pub enum Command {
     /// against FP32 after the embeddings, each attention and FFN block, and the final
     /// LayerNorm; exit 1 when a place exceeds the policy's relative-L2 bound.
     Explain(explain::ExplainArgs),
+    /// The smallest set of places (per layer: attention scores and softmax, LayerNorms, FFN;
+    /// the final LayerNorm) a reduced policy must run in FP32 for the properties to hold with
+    /// a margin, by delta debugging; confirmed on fresh cases.
+    BisectPrecision(bisect::BisectArgs),
     /// The generators' proteins as FASTA (and a JSON listing), for another stack to embed.
     Cases(cases::CasesArgs),
     /// Another deployment's pooled embeddings of a FASTA file against this FP32 oracle:
@@ -93,6 +98,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::MatmulCheck(args) => matmul_check::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::BisectPrecision(args) => bisect::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Cases(args) => cases::run(args),

@@ -18,11 +18,12 @@ fn clamp(v: f64) -> f64 {
     if v.is_finite() { v.max(FLOOR) } else { 1.0 }
 }
 
-/// One error value per case, per family, with the family's threshold.
+/// One error value per case, per family, with the family's threshold and FP32 noise floor.
 struct Series<'a> {
     family: &'a FamilyResult,
     values: Vec<(f64, f64)>,
     threshold: Option<f64>,
+    floor: Option<f64>,
 }
 
 fn draw_errors(
@@ -60,18 +61,21 @@ fn draw_errors(
             .map_err(|e| anyhow!("{e}"))?
             .label(s.family.family.clone())
             .legend(move |(x, y)| Circle::new((x, y), 3, color.filled()));
-        if let Some(t) = s.threshold {
-            let xs = s.values.iter().map(|v| v.0);
-            let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-                (a.min(x), b.max(x))
-            });
-            if lo.is_finite() {
-                chart
-                    .draw_series(LineSeries::new(
-                        [(lo - 0.3, t), (hi + 0.3, t)],
-                        color.stroke_width(2),
-                    ))
-                    .map_err(|e| anyhow!("{e}"))?;
+        let xs = s.values.iter().map(|v| v.0);
+        let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+        if lo.is_finite() {
+            // Thick: the threshold; thin: the FP32 noise floor.
+            for (value, width) in [(s.threshold, 2), (s.floor.map(clamp), 1)] {
+                if let Some(y) = value {
+                    chart
+                        .draw_series(LineSeries::new(
+                            [(lo - 0.3, y), (hi + 0.3, y)],
+                            color.stroke_width(width),
+                        ))
+                        .map_err(|e| anyhow!("{e}"))?;
+                }
             }
         }
     }
@@ -111,53 +115,61 @@ pub fn write_plots(dir: &Path, campaign: &CampaignReport) -> Result<Vec<(PathBuf
         return Ok(written);
     }
     let jitter = |k: usize| 0.15 * ((k % 5) as f64 - 2.0) / 2.0;
-    let by_family =
-        |value: fn(&esmfuzz::harness::family::CasePoint) -> f64, property| -> Vec<Series<'_>> {
-            families
-                .iter()
-                .enumerate()
-                .map(|(i, f)| Series {
-                    family: f,
-                    values: f
-                        .points
-                        .iter()
-                        .enumerate()
-                        .map(|(k, p)| (i as f64 + 0.5 + jitter(k), value(p)))
-                        .collect(),
-                    threshold: threshold(f, property).map(|t| {
-                        if property == PropertyId::PooledCosine {
-                            1.0 - t
-                        } else {
-                            t
-                        }
-                    }),
-                })
-                .collect()
-        };
+    let by_family = |value: fn(&esmfuzz::harness::family::CasePoint) -> f64,
+                     property,
+                     as_error: fn(f64) -> f64|
+     -> Vec<Series<'_>> {
+        families
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Series {
+                family: f,
+                values: f
+                    .points
+                    .iter()
+                    .enumerate()
+                    .map(|(k, p)| (i as f64 + 0.5 + jitter(k), value(p)))
+                    .collect(),
+                threshold: threshold(f, property).map(as_error),
+                floor: f
+                    .noise_floor
+                    .iter()
+                    .find(|v| v.property == property)
+                    .map(|v| as_error(v.measured)),
+            })
+            .collect()
+    };
     let x_max = families.len() as f64;
     let path = dir.join("pooled_cosine.svg");
     draw_errors(
         &path,
-        "1 - pooled cosine per case, by family (line: the threshold)",
+        "1 - pooled cosine per case, by family (thick line: threshold; thin: FP32 noise floor)",
         "family (see legend)",
         "1 - pooled cosine",
-        &by_family(|p| 1.0 - p.pooled_cosine, PropertyId::PooledCosine),
+        &by_family(
+            |p| 1.0 - p.pooled_cosine,
+            PropertyId::PooledCosine,
+            |c| 1.0 - c,
+        ),
         x_max,
     )?;
     written.push((
         path,
-        "1 - pooled cosine per case, by family, against the threshold",
+        "1 - pooled cosine per case, by family, against the threshold and the FP32 noise floor",
     ));
     let path = dir.join("relative_l2.svg");
     draw_errors(
         &path,
-        "relative L2 per case, by family (line: the regression bound)",
+        "relative L2 per case, by family (thick line: bound; thin: FP32 noise floor)",
         "family (see legend)",
         "relative L2",
-        &by_family(|p| p.relative_l2, PropertyId::RelativeL2),
+        &by_family(|p| p.relative_l2, PropertyId::RelativeL2, |x| x),
         x_max,
     )?;
-    written.push((path, "relative L2 per case, by family, against the bound"));
+    written.push((
+        path,
+        "relative L2 per case, by family, against the bound and the FP32 noise floor",
+    ));
     let longest = families
         .iter()
         .flat_map(|f| f.points.iter().map(|p| p.lengths.iter().sum::<usize>()))
@@ -178,6 +190,7 @@ pub fn write_plots(dir: &Path, campaign: &CampaignReport) -> Result<Vec<(PathBuf
                 })
                 .collect(),
             threshold: None,
+            floor: None,
         })
         .collect();
     let path = dir.join("length_vs_cosine.svg");
@@ -219,6 +232,7 @@ pub fn write_plots(dir: &Path, campaign: &CampaignReport) -> Result<Vec<(PathBuf
                 .map(|(i, p)| (i as f64, p.relative_l2))
                 .collect(),
             threshold: Some(l.threshold),
+            floor: None,
         };
         draw_errors(
             &path,

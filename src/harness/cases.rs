@@ -14,10 +14,25 @@ use crate::input::Protein;
 use crate::model::{Esm2, Place};
 
 /// The models a family judges: the FP32 reference and the policy under test (which may be
-/// the same model, or carry injected faults).
+/// the same model, or carry injected faults), and optionally a noise-floor model.
 pub struct Models<'a, B: Backend> {
     pub reference: &'a Esm2<B>,
     pub test: &'a Esm2<B>,
+    /// FP32 with another order of summation ([`crate::model::ComputePlan::reordered_f32`]):
+    /// judged against the reference on each family's tightest case, it shows what the
+    /// metrics read when nothing but rounding order differs.
+    pub floor: Option<&'a Esm2<B>>,
+}
+
+impl<'a, B: Backend> Models<'a, B> {
+    /// The reference and the policy under test, without a noise floor.
+    pub fn new(reference: &'a Esm2<B>, test: &'a Esm2<B>) -> Self {
+        Self {
+            reference,
+            test,
+            floor: None,
+        }
+    }
 }
 
 // By hand: a derive would require `B: Copy`, and only references are copied.
@@ -111,11 +126,28 @@ pub fn check_against_reference<B: Backend>(
     layout: Layout,
     tol: &Tolerances,
 ) -> Vec<Verdict> {
-    let hidden = models.reference.config.hidden_size;
-    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
     let reference = run_case(models.reference, proteins, Layout::Padded);
     let test = run_case(models.test, proteins, layout);
-    let mut verdicts = vec![test.finite];
+    let hidden = models.reference.config.hidden_size;
+    let mut verdicts = judge_against(&test, &reference, proteins, hidden, tol);
+    if layout == Layout::Packed {
+        let padded = run_case(models.test, proteins, Layout::Padded);
+        verdicts.push(packed_vs_padded(&test.last, &padded.last, tol));
+    }
+    verdicts
+}
+
+/// Properties 1-6 for states already computed: `test` (property 3 from its own run)
+/// against `reference`.
+pub fn judge_against(
+    test: &CaseStates,
+    reference: &CaseStates,
+    proteins: &[Protein],
+    hidden: usize,
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+    let mut verdicts = vec![test.finite.clone()];
     verdicts.extend(against_reference(
         &test.last,
         &reference.last,
@@ -123,10 +155,6 @@ pub fn check_against_reference<B: Backend>(
         hidden,
         tol,
     ));
-    if layout == Layout::Packed {
-        let padded = run_case(models.test, proteins, Layout::Padded);
-        verdicts.push(packed_vs_padded(&test.last, &padded.last, tol));
-    }
     verdicts
 }
 

@@ -9,6 +9,7 @@
 //! replays in every later campaign on any backend, and the other way round.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -348,7 +349,25 @@ pub struct FamilyResult {
     pub metrics: Vec<MetricSummary>,
     /// Pooled cosine and relative L2 of every case that measured both.
     pub points: Vec<CasePoint>,
+    /// Per stratum of a case's longest protein, the same summaries, when the family's cases
+    /// span more than one stratum (mixed and packed families, real proteins).
+    #[serde(default)]
+    pub by_stratum: Vec<StratumMetrics>,
+    /// The noise floor: FP32 summed in another order against the FP32 reference on the
+    /// tightest (or failing) case, judged by the same tolerances; empty without a floor
+    /// model or for families that do not compare with the reference.
+    #[serde(default)]
+    pub noise_floor: Vec<Verdict>,
     pub seconds: f64,
+}
+
+/// One stratum's metric summaries within a family.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StratumMetrics {
+    /// The stratum of each case's longest protein.
+    pub stratum: Stratum,
+    pub cases: usize,
+    pub metrics: Vec<MetricSummary>,
 }
 
 /// Runs `family` for the models' policy under test: replays the family's saved seeds, then
@@ -497,6 +516,10 @@ fn drive<B: Backend>(
         }
         _ => None,
     };
+    let noise_floor = match family.check() {
+        Check::AgainstReference(_) => log.noise_floor(failure.as_ref(), models, tol),
+        Check::Isolation => Vec::new(),
+    };
     log.into_result(
         name,
         policy,
@@ -505,6 +528,7 @@ fn drive<B: Backend>(
         replayed_seeds,
         failure,
         localisation,
+        noise_floor,
         start,
     )
 }
@@ -515,12 +539,22 @@ fn drive<B: Backend>(
 struct CaseLog {
     tightest: Option<(Verdict, Vec<Protein>)>,
     verdicts: Vec<Verdict>,
+    /// Verdicts and case counts by the stratum of each case's longest protein.
+    by_stratum: BTreeMap<Stratum, (usize, Vec<Verdict>)>,
     points: Vec<CasePoint>,
 }
 
 impl CaseLog {
     fn record(&mut self, proteins: &[Protein], verdicts: &[Verdict]) {
         self.verdicts.extend(verdicts.iter().cloned());
+        if let Some(longest) = proteins.iter().map(|p| p.residues.len()).max() {
+            let (cases, of_stratum) = self
+                .by_stratum
+                .entry(Stratum::of_length(longest))
+                .or_default();
+            *cases += 1;
+            of_stratum.extend(verdicts.iter().cloned());
+        }
         let measured = |id| {
             verdicts
                 .iter()
@@ -566,6 +600,26 @@ impl CaseLog {
         case.map(|proteins| localise_case(models, proteins, layout, tol.relative_l2))
     }
 
+    /// The floor model against the reference on the case [`CaseLog::localise`] would pick.
+    fn noise_floor<B: Backend>(
+        &self,
+        failure: Option<&FamilyFailure>,
+        models: Models<'_, B>,
+        tol: &Tolerances,
+    ) -> Vec<Verdict> {
+        let case = failure
+            .map(|f| &f.minimal)
+            .filter(|m| !m.is_empty())
+            .or(self.tightest.as_ref().map(|(_, p)| p));
+        match (models.floor, case) {
+            (Some(floor), Some(proteins)) => {
+                let floor_models = Models::new(models.reference, floor);
+                check_against_reference(floor_models, proteins, Layout::Padded, tol)
+            }
+            _ => Vec::new(),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn into_result(
         self,
@@ -576,9 +630,22 @@ impl CaseLog {
         replayed_seeds: usize,
         failure: Option<FamilyFailure>,
         localisation: Option<Localisation>,
+        noise_floor: Vec<Verdict>,
         start: Instant,
     ) -> FamilyResult {
         let (tightest, tightest_proteins) = self.tightest.unzip();
+        let by_stratum = if self.by_stratum.len() > 1 {
+            self.by_stratum
+                .into_iter()
+                .map(|(stratum, (cases, verdicts))| StratumMetrics {
+                    stratum,
+                    cases,
+                    metrics: summarise(&verdicts),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         FamilyResult {
             family,
             policy,
@@ -595,6 +662,8 @@ impl CaseLog {
             localisation,
             metrics: summarise(&self.verdicts),
             points: self.points,
+            by_stratum,
+            noise_floor,
             seconds: start.elapsed().as_secs_f64(),
         }
     }
@@ -644,6 +713,7 @@ pub fn run_proteins<B: Backend>(
         None
     };
     let policy = models.test.plan.precision;
+    let noise_floor = log.noise_floor(failure.as_ref(), models, tol);
     log.into_result(
         name.to_string(),
         policy,
@@ -652,6 +722,7 @@ pub fn run_proteins<B: Backend>(
         0,
         failure,
         localisation,
+        noise_floor,
         start,
     )
 }

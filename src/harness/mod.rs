@@ -8,8 +8,10 @@
 //! - [`metrics`]: comparisons in f64, total on NaN and Inf;
 //! - [`strategies`]: the generators of biologically plausible proteins;
 //! - [`reference`]: FP32 against the HF transformers reference, as verdicts;
-//! - [`deployment`]: the generated cases for other stacks, and a judge of their embeddings.
+//! - [`deployment`]: the generated cases for other stacks, and a judge of their embeddings;
+//! - [`bisect`]: the smallest set of places a reduced policy must run in FP32.
 
+pub mod bisect;
 pub mod campaign;
 pub mod cases;
 pub mod deployment;

@@ -50,7 +50,9 @@ pub const RARE: [char; 5] = ['X', 'B', 'U', 'Z', 'O'];
 const HYDROPHOBIC: [char; 6] = ['L', 'A', 'V', 'I', 'F', 'M'];
 
 /// Length strata, simplest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stratum {
     Tiny,
@@ -81,6 +83,14 @@ impl Stratum {
             Stratum::VeryLong => 501..=1022,
             Stratum::OverLength => 1023..=1500,
         }
+    }
+
+    /// The stratum whose lengths hold `residues` (over-length beyond the longest).
+    pub fn of_length(residues: usize) -> Stratum {
+        Stratum::ALL
+            .into_iter()
+            .find(|s| s.lengths().contains(&residues))
+            .unwrap_or(Stratum::OverLength)
     }
 
     pub fn name(self) -> &'static str {

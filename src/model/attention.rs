@@ -20,6 +20,7 @@ pub struct SelfAttention<B: Backend> {
     /// `[head_dim / 2]`, kept on the host: RoPE tables are built in f32 per forward.
     pub inv_freq: Vec<f32>,
     pub heads: usize,
+    /// The layer's plan, or FP32 where this layer's attention is an FP32 place.
     plan: ComputePlan,
     /// The unshifted-half-statistics fault (softmax without max-shift, in storage dtype).
     unshifted_fault: bool,
@@ -46,6 +47,8 @@ impl<B: Backend> SelfAttention<B> {
         }
     }
 
+    /// Computed in the plan's dtype; the result in that dtype too.
+    ///
     /// # Shapes
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
     pub fn forward(

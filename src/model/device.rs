@@ -43,9 +43,13 @@ impl<B: Backend> DeviceLinear<B> {
         }
     }
 
+    /// Computed in the weights' dtype (`x` is cast to it; a no-op unless a mixed policy keeps
+    /// the residual stream in f32).
+    ///
     /// # Shapes
     /// `x: [..., in]` -> `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let x = x.cast(self.weight_t.dtype());
         ops::linear(&self.plan, x, &self.weight_t, &self.bias)
     }
 }
@@ -79,16 +83,21 @@ impl<B: Backend> DeviceNorm<B> {
         }
     }
 
+    /// Computed in this norm's plan dtype (f32 for an FP32 place of a reduced policy), the
+    /// result returned in `x`'s dtype.
+    ///
     /// # Shapes
     /// `x: [..., hidden]` -> `[..., hidden]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
         ops::layer_norm(
             &self.plan,
-            x,
+            x.cast(self.plan.dtype()),
             &self.weight,
             &self.bias,
             self.eps,
             self.unshifted_fault,
         )
+        .cast(dtype)
     }
 }

@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use super::config::EsmConfig;
 use super::device::{DeviceNorm, to_device};
 use super::fault::FaultSet;
-use super::layer::EsmLayer;
+use super::fp32_places::{Fp32Place, Fp32Places};
+use super::layer::{EsmLayer, LayerPlan};
 use super::layout::{DeviceLayout, HostLayout, ModelInput};
-use super::precision::ComputePlan;
+use super::precision::{ComputePlan, Precision};
 use super::rotary::RotaryTables;
 use super::weights::EsmWeights;
 
@@ -18,6 +19,8 @@ use super::weights::EsmWeights;
 pub struct Esm2<B: Backend> {
     pub config: EsmConfig,
     pub plan: ComputePlan,
+    /// Places computed in FP32 whatever the plan (empty for a plain policy).
+    pub fp32_places: Fp32Places,
     pub faults: FaultSet,
     /// Slots per attention group for packed input (the plan's default unless set).
     pub attention_group_slots: usize,
@@ -71,6 +74,18 @@ impl<B: Backend> Esm2<B> {
         faults: FaultSet,
         device: &B::Device,
     ) -> Self {
+        Self::mixed(weights, plan, Fp32Places::none(), faults, device)
+    }
+
+    /// [`Esm2::new`] with `fp32_places` computed in FP32 (their weights kept in f32): a mixed
+    /// policy. Places must name layers the weights have ([`Fp32Places::check_layers`]).
+    pub fn mixed(
+        weights: &EsmWeights,
+        plan: ComputePlan,
+        fp32_places: Fp32Places,
+        faults: FaultSet,
+        device: &B::Device,
+    ) -> Self {
         let faulty;
         let weights = if faults.changes_weights() {
             faulty = faults.apply_to(weights);
@@ -78,28 +93,61 @@ impl<B: Backend> Esm2<B> {
         } else {
             weights
         };
-        let heads = weights.config.num_attention_heads;
         let eps = weights.config.layer_norm_eps;
-        let unshifted = faults.unshifted_half_statistics;
+        let final_plan = if fp32_places.contains(Fp32Place::FinalNorm) {
+            ComputePlan::new(Precision::F32, plan.backend)
+        } else {
+            plan
+        };
+        let layers = weights
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(index, l)| {
+                let how = LayerPlan {
+                    index,
+                    plan: &plan,
+                    fp32_places: &fp32_places,
+                    faults: &faults,
+                    heads: weights.config.num_attention_heads,
+                    eps,
+                };
+                EsmLayer::new(l, &how, device)
+            })
+            .collect();
         Self {
             config: weights.config.clone(),
             plan,
             faults,
             attention_group_slots: plan.backend.attention_group_slots(),
-            embed_tokens: to_device(&weights.embed_tokens, &plan, device),
-            layers: weights
-                .layers
-                .iter()
-                .map(|l| EsmLayer::new(l, heads, &plan, eps, unshifted, device))
-                .collect(),
-            emb_layer_norm_after: DeviceNorm::new(
-                &weights.emb_layer_norm_after,
-                &plan,
-                eps,
-                unshifted,
+            embed_tokens: to_device(
+                &weights.embed_tokens,
+                &if fp32_places.contains(Fp32Place::Embeddings) {
+                    ComputePlan::new(Precision::F32, plan.backend)
+                } else {
+                    plan
+                },
                 device,
             ),
+            layers,
+            emb_layer_norm_after: DeviceNorm::new(
+                &weights.emb_layer_norm_after,
+                &final_plan,
+                eps,
+                faults.unshifted_half_statistics,
+                device,
+            ),
+            fp32_places,
             device: device.clone(),
+        }
+    }
+
+    /// The policy's name in reports: the precision, with its FP32 places if any.
+    pub fn policy_name(&self) -> String {
+        if self.fp32_places.is_empty() {
+            self.plan.precision.to_string()
+        } else {
+            format!("{}+fp32[{}]", self.plan.precision, self.fp32_places)
         }
     }
 
@@ -152,8 +200,13 @@ impl<B: Backend> Esm2<B> {
             TensorData::new(input.token_scale.clone(), [n_tokens, 1]),
             device,
         )
-        .cast(dtype);
-        let mut x = self.embed_tokens.clone().select(0, ids) * scale;
+        .cast(self.embed_tokens.dtype());
+        let stream = if self.fp32_places.contains(Fp32Place::Residual) {
+            DType::F32
+        } else {
+            dtype
+        };
+        let mut x = (self.embed_tokens.clone().select(0, ids) * scale).cast(stream);
         observe(Place::Embeddings, &x);
 
         // RoPE tables per group, rebuilt only when a layer's `inv_freq` differs from the

@@ -18,6 +18,9 @@ pub struct FaultSet {
     /// Softmax and LayerNorm statistics in the storage dtype, softmax without max-shift
     /// (overflows in f16 once a score exceeds ~11).
     pub unshifted_half_statistics: bool,
+    /// One layer's softmax (0-based layer index) without max-shift, in the storage dtype:
+    /// the unshifted fault limited to one place, which FP32 there repairs.
+    pub unshifted_softmax_in_layer: Option<usize>,
     /// Multiply one layer's output (0-based layer index) by a factor.
     pub scale_layer_output: Option<(usize, f32)>,
     /// Perturb one layer's weights (0-based layer index) by a relative amount: every weight
@@ -70,6 +73,9 @@ impl fmt::Display for FaultSet {
         }
         if self.unshifted_half_statistics {
             parts.push("unshifted-half-statistics".to_string());
+        }
+        if let Some(layer) = self.unshifted_softmax_in_layer {
+            parts.push(format!("unshifted-softmax(layer {layer})"));
         }
         if let Some((layer, factor)) = self.scale_layer_output {
             parts.push(format!("scale-layer-output(layer {layer}, x{factor})"));

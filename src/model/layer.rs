@@ -5,9 +5,11 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::attention::SelfAttention;
 use super::device::{DeviceLinear, DeviceNorm};
+use super::fault::FaultSet;
+use super::fp32_places::{Fp32Place, Fp32Places};
 use super::layout::DeviceLayout;
 use super::ops;
-use super::precision::ComputePlan;
+use super::precision::{ComputePlan, Precision};
 use super::rotary::RotaryTables;
 use super::weights::LayerWeights;
 
@@ -20,23 +22,46 @@ pub struct EsmLayer<B: Backend> {
     pub final_layer_norm: DeviceNorm<B>,
 }
 
+/// How one layer is built: its index, the policy's plan, its FP32 places and faults.
+pub struct LayerPlan<'a> {
+    pub index: usize,
+    pub plan: &'a ComputePlan,
+    pub fp32_places: &'a Fp32Places,
+    pub faults: &'a FaultSet,
+    pub heads: usize,
+    pub eps: f64,
+}
+
+impl LayerPlan<'_> {
+    /// `plan`, or true FP32 on the same backend where `place` is an FP32 place.
+    fn plan_at(&self, place: Fp32Place) -> ComputePlan {
+        if self.fp32_places.contains(place) {
+            ComputePlan::new(Precision::F32, self.plan.backend)
+        } else {
+            *self.plan
+        }
+    }
+}
+
 impl<B: Backend> EsmLayer<B> {
-    /// The layer of weights `w` under `plan`; `eps` is the LayerNorm epsilon and
-    /// `unshifted_fault` the unshifted-half-statistics fault.
-    pub fn new(
-        w: &LayerWeights,
-        heads: usize,
-        plan: &ComputePlan,
-        eps: f64,
-        unshifted_fault: bool,
-        device: &B::Device,
-    ) -> Self {
-        let norm = |n| DeviceNorm::new(n, plan, eps, unshifted_fault, device);
+    /// The layer of weights `w` as `how` says.
+    pub fn new(w: &LayerWeights, how: &LayerPlan<'_>, device: &B::Device) -> Self {
+        let i = how.index;
+        let unshifted = how.faults.unshifted_half_statistics;
+        let norms = how.plan_at(Fp32Place::Norms(i));
+        let norm = |n| DeviceNorm::new(n, &norms, how.eps, unshifted, device);
+        let ffn = how.plan_at(Fp32Place::Ffn(i));
         Self {
-            self_attn: SelfAttention::new(w, heads, plan, unshifted_fault, device),
+            self_attn: SelfAttention::new(
+                w,
+                how.heads,
+                &how.plan_at(Fp32Place::Attention(i)),
+                unshifted || how.faults.unshifted_softmax_in_layer == Some(i),
+                device,
+            ),
             self_attn_layer_norm: norm(&w.self_attn_layer_norm),
-            fc1: DeviceLinear::new(&w.fc1, plan, device),
-            fc2: DeviceLinear::new(&w.fc2, plan, device),
+            fc1: DeviceLinear::new(&w.fc1, &ffn, device),
+            fc2: DeviceLinear::new(&w.fc2, &ffn, device),
             final_layer_norm: norm(&w.final_layer_norm),
         }
     }
@@ -52,16 +77,19 @@ impl<B: Backend> EsmLayer<B> {
         rotary: &[RotaryTables<B>],
     ) -> Tensor<B, 2> {
         let h = self.self_attn_layer_norm.forward(x.clone());
-        x + self.self_attn.forward(h, layout, rotary)
+        let dtype = x.dtype();
+        x + self.self_attn.forward(h, layout, rotary).cast(dtype)
     }
 
-    /// `x + fc2(gelu(fc1(LN(x))))`.
+    /// `x + fc2(gelu(fc1(LN(x))))`, the FFN in its weights' dtype.
     ///
     /// # Shapes
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
     pub fn ffn_block(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.final_layer_norm.forward(x.clone());
+        let h = h.cast(self.fc1.weight_t.dtype());
         let h = self.fc2.forward(ops::gelu_exact(self.fc1.forward(h)));
-        x + h
+        let dtype = x.dtype();
+        x + h.cast(dtype)
     }
 }

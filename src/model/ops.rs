@@ -19,6 +19,25 @@ pub fn matmul<B: Backend, const D: usize>(
         MatmulMode::Native => a.matmul(b),
         MatmulMode::EmulatedTf32 => round_to_tf32(a).matmul(round_to_tf32(b)),
         MatmulMode::SplitBf16x6 => split_bf16x6_matmul(a, b, |x, y| x.matmul(y)),
+        MatmulMode::ReorderedF32 => {
+            let reference = ComputePlan::new(plan.precision, plan.backend);
+            let k = a.dims()[D - 1];
+            if k < 2 {
+                return matmul(&reference, a, b);
+            }
+            let half = k / 2;
+            let first = matmul(
+                &reference,
+                a.clone().narrow(D - 1, 0, half),
+                b.clone().narrow(D - 2, 0, half),
+            );
+            first
+                + matmul(
+                    &reference,
+                    a.narrow(D - 1, half, k - half),
+                    b.narrow(D - 2, half, k - half),
+                )
+        }
     }
 }
 

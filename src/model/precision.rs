@@ -85,6 +85,10 @@ pub enum MatmulMode {
     /// (`a1b1, a1b2, a2b1, a1b3, a3b1, a2b2`) are summed, smallest first. Parts `a1`, `a2` are
     /// exact in TF32 and `a3 < 2^-16 |a|`, so the result keeps ~f32 accuracy at 6x the work.
     SplitBf16x6,
+    /// The FP32 reference's own product with the reduction split into two halves whose
+    /// results are added: FP32 with another order of summation, the noise floor that a
+    /// reduced policy's errors are read against.
+    ReorderedF32,
 }
 
 /// A policy realised on a backend: what the model actually computes.
@@ -109,6 +113,16 @@ impl ComputePlan {
         }
     }
 
+    /// FP32 on `backend` with every reduction summed in another order
+    /// ([`MatmulMode::ReorderedF32`]): the noise-floor model.
+    pub fn reordered_f32(backend: BackendKind) -> Self {
+        Self {
+            precision: Precision::F32,
+            backend,
+            matmul: MatmulMode::ReorderedF32,
+        }
+    }
+
     /// The dtype weights and activations are stored in.
     pub fn dtype(&self) -> DType {
         self.precision.storage_dtype()
@@ -117,6 +131,9 @@ impl ComputePlan {
     /// One line saying what this policy computes on this backend.
     pub fn describe(&self) -> String {
         let matmul = match (self.matmul, self.precision, self.backend) {
+            (MatmulMode::ReorderedF32, ..) => {
+                "matmul: the FP32 reference's, each reduction summed as two halves (noise floor)"
+            }
             (MatmulMode::SplitBf16x6, ..) => {
                 "matmul: true f32 via 6 split bf16-exact products on TF32 tensor cores"
             }

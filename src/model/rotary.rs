@@ -23,16 +23,20 @@ pub fn tables(inv_freq: &[f32], positions: &[u32]) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
-/// Device cos/sin tables broadcastable against `[batch, heads, block_len, head_dim]`.
+/// Device cos/sin tables broadcastable against `[batch, heads, block_len, head_dim]`, in the
+/// storage dtype and, for f32 attention in a mixed policy, in f32.
 pub struct RotaryTables<B: Backend> {
-    /// `[rows, 1, block_len, head_dim]`, rows 1 or batch.
+    /// `[rows, 1, block_len, head_dim]` in the storage dtype, rows 1 or batch.
     pub cos: Tensor<B, 4>,
-    /// `[rows, 1, block_len, head_dim]`.
+    /// `[rows, 1, block_len, head_dim]` in the storage dtype.
     pub sin: Tensor<B, 4>,
+    /// The same in f32 (the same tensors when the storage dtype is f32).
+    cos_f32: Tensor<B, 4>,
+    sin_f32: Tensor<B, 4>,
 }
 
 impl<B: Backend> RotaryTables<B> {
-    /// Builds the tables for `rows * block_len` positions and casts them to `dtype`.
+    /// Builds the tables for `rows * block_len` positions, in f32 and cast to `dtype`.
     pub fn new(
         inv_freq: &[f32],
         positions: &[u32],
@@ -44,27 +48,35 @@ impl<B: Backend> RotaryTables<B> {
         let head_dim = 2 * inv_freq.len();
         let (cos, sin) = tables(inv_freq, positions);
         let shape = [rows, 1, block_len, head_dim];
-        let make =
-            |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), device).cast(dtype);
+        let make = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, shape), device);
+        let (cos_f32, sin_f32) = (make(cos), make(sin));
         Self {
-            cos: make(cos),
-            sin: make(sin),
+            cos: cos_f32.clone().cast(dtype),
+            sin: sin_f32.clone().cast(dtype),
+            cos_f32,
+            sin_f32,
         }
     }
 
-    /// `x cos + rotate_half(x) sin`, with `rotate_half([x1, x2]) = [-x2, x1]`.
+    /// `x cos + rotate_half(x) sin`, with `rotate_half([x1, x2]) = [-x2, x1]`, with the
+    /// tables of `x`'s dtype (f32 or the storage dtype).
     ///
     /// # Shapes
     /// `x: [batch, heads, block_len, head_dim]` -> same
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, heads, len, head_dim] = x.dims();
         let half = head_dim / 2;
+        let (cos, sin) = if x.dtype() == DType::F32 {
+            (&self.cos_f32, &self.sin_f32)
+        } else {
+            (&self.cos, &self.sin)
+        };
         let x1 = x.clone().slice([0..batch, 0..heads, 0..len, 0..half]);
         let x2 = x
             .clone()
             .slice([0..batch, 0..heads, 0..len, half..head_dim]);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+        x * cos.clone() + rotated * sin.clone()
     }
 }
 

@@ -20,7 +20,7 @@ fn esmfuzz(args: &[&str]) -> (i32, String) {
 
 /// [`esmfuzz`] with extra environment variables.
 fn esmfuzz_with_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_esmfuzz"))
+    let mut child = Command::new(common::esmfuzz_bin())
         .args(args)
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .current_dir(common::repo())
@@ -405,7 +405,7 @@ fn cases_embedded_by_a_faithful_pipeline_pass_check_and_a_wrong_pooling_is_diagn
     let wrong = work.path().join("wrong.npy");
     let array = ndarray::Array2::from_shape_vec((proteins.len(), hidden), rows).unwrap();
     ndarray_npy::write_npy(&wrong, &array).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_esmfuzz"))
+    let out = Command::new(common::esmfuzz_bin())
         .args(["check", "--fasta", s(&fasta), "--embeddings", s(&wrong)])
         .current_dir(common::repo())
         .output()
@@ -484,4 +484,42 @@ fn three_shards_merged_report_what_the_unsharded_campaign_does() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("missing"), "{err}");
+}
+
+#[test]
+fn bisect_precision_names_the_places_and_fuzz_runs_them() {
+    let work = tempfile::tempdir().unwrap();
+    let report = work.path().join("bisect.json");
+    let (code, err) = esmfuzz(&[
+        "bisect-precision",
+        "--precision",
+        "f16",
+        "--cases",
+        "1",
+        "--max-stratum",
+        "short",
+        "--report",
+        s(&report),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["bisection"]["all"]["held"], true, "{json}");
+    assert!(json["bisection"]["trials"].as_array().unwrap().len() >= 2);
+
+    // A place the model lacks is an error naming it, before any case runs.
+    let (code, err) = esmfuzz(&[
+        "fuzz",
+        "--fp32-places",
+        "ffn:6",
+        "--cases",
+        "1",
+        "--out",
+        s(&work.path().join("fuzz")),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("ffn:6") && err.contains("6 layers"), "{err}");
+    let (code, err) = esmfuzz(&["bisect-precision", "--max-used", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-used"), "{err}");
 }

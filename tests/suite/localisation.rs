@@ -24,7 +24,7 @@ fn one_layer_scaled_by_1_01_is_localised_to_that_layer_for_every_layer() {
     let proteins = short_proteins(1);
     let threshold = Tolerances::for_precision(Precision::F32).relative_l2;
     for k in 0..layers {
-        let faulty = common::cpu_model_with(
+        let faulty = common::model_with(
             common::weights(),
             Precision::F32,
             FaultSet {
@@ -46,7 +46,7 @@ fn one_layer_scaled_by_1_01_is_localised_to_that_layer_for_every_layer() {
 
 #[test]
 fn attention_leaking_across_packed_sequences_is_localised_to_an_attention_block() {
-    let faulty = common::cpu_model_with(
+    let faulty = common::model_with(
         common::weights(),
         Precision::F32,
         FaultSet {

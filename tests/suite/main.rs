@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 
+mod bisection;
 mod cli_behaviour;
 mod equivalence_by_stratum;
 mod fault_injection;

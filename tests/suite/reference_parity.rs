@@ -106,3 +106,40 @@ fn fp16_pooled_cosine_against_fp32_exceeds_0_9999_on_the_corpus() {
 fn bf16_pooled_cosine_against_fp32_stays_near_the_torch_figure() {
     reduced_against_fp32(Precision::Bf16, BF16_MIN_POOLED_COSINE);
 }
+
+/// The noise floor of campaign reports: FP32 with every reduction summed in another order is
+/// not the reference bit for bit (a floor of 0 would mean the reordering did nothing) but
+/// stays within the FP32 tolerances, far below what a reduced policy uses.
+#[test]
+fn fp32_summed_in_another_order_differs_from_the_reference_only_by_rounding() {
+    use esmfuzz::batch::Layout;
+    use esmfuzz::harness::cases::{Models, check_against_reference};
+    use esmfuzz::harness::verdict::{PropertyId, Tolerances};
+    use esmfuzz::model::{ComputePlan, Esm2, FaultSet};
+
+    let floor = Esm2::<common::TestBackend>::new(
+        common::weights(),
+        ComputePlan::reordered_f32(common::test_backend()),
+        FaultSet::none(),
+        &common::test_device(),
+    );
+    let proteins: Vec<_> = common::corpus().iter().take(4).cloned().collect();
+    let verdicts = check_against_reference(
+        Models::new(common::shared_model(Precision::F32), &floor),
+        &proteins,
+        Layout::Padded,
+        &Tolerances::for_precision(Precision::F32),
+    );
+    for v in &verdicts {
+        assert!(v.passed, "{v}");
+    }
+    let relative_l2 = verdicts
+        .iter()
+        .find(|v| v.property == PropertyId::RelativeL2)
+        .expect("relative L2 judged")
+        .measured;
+    assert!(
+        relative_l2 > 0.0 && relative_l2 < 1e-5,
+        "relative L2 of FP32 reordered: {relative_l2:e}"
+    );
+}

@@ -75,7 +75,7 @@ fn saved_counterexamples_replay_and_hold() {
 fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
     let regressions = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let faulty = common::cpu_model_with(
+    let faulty = common::model_with(
         common::weights(),
         Precision::F32,
         FaultSet {

@@ -113,7 +113,7 @@ fn fp32_hidden_states_match_hf_float64_at_every_layer_with_mask_and_padding() {
     );
     let weights = f32_weights();
     let hidden = weights.config.hidden_size;
-    let model = common::cpu_model_with(&weights, Precision::F32, FaultSet::none());
+    let model = common::model_with(&weights, Precision::F32, FaultSet::none());
     let padded = PaddedBatch::new(&sequences, true);
     let layers: Vec<usize> = (0..=weights.config.num_hidden_layers).collect();
     let states = run_batch(&model, &padded, &layers);

@@ -1,0 +1,217 @@
+//! `esmfuzz bisect-precision`: the smallest set of places a reduced policy must run in FP32
+//! for the properties to hold with a stated margin, then a confirming run of that mixed
+//! policy on fresh cases.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use esmfuzz::harness::bisect::{
+    BisectSpec, Bisection, Trial, UsedBound, bisect_precision, judge_places,
+};
+use esmfuzz::harness::deployment::generate_cases;
+use esmfuzz::harness::strategies::Stratum;
+use esmfuzz::harness::verdict::Tolerances;
+use esmfuzz::input::{NormaliseOptions, Protein};
+use esmfuzz::model::{ComputePlan, FaultSet, Fp32Places, Precision};
+use esmfuzz::with_backend;
+
+use super::{ModelArgs, Outcome, named, read_proteins, write_report};
+
+#[derive(clap::Args, Debug)]
+pub struct BisectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Reduced policy to repair.
+    #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
+    pub precision: Precision,
+    /// Generated proteins per stratum, tiny up to --max-stratum.
+    #[arg(long, default_value_t = 4)]
+    pub cases: usize,
+    /// Longest stratum generated.
+    #[arg(long, value_parser = named::<Stratum>(), default_value = "long")]
+    pub max_stratum: Stratum,
+    /// Generator seed of the bisection's cases; the confirming run uses seed + 1.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Judge these FASTA files' records too (e.g. the corpus), in batches of similar length.
+    #[arg(long, value_delimiter = ',')]
+    pub fasta: Vec<PathBuf>,
+    /// Proteins per padded batch (one case).
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// A mixed policy holds when every property holds using at most this fraction of its
+    /// tolerance (1: just hold; 0.5: with half of it to spare).
+    #[arg(long, default_value_t = 1.0, conflicts_with = "reach")]
+    pub max_used: f64,
+    /// Instead of --max-used: reach the margins of this plain policy on the same cases (its
+    /// largest fraction of tolerance used becomes the bound), e.g. `--precision bf16 --reach f16`.
+    #[arg(long, value_parser = named::<Precision>())]
+    pub reach: Option<Precision>,
+    /// Also write the bisection (every trial) as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// The JSON report.
+#[derive(Serialize)]
+struct BisectReport<'a> {
+    precision: Precision,
+    backend: esmfuzz::backend::BackendKind,
+    /// The tolerances judged against (the reached policy's with --reach).
+    tolerances: &'a Tolerances,
+    bound: &'a UsedBound,
+    reached_policy: Option<Precision>,
+    cases: usize,
+    proteins: usize,
+    bisection: &'a Bisection,
+    /// The minimal mixed policy on fresh cases (seed + 1).
+    confirmation: &'a Trial,
+}
+
+/// `args.cases` generated proteins of each stratum up to `args.max_stratum` (drawn with
+/// `seed`) plus `real` proteins, in batches of `args.batch` proteins of similar length.
+fn cases(args: &BisectArgs, seed: u64, real: &[Protein]) -> Result<Vec<Vec<Protein>>> {
+    let strata: Vec<Stratum> = Stratum::ALL
+        .into_iter()
+        .filter(|s| *s <= args.max_stratum)
+        .collect();
+    let mut proteins = generate_cases(&strata, args.cases, seed);
+    proteins.extend(real.iter().cloned());
+    if proteins.is_empty() {
+        bail!("no proteins to bisect on: give --cases >= 1 or --fasta");
+    }
+    proteins.sort_by_key(|p| p.residues.len());
+    Ok(proteins
+        .chunks(args.batch.max(1))
+        .map(<[Protein]>::to_vec)
+        .collect())
+}
+
+fn trial_line(t: &Trial) -> String {
+    format!(
+        "{:5} fp32[{}] after {} case(s); closest: {}",
+        if t.held { "holds" } else { "fails" },
+        t.places,
+        t.cases_run,
+        t.worst.as_ref().map(|v| v.to_string()).unwrap_or_default()
+    )
+}
+
+pub fn run(args: BisectArgs) -> Result<Outcome> {
+    if args.max_used.is_nan() || args.max_used <= 0.0 {
+        bail!(
+            "--max-used {} must be above 0 (a fraction of each property's tolerance)",
+            args.max_used
+        );
+    }
+    let mut real = Vec::new();
+    for path in &args.fasta {
+        real.extend(read_proteins(path, NormaliseOptions::default())?);
+    }
+    let bisect_cases = cases(&args, args.seed, &real)?;
+    // Fresh generated cases; the FASTA records (if any) are judged again.
+    let fresh_cases = cases(&args, args.seed + 1, &real)?;
+    let checkpoint = args.model.load()?;
+    let backend = args.model.backend;
+    let tol = Tolerances::for_precision(args.precision);
+    let reach_tol = args.reach.map(Tolerances::for_precision).unwrap_or(tol);
+    let plan = ComputePlan::new(args.precision, backend);
+    eprintln!("under test: {}", plan.describe());
+    let (tolerances, bound, bisection, confirmation) = with_backend!(backend, |B, device| {
+        let mut spec = BisectSpec {
+            weights: &checkpoint.weights,
+            plan,
+            faults: FaultSet::none(),
+            cases: &bisect_cases,
+            tolerances: &tol,
+            bound: UsedBound::Uniform(args.max_used),
+        };
+        if let Some(reach) = args.reach {
+            // Judged by the reached policy's tolerances, using no more of them than it does.
+            let reached = judge_places::<B>(
+                &BisectSpec {
+                    plan: ComputePlan::new(reach, backend),
+                    tolerances: &reach_tol,
+                    bound: UsedBound::Uniform(1.0),
+                    ..spec
+                },
+                &Fp32Places::none(),
+                &device,
+            );
+            if !reached.held {
+                bail!(
+                    "plain {reach} does not hold on these cases: {}",
+                    trial_line(&reached)
+                );
+            }
+            spec.tolerances = &reach_tol;
+            spec.bound = UsedBound::reaching(&reached.verdicts);
+            eprintln!(
+                "{} must do as well as plain {reach}, judged by {reach}'s tolerances: {}",
+                args.precision, spec.bound
+            );
+        }
+        let bisection = bisect_precision::<B>(&spec, &device, |t| eprintln!("{}", trial_line(t)))?;
+        let confirmation = judge_places::<B>(
+            &BisectSpec {
+                cases: &fresh_cases,
+                bound: spec.bound.clone(),
+                ..spec
+            },
+            &bisection.minimal,
+            &device,
+        );
+        (
+            *spec.tolerances,
+            spec.bound.clone(),
+            bisection,
+            confirmation,
+        )
+    });
+    let held = confirmation.held;
+    println!(
+        "{} on {backend}, {} cases ({} proteins), bound: {bound}",
+        args.precision,
+        bisect_cases.len(),
+        bisect_cases.iter().map(Vec::len).sum::<usize>(),
+    );
+    println!("plain {}: {}", args.precision, trial_line(&bisection.plain));
+    println!("all places in FP32: {}", trial_line(&bisection.all));
+    println!(
+        "minimal FP32 places ({} trials): {}",
+        bisection.trials.len(),
+        bisection.minimal
+    );
+    println!(
+        "confirmation on fresh cases (seed {}): {}",
+        args.seed + 1,
+        trial_line(&confirmation)
+    );
+    println!(
+        "run it: esmfuzz fuzz --precision {} --fp32-places {}",
+        args.precision, bisection.minimal
+    );
+    if let Some(path) = &args.report {
+        write_report(
+            path,
+            &BisectReport {
+                precision: args.precision,
+                backend,
+                tolerances: &tolerances,
+                bound: &bound,
+                reached_policy: args.reach,
+                cases: bisect_cases.len(),
+                proteins: bisect_cases.iter().map(Vec::len).sum(),
+                bisection: &bisection,
+                confirmation: &confirmation,
+            },
+        )?;
+    }
+    Ok(if held {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
+}
