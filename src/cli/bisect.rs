@@ -90,12 +90,17 @@ fn cases(args: &BisectArgs, seed: u64, real: &[Protein]) -> Result<Vec<Vec<Prote
 }
 
 fn trial_line(t: &Trial) -> String {
+    let (verb, why) = match (&t.broke, &t.worst) {
+        (Some(v), _) => ("fails", format!("outside the bound: {v}")),
+        (None, Some(v)) => (
+            if t.held { "holds" } else { "fails" },
+            format!("closest: {v}"),
+        ),
+        (None, None) => (if t.held { "holds" } else { "fails" }, String::new()),
+    };
     format!(
-        "{:5} fp32[{}] after {} case(s); closest: {}",
-        if t.held { "holds" } else { "fails" },
-        t.places,
-        t.cases_run,
-        t.worst.as_ref().map(|v| v.to_string()).unwrap_or_default()
+        "{verb:5} fp32[{}] after {} case(s); {why}",
+        t.places, t.cases_run
     )
 }
 
@@ -184,11 +189,12 @@ pub fn run(args: BisectArgs) -> Result<Outcome> {
         bisection.trials.len(),
         bisection.minimal
     );
-    println!(
-        "confirmation on fresh cases (seed {}): {}",
-        args.seed + 1,
-        trial_line(&confirmation)
-    );
+    let fresh = if args.cases == 0 {
+        "the FASTA records again (no generated cases)".to_string()
+    } else {
+        format!("fresh generated cases (seed {})", args.seed + 1)
+    };
+    println!("confirmation on {fresh}: {}", trial_line(&confirmation));
     println!(
         "run it: esmfuzz fuzz --precision {} --fp32-places {}",
         args.precision, bisection.minimal

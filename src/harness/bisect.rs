@@ -95,6 +95,8 @@ pub struct Trial {
     pub cases_run: usize,
     /// The verdict closest to failing over the cases run.
     pub worst: Option<Verdict>,
+    /// The first verdict outside the bound, when the trial did not hold.
+    pub broke: Option<Verdict>,
     /// Every verdict of the cases run (what a reached policy's bound is made from).
     #[serde(skip)]
     pub verdicts: Vec<Verdict>,
@@ -217,6 +219,7 @@ fn run_trial<B: Backend>(
     let mut worst: Option<Verdict> = None;
     let mut cases_run = 0;
     let mut held = true;
+    let mut broke = None;
     let mut all = Vec::new();
     for (proteins, reference) in spec.cases.iter().zip(references) {
         if proteins.is_empty() {
@@ -229,9 +232,10 @@ fn run_trial<B: Backend>(
             let candidates: Vec<Verdict> = worst.iter().cloned().chain([v.clone()]).collect();
             worst = tightest(&candidates).cloned();
         }
-        let holds = verdicts.iter().all(|v| spec.bound.allows(v));
+        let outside = verdicts.iter().find(|v| !spec.bound.allows(v)).cloned();
         all.extend(verdicts);
-        if !holds {
+        if outside.is_some() {
+            broke = outside;
             held = false;
             break;
         }
@@ -241,6 +245,7 @@ fn run_trial<B: Backend>(
         held,
         cases_run,
         worst,
+        broke,
         verdicts: all,
     }
 }
