@@ -11,7 +11,9 @@
 # 262 s, the next 0.36 s). Compiled kernels (PTX) and autotune results are cached on disk in
 # CUBECL_CACHE_DIR (default ~/.cache/esmfuzz-cubecl; cubecl.toml is written here), so later
 # steps and later runs on the same machine reuse them. The autotune results (small) are also
-# saved as OUT_DIR/cubecl-autotune.tar.gz; put that file in gpu/ to seed a fresh machine.
+# saved as OUT_DIR/cubecl-autotune.tar.gz, and the whole cache (compiled kernels too) as
+# OUT_DIR/cubecl-cache.tar.gz when under CACHE_CARRY_MB (40); put either in gpu/ to seed a
+# fresh machine (the gpu/ folder carried there must stay under 64 MiB).
 # Step time limits: STEP_SECONDS_<STEP> (seconds). fuzz: FUZZ_PRECISIONS, FUZZ_CASES, FUZZ_SEED,
 # FUZZ_MAX_STRATUM; campaigns replay proptest-regressions/ of this checkout first.
 set -uo pipefail
@@ -28,6 +30,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$log" 2
 cache=${CUBECL_CACHE_DIR:-$HOME/.cache/esmfuzz-cubecl}
 mkdir -p "$cache"
 [ -f gpu/cubecl-autotune.tar.gz ] && [ ! -d "$cache/autotune" ] && tar -C "$cache" -xzf gpu/cubecl-autotune.tar.gz
+# Compiled kernels too, when a previous run saved them (the suite compiled 550 kernels on a
+# fresh H200 before its first model test ended).
+[ -f gpu/cubecl-cache.tar.gz ] && tar -C "$cache" -xzf gpu/cubecl-cache.tar.gz
 cat > cubecl.toml <<TOML
 [compilation]
 cache = { file = "$cache" }
@@ -76,4 +81,10 @@ for step in $steps; do
   esac
 done
 [ -d "$cache/autotune" ] && tar -C "$cache" -czf "$out/cubecl-autotune.tar.gz" autotune
+# The whole cache (kernels and autotune) when it is small enough to carry back in gpu/.
+if [ "$(du -sm "$cache" | cut -f1)" -le "${CACHE_CARRY_MB:-40}" ]; then
+  tar -C "$cache" -czf "$out/cubecl-cache.tar.gz" .
+else
+  echo "cubecl cache $(du -sh "$cache" | cut -f1): too large to carry, not saved" | tee -a "$log"
+fi
 exit $status

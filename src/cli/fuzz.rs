@@ -427,17 +427,13 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             FaultSet::none(),
             &device,
         );
-        // FP32 summed in another order: the floor the policy's errors are read against.
-        let floor = Esm2::<B>::new(
-            &checkpoint.weights,
-            ComputePlan::reordered_f32(backend),
-            FaultSet::none(),
-            &device,
-        );
+        // FP32 summed in another order, sharing the reference's device tensors: the floor
+        // the policy's errors are read against.
+        let floor = reference.noise_floor();
         let models = Models {
             reference: &reference,
             test: &test,
-            floor: Some(&floor),
+            floor: floor.as_ref(),
         };
         let bar = ProgressBar::new(spec.families.len() as u64);
         let mut observer = ProgressObserver {

@@ -149,6 +149,7 @@ impl ModelArgs {
             (None, None) => None,
         };
         let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
+        let started = std::time::Instant::now();
         let checkpoint = load_checkpoint(&weights, config)
             .with_context(|| format!("loading weights from {}", weights.display()))?;
         match checkpoint.check_finite() {
@@ -157,13 +158,17 @@ impl ModelArgs {
             Err(e) => return Err(e.into()),
         }
         eprintln!(
-            "loaded {} ({:?}, stored {:?}, {} layers x {}; ignored {} head/unused tensors)",
+            "loaded {} ({:?}, stored {:?}, {} layers x {}; ignored {} head/unused tensors) in {:.1} s{}",
             checkpoint.path.display(),
             checkpoint.format,
             checkpoint.stored_dtypes,
             checkpoint.weights.config.num_hidden_layers,
             checkpoint.weights.config.hidden_size,
-            checkpoint.ignored.len()
+            checkpoint.ignored.len(),
+            started.elapsed().as_secs_f64(),
+            peak_rss()
+                .map(|b| format!(", peak host RSS so far {:.2} GB", b as f64 / 1e9))
+                .unwrap_or_default()
         );
         Ok(checkpoint)
     }
@@ -172,6 +177,14 @@ impl ModelArgs {
     fn budget(&self, given: Option<usize>) -> usize {
         given.unwrap_or_else(|| self.backend.default_token_budget())
     }
+}
+
+/// This process's peak resident set in bytes (`VmHWM`; Linux only).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Reads proteins, warning about each truncated record.

@@ -11,7 +11,9 @@ use super::precision::ComputePlan;
 use super::rotary::RotaryTables;
 use super::weights::LayerWeights;
 
-/// Self-attention of one layer, weights on the device in the storage dtype.
+/// Self-attention of one layer, weights on the device in the storage dtype. Cloning shares
+/// the device tensors.
+#[derive(Clone)]
 pub struct SelfAttention<B: Backend> {
     pub q_proj: DeviceLinear<B>,
     pub k_proj: DeviceLinear<B>,
@@ -44,6 +46,18 @@ impl<B: Backend> SelfAttention<B> {
             heads,
             plan: *plan,
             unshifted_fault,
+        }
+    }
+
+    /// The same weights computed under `plan` (of the same storage dtype).
+    pub(super) fn with_plan(self, plan: &ComputePlan) -> Self {
+        Self {
+            q_proj: self.q_proj.with_plan(plan),
+            k_proj: self.k_proj.with_plan(plan),
+            v_proj: self.v_proj.with_plan(plan),
+            out_proj: self.out_proj.with_plan(plan),
+            plan: *plan,
+            ..self
         }
     }
 

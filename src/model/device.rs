@@ -25,7 +25,9 @@ pub fn to_device<B: Backend, const D: usize>(
     Tensor::<B, D>::from_data(TensorData::new(t.data.clone(), shape), device).cast(plan.dtype())
 }
 
-/// A PyTorch `Linear` on the device, weight stored transposed for `x @ w`.
+/// A PyTorch `Linear` on the device, weight stored transposed for `x @ w`. Cloning shares
+/// the device tensors.
+#[derive(Clone)]
 pub struct DeviceLinear<B: Backend> {
     /// `[in, out]`.
     pub weight_t: Tensor<B, 2>,
@@ -43,6 +45,13 @@ impl<B: Backend> DeviceLinear<B> {
         }
     }
 
+    /// The same weights computed under `plan` (of the same storage dtype).
+    pub(super) fn with_plan(mut self, plan: &ComputePlan) -> Self {
+        debug_assert_eq!(plan.dtype(), self.plan.dtype());
+        self.plan = *plan;
+        self
+    }
+
     /// Computed in the weights' dtype (`x` is cast to it; a no-op unless a mixed policy keeps
     /// the residual stream in f32).
     ///
@@ -54,7 +63,8 @@ impl<B: Backend> DeviceLinear<B> {
     }
 }
 
-/// A PyTorch `LayerNorm` on the device.
+/// A PyTorch `LayerNorm` on the device. Cloning shares the device tensors.
+#[derive(Clone)]
 pub struct DeviceNorm<B: Backend> {
     /// `[hidden]`.
     pub weight: Tensor<B, 1>,
@@ -81,6 +91,13 @@ impl<B: Backend> DeviceNorm<B> {
             eps,
             unshifted_fault,
         }
+    }
+
+    /// The same weights computed under `plan` (of the same storage dtype).
+    pub(super) fn with_plan(mut self, plan: &ComputePlan) -> Self {
+        debug_assert_eq!(plan.dtype(), self.plan.dtype());
+        self.plan = *plan;
+        self
     }
 
     /// Computed in this norm's plan dtype (f32 for an FP32 place of a reduced policy), the

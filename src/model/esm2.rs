@@ -15,7 +15,8 @@ use super::precision::{ComputePlan, Precision};
 use super::rotary::RotaryTables;
 use super::weights::EsmWeights;
 
-/// ESM-2 on one device under one precision policy.
+/// ESM-2 on one device under one precision policy. Cloning shares the device tensors.
+#[derive(Clone)]
 pub struct Esm2<B: Backend> {
     pub config: EsmConfig,
     pub plan: ComputePlan,
@@ -140,6 +141,28 @@ impl<B: Backend> Esm2<B> {
             fp32_places,
             device: device.clone(),
         }
+    }
+
+    /// The noise-floor model of a plain, fault-free FP32 model: the same device tensors (no
+    /// copy) with every reduction summed in another order ([`ComputePlan::reordered_f32`]);
+    /// `None` for any other model.
+    pub fn noise_floor(&self) -> Option<Self> {
+        if self.plan.precision != Precision::F32
+            || !self.fp32_places.is_empty()
+            || self.faults != FaultSet::none()
+        {
+            return None;
+        }
+        let plan = ComputePlan::reordered_f32(self.plan.backend);
+        let mut floor = self.clone();
+        floor.plan = plan;
+        floor.layers = floor
+            .layers
+            .into_iter()
+            .map(|l| l.with_plan(&plan))
+            .collect();
+        floor.emb_layer_norm_after = floor.emb_layer_norm_after.with_plan(&plan);
+        Some(floor)
     }
 
     /// The policy's name in reports: the precision, with its FP32 places if any.

@@ -13,7 +13,8 @@ use super::precision::{ComputePlan, Precision};
 use super::rotary::RotaryTables;
 use super::weights::LayerWeights;
 
-/// One transformer layer on the device.
+/// One transformer layer on the device. Cloning shares the device tensors.
+#[derive(Clone)]
 pub struct EsmLayer<B: Backend> {
     pub self_attn: SelfAttention<B>,
     pub self_attn_layer_norm: DeviceNorm<B>,
@@ -63,6 +64,17 @@ impl<B: Backend> EsmLayer<B> {
             fc1: DeviceLinear::new(&w.fc1, &ffn, device),
             fc2: DeviceLinear::new(&w.fc2, &ffn, device),
             final_layer_norm: norm(&w.final_layer_norm),
+        }
+    }
+
+    /// The same weights computed under `plan` (of the same storage dtype).
+    pub(super) fn with_plan(self, plan: &ComputePlan) -> Self {
+        Self {
+            self_attn: self.self_attn.with_plan(plan),
+            self_attn_layer_norm: self.self_attn_layer_norm.with_plan(plan),
+            fc1: self.fc1.with_plan(plan),
+            fc2: self.fc2.with_plan(plan),
+            final_layer_norm: self.final_layer_norm.with_plan(plan),
         }
     }
 

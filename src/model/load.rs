@@ -15,6 +15,7 @@ use burn::tensor::{DType, TensorData};
 use burn_store::pytorch::{PytorchError, PytorchReader};
 
 use super::config::{ConfigError, EsmConfig, PRESET_NAMES};
+use super::safetensors_file::{SafetensorsError, SafetensorsFile};
 use super::weights::{EsmWeights, HostTensor, LayerWeights, LinearWeights, NormWeights};
 
 /// Why a checkpoint could not be loaded.
@@ -183,8 +184,21 @@ pub fn resolve_checkpoint_file(path: &Path) -> Result<PathBuf, LoadError> {
 
 /// Raw tensors of a checkpoint file, read on demand.
 enum TensorSource {
-    Safetensors(Vec<u8>),
+    Safetensors(SafetensorsFile),
     Torch(PytorchReader),
+}
+
+impl From<SafetensorsError> for LoadError {
+    fn from(e: SafetensorsError) -> Self {
+        match e {
+            SafetensorsError::Io { path, source } => LoadError::Io { path, source },
+            SafetensorsError::Format { path, detail } => LoadError::Format {
+                path,
+                format: "safetensors",
+                detail,
+            },
+        }
+    }
 }
 
 /// Shape and dtype of one stored tensor.
@@ -197,16 +211,9 @@ impl TensorSource {
     fn open(path: &Path) -> Result<Self, LoadError> {
         let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
         if is_safetensors {
-            let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| LoadError::Format {
-                path: path.to_path_buf(),
-                format: "safetensors",
-                detail: e.to_string(),
-            })?;
-            return Ok(Self::Safetensors(bytes));
+            return SafetensorsFile::open(path)
+                .map(Self::Safetensors)
+                .map_err(LoadError::from);
         }
         check_torch_magic(path)?;
         let torch_error = |e: PytorchError| LoadError::Format {
@@ -239,19 +246,17 @@ impl TensorSource {
     /// Every stored key with its shape and dtype.
     fn infos(&self) -> BTreeMap<String, StoredInfo> {
         match self {
-            Self::Safetensors(bytes) => match safetensors::SafeTensors::deserialize(bytes) {
-                Ok(st) => st
-                    .iter()
-                    .map(|(k, v)| {
-                        let info = StoredInfo {
-                            shape: v.shape().to_vec(),
-                            dtype: format!("{:?}", v.dtype()).to_lowercase(),
-                        };
-                        (k.to_string(), info)
-                    })
-                    .collect(),
-                Err(_) => BTreeMap::new(),
-            },
+            Self::Safetensors(file) => file
+                .tensors()
+                .iter()
+                .map(|(k, t)| {
+                    let info = StoredInfo {
+                        shape: t.shape.clone(),
+                        dtype: t.dtype.to_lowercase(),
+                    };
+                    (k.clone(), info)
+                })
+                .collect(),
             Self::Torch(reader) => reader
                 .tensors()
                 .iter()
@@ -279,26 +284,29 @@ impl TensorSource {
             dtype,
         };
         match self {
-            Self::Safetensors(bytes) => {
-                let st = safetensors::SafeTensors::deserialize(bytes)
-                    .map_err(|e| data_error(e.to_string()))?;
-                let view = st.tensor(key).map_err(|e| data_error(e.to_string()))?;
-                let raw = view.data();
-                use safetensors::Dtype;
-                let values = match view.dtype() {
-                    Dtype::F32 => raw
+            Self::Safetensors(file) => {
+                let dtype = file
+                    .tensors()
+                    .get(key)
+                    .map(|t| t.dtype.clone())
+                    .ok_or_else(|| data_error("key vanished".into()))?;
+                let raw = file
+                    .read_bytes(key)
+                    .ok_or_else(|| data_error("key vanished".into()))??;
+                let values = match dtype.as_str() {
+                    "F32" => raw
                         .chunks_exact(4)
                         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                         .collect(),
-                    Dtype::F16 => raw
+                    "F16" => raw
                         .chunks_exact(2)
                         .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                         .collect(),
-                    Dtype::BF16 => raw
+                    "BF16" => raw
                         .chunks_exact(2)
                         .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                         .collect(),
-                    other => return Err(unsupported(format!("{other:?}").to_lowercase())),
+                    other => return Err(unsupported(other.to_lowercase())),
                 };
                 Ok(values)
             }

@@ -15,6 +15,7 @@ pub mod matmul_check;
 pub mod ops;
 pub mod precision;
 pub mod rotary;
+pub mod safetensors_file;
 pub mod synth;
 pub mod weights;
 

@@ -115,17 +115,19 @@ fn fp32_summed_in_another_order_differs_from_the_reference_only_by_rounding() {
     use esmfuzz::batch::Layout;
     use esmfuzz::harness::cases::{Models, check_against_reference};
     use esmfuzz::harness::verdict::{PropertyId, Tolerances};
-    use esmfuzz::model::{ComputePlan, Esm2, FaultSet};
+    use esmfuzz::model::ComputePlan;
 
-    let floor = Esm2::<common::TestBackend>::new(
-        common::weights(),
-        ComputePlan::reordered_f32(common::test_backend()),
-        FaultSet::none(),
-        &common::test_device(),
+    let reference = common::shared_model(Precision::F32);
+    let floor = reference
+        .noise_floor()
+        .expect("a plain FP32 model has a floor");
+    assert_eq!(
+        floor.plan,
+        ComputePlan::reordered_f32(common::test_backend())
     );
     let proteins: Vec<_> = common::corpus().iter().take(4).cloned().collect();
     let verdicts = check_against_reference(
-        Models::new(common::shared_model(Precision::F32), &floor),
+        Models::new(reference, &floor),
         &proteins,
         Layout::Padded,
         &Tolerances::for_precision(Precision::F32),
