@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench fuzz devices fixtures suite bisect (default: matmul parity bench fuzz).
+# STEP: matmul parity bench torchbench fuzz devices fixtures suite bisect (default: matmul parity bench fuzz).
 # suite: the integration suite on CUDA (gpu/suite.gz from WITH_SUITE=1 prepare_gpu.sh), every
 # module, the FP32 reference true FP32 on the GPU; SUITE_ARGS passes test filters
 # (e.g. "--skip reader_fuzz"); new failures' seeds are copied to OUT_DIR/proptest-regressions. Needs gpu/ from
@@ -68,6 +68,13 @@ for step in $steps; do
     bisect)
       # What bf16 needs in FP32 to do as well as plain f16 on the corpus.
       run timeout "${STEP_SECONDS_BISECT:-400}" "$bin" bisect-precision --backend cuda --precision "${BISECT_PRECISION:-bf16}" --reach "${BISECT_REACH:-f16}" --cases 0 --fasta ../shared/corpus/uniprot_sprot196.fasta --batch 8 --report "$out/bisect.json" ;;
+    torchbench)
+      # esmfuzz against HF transformers on the same padded batches, same card: the batches
+      # first, then torch, then esmfuzz with the ratios. BENCH_MODEL: extra model arguments
+      # (default: the shared 8M weights), e.g. "--preset esm2_t33_650M_UR50D --synthetic".
+      run "$bin" bench --backend cuda ${BENCH_MODEL:-} --batches-out "$out/batches.json" --plan-only
+      run timeout "${STEP_SECONDS_TORCH:-300}" python3 scripts/torch_bench.py "$out/batches.json" "$out/torch_bench.json" ${TORCH_WEIGHTS:+--weights "$TORCH_WEIGHTS"} --precisions "${TORCH_PRECISIONS:-f32,f16,bf16}"
+      run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda ${BENCH_MODEL:-} --precisions "${BENCH_PRECISIONS:-f32,f16,bf16}" --repeat 2 --torch "$out/torch_bench.json" --report "$out/bench_vs_torch.json" ;;
     suite)
       gunzip -c gpu/suite.gz > /tmp/suite-cuda && chmod +x /tmp/suite-cuda
       # The suite was built elsewhere: point it at this checkout and the CUDA esmfuzz binary.

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 
 use esmfuzz::backend::BackendKind;
-use esmfuzz::batch::{self, Batching, pack_proteins, padding_efficiency};
+use esmfuzz::batch::{self, Batching, pack_proteins, padded_batches, padding_efficiency};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
+use esmfuzz::model::{ComputePlan, Esm2, EsmWeights, FaultSet, Precision};
 use esmfuzz::with_backend;
 
 use super::{DEFAULT_CORPUS, ModelArgs, Outcome, named, read_proteins, token_count, write_report};
@@ -39,6 +39,48 @@ pub struct BenchArgs {
     /// Also write the figures as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Random weights of the `--preset` size instead of a checkpoint (no file needed: timing
+    /// only, e.g. `--preset esm2_t36_3B_UR50D --synthetic`).
+    #[arg(long, requires = "preset")]
+    pub synthetic: bool,
+    /// Write the padded batches (token ids, in the order run) and the model config as JSON,
+    /// for `scripts/torch_bench.py` to time HF transformers on exactly these batches.
+    #[arg(long)]
+    pub batches_out: Option<PathBuf>,
+    /// Only write --batches-out, time nothing (so torch can run first).
+    #[arg(long, requires = "batches_out")]
+    pub plan_only: bool,
+    /// `scripts/torch_bench.py`'s report on the same batches and card: adds esmfuzz / torch
+    /// ratios per policy.
+    #[arg(long)]
+    pub torch: Option<PathBuf>,
+}
+
+/// What `--batches-out` writes.
+#[derive(Serialize)]
+struct BatchPlan<'a> {
+    fasta: &'a std::path::Path,
+    token_budget: usize,
+    /// The model's HF config (for a random-weight torch model of the same shape).
+    config: &'a esmfuzz::model::EsmConfig,
+    /// Per padded batch, each sequence's token ids (BOS and EOS included).
+    batches: Vec<Vec<Vec<u32>>>,
+}
+
+/// One row of `scripts/torch_bench.py`'s report.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct TorchRow {
+    precision: Precision,
+    tokens_per_second: f64,
+    first_pass_seconds: f64,
+    #[serde(default)]
+    peak_memory_gib: Option<f64>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TorchReport {
+    device: String,
+    rows: Vec<TorchRow>,
 }
 
 /// Throughput of one policy, padded and packed.
@@ -56,6 +98,10 @@ struct BenchRow {
     padded_tokens_per_second: f64,
     packed_tokens_per_second: f64,
     packed_over_padded: f64,
+    /// HF transformers on the same padded batches and card (`--torch`).
+    torch: Option<TorchRow>,
+    padded_over_torch: Option<f64>,
+    packed_over_torch: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +117,9 @@ struct BenchReport {
     packed_batches: usize,
     /// Warm passes per layout (the best is reported).
     repeat: usize,
+    /// The model: layers x hidden, and whether its weights are random (`--synthetic`).
+    model: String,
+    torch_device: Option<String>,
     rows: Vec<BenchRow>,
 }
 
@@ -104,10 +153,58 @@ fn timed_passes<B: Backend>(
 
 pub fn run(args: BenchArgs) -> Result<Outcome> {
     let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
-    let checkpoint = args.model.load()?;
+    let torch = args
+        .torch
+        .as_deref()
+        .map(|path| -> Result<TorchReport> {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a torch_bench.py report", path.display()))
+        })
+        .transpose()?;
+    // Random weights are drawn only once the plan is written (a 3B draw takes a while).
+    let (config, loaded) = match (&args.model.preset, args.synthetic) {
+        (Some(name), true) => (esmfuzz::model::EsmConfig::preset(name)?, None),
+        _ => {
+            let weights = args.model.load()?.weights;
+            (weights.config.clone(), Some(weights))
+        }
+    };
     let backend = args.model.backend;
     let budget = args.model.budget(args.token_budget.map(|b| b as usize));
+    if let Some(path) = &args.batches_out {
+        let plan = BatchPlan {
+            fasta: &args.fasta,
+            token_budget: budget,
+            config: &config,
+            batches: padded_batches(&proteins, budget)
+                .into_iter()
+                .map(|b| b.into_iter().map(|i| proteins[i].tokens()).collect())
+                .collect(),
+        };
+        write_report(path, &plan)?;
+        if args.plan_only {
+            eprintln!(
+                "wrote {} padded batches of {} sequences to {}",
+                plan.batches.len(),
+                proteins.len(),
+                path.display()
+            );
+            return Ok(Outcome::Passed);
+        }
+    }
     super::warn_if_over_budget(&proteins, budget);
+    let weights = match loaded {
+        Some(w) => w,
+        None => {
+            eprintln!(
+                "random weights of {} layers x {}",
+                config.num_hidden_layers, config.hidden_size
+            );
+            EsmWeights::random(&config, 0)
+        }
+    };
     let repeat = args.repeat as usize;
     let tokens = token_count(&proteins);
     let packing = pack_proteins(&proteins, budget);
@@ -123,12 +220,23 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             packing_efficiency: packing.efficiency(),
             packed_batches: packing.bins.len(),
             repeat,
+            model: format!(
+                "{} layers x {}{}",
+                weights.config.num_hidden_layers,
+                weights.config.hidden_size,
+                if args.synthetic {
+                    ", random weights"
+                } else {
+                    ""
+                }
+            ),
+            torch_device: torch.as_ref().map(|t| t.device.clone()),
             rows: Vec::new(),
         };
         for &precision in &args.precisions {
             let plan = ComputePlan::new(precision, backend);
             eprintln!("policy: {}", plan.describe());
-            let mut model = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+            let mut model = Esm2::<B>::new(&weights, plan, FaultSet::none(), &device);
             let (padded_first, padded) =
                 timed_passes(&model, &proteins, Batching::padded(budget), repeat);
             let slots: Vec<usize> = if args.attention_group_slots.is_empty() {
@@ -144,7 +252,18 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                 model.attention_group_slots = slots;
                 let (packed_first, packed) =
                     timed_passes(&model, &proteins, Batching::packed(budget), repeat);
+                let theirs = torch
+                    .as_ref()
+                    .and_then(|t| t.rows.iter().find(|r| r.precision == precision).cloned());
+                let tokens_per_second = |seconds: f64| tokens as f64 / seconds;
                 report.rows.push(BenchRow {
+                    padded_over_torch: theirs
+                        .as_ref()
+                        .map(|t| tokens_per_second(padded) / t.tokens_per_second),
+                    packed_over_torch: theirs
+                        .as_ref()
+                        .map(|t| tokens_per_second(packed) / t.tokens_per_second),
+                    torch: theirs,
                     precision,
                     policy: plan.describe(),
                     attention_group_slots: slots,
@@ -173,12 +292,26 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         report.packed_batches
     );
     println!(
-        "{:<10} {:>12} {:>14} {:>14} {:>8} {:>18}",
-        "policy", "group slots", "padded tok/s", "packed tok/s", "ratio", "first passes (s)"
+        "{:<10} {:>12} {:>14} {:>14} {:>8} {:>18} {:>14} {:>16}",
+        "policy",
+        "group slots",
+        "padded tok/s",
+        "packed tok/s",
+        "ratio",
+        "first passes (s)",
+        "torch tok/s",
+        "padded/packed vs torch"
     );
     for r in &report.rows {
+        let (theirs, ratios) = match (&r.torch, r.padded_over_torch, r.packed_over_torch) {
+            (Some(t), Some(a), Some(b)) => (
+                format!("{:.0}", t.tokens_per_second),
+                format!("{a:.2}x / {b:.2}x"),
+            ),
+            _ => ("-".into(), "-".into()),
+        };
         println!(
-            "{:<10} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>8.1} / {:<8.1}",
+            "{:<10} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>8.1} / {:<8.1} {theirs:>14} {ratios:>16}",
             r.precision.name(),
             r.attention_group_slots,
             r.padded_tokens_per_second,
@@ -187,6 +320,20 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             r.padded_first_pass_seconds,
             r.packed_first_pass_seconds
         );
+    }
+    if let Some(t) = &torch {
+        let missing: Vec<&str> = args
+            .precisions
+            .iter()
+            .filter(|p| !t.rows.iter().any(|r| r.precision == **p))
+            .map(|p| p.name())
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "warning: the torch report has no row for {}: no ratio for those",
+                missing.join(", ")
+            );
+        }
     }
     Ok(Outcome::Passed)
 }

@@ -523,3 +523,57 @@ fn bisect_precision_names_the_places_and_fuzz_runs_them() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--max-used"), "{err}");
 }
+
+#[test]
+fn bench_writes_its_batches_for_torch_and_reads_torch_figures_back_as_ratios() {
+    let work = tempfile::tempdir().unwrap();
+    let fasta = small_fasta(work.path());
+    let batches = work.path().join("batches.json");
+    let torch = work.path().join("torch.json");
+    let report = work.path().join("bench.json");
+    std::fs::write(
+        &torch,
+        r#"{"device": "a card", "rows": [{"precision": "f32", "tokens_per_second": 100.0, "first_pass_seconds": 1.0}]}"#,
+    )
+    .unwrap();
+    let (code, err) = esmfuzz(&[
+        "bench",
+        "--fasta",
+        s(&fasta),
+        "--precisions",
+        "f32",
+        "--batches-out",
+        s(&batches),
+        "--torch",
+        s(&torch),
+        "--report",
+        s(&report),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&batches).unwrap()).unwrap();
+    let proteins = esmfuzz::input::read_fasta(&fasta, Default::default()).unwrap();
+    let planned: usize = plan["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.as_array().unwrap())
+        .map(|seq| seq.as_array().unwrap().len())
+        .sum();
+    let tokens: usize = proteins.iter().map(|p| p.token_len()).sum();
+    assert_eq!(planned, tokens, "every token of every record, once");
+    assert_eq!(plan["config"]["hidden_size"], 320);
+    let bench: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let row = &bench["rows"][0];
+    let ratio = row["padded_over_torch"].as_f64().expect("a ratio");
+    let ours = row["padded_tokens_per_second"].as_f64().unwrap();
+    assert!((ratio - ours / 100.0).abs() < 1e-9, "{row}");
+    assert_eq!(bench["torch_device"], "a card");
+
+    // A torch report that is not one is an error naming the file.
+    std::fs::write(&torch, b"{}").unwrap();
+    let (code, err) = esmfuzz(&["bench", "--fasta", s(&fasta), "--torch", s(&torch)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("torch.json"), "{err}");
+}
