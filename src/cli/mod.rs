@@ -82,7 +82,7 @@ pub enum Command {
     /// Join the reports of every shard of one campaign (`fuzz --shard I/N`) into one.
     Merge(merge::MergeArgs),
     /// Write a random-weight checkpoint of a published ESM-2 size (HF key names and
-    /// initialisation, safetensors), streaming.
+    /// initialisation, safetensors or torch zip), streaming.
     Synth(synth::SynthArgs),
     /// Fuzz a policy against FP32 with generated proteins: saved failures replayed first,
     /// then the property families of the test suite, on any backend; exit 1 when a property

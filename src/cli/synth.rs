@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use esmfuzz::model::EsmConfig;
-use esmfuzz::model::synth::{StoredDtype, tensors, write_checkpoint};
+use esmfuzz::model::synth::{StoredDtype, SynthFormat, tensors, write_checkpoint};
 
 use esmfuzz::named::Named;
 
@@ -22,10 +22,13 @@ pub struct SynthArgs {
     /// Stored dtype.
     #[arg(long, value_parser = named::<DtypeName>(), default_value = "f32")]
     pub dtype: DtypeName,
+    /// File format: HF `model.safetensors`, or `pytorch_model.bin` as `torch.save` writes it.
+    #[arg(long, value_parser = ["safetensors", "bin"], default_value = "safetensors")]
+    pub format: String,
     /// Seed of the weights (the same seed writes the same file).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Folder to write config.json and model.safetensors into (must not hold a checkpoint).
+    /// Folder to write config.json and the checkpoint into (must not hold a checkpoint).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -65,7 +68,12 @@ impl DtypeName {
 
 pub fn run(args: SynthArgs) -> Result<Outcome> {
     let config = EsmConfig::preset(&args.preset)?;
-    for existing in ["model.safetensors", "config.json"] {
+    let format = if args.format == "bin" {
+        SynthFormat::TorchBin
+    } else {
+        SynthFormat::Safetensors
+    };
+    for existing in ["model.safetensors", "pytorch_model.bin", "config.json"] {
         let path = args.out.join(existing);
         if path.exists() {
             anyhow::bail!("{}: already exists; choose an empty folder", path.display());
@@ -79,7 +87,7 @@ pub fn run(args: SynthArgs) -> Result<Outcome> {
         args.out.display()
     );
     let start = Instant::now();
-    let path = write_checkpoint(&config, args.dtype.stored(), args.seed, &args.out)
+    let path = write_checkpoint(&config, args.dtype.stored(), format, args.seed, &args.out)
         .with_context(|| format!("writing into {}", args.out.display()))?;
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     eprintln!(

@@ -17,6 +17,7 @@ pub mod precision;
 pub mod rotary;
 pub mod safetensors_file;
 pub mod synth;
+pub mod torch_zip;
 pub mod weights;
 
 pub use crate::backend::BackendKind;

@@ -1,4 +1,5 @@
-//! Synthetic checkpoints of any ESM-2 size: `config.json` and `model.safetensors` with HF
+//! Synthetic checkpoints of any ESM-2 size: `config.json` and `model.safetensors` (or a
+//! torch-zip `pytorch_model.bin`) with HF
 //! `EsmModel` key names, every tensor shaped as the published model and drawn as HF
 //! initialises it (weights normal with std `initializer_range` = 0.02, the `<pad>` row of
 //! the embedding zero, biases 0, LayerNorm weight 1 and bias 0, `inv_freq` computed in f32
@@ -14,6 +15,7 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::EsmConfig;
+use super::torch_zip::{TorchEntry, TorchStorage, TorchZipWriter};
 
 /// HF's `initializer_range` for ESM-2.
 pub const INITIALIZER_RANGE: f32 = 0.02;
@@ -170,11 +172,31 @@ impl SynthTensor {
     }
 }
 
-/// Writes `config.json` and `model.safetensors` for `config` into `dir` (created if need be);
+/// The file format written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynthFormat {
+    /// `model.safetensors`.
+    Safetensors,
+    /// `pytorch_model.bin`, a torch zip as `torch.save` writes it.
+    TorchBin,
+}
+
+impl SynthFormat {
+    /// The checkpoint's file name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            SynthFormat::Safetensors => "model.safetensors",
+            SynthFormat::TorchBin => "pytorch_model.bin",
+        }
+    }
+}
+
+/// Writes `config.json` and the checkpoint for `config` into `dir` (created if need be);
 /// returns the checkpoint's path.
 pub fn write_checkpoint(
     config: &EsmConfig,
     dtype: StoredDtype,
+    format: SynthFormat,
     seed: u64,
     dir: &Path,
 ) -> std::io::Result<PathBuf> {
@@ -183,6 +205,66 @@ pub fn write_checkpoint(
         dir.join("config.json"),
         serde_json::to_string_pretty(config).map_err(std::io::Error::other)?,
     )?;
+    let path = dir.join(format.file_name());
+    match format {
+        SynthFormat::Safetensors => write_safetensors(config, dtype, seed, &path)?,
+        SynthFormat::TorchBin => write_torch_bin(config, dtype, seed, &path)?,
+    }
+    Ok(path)
+}
+
+/// Each tensor's values as `dtype` bytes, in chunks of about 1 MiB handed to `write`.
+fn write_values(
+    t: &SynthTensor,
+    dtype: StoredDtype,
+    seed: u64,
+    index: usize,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let mut chunk = Vec::with_capacity(1 << 20);
+    let mut failed = None;
+    t.generate(seed, index, |v| {
+        dtype.encode(v, &mut chunk);
+        if chunk.len() >= 1 << 20 && failed.is_none() {
+            failed = out.write_all(&chunk).err();
+            chunk.clear();
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    out.write_all(&chunk)
+}
+
+fn write_torch_bin(
+    config: &EsmConfig,
+    dtype: StoredDtype,
+    seed: u64,
+    path: &Path,
+) -> std::io::Result<()> {
+    let storage = match dtype {
+        StoredDtype::F32 => TorchStorage::Float,
+        StoredDtype::F16 => TorchStorage::Half,
+        StoredDtype::Bf16 => TorchStorage::BFloat16,
+    };
+    let mut zip = TorchZipWriter::create(path)?;
+    for (index, t) in tensors(config).iter().enumerate() {
+        let entry = TorchEntry {
+            key: t.key.clone(),
+            shape: t.shape.clone(),
+            storage,
+        };
+        zip.tensor(entry, |out| write_values(t, dtype, seed, index, out))?;
+    }
+    zip.finish()
+}
+
+fn write_safetensors(
+    config: &EsmConfig,
+    dtype: StoredDtype,
+    seed: u64,
+    path: &Path,
+) -> std::io::Result<()> {
     let tensors = tensors(config);
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
@@ -201,28 +283,13 @@ pub fn write_checkpoint(
     let mut header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
     // The data must start 8-byte aligned; safetensors pads the header with spaces.
     header.resize(header.len().div_ceil(8) * 8, b' ');
-    let path = dir.join("model.safetensors");
-    let mut out = BufWriter::with_capacity(1 << 22, File::create(&path)?);
+    let mut out = BufWriter::with_capacity(1 << 22, File::create(path)?);
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(&header)?;
-    let mut chunk = Vec::with_capacity(1 << 20);
     for (index, t) in tensors.iter().enumerate() {
-        let mut failed = None;
-        t.generate(seed, index, |v| {
-            dtype.encode(v, &mut chunk);
-            if chunk.len() >= 1 << 20 && failed.is_none() {
-                failed = out.write_all(&chunk).err();
-                chunk.clear();
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        out.write_all(&chunk)?;
-        chunk.clear();
+        write_values(t, dtype, seed, index, &mut out)?;
     }
-    out.flush()?;
-    Ok(path)
+    out.flush()
 }
 
 #[cfg(test)]
@@ -234,7 +301,14 @@ mod tests {
     fn a_synthetic_checkpoint_loads_back_exactly_in_f32_and_within_rounding_in_half() {
         let config = EsmConfig::tiny();
         let dir = tempfile::tempdir().unwrap();
-        write_checkpoint(&config, StoredDtype::F32, 7, dir.path()).unwrap();
+        write_checkpoint(
+            &config,
+            StoredDtype::F32,
+            SynthFormat::Safetensors,
+            7,
+            dir.path(),
+        )
+        .unwrap();
         let loaded = load_checkpoint(dir.path(), None).unwrap();
         assert_eq!(loaded.weights.config, config);
         // The loaded values are exactly the generated ones.
@@ -261,7 +335,7 @@ mod tests {
         );
         for dtype in [StoredDtype::F16, StoredDtype::Bf16] {
             let half_dir = tempfile::tempdir().unwrap();
-            write_checkpoint(&config, dtype, 7, half_dir.path()).unwrap();
+            write_checkpoint(&config, dtype, SynthFormat::Safetensors, 7, half_dir.path()).unwrap();
             let half = load_checkpoint(half_dir.path(), None).unwrap();
             let got = &half.weights.layers[1].fc1.weight.data;
             let worst = got
@@ -270,6 +344,29 @@ mod tests {
                 .map(|(a, b)| (a - b).abs() / b.abs().max(1e-3))
                 .fold(0f32, f32::max);
             assert!(worst < 1e-2, "{dtype:?}: {worst}");
+        }
+    }
+
+    /// The torch zip loads through the torch reader to exactly what the safetensors file
+    /// holds, in every stored dtype.
+    #[test]
+    fn a_synthetic_torch_bin_loads_the_same_weights_as_the_safetensors_file() {
+        let config = EsmConfig::tiny();
+        for dtype in [StoredDtype::F32, StoredDtype::F16, StoredDtype::Bf16] {
+            let (st_dir, bin_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            write_checkpoint(&config, dtype, SynthFormat::Safetensors, 3, st_dir.path()).unwrap();
+            let bin =
+                write_checkpoint(&config, dtype, SynthFormat::TorchBin, 3, bin_dir.path()).unwrap();
+            assert!(bin.ends_with("pytorch_model.bin"));
+            let a = load_checkpoint(st_dir.path(), None).unwrap();
+            let b = load_checkpoint(bin_dir.path(), None).unwrap();
+            assert_eq!(b.format, crate::model::load::CheckpointFormat::Torch);
+            let (a, b) = (a.weights.named_tensors(), b.weights.named_tensors());
+            assert_eq!(a.len(), b.len());
+            for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+                assert_eq!(ka, kb);
+                assert_eq!(va, vb, "{dtype:?} {ka}");
+            }
         }
     }
 
