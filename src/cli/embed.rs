@@ -27,6 +27,8 @@ pub struct EmbedArgs {
     /// Precision policy.
     #[arg(long, value_parser = named::<Precision>(), default_value = "f32")]
     pub precision: Precision,
+    #[arg(long, default_value = "none", help = super::FP32_PLACES_HELP)]
+    pub fp32_places: String,
     /// Output .npy, `[records, hidden]` float32. Rows go to OUT.partial as batches finish;
     /// OUT itself is written only when every row is in and finite.
     #[arg(long)]
@@ -63,7 +65,8 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     let checkpoint = args.model.load()?;
     let hidden = checkpoint.weights.config.hidden_size;
     let plan = ComputePlan::new(args.precision, args.model.backend);
-    eprintln!("policy: {}", plan.describe());
+    let places = super::fp32_places(&args.fp32_places, &checkpoint.weights.config)?;
+    eprintln!("policy: {}", super::describe_policy(&plan, &places));
     let budget = args.model.budget(args.token_budget.map(|b| b as usize));
     warn_if_over_budget(&proteins, budget);
     let batching = if args.packed {
@@ -80,7 +83,13 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     };
     let start = Instant::now();
     let (tokens, writer) = with_backend!(args.model.backend, |B, device| {
-        let mut model = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+        let mut model = Esm2::<B>::mixed(
+            &checkpoint.weights,
+            plan,
+            places.clone(),
+            FaultSet::none(),
+            &device,
+        );
         if let Some(slots) = args.attention_group_slots {
             model.attention_group_slots = slots as usize;
         }

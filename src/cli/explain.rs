@@ -27,6 +27,8 @@ pub struct ExplainArgs {
     /// Policy to explain (against FP32 on the same backend).
     #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
     pub precision: Precision,
+    #[arg(long, default_value = "none", help = super::FP32_PLACES_HELP)]
+    pub fp32_places: String,
     /// Run the policy under test packed (varlen) instead of padded.
     #[arg(long)]
     pub packed: bool,
@@ -48,6 +50,7 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         );
     };
     let checkpoint = args.model.load()?;
+    let places = super::fp32_places(&args.fp32_places, &checkpoint.weights.config)?;
     let backend = args.model.backend;
     let tol = Tolerances::for_precision(args.precision);
     let layout = if args.packed {
@@ -63,8 +66,14 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
             &device,
         );
         let plan = ComputePlan::new(args.precision, backend);
-        eprintln!("under test: {}", plan.describe());
-        let test = Esm2::<B>::new(&checkpoint.weights, plan, FaultSet::none(), &device);
+        eprintln!("under test: {}", super::describe_policy(&plan, &places));
+        let test = Esm2::<B>::mixed(
+            &checkpoint.weights,
+            plan,
+            places.clone(),
+            FaultSet::none(),
+            &device,
+        );
         let models = Models::new(&reference, &test);
         localise_case(
             models,

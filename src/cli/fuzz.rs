@@ -29,9 +29,7 @@ pub struct FuzzArgs {
     /// Policy under test (compared with FP32 on the same backend).
     #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
     pub precision: Precision,
-    /// Places computed in FP32 within that policy (a mixed policy, as `bisect-precision`
-    /// prints it): attention:I, norms:I, ffn:I, layer:I (I or I-J), final-norm, all, none.
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value = "none", help = super::FP32_PLACES_HELP)]
     pub fp32_places: String,
     /// New cases per family (at least 1).
     #[arg(long, default_value_t = NonZeroU32::new(8).expect("8 is not zero"))]
@@ -384,8 +382,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             .map(|(_, t)| t.len())
             .sum(),
     };
-    let places = Fp32Places::parse_for(&args.fp32_places, config.num_hidden_layers)
-        .context("--fp32-places")?;
+    let places = super::fp32_places(&args.fp32_places, config)?;
     if let Some(s) = stopped
         .as_ref()
         .filter(|s| s.fp32_places != places.to_string())
@@ -413,11 +410,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let report = with_backend!(backend, |B, device| {
         let ref_plan = ComputePlan::new(Precision::F32, backend);
         let plan = ComputePlan::new(args.precision, backend);
-        let policy = if places.is_empty() {
-            plan.describe()
-        } else {
-            format!("{}; FP32 places: {places}", plan.describe())
-        };
+        let policy = super::describe_policy(&plan, &places);
         eprintln!("reference: {}\nunder test: {policy}", ref_plan.describe(),);
         let reference = Esm2::<B>::new(&checkpoint.weights, ref_plan, FaultSet::none(), &device);
         let test = Esm2::<B>::mixed(

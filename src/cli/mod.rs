@@ -179,6 +179,26 @@ impl ModelArgs {
     }
 }
 
+/// Help text of every `--fp32-places` option.
+const FP32_PLACES_HELP: &str = "Places computed in FP32 within the policy (a mixed policy, as `bisect-precision` prints it): attention:I, norms:I, ffn:I, layer:I (I or I-J), final-norm, embeddings, residual, all, none";
+
+/// Parses `--fp32-places` against the loaded model's layer count.
+fn fp32_places(text: &str, config: &EsmConfig) -> Result<esmfuzz::model::Fp32Places> {
+    esmfuzz::model::Fp32Places::parse_for(text, config.num_hidden_layers).context("--fp32-places")
+}
+
+/// A policy's one-line description, with its FP32 places when there are any.
+fn describe_policy(
+    plan: &esmfuzz::model::ComputePlan,
+    places: &esmfuzz::model::Fp32Places,
+) -> String {
+    if places.is_empty() {
+        plan.describe()
+    } else {
+        format!("{}; FP32 places: {places}", plan.describe())
+    }
+}
+
 /// This process's peak resident set in bytes (`VmHWM`; Linux only).
 fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

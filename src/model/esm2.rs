@@ -299,6 +299,48 @@ mod tests {
         last.into_data().convert::<f32>().into_vec().unwrap()
     }
 
+    /// A reduced policy with every place in FP32 is the FP32 model, bit for bit; with none
+    /// it is the reduced policy.
+    #[test]
+    fn every_place_in_fp32_is_the_fp32_model() {
+        use crate::model::Fp32Places;
+        let config = EsmConfig::tiny();
+        let weights = EsmWeights::random(&config, 5);
+        let seqs: Vec<(usize, Vec<u32>)> = [4usize, 9]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (i, [vec![0], vec![6 + i as u32; n], vec![2]].concat()))
+            .collect();
+        let batch = PaddedBatch::new(&seqs, true);
+        let plan = |p| ComputePlan::new(p, BackendKind::Cpu);
+        let fp32 = Esm2::<Cpu>::new(
+            &weights,
+            plan(Precision::F32),
+            FaultSet::none(),
+            &cpu_device(),
+        );
+        let want = states(&fp32, batch.input());
+        for precision in [Precision::F16, Precision::Bf16] {
+            let all = Fp32Places::all(config.num_hidden_layers);
+            let mixed = Esm2::<Cpu>::mixed(
+                &weights,
+                plan(precision),
+                all,
+                FaultSet::none(),
+                &cpu_device(),
+            );
+            assert_eq!(states(&mixed, batch.input()), want, "{precision}");
+            let none = Esm2::<Cpu>::mixed(
+                &weights,
+                plan(precision),
+                Fp32Places::none(),
+                FaultSet::none(),
+                &cpu_device(),
+            );
+            assert_ne!(states(&none, batch.input()), want, "{precision}");
+        }
+    }
+
     /// Rounding block lengths up (what CUDA does) must not change any token's output.
     #[test]
     fn block_multiple_does_not_change_the_output() {
