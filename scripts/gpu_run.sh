@@ -78,8 +78,17 @@ for step in $steps; do
     suite)
       gunzip -c gpu/suite.gz > /tmp/suite-cuda && chmod +x /tmp/suite-cuda
       # The suite was built elsewhere: point it at this checkout and the CUDA esmfuzz binary.
-      run timeout "${STEP_SECONDS_SUITE:-540}" env ESMFUZZ_BACKEND=cuda ESMFUZZ_REPO="$PWD" \
-        ESMFUZZ_BIN="$bin" /tmp/suite-cuda ${SUITE_ARGS:-}
+      # SUITE_MODULES="a b c": one run per module, each under STEP_SECONDS_SUITE_MODULE, so a
+      # call that runs out of time still reports every module it reached.
+      if [ -n "${SUITE_MODULES:-}" ]; then
+        for m in $SUITE_MODULES; do
+          run timeout "${STEP_SECONDS_SUITE_MODULE:-240}" env ESMFUZZ_BACKEND=cuda ESMFUZZ_REPO="$PWD" \
+            ESMFUZZ_BIN="$bin" /tmp/suite-cuda "$m::" ${SUITE_ARGS:-}
+        done
+      else
+        run timeout "${STEP_SECONDS_SUITE:-540}" env ESMFUZZ_BACKEND=cuda ESMFUZZ_REPO="$PWD" \
+          ESMFUZZ_BIN="$bin" /tmp/suite-cuda ${SUITE_ARGS:-}
+      fi
       cp -r proptest-regressions "$out/" ;;
     fixtures)
       run python3 scripts/make_tiny_fixtures.py /tmp/tiny
