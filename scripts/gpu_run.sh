@@ -80,14 +80,14 @@ for step in $steps; do
       # The suite was built elsewhere: point it at this checkout and the CUDA esmfuzz binary.
       # SUITE_MODULES="a b c": one run per module, each under STEP_SECONDS_SUITE_MODULE, so a
       # call that runs out of time still reports every module it reached.
+      suite() {  # suite SECONDS [FILTER]
+        run timeout "$1" env ESMFUZZ_BACKEND=cuda ESMFUZZ_REPO="$PWD" ESMFUZZ_BIN="$bin" \
+          /tmp/suite-cuda ${2:+"$2"} ${SUITE_ARGS:-}
+      }
       if [ -n "${SUITE_MODULES:-}" ]; then
-        for m in $SUITE_MODULES; do
-          run timeout "${STEP_SECONDS_SUITE_MODULE:-240}" env ESMFUZZ_BACKEND=cuda ESMFUZZ_REPO="$PWD" \
-            ESMFUZZ_BIN="$bin" /tmp/suite-cuda "$m::" ${SUITE_ARGS:-}
-        done
+        for m in $SUITE_MODULES; do suite "${STEP_SECONDS_SUITE_MODULE:-240}" "$m::"; done
       else
-        run timeout "${STEP_SECONDS_SUITE:-540}" env ESMFUZZ_BACKEND=cuda ESMFUZZ_REPO="$PWD" \
-          ESMFUZZ_BIN="$bin" /tmp/suite-cuda ${SUITE_ARGS:-}
+        suite "${STEP_SECONDS_SUITE:-540}"
       fi
       cp -r proptest-regressions "$out/" ;;
     fixtures)

@@ -90,13 +90,11 @@ fn cases(args: &BisectArgs, seed: u64, real: &[Protein]) -> Result<Vec<Vec<Prote
 }
 
 fn trial_line(t: &Trial) -> String {
-    let (verb, why) = match (&t.broke, &t.worst) {
-        (Some(v), _) => ("fails", format!("outside the bound: {v}")),
-        (None, Some(v)) => (
-            if t.held { "holds" } else { "fails" },
-            format!("closest: {v}"),
-        ),
-        (None, None) => (if t.held { "holds" } else { "fails" }, String::new()),
+    let verb = if t.held { "holds" } else { "fails" };
+    let why = match (&t.broke, &t.worst) {
+        (Some(v), _) => format!("outside the bound: {v}"),
+        (None, Some(v)) => format!("closest: {v}"),
+        (None, None) => String::new(),
     };
     format!(
         "{verb:5} fp32[{}] after {} case(s); {why}",
@@ -117,7 +115,13 @@ pub fn run(args: BisectArgs) -> Result<Outcome> {
     }
     let bisect_cases = cases(&args, args.seed, &real)?;
     // Fresh generated cases; the FASTA records (if any) are judged again.
-    let fresh_cases = cases(&args, args.seed + 1, &real)?;
+    // Fresh generated cases; without any, the confirmation is the bisection's own trial of
+    // the minimal set (the same records would only be run again).
+    let fresh_cases = if args.cases == 0 {
+        None
+    } else {
+        Some(cases(&args, args.seed + 1, &real)?)
+    };
     let checkpoint = args.model.load()?;
     let backend = args.model.backend;
     let tol = Tolerances::for_precision(args.precision);
@@ -159,15 +163,23 @@ pub fn run(args: BisectArgs) -> Result<Outcome> {
             );
         }
         let bisection = bisect_precision::<B>(&spec, &device, |t| eprintln!("{}", trial_line(t)))?;
-        let confirmation = judge_places::<B>(
-            &BisectSpec {
-                cases: &fresh_cases,
-                bound: spec.bound.clone(),
-                ..spec
-            },
-            &bisection.minimal,
-            &device,
-        );
+        let reused = bisection
+            .trials
+            .iter()
+            .find(|t| t.places == bisection.minimal)
+            .cloned();
+        let confirmation = match (&fresh_cases, reused) {
+            (None, Some(trial)) => trial,
+            (fresh, _) => judge_places::<B>(
+                &BisectSpec {
+                    cases: fresh.as_deref().unwrap_or(&bisect_cases),
+                    bound: spec.bound.clone(),
+                    ..spec
+                },
+                &bisection.minimal,
+                &device,
+            ),
+        };
         (
             *spec.tolerances,
             spec.bound.clone(),
@@ -190,7 +202,7 @@ pub fn run(args: BisectArgs) -> Result<Outcome> {
         bisection.minimal
     );
     let fresh = if args.cases == 0 {
-        "the FASTA records again (no generated cases)".to_string()
+        "the bisection's own records (no generated cases to draw fresh ones)".to_string()
     } else {
         format!("fresh generated cases (seed {})", args.seed + 1)
     };

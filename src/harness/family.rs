@@ -585,7 +585,18 @@ impl CaseLog {
         }
     }
 
-    /// Localises the failing case, else the tightest one.
+    /// The case a report explains: the shrunk failing one, else the tightest.
+    fn explained_case<'a>(
+        &'a self,
+        failure: Option<&'a FamilyFailure>,
+    ) -> Option<&'a Vec<Protein>> {
+        failure
+            .map(|f| &f.minimal)
+            .filter(|m| !m.is_empty())
+            .or(self.tightest.as_ref().map(|(_, p)| p))
+    }
+
+    /// Localises the [`CaseLog::explained_case`].
     fn localise<B: Backend>(
         &self,
         failure: Option<&FamilyFailure>,
@@ -593,25 +604,18 @@ impl CaseLog {
         layout: Layout,
         tol: &Tolerances,
     ) -> Option<Localisation> {
-        let case = failure
-            .map(|f| &f.minimal)
-            .filter(|m| !m.is_empty())
-            .or(self.tightest.as_ref().map(|(_, p)| p));
-        case.map(|proteins| localise_case(models, proteins, layout, tol.relative_l2))
+        self.explained_case(failure)
+            .map(|proteins| localise_case(models, proteins, layout, tol.relative_l2))
     }
 
-    /// The floor model against the reference on the case [`CaseLog::localise`] would pick.
+    /// The floor model against the reference on the [`CaseLog::explained_case`].
     fn noise_floor<B: Backend>(
         &self,
         failure: Option<&FamilyFailure>,
         models: Models<'_, B>,
         tol: &Tolerances,
     ) -> Vec<Verdict> {
-        let case = failure
-            .map(|f| &f.minimal)
-            .filter(|m| !m.is_empty())
-            .or(self.tightest.as_ref().map(|(_, p)| p));
-        match (models.floor, case) {
+        match (models.floor, self.explained_case(failure)) {
             (Some(floor), Some(proteins)) => {
                 let floor_models = Models::new(models.reference, floor);
                 check_against_reference(floor_models, proteins, Layout::Padded, tol)

@@ -95,11 +95,7 @@ impl<B: Backend> Esm2<B> {
             weights
         };
         let eps = weights.config.layer_norm_eps;
-        let final_plan = if fp32_places.contains(Fp32Place::FinalNorm) {
-            ComputePlan::new(Precision::F32, plan.backend)
-        } else {
-            plan
-        };
+        let final_plan = fp32_places.plan_at(Fp32Place::FinalNorm, &plan);
         let layers = weights
             .layers
             .iter()
@@ -123,11 +119,7 @@ impl<B: Backend> Esm2<B> {
             attention_group_slots: plan.backend.attention_group_slots(),
             embed_tokens: to_device(
                 &weights.embed_tokens,
-                &if fp32_places.contains(Fp32Place::Embeddings) {
-                    ComputePlan::new(Precision::F32, plan.backend)
-                } else {
-                    plan
-                },
+                &fp32_places.plan_at(Fp32Place::Embeddings, &plan),
                 device,
             ),
             layers,

@@ -11,6 +11,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use super::precision::{ComputePlan, Precision};
+
 /// One place that can run in FP32.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
@@ -110,6 +112,16 @@ impl Fp32Places {
 
     pub fn contains(&self, place: Fp32Place) -> bool {
         self.0.contains(&place)
+    }
+
+    /// The plan `place` computes under: true FP32 on `plan`'s backend where it is one of
+    /// these places, else `plan`.
+    pub fn plan_at(&self, place: Fp32Place, plan: &ComputePlan) -> ComputePlan {
+        if self.contains(place) {
+            ComputePlan::new(Precision::F32, plan.backend)
+        } else {
+            *plan
+        }
     }
 
     pub fn is_empty(&self) -> bool {

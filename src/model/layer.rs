@@ -9,7 +9,7 @@ use super::fault::FaultSet;
 use super::fp32_places::{Fp32Place, Fp32Places};
 use super::layout::DeviceLayout;
 use super::ops;
-use super::precision::{ComputePlan, Precision};
+use super::precision::ComputePlan;
 use super::rotary::RotaryTables;
 use super::weights::LayerWeights;
 
@@ -33,30 +33,20 @@ pub struct LayerPlan<'a> {
     pub eps: f64,
 }
 
-impl LayerPlan<'_> {
-    /// `plan`, or true FP32 on the same backend where `place` is an FP32 place.
-    fn plan_at(&self, place: Fp32Place) -> ComputePlan {
-        if self.fp32_places.contains(place) {
-            ComputePlan::new(Precision::F32, self.plan.backend)
-        } else {
-            *self.plan
-        }
-    }
-}
-
 impl<B: Backend> EsmLayer<B> {
     /// The layer of weights `w` as `how` says.
     pub fn new(w: &LayerWeights, how: &LayerPlan<'_>, device: &B::Device) -> Self {
         let i = how.index;
         let unshifted = how.faults.unshifted_half_statistics;
-        let norms = how.plan_at(Fp32Place::Norms(i));
+        let plan_at = |place| how.fp32_places.plan_at(place, how.plan);
+        let norms = plan_at(Fp32Place::Norms(i));
         let norm = |n| DeviceNorm::new(n, &norms, how.eps, unshifted, device);
-        let ffn = how.plan_at(Fp32Place::Ffn(i));
+        let ffn = plan_at(Fp32Place::Ffn(i));
         Self {
             self_attn: SelfAttention::new(
                 w,
                 how.heads,
-                &how.plan_at(Fp32Place::Attention(i)),
+                &plan_at(Fp32Place::Attention(i)),
                 unshifted || how.faults.unshifted_softmax_in_layer == Some(i),
                 device,
             ),
@@ -99,7 +89,6 @@ impl<B: Backend> EsmLayer<B> {
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
     pub fn ffn_block(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.final_layer_norm.forward(x.clone());
-        let h = h.cast(self.fc1.weight_t.dtype());
         let h = self.fc2.forward(ops::gelu_exact(self.fc1.forward(h)));
         let dtype = x.dtype();
         x + h.cast(dtype)
