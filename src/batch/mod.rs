@@ -2,6 +2,7 @@
 //! delimited by `cu_seqlens`), how proteins are grouped into batches under a token budget,
 //! and how batches are run and pooled.
 
+pub mod oom;
 mod packed;
 mod padded;
 mod run;
@@ -13,7 +14,7 @@ use crate::model::layout::ModelInput;
 pub use packed::{PackedBatch, Packing, first_fit_decreasing, pack_proteins};
 pub use padded::{PaddedBatch, padded_batches, padding_efficiency};
 pub use run::{
-    HostStates, LayerStates, batches, embed, pool_residues, pooled_batch, run_batch,
+    Embedded, HostStates, LayerStates, batches, embed, pool_residues, pooled_batch, run_batch,
     sequence_states, token_states,
 };
 

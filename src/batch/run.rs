@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use burn::tensor::{DType, Tensor, backend::Backend};
 
+use super::oom::{OutOfMemory, catch_out_of_memory};
 use super::{Batch, Batching, Layout, PackedBatch, PaddedBatch, pack_proteins, padded_batches};
 use crate::input::Protein;
 use crate::model::Esm2;
@@ -46,6 +47,7 @@ pub fn run_batch<B: Backend>(
     batch: &(impl Batch + ?Sized),
     repr_layers: &[usize],
 ) -> LayerStates {
+    super::oom::note_batch(batch);
     model
         .forward(batch.input(), repr_layers)
         .representations
@@ -119,23 +121,72 @@ pub fn batches<'a, B: Backend>(
     })
 }
 
+/// What [`embed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embedded {
+    /// Tokens processed (BOS/EOS included, no padding).
+    pub tokens: usize,
+    /// The token budget the last batches ran under: below the one asked for when the
+    /// device ran out of memory and batches were split.
+    pub final_budget: usize,
+}
+
 /// Embeds every protein, calling `on_row(index, pooled)` for each as its batch completes.
-/// Returns the number of tokens processed (BOS/EOS included, no padding).
-pub fn embed<B: Backend, E>(
+///
+/// A batch the device has no memory for ([`OutOfMemory`]) is not fatal while it holds more
+/// than one sequence: the budget is halved to fit ([`BatchShape::halved_budget`]), a warning
+/// says so, and the proteins not yet embedded are batched again under it. A single sequence
+/// that does not fit is an error.
+///
+/// [`BatchShape::halved_budget`]: super::oom::BatchShape::halved_budget
+pub fn embed<B: Backend, E: From<OutOfMemory>>(
     model: &Esm2<B>,
     proteins: &[Protein],
     batching: Batching,
     mut on_row: impl FnMut(usize, Vec<f32>) -> Result<(), E>,
-) -> Result<usize, E> {
+) -> Result<Embedded, E> {
     let mut tokens = 0;
-    for batch in batches(model, proteins, batching) {
-        for (k, row) in pooled_batch(model, batch.as_ref()).into_iter().enumerate() {
-            let i = batch.record(k);
-            tokens += proteins[i].token_len();
-            on_row(i, row)?;
+    let mut budget = batching.budget;
+    // Indices (into `proteins`) not yet embedded.
+    let mut todo: Vec<usize> = (0..proteins.len()).collect();
+    'rebatch: while !todo.is_empty() {
+        let remaining: Vec<Protein> = todo.iter().map(|&i| proteins[i].clone()).collect();
+        let mut done = vec![false; todo.len()];
+        for batch in batches(model, &remaining, Batching { budget, ..batching }) {
+            let pooled =
+                match catch_out_of_memory(batch.as_ref(), || pooled_batch(model, batch.as_ref())) {
+                    Ok(pooled) => pooled,
+                    Err(oom) if oom.shape.sequences > 1 => {
+                        budget = oom
+                            .shape
+                            .halved_budget()
+                            .min(budget.saturating_sub(1))
+                            .max(1);
+                        eprintln!("warning: {oom}; token budget lowered to {budget}, going on");
+                        todo = todo
+                            .iter()
+                            .zip(&done)
+                            .filter(|&(_, &d)| !d)
+                            .map(|(&i, _)| i)
+                            .collect();
+                        continue 'rebatch;
+                    }
+                    Err(oom) => return Err(oom.into()),
+                };
+            for (k, row) in pooled.into_iter().enumerate() {
+                let r = batch.record(k);
+                let i = todo[r];
+                done[r] = true;
+                tokens += proteins[i].token_len();
+                on_row(i, row)?;
+            }
         }
+        break;
     }
-    Ok(tokens)
+    Ok(Embedded {
+        tokens,
+        final_budget: budget,
+    })
 }
 
 /// The last-layer token states of every protein, each `[n + 2, hidden]` flat with BOS and

@@ -98,6 +98,12 @@ struct BenchRow {
     padded_tokens_per_second: f64,
     packed_tokens_per_second: f64,
     packed_over_padded: f64,
+    /// Useful TFLOP/s of those passes ([`EsmConfig::forward_flops`] of the real tokens over
+    /// the pass's seconds; padding is not counted as work).
+    ///
+    /// [`EsmConfig::forward_flops`]: esmfuzz::model::EsmConfig::forward_flops
+    padded_tflops: f64,
+    packed_tflops: f64,
     /// HF transformers on the same padded batches and card (`--torch`).
     torch: Option<TorchRow>,
     padded_over_torch: Option<f64>,
@@ -123,11 +129,30 @@ struct BenchReport {
     rows: Vec<BenchRow>,
 }
 
-/// Seconds of one pass over `proteins`.
-fn pass_seconds<B: Backend>(model: &Esm2<B>, proteins: &[Protein], batching: Batching) -> f64 {
+/// Seconds of one pass over `proteins`; a pass that ran out of device memory is an error
+/// (a time at another budget than the one asked for compares with nothing).
+fn pass_seconds<B: Backend>(
+    model: &Esm2<B>,
+    proteins: &[Protein],
+    batching: Batching,
+) -> Result<f64> {
     let start = Instant::now();
-    let _ = batch::embed(model, proteins, batching, |_, _| Ok::<(), ()>(()));
-    start.elapsed().as_secs_f64()
+    let ran = batch::embed(
+        model,
+        proteins,
+        batching,
+        |_, _| Ok::<(), anyhow::Error>(()),
+    )?;
+    if ran.final_budget < batching.budget {
+        anyhow::bail!(
+            "the device ran out of memory at a budget of {} tokens (it went on at {}): time \
+             this model with --token-budget {}",
+            batching.budget,
+            ran.final_budget,
+            ran.final_budget
+        );
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// The first (cold) pass and the best of `repeat` later passes, in seconds, with progress
@@ -137,18 +162,17 @@ fn timed_passes<B: Backend>(
     proteins: &[Protein],
     batching: Batching,
     repeat: usize,
-) -> (f64, f64) {
+) -> Result<(f64, f64)> {
     let name = batching.layout;
-    let first = pass_seconds(model, proteins, batching);
+    let first = pass_seconds(model, proteins, batching)?;
     eprintln!("  {name}: first pass {first:.2} s");
-    let best = (0..repeat.max(1))
-        .map(|i| {
-            let t = pass_seconds(model, proteins, batching);
-            eprintln!("  {name}: pass {} {t:.2} s", i + 2);
-            t
-        })
-        .fold(f64::INFINITY, f64::min);
-    (first, best)
+    let mut best = f64::INFINITY;
+    for i in 0..repeat.max(1) {
+        let t = pass_seconds(model, proteins, batching)?;
+        eprintln!("  {name}: pass {} {t:.2} s", i + 2);
+        best = best.min(t);
+    }
+    Ok((first, best))
 }
 
 pub fn run(args: BenchArgs) -> Result<Outcome> {
@@ -207,6 +231,9 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
     };
     let repeat = args.repeat as usize;
     let tokens = token_count(&proteins);
+    let flops = weights
+        .config
+        .forward_flops(proteins.iter().map(|p| p.tokens().len()));
     let packing = pack_proteins(&proteins, budget);
     let report = with_backend!(backend, |B, device| {
         let mut report = BenchReport {
@@ -238,7 +265,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             eprintln!("policy: {}", plan.describe());
             let mut model = Esm2::<B>::new(&weights, plan, FaultSet::none(), &device);
             let (padded_first, padded) =
-                timed_passes(&model, &proteins, Batching::padded(budget), repeat);
+                timed_passes(&model, &proteins, Batching::padded(budget), repeat)?;
             let slots: Vec<usize> = if args.attention_group_slots.is_empty() {
                 vec![backend.attention_group_slots()]
             } else {
@@ -251,7 +278,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                 eprintln!("  attention groups of {slots} slots");
                 model.attention_group_slots = slots;
                 let (packed_first, packed) =
-                    timed_passes(&model, &proteins, Batching::packed(budget), repeat);
+                    timed_passes(&model, &proteins, Batching::packed(budget), repeat)?;
                 let theirs = torch
                     .as_ref()
                     .and_then(|t| t.rows.iter().find(|r| r.precision == precision).cloned());
@@ -272,6 +299,8 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                     padded_tokens_per_second: tokens as f64 / padded,
                     packed_tokens_per_second: tokens as f64 / packed,
                     packed_over_padded: padded / packed,
+                    padded_tflops: flops / padded / 1e12,
+                    packed_tflops: flops / packed / 1e12,
                 });
             }
             // Rewritten after every policy, so a stopped run keeps what it measured.
@@ -292,12 +321,13 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         report.packed_batches
     );
     println!(
-        "{:<10} {:>12} {:>14} {:>14} {:>8} {:>18} {:>14} {:>16}",
+        "{:<10} {:>12} {:>14} {:>14} {:>8} {:>16} {:>18} {:>14} {:>16}",
         "policy",
         "group slots",
         "padded tok/s",
         "packed tok/s",
         "ratio",
+        "TFLOP/s pad/pack",
         "first passes (s)",
         "torch tok/s",
         "padded/packed vs torch"
@@ -311,12 +341,14 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             _ => ("-".into(), "-".into()),
         };
         println!(
-            "{:<10} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>8.1} / {:<8.1} {theirs:>14} {ratios:>16}",
+            "{:<10} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>7.2} / {:<6.2} {:>8.1} / {:<8.1} {theirs:>14} {ratios:>16}",
             r.precision.name(),
             r.attention_group_slots,
             r.padded_tokens_per_second,
             r.packed_tokens_per_second,
             r.packed_over_padded,
+            r.padded_tflops,
+            r.packed_tflops,
             r.padded_first_pass_seconds,
             r.packed_first_pass_seconds
         );

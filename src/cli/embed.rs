@@ -82,7 +82,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
         Batching::padded(budget)
     };
     let start = Instant::now();
-    let (tokens, writer) = with_backend!(args.model.backend, |B, device| {
+    let (embedded, writer) = with_backend!(args.model.backend, |B, device| {
         let mut model = Esm2::<B>::mixed(
             &checkpoint.weights,
             plan,
@@ -95,7 +95,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
         }
         let mut writer = NpyRowWriter::create(&args.out, proteins.len(), hidden)?;
         let bar = progress(proteins.len(), "embedding");
-        let tokens = batch::embed(&model, &proteins, batching, |i, row: Vec<f32>| {
+        let embedded = batch::embed(&model, &proteins, batching, |i, row: Vec<f32>| {
             bar.inc(1);
             if let Some(at) = row.iter().position(|v| !v.is_finite()) {
                 // Run the record alone through every layer to say where it went non-finite.
@@ -115,10 +115,18 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
             Ok(writer.write_row(i, &row)?)
         })?;
         bar.finish_and_clear();
-        (tokens, writer)
+        (embedded, writer)
     });
     let out = writer.finish()?;
     let secs = start.elapsed().as_secs_f64();
+    let tokens = embedded.tokens;
+    if embedded.final_budget < budget {
+        eprintln!(
+            "note: the device ran out of memory at --token-budget {budget}; the last batches ran \
+             at {} (pass --token-budget {} to start there)",
+            embedded.final_budget, embedded.final_budget
+        );
+    }
     eprintln!(
         "wrote {} ({} x {hidden}); {tokens} tokens in {secs:.2} s = {:.0} tokens/s",
         out.display(),

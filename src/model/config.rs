@@ -92,6 +92,24 @@ impl EsmConfig {
         }
     }
 
+    /// Floating-point operations of one forward over sequences of these token counts
+    /// (BOS and EOS included): the matrix products only, `2 x` multiply-adds: per token and
+    /// layer the Q, K, V and output projections (`4 h^2`) and the FFN (`2 h i`), per sequence
+    /// and layer the scores and the weighted values (`2 L^2 h`). Embedding lookups, norms and
+    /// softmax are left out, so `flops / seconds` slightly understates the work done.
+    pub fn forward_flops(&self, lengths: impl IntoIterator<Item = usize>) -> f64 {
+        let h = self.hidden_size as f64;
+        let i = self.intermediate_size as f64;
+        let layers = self.num_hidden_layers as f64;
+        lengths
+            .into_iter()
+            .map(|l| {
+                let l = l as f64;
+                2.0 * layers * (l * (4.0 * h * h + 2.0 * h * i) + 2.0 * l * l * h)
+            })
+            .sum()
+    }
+
     /// One of the six published sizes, by its fair-esm / HF name (a `facebook/` prefix is
     /// accepted).
     pub fn preset(name: &str) -> Result<Self, ConfigError> {
@@ -172,6 +190,18 @@ impl EsmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_flops_are_twice_the_parameters_per_token_plus_attention() {
+        let c = EsmConfig::preset("esm2_t33_650M_UR50D").unwrap();
+        // 33 layers x (4 h^2 + 8 h^2) = 648.8 M matmul weights, 2 flops each per token.
+        let weights = 33.0 * 12.0 * 1280.0f64.powi(2);
+        let one = c.forward_flops([1]);
+        assert!((one - 2.0 * (weights + 33.0 * 2.0 * 1280.0)).abs() < 1.0);
+        let long = c.forward_flops([1000]);
+        let attention = 2.0 * 33.0 * 2.0 * 1000.0f64.powi(2) * 1280.0;
+        assert!((long - (2.0 * weights * 1000.0 + attention)).abs() / long < 1e-12);
+    }
 
     #[test]
     fn presets_match_the_published_sizes() {

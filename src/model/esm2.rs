@@ -205,6 +205,11 @@ impl<B: Backend> Esm2<B> {
         let device = &self.device;
         let dtype = self.plan.dtype();
         let n_tokens = input.tokens.len();
+        if let Some(limit) = self.faults.device_memory_tokens.filter(|&l| n_tokens > l) {
+            panic!(
+                "out of memory (simulated device of {limit} tokens, batch of {n_tokens} tokens)"
+            );
+        }
 
         let host_layout = self.effective_layout(input);
         let layout = DeviceLayout::<B>::new(&host_layout, device);

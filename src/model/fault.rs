@@ -31,6 +31,10 @@ pub struct FaultSet {
     pub nan_weight: Option<usize>,
     /// One attention head (layer, head; 0-based) contributes nothing.
     pub zeroed_attention_head: Option<(usize, usize)>,
+    /// The device holds batches of at most this many tokens: a larger one panics with an
+    /// out-of-memory message, as burn-cuda does when an allocation fails (to exercise the
+    /// budget back-off without a GPU).
+    pub device_memory_tokens: Option<usize>,
 }
 
 impl FaultSet {
@@ -88,6 +92,9 @@ impl fmt::Display for FaultSet {
         }
         if let Some((layer, head)) = self.zeroed_attention_head {
             parts.push(format!("zeroed-attention-head(layer {layer}, head {head})"));
+        }
+        if let Some(tokens) = self.device_memory_tokens {
+            parts.push(format!("device-memory({tokens} tokens)"));
         }
         if parts.is_empty() {
             f.write_str("none")

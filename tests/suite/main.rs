@@ -9,6 +9,7 @@ mod common;
 
 mod bisection;
 mod cli_behaviour;
+mod device_memory;
 mod equivalence_by_stratum;
 mod fault_injection;
 mod loader_errors;
