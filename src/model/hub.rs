@@ -1,8 +1,10 @@
 //! Weights where users keep them: `hf:<org>/<name>[@<revision>]` resolved through the
 //! standard Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else
 //! `~/.cache/huggingface/hub`): `models--<org>--<name>/refs/<revision>` names a commit whose
-//! files are under `snapshots/<commit>/`. Nothing is downloaded here; a model missing from
-//! the cache is an error that says where it looked and how to fetch it.
+//! files are under `snapshots/<commit>/`. A model missing from the cache is downloaded into
+//! it (the `hf-hub` crate, as candle does: `config.json`, then `model.safetensors` or else
+//! `pytorch_model.bin`) unless `HF_HUB_OFFLINE` is set; when that fails or is not allowed the
+//! error says where it looked, why, and how to fetch it by hand.
 
 use std::path::{Path, PathBuf};
 
@@ -23,9 +25,43 @@ pub enum HubError {
         revision: String,
         looked: PathBuf,
     },
+    #[error(
+        "'{repo}' (revision {revision}) is not in the Hugging Face cache (looked in {looked}) \
+         and downloading it failed: {reason}. Fetch it where the network allows \
+         (`huggingface-cli download {repo}`) or point HF_HOME / HF_HUB_CACHE at a cache that \
+         holds it"
+    )]
+    DownloadFailed {
+        repo: String,
+        revision: String,
+        looked: PathBuf,
+        reason: String,
+    },
     #[error("no Hugging Face cache folder: set HF_HUB_CACHE or HF_HOME (HOME is unset too)")]
     NoCacheFolder,
 }
+
+/// Whether a model missing from the cache may be downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Download what the cache lacks.
+    Download,
+    /// Only read the cache (`HF_HUB_OFFLINE` set to anything but `0` or empty).
+    CacheOnly,
+}
+
+impl Fetch {
+    /// What the environment allows.
+    pub fn from_env() -> Self {
+        match std::env::var("HF_HUB_OFFLINE") {
+            Ok(v) if !v.is_empty() && v != "0" => Fetch::CacheOnly,
+            _ => Fetch::Download,
+        }
+    }
+}
+
+/// The checkpoint files a snapshot may hold, in the order they are fetched.
+const CHECKPOINT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
 /// The cache folder the environment names (see the module docs).
 pub fn default_cache() -> Result<PathBuf, HubError> {
@@ -43,7 +79,7 @@ pub fn default_cache() -> Result<PathBuf, HubError> {
 /// The snapshot folder of `spec` (`<org>/<name>[@<revision>]`, revision `main` unless
 /// given: a branch or tag under `refs/`, or a commit hash) in `cache`.
 pub fn resolve_in_cache(cache: &Path, spec: &str) -> Result<PathBuf, HubError> {
-    let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+    let (repo, revision) = repo_and_revision(spec);
     let Some((org, name)) = repo.split_once('/') else {
         return Err(HubError::Malformed {
             spec: spec.to_string(),
@@ -70,10 +106,79 @@ pub fn resolve_in_cache(cache: &Path, spec: &str) -> Result<PathBuf, HubError> {
     }
 }
 
-/// `weights` as a local path: itself, or for `hf:...` its snapshot in the default cache.
+/// `spec` split into repository id and revision (`main` unless given).
+fn repo_and_revision(spec: &str) -> (&str, &str) {
+    spec.split_once('@').unwrap_or((spec, "main"))
+}
+
+/// Whether `snapshot` holds a config and a checkpoint.
+fn is_complete(snapshot: &Path) -> bool {
+    snapshot.join("config.json").is_file()
+        && CHECKPOINT_FILES.iter().any(|f| snapshot.join(f).is_file())
+}
+
+/// `spec`'s snapshot in `cache`, downloaded into it first when missing (or lacking its
+/// checkpoint) and `fetch` allows.
+pub fn resolve(cache: &Path, spec: &str, fetch: Fetch) -> Result<PathBuf, HubError> {
+    match resolve_in_cache(cache, spec) {
+        Ok(snapshot) if is_complete(&snapshot) || fetch == Fetch::CacheOnly => Ok(snapshot),
+        Err(HubError::NotCached { .. }) | Ok(_) if fetch == Fetch::Download => {
+            download(cache, spec)
+        }
+        other => other,
+    }
+}
+
+/// Downloads `spec`'s config and checkpoint into `cache` (the hub's own layout, so a later
+/// [`resolve_in_cache`] finds them), showing progress when stderr is a terminal.
+fn download(cache: &Path, spec: &str) -> Result<PathBuf, HubError> {
+    use hf_hub::{Repo, RepoType, api::sync::ApiBuilder};
+    use std::io::IsTerminal;
+
+    let (repo, revision) = repo_and_revision(spec);
+    let failed = |reason: String| HubError::DownloadFailed {
+        repo: repo.to_string(),
+        revision: revision.to_string(),
+        looked: cache.join(format!("models--{}", repo.replace('/', "--"))),
+        reason,
+    };
+    let api = ApiBuilder::new()
+        .with_cache_dir(cache.to_path_buf())
+        .with_progress(std::io::stderr().is_terminal())
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let remote = api.repo(Repo::with_revision(
+        repo.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    ));
+    eprintln!(
+        "downloading {repo} (revision {revision}) into {}",
+        cache.display()
+    );
+    let config = remote
+        .get("config.json")
+        .map_err(|e| failed(format!("config.json: {e}")))?;
+    let mut reasons = Vec::new();
+    for file in CHECKPOINT_FILES {
+        match remote.get(file) {
+            Ok(_) => {
+                return Ok(config
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| cache.to_path_buf()));
+            }
+            Err(e) => reasons.push(format!("{file}: {e}")),
+        }
+    }
+    Err(failed(reasons.join("; ")))
+}
+
+/// `weights` as a local path: itself, or for `hf:...` its snapshot in the default cache
+/// (downloaded when missing, unless `HF_HUB_OFFLINE` is set).
 pub fn resolve_weights(weights: &Path) -> Result<PathBuf, HubError> {
     match weights.to_str().and_then(|w| w.strip_prefix("hf:")) {
-        Some(spec) => resolve_in_cache(&default_cache()?, spec),
+        Some(spec) => resolve(&default_cache()?, spec, Fetch::from_env()),
         None => Ok(weights.to_path_buf()),
     }
 }
@@ -133,6 +238,28 @@ mod tests {
         assert_eq!(
             resolve_weights(Path::new("/some/file")).unwrap(),
             PathBuf::from("/some/file")
+        );
+    }
+
+    #[test]
+    fn offline_a_missing_model_is_not_fetched_and_a_complete_snapshot_needs_no_network() {
+        let cache = cache_with("facebook", "esm2_t6_8M_UR50D", "abc123");
+        let err = resolve(
+            cache.path(),
+            "facebook/esm2_t33_650M_UR50D",
+            Fetch::CacheOnly,
+        )
+        .unwrap_err();
+        assert!(matches!(err, HubError::NotCached { .. }), "{err}");
+        let snapshot = cache
+            .path()
+            .join("models--facebook--esm2_t6_8M_UR50D/snapshots/abc123");
+        std::fs::write(snapshot.join("config.json"), "{}").unwrap();
+        std::fs::write(snapshot.join("model.safetensors"), "").unwrap();
+        // Complete: resolved from the cache even when downloads are allowed.
+        assert_eq!(
+            resolve(cache.path(), "facebook/esm2_t6_8M_UR50D", Fetch::Download).unwrap(),
+            snapshot
         );
     }
 }

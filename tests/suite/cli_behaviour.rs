@@ -340,6 +340,11 @@ fn hf_weights_resolve_through_a_hugging_face_cache_laid_out_by_hand() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.exists());
+    // Offline (HF_HUB_OFFLINE), a model missing from the cache is not fetched.
+    let offline = [
+        ("HF_HUB_CACHE", cache.path()),
+        ("HF_HUB_OFFLINE", Path::new("1")),
+    ];
     let (code, err) = esmfuzz_with_env(
         &[
             "embed",
@@ -350,10 +355,31 @@ fn hf_weights_resolve_through_a_hugging_face_cache_laid_out_by_hand() {
             "--out",
             s(&out),
         ],
-        &env,
+        &offline,
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not in the Hugging Face cache"), "{err}");
+    assert!(
+        err.contains("models--facebook--esm2_t33_650M_UR50D"),
+        "{err}"
+    );
+    // Online it is fetched; a repository that does not exist (or no network, as in CI) is an
+    // error that names the repository and why.
+    let (code, err) = esmfuzz_with_env(
+        &[
+            "embed",
+            "--weights",
+            "hf:esmfuzz-tests/no-such-model-4f1c",
+            "--fasta",
+            s(&fasta),
+            "--out",
+            s(&out),
+        ],
+        &env,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("downloading it failed"), "{err}");
+    assert!(err.contains("esmfuzz-tests/no-such-model-4f1c"), "{err}");
 }
 
 #[test]
