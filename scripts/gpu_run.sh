@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench torchbench fuzz devices fixtures suite bisect (default: matmul parity bench fuzz).
+# STEP: matmul parity bench torchbench big fuzz devices fixtures suite bisect (default: matmul parity bench fuzz).
+# torchbench: esmfuzz and HF transformers on the same padded batches, for each of BENCH_MODELS
+# (default "8M": the shared weights; a preset name such as esm2_t36_3B_UR50D: random weights).
+# big: a synthetic checkpoint of BIG_PRESET (default esm2_t36_3B_UR50D, f32 safetensors)
+# written here, then a campaign on it (BIG_PRECISION against true FP32, BIG_CASES per family).
+# Every step's device memory peak is printed (nvidia-smi sampled every 200 ms, whole card).
+# Everything written but log.txt comes back as OUT_DIR/bundle.tar.gz (BUNDLE=0: as it is).
 # suite: the integration suite on CUDA (gpu/suite.gz from WITH_SUITE=1 prepare_gpu.sh), every
 # module, the FP32 reference true FP32 on the GPU; SUITE_ARGS passes test filters
 # (e.g. "--skip reader_fuzz"); new failures' seeds are copied to OUT_DIR/proptest-regressions. Needs gpu/ from
@@ -48,9 +54,14 @@ TOML
 status=0
 run() {
   echo "== $*" | tee -a "$log"
+  local samples="$out/.device-memory" start=$SECONDS
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$samples" 2>/dev/null &
+  local sampler=$!
   "$@" 2>&1 | tee -a "$log"
   local rc=${PIPESTATUS[0]}
-  echo "== exit $rc" | tee -a "$log"
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  echo "== exit $rc after $((SECONDS - start)) s; device memory peak $(sort -n "$samples" | tail -1) MiB (nvidia-smi, whole card)" | tee -a "$log"
+  rm -f "$samples"
   [ "$rc" -eq 0 ] || status=1
 }
 for step in $steps; do
@@ -70,11 +81,19 @@ for step in $steps; do
       run timeout "${STEP_SECONDS_BISECT:-400}" "$bin" bisect-precision --backend cuda --precision "${BISECT_PRECISION:-bf16}" --reach "${BISECT_REACH:-f16}" --cases 0 --fasta ../shared/corpus/uniprot_sprot196.fasta --batch 8 --report "$out/bisect.json" ;;
     torchbench)
       # esmfuzz against HF transformers on the same padded batches, same card: the batches
-      # first, then torch, then esmfuzz with the ratios. BENCH_MODEL: extra model arguments
-      # (default: the shared 8M weights), e.g. "--preset esm2_t33_650M_UR50D --synthetic".
-      run "$bin" bench --backend cuda ${BENCH_MODEL:-} --batches-out "$out/batches.json" --plan-only
-      run timeout "${STEP_SECONDS_TORCH:-300}" python3 scripts/torch_bench.py "$out/batches.json" "$out/torch_bench.json" ${TORCH_WEIGHTS:+--weights "$TORCH_WEIGHTS"} --precisions "${TORCH_PRECISIONS:-f32,f16,bf16}"
-      run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda ${BENCH_MODEL:-} --precisions "${BENCH_PRECISIONS:-f32,f16,bf16}" --repeat 2 --torch "$out/torch_bench.json" --report "$out/bench_vs_torch.json" ;;
+      # first, then torch, then esmfuzz with the ratios, for each model of BENCH_MODELS.
+      for m in ${BENCH_MODELS:-8M}; do
+        if [ "$m" = 8M ]; then model=(); else model=(--preset "$m" --synthetic); fi
+        run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
+        run timeout "${STEP_SECONDS_TORCH:-300}" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-$m.json" ${TORCH_WEIGHTS:+--weights "$TORCH_WEIGHTS"} --precisions "${TORCH_PRECISIONS:-f32,tf32,f16,bf16}"
+        run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat "${BENCH_REPEAT:-2}" --torch "$out/torch-$m.json" --report "$out/bench-$m.json"
+      done ;;
+    big)
+      preset=${BIG_PRESET:-esm2_t36_3B_UR50D}
+      dir=/tmp/synth-$preset
+      [ -f "$dir/config.json" ] || run "$bin" synth --preset "$preset" --dtype f32 --format safetensors --seed 0 --out "$dir"
+      ls -l "$dir" | tee -a "$log"
+      run timeout "${STEP_SECONDS_BIG:-500}" "$bin" fuzz --backend cuda --weights "$dir" --precision "${BIG_PRECISION:-f16}" --cases "${BIG_CASES:-4}" --seed "${FUZZ_SEED:-1}" --max-stratum "${BIG_MAX_STRATUM:-long}" --out "$out/big-$preset" ;;
     suite)
       gunzip -c gpu/suite.gz > /tmp/suite-cuda && chmod +x /tmp/suite-cuda
       # The suite was built elsewhere: point it at this checkout and the CUDA esmfuzz binary.
@@ -102,5 +121,12 @@ if [ "$(du -sm "$cache" | cut -f1)" -le "${CACHE_CARRY_MB:-40}" ]; then
   tar -C "$cache" -czf "$out/cubecl-cache.tar.gz" .
 else
   echo "cubecl cache $(du -sh "$cache" | cut -f1): too large to carry, not saved" | tee -a "$log"
+fi
+# The device tool brings back only a few files per call (a campaign's report.json was left
+# behind once): unless BUNDLE=0, everything but log.txt travels as one OUT_DIR/bundle.tar.gz.
+if [ "${BUNDLE:-1}" = 1 ]; then
+  tar -C "$out" --exclude=log.txt --exclude=bundle.tar.gz -czf /tmp/esmfuzz-bundle.tar.gz . &&
+    find "$out" -mindepth 1 -maxdepth 1 ! -name log.txt -exec rm -rf {} + &&
+    mv /tmp/esmfuzz-bundle.tar.gz "$out/bundle.tar.gz"
 fi
 exit $status
