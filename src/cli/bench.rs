@@ -187,9 +187,11 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                 .with_context(|| format!("{}: not a torch_bench.py report", path.display()))
         })
         .transpose()?;
-    // Random weights are drawn only once the plan is written (a 3B draw takes a while).
+    // Random weights are drawn only once the plan is written (a 3B draw takes a while), and
+    // a plan alone needs only the config.
     let (config, loaded) = match (&args.model.preset, args.synthetic) {
         (Some(name), true) => (esmfuzz::model::EsmConfig::preset(name)?, None),
+        _ if args.plan_only => (args.model.config_only()?, None),
         _ => {
             let weights = args.model.load()?.weights;
             (weights.config.clone(), Some(weights))

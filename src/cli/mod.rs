@@ -26,7 +26,7 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::input::{self, NormaliseOptions, Protein};
 use esmfuzz::model::EsmConfig;
-use esmfuzz::model::load::{Checkpoint, load_checkpoint};
+use esmfuzz::model::load::{Checkpoint, checkpoint_config, load_checkpoint};
 use esmfuzz::named::{Named, parse_named};
 
 /// The weights shipped beside this repository (see README).
@@ -137,17 +137,29 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The config `--config` or `--preset` give, if either.
+    fn given_config(&self) -> Result<Option<EsmConfig>> {
+        Ok(match (&self.config, &self.preset) {
+            (Some(path), _) => Some(EsmConfig::from_json_file(path)?),
+            (None, Some(name)) => Some(EsmConfig::preset(name)?),
+            (None, None) => None,
+        })
+    }
+
+    /// The config the weights would load with, without loading them.
+    fn config_only(&self) -> Result<EsmConfig> {
+        let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
+        checkpoint_config(&weights, self.given_config()?)
+            .with_context(|| format!("reading the config of {}", weights.display()))
+    }
+
     fn load(&self) -> Result<Checkpoint> {
         // Say so before minutes of loading when the GPU is not there.
         #[cfg(feature = "cuda")]
         if self.backend == BackendKind::Cuda {
             esmfuzz::backend::probe_cuda().map_err(|e| anyhow::anyhow!(e))?;
         }
-        let config = match (&self.config, &self.preset) {
-            (Some(path), _) => Some(EsmConfig::from_json_file(path)?),
-            (None, Some(name)) => Some(EsmConfig::preset(name)?),
-            (None, None) => None,
-        };
+        let config = self.given_config()?;
         let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
         let started = std::time::Instant::now();
         let checkpoint = load_checkpoint(&weights, config)

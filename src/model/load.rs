@@ -136,17 +136,34 @@ impl Checkpoint {
 pub fn load_checkpoint(path: &Path, config: Option<EsmConfig>) -> Result<Checkpoint, LoadError> {
     let file = resolve_checkpoint_file(path)?;
     let source = TensorSource::open(&file)?;
-    let config = match config {
+    let config = config_for(&file, &source, config)?;
+    read_weights(&file, &source, config)
+}
+
+/// The config [`load_checkpoint`] would use for `path`, read without loading any tensor's
+/// data (only the file's header or index, and the shapes when no config is given).
+pub fn checkpoint_config(path: &Path, config: Option<EsmConfig>) -> Result<EsmConfig, LoadError> {
+    let file = resolve_checkpoint_file(path)?;
+    let source = TensorSource::open(&file)?;
+    config_for(&file, &source, config)
+}
+
+/// `config` validated, else `config.json` beside `file`, else the preset its shapes match.
+fn config_for(
+    file: &Path,
+    source: &TensorSource,
+    config: Option<EsmConfig>,
+) -> Result<EsmConfig, LoadError> {
+    match config {
         Some(c) => {
             c.validate()?;
-            c
+            Ok(c)
         }
         None => match file.parent().map(|d| d.join("config.json")) {
-            Some(json) if json.is_file() => EsmConfig::from_json_file(&json)?,
-            _ => infer_config(&file, &source)?,
+            Some(json) if json.is_file() => Ok(EsmConfig::from_json_file(&json)?),
+            _ => infer_config(file, source),
         },
-    };
-    read_weights(&file, &source, config)
+    }
 }
 
 /// The checkpoint file for `path`: itself, or the first known name inside a folder.

@@ -596,6 +596,24 @@ fn bench_writes_its_batches_for_torch_and_reads_torch_figures_back_as_ratios() {
     let ours = row["padded_tokens_per_second"].as_f64().unwrap();
     assert!((ratio - ours / 100.0).abs() < 1e-9, "{row}");
     assert_eq!(bench["torch_device"], "a card");
+    // --plan-only writes the same plan from the config alone, loading no weight.
+    let plan_only = work.path().join("plan_only.json");
+    let (code, err) = esmfuzz(&[
+        "bench",
+        "--fasta",
+        s(&fasta),
+        "--batches-out",
+        s(&plan_only),
+        "--plan-only",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("loaded"),
+        "no weights are loaded for a plan: {err}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_only).unwrap()).unwrap();
+    assert_eq!(again, plan);
 
     // A torch report that is not one is an error naming the file.
     std::fs::write(&torch, b"{}").unwrap();
