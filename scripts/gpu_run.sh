@@ -18,8 +18,9 @@
 # CUBECL_CACHE_DIR (default ~/.cache/esmfuzz-cubecl; cubecl.toml is written here), so later
 # steps and later runs on the same machine reuse them. The autotune results (small) are also
 # saved as OUT_DIR/cubecl-autotune.tar.gz, and the whole cache (compiled kernels too) as
-# OUT_DIR/cubecl-cache.tar.gz when under CACHE_CARRY_MB (40); put either in gpu/ to seed a
-# fresh machine (the gpu/ folder carried there must stay under 64 MiB).
+# OUT_DIR/cubecl-cache.tar.xz when that is under CACHE_CARRY_MB (40) compressed; put either in
+# gpu/ to seed a fresh machine (the gpu/ folder carried there must stay under 64 MiB).
+# AUTOTUNE_LEVEL: cubecl's autotune level (minimal, balanced (default), extensive, full).
 # Step time limits: STEP_SECONDS_<STEP> (seconds). fuzz: FUZZ_PRECISIONS, FUZZ_CASES, FUZZ_SEED,
 # FUZZ_MAX_STRATUM; campaigns replay proptest-regressions/ of this checkout first.
 set -uo pipefail
@@ -38,7 +39,7 @@ mkdir -p "$cache"
 [ -f gpu/cubecl-autotune.tar.gz ] && [ ! -d "$cache/autotune" ] && tar -C "$cache" -xzf gpu/cubecl-autotune.tar.gz
 # Compiled kernels too, when a previous run saved them (the suite compiled 550 kernels on a
 # fresh H200 before its first model test ended).
-[ -f gpu/cubecl-cache.tar.gz ] && tar -C "$cache" -xzf gpu/cubecl-cache.tar.gz
+[ -f gpu/cubecl-cache.tar.xz ] && tar -C "$cache" -xJf gpu/cubecl-cache.tar.xz
 cat > cubecl.toml <<TOML
 [compilation]
 cache = { file = "$cache" }
@@ -46,6 +47,7 @@ cache = { file = "$cache" }
 level = "basic"
 file = "$out/cubecl-compile.log"
 [autotune]
+level = "${AUTOTUNE_LEVEL:-balanced}"
 cache = { file = "$cache" }
 [autotune.logger]
 level = "minimal"
@@ -116,11 +118,14 @@ for step in $steps; do
   esac
 done
 [ -d "$cache/autotune" ] && tar -C "$cache" -czf "$out/cubecl-autotune.tar.gz" autotune
-# The whole cache (kernels and autotune) when it is small enough to carry back in gpu/.
-if [ "$(du -sm "$cache" | cut -f1)" -le "${CACHE_CARRY_MB:-40}" ]; then
-  tar -C "$cache" -czf "$out/cubecl-cache.tar.gz" .
+# The whole cache (kernels and autotune) when it is small enough, compressed, to carry back
+# in gpu/ (whose 64 MiB limit it shares with the binaries and ../shared).
+XZ_OPT=-T0 tar -C "$cache" -cJf /tmp/cubecl-cache.tar.xz .
+carried=$(du -m /tmp/cubecl-cache.tar.xz | cut -f1)
+if [ "$carried" -le "${CACHE_CARRY_MB:-40}" ]; then
+  mv /tmp/cubecl-cache.tar.xz "$out/cubecl-cache.tar.xz"
 else
-  echo "cubecl cache $(du -sh "$cache" | cut -f1): too large to carry, not saved" | tee -a "$log"
+  echo "cubecl cache $(du -sh "$cache" | cut -f1), $carried MB compressed: too large to carry, not saved" | tee -a "$log"
 fi
 # The device tool brings back only a few files per call (a campaign's report.json was left
 # behind once): unless BUNDLE=0, everything but log.txt travels as one OUT_DIR/bundle.tar.gz.
