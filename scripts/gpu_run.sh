@@ -6,6 +6,7 @@
 # (default "8M": the shared weights; a preset name such as esm2_t36_3B_UR50D: random weights).
 # big: a synthetic checkpoint of BIG_PRESET (default esm2_t36_3B_UR50D, f32 safetensors)
 # written here, then a campaign on it (BIG_PRECISION against true FP32, BIG_CASES per family).
+# BENCH_ATTENTION=composed,fused also times burn's fused (flash) attention for half policies.
 # Every step's device memory peak is printed (nvidia-smi sampled every 200 ms, whole card).
 # Everything written but log.txt comes back as OUT_DIR/bundle.tar.gz (BUNDLE=0: as it is).
 # suite: the integration suite on CUDA (gpu/suite.gz from WITH_SUITE=1 prepare_gpu.sh), every
@@ -88,7 +89,7 @@ for step in $steps; do
         if [ "$m" = 8M ]; then model=(); else model=(--preset "$m" --synthetic); fi
         run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
         run timeout "${STEP_SECONDS_TORCH:-300}" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-$m.json" ${TORCH_WEIGHTS:+--weights "$TORCH_WEIGHTS"} --precisions "${TORCH_PRECISIONS:-f32,tf32,f16,bf16}"
-        run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat "${BENCH_REPEAT:-2}" --torch "$out/torch-$m.json" --report "$out/bench-$m.json"
+        run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat "${BENCH_REPEAT:-2}" --attention "${BENCH_ATTENTION:-composed}" --torch "$out/torch-$m.json" --report "$out/bench-$m.json"
       done ;;
     big)
       preset=${BIG_PRESET:-esm2_t36_3B_UR50D}

@@ -10,7 +10,7 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::batch::{self, Batching, pack_proteins, padded_batches, padding_efficiency};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{ComputePlan, Esm2, EsmWeights, FaultSet, Precision};
+use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, EsmWeights, FaultSet, Precision};
 use esmfuzz::with_backend;
 
 use super::{DEFAULT_CORPUS, ModelArgs, Outcome, named, read_proteins, token_count, write_report};
@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// Policies to time.
     #[arg(long, value_parser = named::<Precision>(), value_delimiter = ',', default_value = "f32,f16")]
     pub precisions: Vec<Precision>,
+    /// Attention kernels to time for each reduced policy (`composed,fused` gives a row each;
+    /// f32 always runs composed).
+    #[arg(long, value_parser = named::<AttentionKernel>(), value_delimiter = ',', default_value = "composed")]
+    pub attention: Vec<AttentionKernel>,
     /// Tokens per batch for both layouts (default: 1024 on the CPU, 16384 on CUDA).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub token_budget: Option<u64>,
@@ -87,6 +91,7 @@ struct TorchReport {
 #[derive(Debug, Serialize)]
 struct BenchRow {
     precision: Precision,
+    attention: AttentionKernel,
     policy: String,
     /// Slots per attention group of the packed layout.
     attention_group_slots: usize,
@@ -262,8 +267,19 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             torch_device: torch.as_ref().map(|t| t.device.clone()),
             rows: Vec::new(),
         };
-        for &precision in &args.precisions {
-            let plan = ComputePlan::new(precision, backend);
+        let plans = args.precisions.iter().flat_map(|&precision| {
+            args.attention.iter().filter_map(move |&kernel| {
+                match ComputePlan::new(precision, backend).with_attention(kernel) {
+                    Ok(plan) => Some(plan),
+                    Err(e) => {
+                        eprintln!("{precision} with {kernel} attention not timed: {e}");
+                        None
+                    }
+                }
+            })
+        });
+        for plan in plans {
+            let precision = plan.precision;
             eprintln!("policy: {}", plan.describe());
             let mut model = Esm2::<B>::new(&weights, plan, FaultSet::none(), &device);
             let (padded_first, padded) =
@@ -294,6 +310,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                         .map(|t| tokens_per_second(packed) / t.tokens_per_second),
                     torch: theirs,
                     precision,
+                    attention: plan.attention,
                     policy: plan.describe(),
                     attention_group_slots: slots,
                     padded_first_pass_seconds: padded_first,
@@ -344,7 +361,10 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         };
         println!(
             "{:<10} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>7.2} / {:<6.2} {:>8.1} / {:<8.1} {theirs:>14} {ratios:>16}",
-            r.precision.name(),
+            match r.attention {
+                AttentionKernel::Composed => r.precision.name().to_string(),
+                AttentionKernel::Fused => format!("{}+fused", r.precision.name()),
+            },
             r.attention_group_slots,
             r.padded_tokens_per_second,
             r.packed_tokens_per_second,

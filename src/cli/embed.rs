@@ -9,7 +9,7 @@ use clap::Args;
 use esmfuzz::batch::{self, Batching, Layout, pack_proteins};
 use esmfuzz::harness::cases::run_case;
 use esmfuzz::input::NormaliseOptions;
-use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
+use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, FaultSet, Precision};
 use esmfuzz::npy::{NpyRowWriter, partial_path};
 use esmfuzz::with_backend;
 
@@ -29,6 +29,10 @@ pub struct EmbedArgs {
     pub precision: Precision,
     #[arg(long, default_value = "none", help = super::FP32_PLACES_HELP)]
     pub fp32_places: String,
+    /// Attention kernel of the reduced policy: `composed` (esmfuzz's own ops) or `fused`
+    /// (burn's fused op: flash kernels on CUDA; not for f32).
+    #[arg(long, value_parser = named::<AttentionKernel>(), default_value = "composed")]
+    pub attention: AttentionKernel,
     /// Output .npy, `[records, hidden]` float32. Rows go to OUT.partial as batches finish;
     /// OUT itself is written only when every row is in and finite.
     #[arg(long)]
@@ -64,7 +68,8 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     )?;
     let checkpoint = args.model.load()?;
     let hidden = checkpoint.weights.config.hidden_size;
-    let plan = ComputePlan::new(args.precision, args.model.backend);
+    let plan =
+        ComputePlan::new(args.precision, args.model.backend).with_attention(args.attention)?;
     let places = super::fp32_places(&args.fp32_places, &checkpoint.weights.config)?;
     eprintln!("policy: {}", super::describe_policy(&plan, &places));
     let budget = args.model.budget(args.token_budget.map(|b| b as usize));

@@ -17,7 +17,7 @@ use esmfuzz::harness::family::{Family, FamilyResult, MetricSummary, Observer};
 use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
 use esmfuzz::harness::verdict::{PropertyId, Tolerances, Verdict, tightest};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Fp32Places, Precision};
+use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, FaultSet, Fp32Places, Precision};
 use esmfuzz::with_backend;
 
 use super::{ModelArgs, Outcome, named, read_proteins, write_report};
@@ -31,6 +31,10 @@ pub struct FuzzArgs {
     pub precision: Precision,
     #[arg(long, default_value = "none", help = super::FP32_PLACES_HELP)]
     pub fp32_places: String,
+    /// Attention kernel of the reduced policy: `composed` (esmfuzz's own ops) or `fused`
+    /// (burn's fused op: flash kernels on CUDA; not for f32).
+    #[arg(long, value_parser = named::<AttentionKernel>(), default_value = "composed")]
+    pub attention: AttentionKernel,
     /// New cases per family (at least 1).
     #[arg(long, default_value_t = NonZeroU32::new(8).expect("8 is not zero"))]
     pub cases: NonZeroU32,
@@ -89,6 +93,8 @@ pub(super) struct FuzzReport<'a> {
     pub(super) policy: String,
     /// The policy's FP32 places (`none` for a plain policy).
     pub(super) fp32_places: String,
+    /// The policy's attention kernel.
+    pub(super) attention: AttentionKernel,
     pub(super) reference_policy: String,
     pub(super) passed: bool,
     #[serde(flatten)]
@@ -267,6 +273,8 @@ struct StoppedCampaign {
     precision: Precision,
     #[serde(default = "no_places")]
     fp32_places: String,
+    #[serde(default)]
+    attention: AttentionKernel,
     seed: u64,
     generator_version: u32,
     cases_per_family: u32,
@@ -296,6 +304,13 @@ fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<StoppedCampaign> {
             "policy",
             stopped.precision.to_string(),
             args.precision.to_string(),
+        ));
+    }
+    if stopped.attention != args.attention {
+        return Err(mismatch(
+            "attention kernel",
+            stopped.attention.to_string(),
+            args.attention.to_string(),
         ));
     }
     if stopped.cases_per_family != args.cases.get() {
@@ -409,7 +424,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     };
     let report = with_backend!(backend, |B, device| {
         let ref_plan = ComputePlan::new(Precision::F32, backend);
-        let plan = ComputePlan::new(args.precision, backend);
+        let plan = ComputePlan::new(args.precision, backend).with_attention(args.attention)?;
         let policy = super::describe_policy(&plan, &places);
         eprintln!("reference: {}\nunder test: {policy}", ref_plan.describe(),);
         let reference = Esm2::<B>::new(&checkpoint.weights, ref_plan, FaultSet::none(), &device);
@@ -481,6 +496,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                 weights: &checkpoint.path,
                 policy: policy.clone(),
                 fp32_places: places.to_string(),
+                attention: args.attention,
                 reference_policy: ref_plan.describe(),
                 passed: campaign.passed(),
                 campaign,

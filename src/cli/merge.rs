@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::campaign::{CampaignReport, merge_shards};
+use esmfuzz::model::AttentionKernel;
 
 use super::fuzz::{FuzzReport, ModelSize, REPORT_SCHEMA, markdown};
 use super::{Outcome, write_report};
@@ -35,6 +36,8 @@ struct Header {
     policy: String,
     #[serde(default = "super::fuzz::no_places")]
     fp32_places: String,
+    #[serde(default)]
+    attention: AttentionKernel,
     reference_policy: String,
 }
 
@@ -95,6 +98,7 @@ pub fn run(args: MergeArgs) -> Result<Outcome> {
         weights: &first.weights,
         policy: first.policy.clone(),
         fp32_places: first.fp32_places.clone(),
+        attention: first.attention,
         reference_policy: first.reference_policy.clone(),
         passed: merged.passed(),
         campaign: &merged,

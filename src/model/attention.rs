@@ -2,12 +2,13 @@
 //! `EsmSelfOutput.dense`): separate q, k, v projections with bias, `q *= head_dim^-0.5`
 //! before the rotation, softmax over keys with padding masked, then `out_proj`.
 
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::device::DeviceLinear;
 use super::layout::{DeviceGroup, DeviceLayout};
 use super::ops;
-use super::precision::ComputePlan;
+use super::precision::{AttentionKernel, ComputePlan, Precision};
 use super::rotary::RotaryTables;
 use super::weights::LayerWeights;
 
@@ -72,8 +73,13 @@ impl<B: Backend> SelfAttention<B> {
         rotary: &[RotaryTables<B>],
     ) -> Tensor<B, 2> {
         let [_tokens, hidden] = x.dims();
-        let scaling = ((hidden / self.heads) as f64).powf(-0.5);
-        let q = self.q_proj.forward(x.clone()).mul_scalar(scaling);
+        let q = self.q_proj.forward(x.clone());
+        // The fused op scales by head_dim^-0.5 itself (after the rotation, which is linear).
+        let q = if self.fused() {
+            q
+        } else {
+            q.mul_scalar(((hidden / self.heads) as f64).powf(-0.5))
+        };
         let k = self.k_proj.forward(x.clone());
         let v = self.v_proj.forward(x);
         let (q, k, v) = (
@@ -93,6 +99,14 @@ impl<B: Backend> SelfAttention<B> {
             Tensor::cat(contexts, 0)
         };
         self.out_proj.forward(layout.from_blocks(context))
+    }
+
+    /// Whether burn's fused attention op runs here: asked by the plan, and neither an FP32
+    /// place nor the unshifted-softmax fault (which needs the composed softmax).
+    fn fused(&self) -> bool {
+        self.plan.attention == AttentionKernel::Fused
+            && self.plan.precision != Precision::F32
+            && !self.unshifted_fault
     }
 
     /// Attention within one group of equally long blocks.
@@ -119,9 +133,15 @@ impl<B: Backend> SelfAttention<B> {
         let k = rotary.apply(to_heads(k));
         let v = to_heads(v);
 
+        let mask = group.key_padding.clone().expand([batch, heads, len, len]);
+        if self.fused() {
+            let options = AttentionModuleOptions::default();
+            return burn::tensor::module::attention(q, k, v, Some(mask), None, options)
+                .swap_dims(1, 2)
+                .reshape([batch * len, hidden]);
+        }
         // [batch, heads, len, len]
         let scores = ops::matmul(plan, q, k.swap_dims(2, 3));
-        let mask = group.key_padding.clone().expand([batch, heads, len, len]);
         let scores = scores.mask_fill(mask, ops::mask_value(plan.dtype()));
         let probs = ops::softmax_last(plan, scores, self.unshifted_fault);
         ops::matmul(plan, probs, v)

@@ -338,6 +338,48 @@ mod tests {
         }
     }
 
+    /// burn's fused attention op computes what the composed attention does, padding masked;
+    /// FP32 refuses it.
+    #[test]
+    fn fused_attention_matches_the_composed_one_and_masks_padding() {
+        use crate::model::AttentionKernel;
+        let config = EsmConfig::tiny();
+        let weights = EsmWeights::random(&config, 7);
+        let seqs: Vec<(usize, Vec<u32>)> = [4usize, 11]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (i, [vec![0], vec![5 + i as u32; n], vec![2]].concat()))
+            .collect();
+        let batch = PaddedBatch::new(&seqs, true);
+        let alone = PaddedBatch::new(&seqs[..1], true);
+        let relative_l2 = |a: &[f32], b: &[f32]| {
+            let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+            let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+            (num / den).sqrt()
+        };
+        for (precision, bound) in [(Precision::F16, 5e-3), (Precision::Bf16, 4e-2)] {
+            let composed = ComputePlan::new(precision, BackendKind::Cpu);
+            let fused = composed.with_attention(AttentionKernel::Fused).unwrap();
+            let model = |plan| Esm2::<Cpu>::new(&weights, plan, FaultSet::none(), &cpu_device());
+            let (composed, fused) = (model(composed), model(fused));
+            let want = states(&composed, batch.input());
+            let got = states(&fused, batch.input());
+            let error = relative_l2(&got, &want);
+            assert!(error < bound, "{precision}: relative L2 {error}");
+            // The short sequence's rows are the same alone: the padding keys were masked.
+            let hidden = config.hidden_size;
+            let rows = 4 + 2;
+            let solo = states(&fused, alone.input());
+            let error = relative_l2(&got[..rows * hidden], &solo[..rows * hidden]);
+            assert!(error < bound, "{precision}: padded vs alone {error}");
+        }
+        assert!(
+            ComputePlan::new(Precision::F32, BackendKind::Cpu)
+                .with_attention(AttentionKernel::Fused)
+                .is_err()
+        );
+    }
+
     /// Rounding block lengths up (what CUDA does) must not change any token's output.
     #[test]
     fn block_multiple_does_not_change_the_output() {

@@ -25,5 +25,5 @@ pub use config::EsmConfig;
 pub use esm2::{Esm2, EsmOutput, Place};
 pub use fault::FaultSet;
 pub use fp32_places::{Fp32Place, Fp32Places};
-pub use precision::{ComputePlan, Precision};
+pub use precision::{AttentionKernel, ComputePlan, Precision};
 pub use weights::EsmWeights;

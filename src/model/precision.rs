@@ -91,12 +91,58 @@ pub enum MatmulMode {
     ReorderedF32,
 }
 
+/// How attention (scores, mask, softmax, weighted values) is computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttentionKernel {
+    /// esmfuzz's own composition of burn ops, each realising the plan (matmul mode,
+    /// softmax statistics): the stock path, and the only one FP32 uses.
+    #[default]
+    Composed,
+    /// burn's fused attention op (`burn::tensor::module::attention`): on CUDA cubek's
+    /// flash-attention kernels (autotuned against burn's unfused fallback; f32 softmax
+    /// accumulation), elsewhere that fallback. For reduced policies only: its inner
+    /// products on tensor cores would make FP32 TF32.
+    Fused,
+}
+
+impl AttentionKernel {
+    pub const ALL: [AttentionKernel; 2] = [AttentionKernel::Composed, AttentionKernel::Fused];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::Composed => "composed",
+            AttentionKernel::Fused => "fused",
+        }
+    }
+}
+
+impl crate::named::Named for AttentionKernel {
+    const VALUES: &'static [Self] = &AttentionKernel::ALL;
+    const WHAT: &'static str = "attention kernel";
+
+    fn name(self) -> &'static str {
+        AttentionKernel::name(self)
+    }
+}
+
+crate::impl_named!(AttentionKernel);
+
+/// A fused attention asked of a policy that must stay true FP32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "fused attention is for reduced policies (tf32, f16, bf16, f16-mixed): its products run on \
+     tensor cores, so f32 would no longer be true FP32"
+)]
+pub struct FusedAttentionInFp32;
+
 /// A policy realised on a backend: what the model actually computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ComputePlan {
     pub precision: Precision,
     pub backend: BackendKind,
     pub matmul: MatmulMode,
+    pub attention: AttentionKernel,
 }
 
 impl ComputePlan {
@@ -110,7 +156,19 @@ impl ComputePlan {
             precision,
             backend,
             matmul,
+            attention: AttentionKernel::Composed,
         }
+    }
+
+    /// This plan with attention computed by `kernel` (see [`AttentionKernel::Fused`]).
+    pub fn with_attention(self, kernel: AttentionKernel) -> Result<Self, FusedAttentionInFp32> {
+        if kernel == AttentionKernel::Fused && self.precision == Precision::F32 {
+            return Err(FusedAttentionInFp32);
+        }
+        Ok(Self {
+            attention: kernel,
+            ..self
+        })
     }
 
     /// FP32 on `backend` with every reduction summed in another order
@@ -120,6 +178,7 @@ impl ComputePlan {
             precision: Precision::F32,
             backend,
             matmul: MatmulMode::ReorderedF32,
+            attention: AttentionKernel::Composed,
         }
     }
 
@@ -159,8 +218,12 @@ impl ComputePlan {
         } else {
             "softmax and LayerNorm in storage dtype (backend reductions may widen internally)"
         };
+        let attention = match self.attention {
+            AttentionKernel::Composed => "",
+            AttentionKernel::Fused => "; attention: burn's fused op (flash kernels on CUDA)",
+        };
         format!(
-            "{} on {}: storage {:?}; {matmul}; {stats}; RoPE angles, sin and cos in f32",
+            "{} on {}: storage {:?}; {matmul}; {stats}; RoPE angles, sin and cos in f32{attention}",
             self.precision,
             self.backend,
             self.dtype()
