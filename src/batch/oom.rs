@@ -120,13 +120,12 @@ pub fn catch_out_of_memory<R>(
     batch: &(impl Batch + ?Sized),
     run: impl FnOnce() -> R,
 ) -> Result<R, OutOfMemory> {
-    let shape = BatchShape::of(batch);
-    LAST_BATCH.with(|b| b.set(Some(shape)));
     match panic::catch_unwind(AssertUnwindSafe(run)) {
         Ok(r) => Ok(r),
         Err(payload) => {
             let message = panic_message(payload.as_ref());
             if is_out_of_memory(&message) {
+                let shape = BatchShape::of(batch);
                 Err(OutOfMemory { shape, message })
             } else {
                 panic::resume_unwind(payload)

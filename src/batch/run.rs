@@ -2,6 +2,7 @@
 //! and mean-pooled embeddings (host-side sums in f64), and the embedding pipeline that groups
 //! proteins into batches and hands each finished batch's rows to the caller.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -150,7 +151,12 @@ pub fn embed<B: Backend, E: From<OutOfMemory>>(
     // Indices (into `proteins`) not yet embedded.
     let mut todo: Vec<usize> = (0..proteins.len()).collect();
     'rebatch: while !todo.is_empty() {
-        let remaining: Vec<Protein> = todo.iter().map(|&i| proteins[i].clone()).collect();
+        // Until the device runs out of memory `todo` is every protein, in order.
+        let remaining: Cow<[Protein]> = if todo.len() == proteins.len() {
+            Cow::Borrowed(proteins)
+        } else {
+            Cow::Owned(todo.iter().map(|&i| proteins[i].clone()).collect())
+        };
         let mut done = vec![false; todo.len()];
         for batch in batches(model, &remaining, Batching { budget, ..batching }) {
             let pooled =

@@ -240,7 +240,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
     let tokens = token_count(&proteins);
     let flops = weights
         .config
-        .forward_flops(proteins.iter().map(|p| p.tokens().len()));
+        .forward_flops(proteins.iter().map(Protein::token_len));
     let packing = pack_proteins(&proteins, budget);
     let report = with_backend!(backend, |B, device| {
         let mut report = BenchReport {
