@@ -180,8 +180,28 @@ fn timed_passes<B: Backend>(
     Ok((first, best))
 }
 
+/// Every policy and attention kernel asked for that can run (f32 refuses fused attention:
+/// said, skipped); none at all is an error.
+fn timed_plans(args: &BenchArgs) -> Result<Vec<ComputePlan>> {
+    let backend = args.model.backend;
+    let mut plans = Vec::new();
+    for &precision in &args.precisions {
+        for &kernel in &args.attention {
+            match ComputePlan::new(precision, backend).with_attention(kernel) {
+                Ok(plan) => plans.push(plan),
+                Err(e) => eprintln!("{precision} with {kernel} attention not timed: {e}"),
+            }
+        }
+    }
+    if plans.is_empty() {
+        anyhow::bail!("nothing to time: no policy of --precisions runs with --attention");
+    }
+    Ok(plans)
+}
+
 pub fn run(args: BenchArgs) -> Result<Outcome> {
     let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
+    let plans = timed_plans(&args)?;
     let torch = args
         .torch
         .as_deref()
@@ -267,18 +287,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             torch_device: torch.as_ref().map(|t| t.device.clone()),
             rows: Vec::new(),
         };
-        let plans = args.precisions.iter().flat_map(|&precision| {
-            args.attention.iter().filter_map(move |&kernel| {
-                match ComputePlan::new(precision, backend).with_attention(kernel) {
-                    Ok(plan) => Some(plan),
-                    Err(e) => {
-                        eprintln!("{precision} with {kernel} attention not timed: {e}");
-                        None
-                    }
-                }
-            })
-        });
-        for plan in plans {
+        for &plan in &plans {
             let precision = plan.precision;
             eprintln!("policy: {}", plan.describe());
             let mut model = Esm2::<B>::new(&weights, plan, FaultSet::none(), &device);

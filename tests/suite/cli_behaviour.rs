@@ -662,4 +662,16 @@ fn fused_attention_embeds_like_the_composed_one_and_f32_refuses_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("true FP32"), "{err}");
     assert!(!refused.exists());
+    // A bench with nothing it may time is an error, not an empty table.
+    let (code, err) = esmfuzz(&[
+        "bench",
+        "--fasta",
+        s(&fasta),
+        "--precisions",
+        "f32",
+        "--attention",
+        "fused",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nothing to time"), "{err}");
 }
