@@ -21,8 +21,23 @@ const PACK_BUDGET: usize = 4096;
 const FP32_MIN_TOKEN_COSINE: f64 = 0.99999;
 /// Packed FP16 vs padded per-token cosine floor (issue acceptance).
 const FP16_MIN_TOKEN_COSINE: f64 = 0.999;
-/// A sequence's FP32 output may not move by more than this with its batch-mates.
-const ISOLATION_MAX_ABS_DIFF: f64 = 1e-5;
+/// A sequence's FP32 output alone and with batch-mates must agree within
+/// `torch.testing.assert_close`'s f32 tolerance, `|a - e| <= ATOL + RTOL |e|` (ANCHORS.md):
+/// the GEMMs may sum in another order when the batch grows (cuBLAS picks its algorithm by
+/// the row count, as it does under torch), but nothing else may change.
+const ISOLATION_ATOL: f64 = 1e-5;
+const ISOLATION_RTOL: f64 = 1.3e-6;
+
+/// The largest `|a - e| / (ATOL + RTOL |e|)` over two states: <= 1 is within tolerance.
+fn isolation_excess(ours: &[f32], alone: &[f32]) -> f64 {
+    ours.iter()
+        .zip(alone)
+        .map(|(&a, &e)| {
+            let (a, e) = (f64::from(a), f64::from(e));
+            (a - e).abs() / (ISOLATION_ATOL + ISOLATION_RTOL * e.abs())
+        })
+        .fold(0.0, f64::max)
+}
 /// First-fit-decreasing at 4096 tokens should fill the batches it keeps producing to over
 /// 95%. (Over all batches the corpus cannot reach 95% with any packer: its 42,338 tokens need
 /// at least 11 batches of 4096, so 93.97% is the ceiling, which FFD attains.)
@@ -142,15 +157,15 @@ fn each_sequence_is_the_same_alone_with_others_and_in_any_order() {
         for (k, &i) in order.iter().enumerate() {
             let (ours, single) = (&together[k], &alone[i]);
             let rows = ours.len() / hidden;
+            // Every row, BOS and EOS included.
+            let excess = isolation_excess(ours, single);
             let all = metrics::max_abs_diff(ours, single);
             let bos = metrics::max_abs_diff(&ours[..hidden], &single[..hidden]);
             let eos =
                 metrics::max_abs_diff(&ours[(rows - 1) * hidden..], &single[(rows - 1) * hidden..]);
             assert!(
-                all <= ISOLATION_MAX_ABS_DIFF
-                    && bos <= ISOLATION_MAX_ABS_DIFF
-                    && eos <= ISOLATION_MAX_ABS_DIFF,
-                "sequence {} ({} residues) in order {order:?}: max|diff| {all:.3e} (BOS {bos:.3e}, EOS {eos:.3e}) > {ISOLATION_MAX_ABS_DIFF:e}",
+                excess <= 1.0,
+                "sequence {} ({} residues) in order {order:?}: max|diff| {all:.3e} (BOS {bos:.3e}, EOS {eos:.3e}) exceeds {ISOLATION_ATOL:e} + {ISOLATION_RTOL:e}|e| by {excess:.2}x",
                 proteins[i].name,
                 proteins[i].residues.len()
             );
