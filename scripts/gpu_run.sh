@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench torchbench big fuzz devices fixtures suite bisect (default: matmul parity bench fuzz).
+# STEP: matmul parity bench gemm torchbench big fuzz devices fixtures suite bisect (default: matmul parity bench fuzz).
 # torchbench: esmfuzz and HF transformers on the same padded batches, for each of BENCH_MODELS
 # (default "8M": the shared weights; a preset name such as esm2_t36_3B_UR50D: random weights).
 # big: a synthetic checkpoint of BIG_PRESET (default esm2_t36_3B_UR50D, f32 safetensors)
@@ -35,6 +35,13 @@ gunzip -c gpu/esmfuzz.gz > "$bin" && chmod +x "$bin"
 # The binary's defaults read ../shared beside the repository.
 [ -e ../shared ] || ln -s "$PWD/gpu/shared" ../shared
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$log" 2>&1
+# cuBLAS (the default gemm on CUDA) is loaded at run time: the NVIDIA pip package's copy.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.13'; then
+  cublas=$(find $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) \
+    -name 'libcublas.so.13*' 2>/dev/null | head -1)
+  [ -n "$cublas" ] && export LD_LIBRARY_PATH="$(dirname "$cublas")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "cuBLAS: ${cublas:-not found, products fall back to the burn kernels}" | tee -a "$log"
+fi
 cache=${CUBECL_CACHE_DIR:-$HOME/.cache/esmfuzz-cubecl}
 mkdir -p "$cache"
 [ -f gpu/cubecl-autotune.tar.gz ] && [ ! -d "$cache/autotune" ] && tar -C "$cache" -xzf gpu/cubecl-autotune.tar.gz
@@ -82,6 +89,12 @@ for step in $steps; do
     bisect)
       # What bf16 needs in FP32 to do as well as plain f16 on the corpus.
       run timeout "${STEP_SECONDS_BISECT:-400}" "$bin" bisect-precision --backend cuda --precision "${BISECT_PRECISION:-bf16}" --reach "${BISECT_REACH:-f16}" --cases 0 --fasta ../shared/corpus/uniprot_sprot196.fasta --batch 8 --report "$out/bisect.json" ;;
+    gemm)
+      # cuBLAS against burn's kernels, same batches, one run (BENCH_GEMM_MODELS, f32,f16).
+      for m in ${BENCH_GEMM_MODELS:-8M}; do
+        if [ "$m" = 8M ]; then model=(); else model=(--preset "$m" --synthetic); fi
+        run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,f16}" --gemm cublas,burn --repeat "${BENCH_REPEAT:-2}" --report "$out/bench-gemm-$m.json"
+      done ;;
     torchbench)
       # esmfuzz against HF transformers on the same padded batches, same card: the batches
       # first, then torch, then esmfuzz with the ratios, for each model of BENCH_MODELS.
@@ -89,7 +102,7 @@ for step in $steps; do
         if [ "$m" = 8M ]; then model=(); else model=(--preset "$m" --synthetic); fi
         run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
         run timeout "${STEP_SECONDS_TORCH:-300}" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-$m.json" ${TORCH_WEIGHTS:+--weights "$TORCH_WEIGHTS"} --precisions "${TORCH_PRECISIONS:-f32,tf32,f16,bf16}"
-        run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat "${BENCH_REPEAT:-2}" --attention "${BENCH_ATTENTION:-composed}" --torch "$out/torch-$m.json" --report "$out/bench-$m.json"
+        run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat "${BENCH_REPEAT:-2}" --attention "${BENCH_ATTENTION:-composed}" ${BENCH_GEMM:+--gemm "$BENCH_GEMM"} --torch "$out/torch-$m.json" --report "$out/bench-$m.json"
       done ;;
     big)
       preset=${BIG_PRESET:-esm2_t36_3B_UR50D}

@@ -10,7 +10,7 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::batch::{self, Batching, pack_proteins, padded_batches, padding_efficiency};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, EsmWeights, FaultSet, Precision};
+use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, EsmWeights, FaultSet, Gemm, Precision};
 use esmfuzz::with_backend;
 
 use super::{DEFAULT_CORPUS, ModelArgs, Outcome, named, read_proteins, token_count, write_report};
@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// f32 always runs composed).
     #[arg(long, value_parser = named::<AttentionKernel>(), value_delimiter = ',', default_value = "composed")]
     pub attention: Vec<AttentionKernel>,
+    /// Matrix-product engines to time, a row each: `cublas` (CUDA only) and/or `burn`
+    /// (default: cuBLAS on CUDA when it loads, else burn).
+    #[arg(long, value_parser = named::<Gemm>(), value_delimiter = ',')]
+    pub gemm: Vec<Gemm>,
     /// Tokens per batch for both layouts (default: 1024 on the CPU, 16384 on CUDA).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub token_budget: Option<u64>,
@@ -92,6 +96,7 @@ struct TorchReport {
 struct BenchRow {
     precision: Precision,
     attention: AttentionKernel,
+    gemm: Gemm,
     policy: String,
     /// Slots per attention group of the packed layout.
     attention_group_slots: usize,
@@ -185,11 +190,24 @@ fn timed_passes<B: Backend>(
 fn timed_plans(args: &BenchArgs) -> Result<Vec<ComputePlan>> {
     let backend = args.model.backend;
     let mut plans = Vec::new();
-    for &precision in &args.precisions {
-        for &kernel in &args.attention {
-            match ComputePlan::new(precision, backend).with_attention(kernel) {
-                Ok(plan) => plans.push(plan),
-                Err(e) => eprintln!("{precision} with {kernel} attention not timed: {e}"),
+    let engines = if args.gemm.is_empty() {
+        vec![Gemm::default_for(backend)]
+    } else {
+        args.gemm.clone()
+    };
+    for &gemm in &engines {
+        for &precision in &args.precisions {
+            for &kernel in &args.attention {
+                let plan = ComputePlan::new(precision, backend)
+                    .with_attention(kernel)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|p| Ok(p.with_gemm(gemm)?));
+                match plan {
+                    Ok(plan) => plans.push(plan),
+                    Err(e) => eprintln!(
+                        "{precision} with {kernel} attention and {gemm} products not timed: {e}"
+                    ),
+                }
             }
         }
     }
@@ -320,6 +338,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                     torch: theirs,
                     precision,
                     attention: plan.attention,
+                    gemm: plan.gemm,
                     policy: plan.describe(),
                     attention_group_slots: slots,
                     padded_first_pass_seconds: padded_first,
@@ -349,7 +368,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         report.packed_batches
     );
     println!(
-        "{:<10} {:>12} {:>14} {:>14} {:>8} {:>16} {:>18} {:>14} {:>16}",
+        "{:<18} {:>12} {:>14} {:>14} {:>8} {:>16} {:>18} {:>14} {:>16}",
         "policy",
         "group slots",
         "padded tok/s",
@@ -369,11 +388,16 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             _ => ("-".into(), "-".into()),
         };
         println!(
-            "{:<10} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>7.2} / {:<6.2} {:>8.1} / {:<8.1} {theirs:>14} {ratios:>16}",
-            match r.attention {
-                AttentionKernel::Composed => r.precision.name().to_string(),
-                AttentionKernel::Fused => format!("{}+fused", r.precision.name()),
-            },
+            "{:<18} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>7.2} / {:<6.2} {:>8.1} / {:<8.1} {theirs:>14} {ratios:>16}",
+            format!(
+                "{}{} ({})",
+                r.precision.name(),
+                match r.attention {
+                    AttentionKernel::Composed => "",
+                    AttentionKernel::Fused => "+fused",
+                },
+                r.gemm
+            ),
             r.attention_group_slots,
             r.padded_tokens_per_second,
             r.packed_tokens_per_second,

@@ -9,7 +9,7 @@ use clap::Args;
 use esmfuzz::batch::{self, Batching, Layout, pack_proteins};
 use esmfuzz::harness::cases::run_case;
 use esmfuzz::input::NormaliseOptions;
-use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, FaultSet, Precision};
+use esmfuzz::model::{AttentionKernel, ComputePlan, FaultSet, Gemm, ModelSpec, Precision};
 use esmfuzz::npy::{NpyRowWriter, partial_path};
 use esmfuzz::with_backend;
 
@@ -33,6 +33,10 @@ pub struct EmbedArgs {
     /// (burn's fused op: flash kernels on CUDA; not for f32).
     #[arg(long, value_parser = named::<AttentionKernel>(), default_value = "composed")]
     pub attention: AttentionKernel,
+    /// Matrix products: `cublas` (cuBLAS GEMMs, the default on CUDA when it loads; true
+    /// FP32 with TF32 off for f32) or `burn` (burn's kernels; the only choice on the CPU).
+    #[arg(long, value_parser = named::<Gemm>())]
+    pub gemm: Option<Gemm>,
     /// Output .npy, `[records, hidden]` float32. Rows go to OUT.partial as batches finish;
     /// OUT itself is written only when every row is in and finite.
     #[arg(long)]
@@ -66,11 +70,13 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
             allow_gap_tokens: args.allow_gap_tokens,
         },
     )?;
-    let checkpoint = args.model.load()?;
-    let hidden = checkpoint.weights.config.hidden_size;
-    let plan =
-        ComputePlan::new(args.precision, args.model.backend).with_attention(args.attention)?;
-    let places = super::fp32_places(&args.fp32_places, &checkpoint.weights.config)?;
+    let checkpoint = args.model.open()?;
+    let hidden = checkpoint.config.hidden_size;
+    let backend = args.model.backend;
+    let plan = ComputePlan::new(args.precision, backend)
+        .with_attention(args.attention)?
+        .with_gemm(args.gemm.unwrap_or(Gemm::default_for(backend)))?;
+    let places = super::fp32_places(&args.fp32_places, &checkpoint.config)?;
     eprintln!("policy: {}", super::describe_policy(&plan, &places));
     let budget = args.model.budget(args.token_budget.map(|b| b as usize));
     warn_if_over_budget(&proteins, budget);
@@ -88,13 +94,19 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     };
     let start = Instant::now();
     let (embedded, writer) = with_backend!(args.model.backend, |B, device| {
-        let mut model = Esm2::<B>::mixed(
-            &checkpoint.weights,
+        // Streamed layer by layer from the file: host memory holds one layer.
+        let spec = ModelSpec {
             plan,
-            places.clone(),
-            FaultSet::none(),
+            fp32_places: places.clone(),
+            faults: FaultSet::none(),
+        };
+        let mut model = super::build_streamed::<B>(
+            &checkpoint,
+            std::slice::from_ref(&spec),
+            args.model.allow_nonfinite_weights,
             &device,
-        );
+        )?
+        .remove(0);
         if let Some(slots) = args.attention_group_slots {
             model.attention_group_slots = slots as usize;
         }

@@ -17,7 +17,9 @@ use esmfuzz::harness::family::{Family, FamilyResult, MetricSummary, Observer};
 use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
 use esmfuzz::harness::verdict::{PropertyId, Tolerances, Verdict, tightest};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, FaultSet, Fp32Places, Precision};
+use esmfuzz::model::{
+    AttentionKernel, ComputePlan, FaultSet, Fp32Places, Gemm, ModelSpec, Precision,
+};
 use esmfuzz::with_backend;
 
 use super::{ModelArgs, Outcome, named, read_proteins, write_report};
@@ -35,6 +37,10 @@ pub struct FuzzArgs {
     /// (burn's fused op: flash kernels on CUDA; not for f32).
     #[arg(long, value_parser = named::<AttentionKernel>(), default_value = "composed")]
     pub attention: AttentionKernel,
+    /// Matrix products: `cublas` (cuBLAS GEMMs, the default on CUDA when it loads; true
+    /// FP32 with TF32 off for f32) or `burn` (burn's kernels; the only choice on the CPU).
+    #[arg(long, value_parser = named::<Gemm>())]
+    pub gemm: Option<Gemm>,
     /// New cases per family (at least 1).
     #[arg(long, default_value_t = NonZeroU32::new(8).expect("8 is not zero"))]
     pub cases: NonZeroU32,
@@ -95,6 +101,8 @@ pub(super) struct FuzzReport<'a> {
     pub(super) fp32_places: String,
     /// The policy's attention kernel.
     pub(super) attention: AttentionKernel,
+    /// What computed the matrix products (reference and policy alike).
+    pub(super) gemm: Gemm,
     pub(super) reference_policy: String,
     pub(super) passed: bool,
     #[serde(flatten)]
@@ -275,10 +283,17 @@ struct StoppedCampaign {
     fp32_places: String,
     #[serde(default)]
     attention: AttentionKernel,
+    #[serde(default = "burn_gemm")]
+    gemm: Gemm,
     seed: u64,
     generator_version: u32,
     cases_per_family: u32,
     families: Vec<FamilyResult>,
+}
+
+/// The engine of reports written before `--gemm` existed.
+pub(super) fn burn_gemm() -> Gemm {
+    Gemm::Burn
 }
 
 pub(super) fn no_places() -> String {
@@ -311,6 +326,14 @@ fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<StoppedCampaign> {
             "attention kernel",
             stopped.attention.to_string(),
             args.attention.to_string(),
+        ));
+    }
+    let gemm = args.gemm.unwrap_or(Gemm::default_for(args.model.backend));
+    if stopped.gemm != gemm {
+        return Err(mismatch(
+            "gemm engine",
+            stopped.gemm.to_string(),
+            gemm.to_string(),
         ));
     }
     if stopped.cases_per_family != args.cases.get() {
@@ -383,19 +406,14 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         let proteins = read_proteins(path, NormaliseOptions::default())?;
         real_proteins.push((format!("fasta-{stem}"), proteins));
     }
-    let checkpoint = args.model.load()?;
+    let checkpoint = args.model.open()?;
     let digest = sha256_of(&checkpoint.path)?;
-    let config = &checkpoint.weights.config;
+    let config = &checkpoint.config;
     let model = ModelSize {
         layers: config.num_hidden_layers,
         hidden: config.hidden_size,
         heads: config.num_attention_heads,
-        parameters: checkpoint
-            .weights
-            .named_tensors()
-            .iter()
-            .map(|(_, t)| t.len())
-            .sum(),
+        parameters: checkpoint.parameter_count(),
     };
     let places = super::fp32_places(&args.fp32_places, config)?;
     if let Some(s) = stopped
@@ -423,18 +441,38 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         shard: args.shard,
     };
     let report = with_backend!(backend, |B, device| {
-        let ref_plan = ComputePlan::new(Precision::F32, backend);
-        let plan = ComputePlan::new(args.precision, backend).with_attention(args.attention)?;
+        let gemm = args.gemm.unwrap_or(Gemm::default_for(backend));
+        let ref_plan = ComputePlan::new(Precision::F32, backend).with_gemm(gemm)?;
+        let plan = ComputePlan::new(args.precision, backend)
+            .with_attention(args.attention)?
+            .with_gemm(gemm)?;
         let policy = super::describe_policy(&plan, &places);
         eprintln!("reference: {}\nunder test: {policy}", ref_plan.describe(),);
-        let reference = Esm2::<B>::new(&checkpoint.weights, ref_plan, FaultSet::none(), &device);
-        let test = Esm2::<B>::mixed(
-            &checkpoint.weights,
-            plan,
-            places.clone(),
-            FaultSet::none(),
+        // Both models built layer by layer from the file: host memory holds one layer.
+        let specs = [
+            ModelSpec {
+                plan: ref_plan,
+                fp32_places: Fp32Places::none(),
+                faults: FaultSet::none(),
+            },
+            ModelSpec {
+                plan,
+                fp32_places: places.clone(),
+                faults: FaultSet::none(),
+            },
+        ];
+        let mut built = super::build_streamed::<B>(
+            &checkpoint,
+            &specs,
+            args.model.allow_nonfinite_weights,
             &device,
-        );
+        )?;
+        let test = built
+            .pop()
+            .unwrap_or_else(|| unreachable!("two specs, two models"));
+        let reference = built
+            .pop()
+            .unwrap_or_else(|| unreachable!("two specs, two models"));
         // FP32 summed in another order, sharing the reference's device tensors: the floor
         // the policy's errors are read against.
         let floor = reference.noise_floor();
@@ -497,6 +535,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                 policy: policy.clone(),
                 fp32_places: places.to_string(),
                 attention: args.attention,
+                gemm,
                 reference_policy: ref_plan.describe(),
                 passed: campaign.passed(),
                 campaign,

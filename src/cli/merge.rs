@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::campaign::{CampaignReport, merge_shards};
-use esmfuzz::model::AttentionKernel;
+use esmfuzz::model::{AttentionKernel, Gemm};
 
 use super::fuzz::{FuzzReport, ModelSize, REPORT_SCHEMA, markdown};
 use super::{Outcome, write_report};
@@ -38,6 +38,8 @@ struct Header {
     fp32_places: String,
     #[serde(default)]
     attention: AttentionKernel,
+    #[serde(default = "super::fuzz::burn_gemm")]
+    gemm: Gemm,
     reference_policy: String,
 }
 
@@ -99,6 +101,7 @@ pub fn run(args: MergeArgs) -> Result<Outcome> {
         policy: first.policy.clone(),
         fp32_places: first.fp32_places.clone(),
         attention: first.attention,
+        gemm: first.gemm,
         reference_policy: first.reference_policy.clone(),
         passed: merged.passed(),
         campaign: &merged,

@@ -26,7 +26,9 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::input::{self, NormaliseOptions, Protein};
 use esmfuzz::model::EsmConfig;
-use esmfuzz::model::load::{Checkpoint, checkpoint_config, load_checkpoint};
+use esmfuzz::model::load::{
+    Checkpoint, OpenCheckpoint, checkpoint_config, load_checkpoint, open_checkpoint,
+};
 use esmfuzz::named::{Named, parse_named};
 
 /// The weights shipped beside this repository (see README).
@@ -185,10 +187,93 @@ impl ModelArgs {
         Ok(checkpoint)
     }
 
+    /// The checkpoint opened and checked (keys, shapes, layer count), no tensor read yet:
+    /// for [`build_streamed`], which holds one layer in host memory at a time.
+    fn open(&self) -> Result<OpenCheckpoint> {
+        #[cfg(feature = "cuda")]
+        if self.backend == BackendKind::Cuda {
+            esmfuzz::backend::probe_cuda().map_err(|e| anyhow::anyhow!(e))?;
+        }
+        let config = self.given_config()?;
+        let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
+        open_checkpoint(&weights, config)
+            .with_context(|| format!("loading weights from {}", weights.display()))
+    }
+
     /// The token budget to use: the one given, else the backend's default.
     fn budget(&self, given: Option<usize>) -> usize {
         given.unwrap_or_else(|| self.backend.default_token_budget())
     }
+}
+
+/// One model per spec from `checkpoint`, streamed: each layer is read, checked for NaN/Inf
+/// (an error naming tensor and index unless `allow_nonfinite`, then a warning), uploaded for
+/// every spec and dropped, so host memory holds one layer, not the checkpoint. Prints the
+/// load time and peak host RSS.
+fn build_streamed<B: burn::tensor::backend::Backend>(
+    checkpoint: &OpenCheckpoint,
+    specs: &[esmfuzz::model::ModelSpec],
+    allow_nonfinite: bool,
+    device: &B::Device,
+) -> Result<Vec<esmfuzz::model::Esm2<B>>> {
+    let started = std::time::Instant::now();
+    let check = |tensors: &[(String, &[f32])]| -> Result<()> {
+        match checkpoint.check_finite(tensors) {
+            Ok(()) => Ok(()),
+            Err(e) if allow_nonfinite => {
+                eprintln!("warning: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
+    let embed_tokens = checkpoint.read_embed_tokens()?;
+    let final_norm = checkpoint.read_final_norm()?;
+    check(&[
+        ("embed_tokens.weight".to_string(), &embed_tokens.data[..]),
+        (
+            "emb_layer_norm_after.weight".to_string(),
+            &final_norm.weight.data[..],
+        ),
+        (
+            "emb_layer_norm_after.bias".to_string(),
+            &final_norm.bias.data[..],
+        ),
+    ])?;
+    let bar = ProgressBar::new(checkpoint.config.num_hidden_layers as u64);
+    bar.set_style(
+        ProgressStyle::with_template("loading [{bar:30}] {pos}/{len} layers, {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let models = esmfuzz::model::Esm2::<B>::streamed(
+        &checkpoint.config,
+        specs,
+        &embed_tokens,
+        &final_norm,
+        |i| -> Result<std::borrow::Cow<'static, _>> {
+            let layer = checkpoint.read_layer(i)?;
+            check(&layer.named_tensors(i))?;
+            bar.inc(1);
+            Ok(std::borrow::Cow::Owned(layer))
+        },
+        device,
+    )?;
+    bar.finish_and_clear();
+    eprintln!(
+        "loaded {} ({:?}, stored {:?}, {} layers x {}; ignored {} head/unused tensors) layer by layer into {} model(s) in {:.1} s{}",
+        checkpoint.path.display(),
+        checkpoint.format,
+        checkpoint.stored_dtypes,
+        checkpoint.config.num_hidden_layers,
+        checkpoint.config.hidden_size,
+        checkpoint.ignored.len(),
+        specs.len(),
+        started.elapsed().as_secs_f64(),
+        peak_rss()
+            .map(|b| format!(", peak host RSS so far {:.2} GB", b as f64 / 1e9))
+            .unwrap_or_default()
+    );
+    Ok(models)
 }
 
 /// Help text of every `--fp32-places` option.

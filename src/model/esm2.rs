@@ -1,6 +1,7 @@
 //! fair-esm `ESM2` (HF `EsmModel` without pooler): token embedding with token dropout, the
 //! layers, `emb_layer_norm_after`, and `repr_layers` with the reference's indexing.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
@@ -13,7 +14,7 @@ use super::layer::{EsmLayer, LayerPlan};
 use super::layout::{DeviceLayout, HostLayout, ModelInput};
 use super::precision::{ComputePlan, Precision};
 use super::rotary::RotaryTables;
-use super::weights::EsmWeights;
+use super::weights::{EsmWeights, HostTensor, LayerWeights, NormWeights};
 
 /// ESM-2 on one device under one precision policy. Cloning shares the device tensors.
 #[derive(Clone)]
@@ -30,6 +31,14 @@ pub struct Esm2<B: Backend> {
     layers: Vec<EsmLayer<B>>,
     emb_layer_norm_after: DeviceNorm<B>,
     device: B::Device,
+}
+
+/// What one model built by [`Esm2::streamed`] computes.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub plan: ComputePlan,
+    pub fp32_places: Fp32Places,
+    pub faults: FaultSet,
 }
 
 /// A place in the forward pass where the residual stream can be compared.
@@ -94,45 +103,111 @@ impl<B: Backend> Esm2<B> {
         } else {
             weights
         };
-        let eps = weights.config.layer_norm_eps;
-        let final_plan = fp32_places.plan_at(Fp32Place::FinalNorm, &plan);
-        let layers = weights
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(index, l)| {
+        let spec = ModelSpec {
+            plan,
+            fp32_places,
+            faults,
+        };
+        // The faults that change weights are in `weights` now.
+        let built = Self::build(
+            &weights.config,
+            std::slice::from_ref(&spec),
+            &weights.embed_tokens,
+            &weights.emb_layer_norm_after,
+            |i| Ok::<_, std::convert::Infallible>(Cow::Borrowed(&weights.layers[i])),
+            device,
+        );
+        match built {
+            Ok(mut models) => models.remove(0),
+            Err(never) => match never {},
+        }
+    }
+
+    /// One model per spec, built layer by layer: `layer(i)` hands over layer `i`'s host
+    /// weights, which are uploaded for every spec and dropped before the next layer is
+    /// asked for. Host memory then holds one layer at a time (a 3B checkpoint streamed from
+    /// disk never sits in host memory whole). Specs must not carry faults that change
+    /// weights ([`FaultSet::changes_weights`]; [`Esm2::mixed`] applies those first).
+    ///
+    /// # Panics
+    /// When a spec's faults change weights.
+    pub fn streamed<'w, E>(
+        config: &EsmConfig,
+        specs: &[ModelSpec],
+        embed_tokens: &HostTensor,
+        emb_layer_norm_after: &NormWeights,
+        layer: impl FnMut(usize) -> Result<Cow<'w, LayerWeights>, E>,
+        device: &B::Device,
+    ) -> Result<Vec<Self>, E> {
+        assert!(
+            specs.iter().all(|s| !s.faults.changes_weights()),
+            "weight-changing faults are applied to whole weights first (Esm2::mixed)"
+        );
+        Self::build(
+            config,
+            specs,
+            embed_tokens,
+            emb_layer_norm_after,
+            layer,
+            device,
+        )
+    }
+
+    /// [`Esm2::streamed`] for weights that already carry the specs' weight faults.
+    fn build<'w, E>(
+        config: &EsmConfig,
+        specs: &[ModelSpec],
+        embed_tokens: &HostTensor,
+        emb_layer_norm_after: &NormWeights,
+        mut layer: impl FnMut(usize) -> Result<Cow<'w, LayerWeights>, E>,
+        device: &B::Device,
+    ) -> Result<Vec<Self>, E> {
+        let eps = config.layer_norm_eps;
+        let mut layers: Vec<Vec<EsmLayer<B>>> = specs.iter().map(|_| Vec::new()).collect();
+        for index in 0..config.num_hidden_layers {
+            let weights = layer(index)?;
+            for (spec, built) in specs.iter().zip(&mut layers) {
                 let how = LayerPlan {
                     index,
-                    plan: &plan,
-                    fp32_places: &fp32_places,
-                    faults: &faults,
-                    heads: weights.config.num_attention_heads,
+                    plan: &spec.plan,
+                    fp32_places: &spec.fp32_places,
+                    faults: &spec.faults,
+                    heads: config.num_attention_heads,
                     eps,
                 };
-                EsmLayer::new(l, &how, device)
-            })
-            .collect();
-        Self {
-            config: weights.config.clone(),
-            plan,
-            faults,
-            attention_group_slots: plan.backend.attention_group_slots(),
-            embed_tokens: to_device(
-                &weights.embed_tokens,
-                &fp32_places.plan_at(Fp32Place::Embeddings, &plan),
-                device,
-            ),
-            layers,
-            emb_layer_norm_after: DeviceNorm::new(
-                &weights.emb_layer_norm_after,
-                &final_plan,
-                eps,
-                faults.unshifted_half_statistics,
-                device,
-            ),
-            fp32_places,
-            device: device.clone(),
+                built.push(EsmLayer::new(&weights, &how, device));
+            }
         }
+        Ok(specs
+            .iter()
+            .zip(layers)
+            .map(|(spec, layers)| {
+                let plan = spec.plan;
+                let places = &spec.fp32_places;
+                let final_plan = places.plan_at(Fp32Place::FinalNorm, &plan);
+                Self {
+                    config: config.clone(),
+                    plan,
+                    faults: spec.faults,
+                    attention_group_slots: plan.backend.attention_group_slots(),
+                    embed_tokens: to_device(
+                        embed_tokens,
+                        &places.plan_at(Fp32Place::Embeddings, &plan),
+                        device,
+                    ),
+                    layers,
+                    emb_layer_norm_after: DeviceNorm::new(
+                        emb_layer_norm_after,
+                        &final_plan,
+                        eps,
+                        spec.faults.unshifted_half_statistics,
+                        device,
+                    ),
+                    fp32_places: places.clone(),
+                    device: device.clone(),
+                }
+            })
+            .collect())
     }
 
     /// The noise-floor model of a plain, fault-free FP32 model: the same device tensors (no
@@ -145,7 +220,10 @@ impl<B: Backend> Esm2<B> {
         {
             return None;
         }
-        let plan = ComputePlan::reordered_f32(self.plan.backend);
+        let plan = ComputePlan {
+            gemm: self.plan.gemm,
+            ..ComputePlan::reordered_f32(self.plan.backend)
+        };
         let mut floor = self.clone();
         floor.plan = plan;
         floor.layers = floor
@@ -294,6 +372,78 @@ mod tests {
         let out = model.forward(input, &[model.config.num_hidden_layers]);
         let last = out.representations.into_values().next().unwrap();
         last.into_data().convert::<f32>().into_vec().unwrap()
+    }
+
+    /// Models streamed layer by layer from an opened checkpoint (two specs at once) compute
+    /// exactly what models built from the fully loaded weights do; a NaN in a layer is
+    /// named by its stored key and index while streaming.
+    #[test]
+    fn models_streamed_from_the_file_equal_models_from_loaded_weights() {
+        use crate::model::load::{load_checkpoint, open_checkpoint};
+        use crate::model::synth::{StoredDtype, SynthFormat, write_checkpoint};
+        use crate::model::{Fp32Places, ModelSpec};
+        let config = EsmConfig::tiny();
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(
+            &config,
+            StoredDtype::F32,
+            SynthFormat::Safetensors,
+            3,
+            dir.path(),
+        )
+        .unwrap();
+        let loaded = load_checkpoint(dir.path(), None).unwrap();
+        let open = open_checkpoint(dir.path(), None).unwrap();
+        assert_eq!(open.parameter_count(), {
+            let w = &loaded.weights;
+            w.named_tensors()
+                .iter()
+                .map(|(_, t)| t.len())
+                .sum::<usize>()
+        });
+        let plans = [Precision::F32, Precision::F16].map(|p| ComputePlan::new(p, BackendKind::Cpu));
+        let specs: Vec<ModelSpec> = plans
+            .iter()
+            .map(|&plan| ModelSpec {
+                plan,
+                fp32_places: Fp32Places::none(),
+                faults: FaultSet::none(),
+            })
+            .collect();
+        let mut asked = Vec::new();
+        let streamed = Esm2::<Cpu>::streamed(
+            &open.config,
+            &specs,
+            &open.read_embed_tokens().unwrap(),
+            &open.read_final_norm().unwrap(),
+            |i| {
+                asked.push(i);
+                open.read_layer(i).map(Cow::Owned)
+            },
+            &cpu_device(),
+        )
+        .unwrap();
+        assert_eq!(asked, (0..config.num_hidden_layers).collect::<Vec<_>>());
+        let seqs = vec![(0, vec![0, 5, 9, 11, 2]), (1, vec![0, 7, 2])];
+        let batch = PaddedBatch::new(&seqs, true);
+        for (model, plan) in streamed.iter().zip(plans) {
+            let whole = Esm2::<Cpu>::new(&loaded.weights, plan, FaultSet::none(), &cpu_device());
+            assert_eq!(
+                states(model, batch.input()),
+                states(&whole, batch.input()),
+                "{plan:?}"
+            );
+        }
+        let mut poisoned = open.read_layer(1).unwrap();
+        poisoned.fc2.bias.data[3] = f32::NAN;
+        let err = open
+            .check_finite(&poisoned.named_tensors(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("encoder.layer.1.output.dense.bias") && err.contains("index 3"),
+            "{err}"
+        );
     }
 
     /// A reduced policy with every place in FP32 is the FP32 model, bit for bit; with none

@@ -134,10 +134,19 @@ impl Checkpoint {
 /// config (`config` overrides `config.json`; without either the size is matched to a
 /// preset) and loads the backbone.
 pub fn load_checkpoint(path: &Path, config: Option<EsmConfig>) -> Result<Checkpoint, LoadError> {
+    open_checkpoint(path, config)?.read_all()
+}
+
+/// [`load_checkpoint`] without reading any tensor's data yet: every key, shape and the layer
+/// count are checked; tensors are then read one layer at a time ([`OpenCheckpoint`]).
+pub fn open_checkpoint(
+    path: &Path,
+    config: Option<EsmConfig>,
+) -> Result<OpenCheckpoint, LoadError> {
     let file = resolve_checkpoint_file(path)?;
     let source = TensorSource::open(&file)?;
     let config = config_for(&file, &source, config)?;
-    read_weights(&file, &source, config)
+    OpenCheckpoint::index(file, source, config)
 }
 
 /// The config [`load_checkpoint`] would use for `path`, read without loading any tensor's
@@ -554,160 +563,223 @@ fn expected_tensors(config: &EsmConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-fn read_weights(
-    path: &Path,
-    source: &TensorSource,
-    config: EsmConfig,
-) -> Result<Checkpoint, LoadError> {
-    let infos = source.infos();
-    let mut by_canonical: BTreeMap<String, String> = BTreeMap::new();
-    let mut ignored = Vec::new();
-    let mut layers_found = 0;
-    let mut deepest_key = String::new();
-    let mut shared_inv_freq: Option<String> = None;
-    for key in infos.keys() {
-        match canonical_name(key) {
-            KeyRole::SharedInvFreq => shared_inv_freq = Some(key.clone()),
-            KeyRole::Backbone(name) => {
-                if let Some(i) = layer_index(&name)
-                    && i + 1 > layers_found
-                {
-                    layers_found = i + 1;
-                    deepest_key = key.clone();
+/// A checkpoint whose keys, shapes and layer count are checked, its tensors not yet read:
+/// [`OpenCheckpoint::read_layer`] and friends read them one at a time, so a caller that
+/// uploads each layer and drops it holds one layer in host memory, not the file.
+pub struct OpenCheckpoint {
+    pub path: PathBuf,
+    pub config: EsmConfig,
+    pub format: CheckpointFormat,
+    /// Dtypes found among the backbone tensors.
+    pub stored_dtypes: BTreeSet<String>,
+    /// Keys ignored as heads or unused tables.
+    pub ignored: Vec<String>,
+    source: TensorSource,
+    /// Canonical name -> (stored key, expected shape), for every tensor the model needs.
+    keys: BTreeMap<String, (String, Vec<usize>)>,
+}
+
+impl OpenCheckpoint {
+    fn index(path: PathBuf, source: TensorSource, config: EsmConfig) -> Result<Self, LoadError> {
+        let infos = source.infos();
+        let mut by_canonical: BTreeMap<String, String> = BTreeMap::new();
+        let mut ignored = Vec::new();
+        let mut layers_found = 0;
+        let mut deepest_key = String::new();
+        let mut shared_inv_freq: Option<String> = None;
+        for key in infos.keys() {
+            match canonical_name(key) {
+                KeyRole::SharedInvFreq => shared_inv_freq = Some(key.clone()),
+                KeyRole::Backbone(name) => {
+                    if let Some(i) = layer_index(&name)
+                        && i + 1 > layers_found
+                    {
+                        layers_found = i + 1;
+                        deepest_key = key.clone();
+                    }
+                    by_canonical.insert(name, key.clone());
                 }
-                by_canonical.insert(name, key.clone());
+                KeyRole::Ignored => ignored.push(key.clone()),
+                KeyRole::Unknown => {
+                    return Err(LoadError::UnexpectedTensor {
+                        path,
+                        key: key.clone(),
+                    });
+                }
             }
-            KeyRole::Ignored => ignored.push(key.clone()),
-            KeyRole::Unknown => {
+        }
+        // A shared inv_freq serves every layer that stores none of its own.
+        if let Some(shared) = &shared_inv_freq {
+            for i in 0..config.num_hidden_layers {
+                by_canonical
+                    .entry(format!("layers.{i}.self_attn.rot_emb.inv_freq"))
+                    .or_insert_with(|| shared.clone());
+            }
+        }
+        if layers_found > config.num_hidden_layers {
+            return Err(LoadError::LayerCount {
+                path,
+                expected: config.num_hidden_layers,
+                found: layers_found,
+                key: deepest_key,
+            });
+        }
+
+        let mut stored_dtypes = BTreeSet::new();
+        let expected = expected_tensors(&config);
+        let expected_names: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        for (name, source_key) in &by_canonical {
+            if !expected_names.contains(name.as_str()) {
                 return Err(LoadError::UnexpectedTensor {
-                    path: path.to_path_buf(),
-                    key: key.clone(),
+                    path,
+                    key: source_key.clone(),
                 });
             }
         }
-    }
-    // A shared inv_freq serves every layer that stores none of its own.
-    if let Some(shared) = &shared_inv_freq {
-        for i in 0..config.num_hidden_layers {
-            by_canonical
-                .entry(format!("layers.{i}.self_attn.rot_emb.inv_freq"))
-                .or_insert_with(|| shared.clone());
+        let mut keys = BTreeMap::new();
+        for (name, shape) in expected {
+            let Some(key) = by_canonical.get(&name) else {
+                if layer_index(&name).is_some_and(|i| i >= layers_found) && layers_found > 0 {
+                    return Err(LoadError::LayerCount {
+                        path,
+                        expected: config.num_hidden_layers,
+                        found: layers_found,
+                        key: deepest_key,
+                    });
+                }
+                return Err(LoadError::MissingTensor {
+                    path,
+                    key: name,
+                    expected: shape,
+                });
+            };
+            let info = &infos[key];
+            if info.shape != shape {
+                return Err(LoadError::ShapeMismatch {
+                    path,
+                    key: key.clone(),
+                    expected: shape,
+                    found: info.shape.clone(),
+                });
+            }
+            stored_dtypes.insert(info.dtype.clone());
+            keys.insert(name, (key.clone(), shape));
         }
-    }
-    if layers_found > config.num_hidden_layers {
-        return Err(LoadError::LayerCount {
-            path: path.to_path_buf(),
-            expected: config.num_hidden_layers,
-            found: layers_found,
-            key: deepest_key,
-        });
+        Ok(Self {
+            path,
+            config,
+            format: source.format(),
+            stored_dtypes,
+            ignored,
+            source,
+            keys,
+        })
     }
 
-    let mut tensors: BTreeMap<String, HostTensor> = BTreeMap::new();
-    let mut stored_dtypes = BTreeSet::new();
-    let expected = expected_tensors(&config);
-    let expected_names: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    for (name, source_key) in &by_canonical {
-        if !expected_names.contains(name.as_str()) {
-            return Err(LoadError::UnexpectedTensor {
-                path: path.to_path_buf(),
-                key: source_key.clone(),
-            });
-        }
-    }
-    for (name, shape) in &expected {
-        let Some(key) = by_canonical.get(name) else {
-            if layer_index(name).is_some_and(|i| i >= layers_found) && layers_found > 0 {
-                return Err(LoadError::LayerCount {
-                    path: path.to_path_buf(),
-                    expected: config.num_hidden_layers,
-                    found: layers_found,
-                    key: deepest_key,
-                });
-            }
-            return Err(LoadError::MissingTensor {
-                path: path.to_path_buf(),
-                key: name.clone(),
-                expected: shape.clone(),
-            });
-        };
-        let info = &infos[key];
-        if &info.shape != shape {
-            return Err(LoadError::ShapeMismatch {
-                path: path.to_path_buf(),
-                key: key.clone(),
-                expected: shape.clone(),
-                found: info.shape.clone(),
-            });
-        }
-        stored_dtypes.insert(info.dtype.clone());
-        let data = source.read_f32(path, key)?;
+    /// One tensor by canonical name, widened to f32.
+    fn read(&self, name: &str) -> Result<HostTensor, LoadError> {
+        let (key, shape) = self
+            .keys
+            .get(name)
+            .unwrap_or_else(|| unreachable!("{name} is an expected tensor, checked when opened"));
+        let data = self.source.read_f32(&self.path, key)?;
         if data.len() != shape.iter().product::<usize>() {
             return Err(LoadError::TensorData {
-                path: path.to_path_buf(),
+                path: self.path.clone(),
                 key: key.clone(),
                 detail: format!("{} values for shape {shape:?}", data.len()),
             });
         }
-        tensors.insert(name.clone(), HostTensor::new(shape.clone(), data));
+        Ok(HostTensor::new(shape.clone(), data))
     }
 
-    let mut t = TakeTensors(tensors);
-    let layers = (0..config.num_hidden_layers)
-        .map(|i| {
-            let p = format!("layers.{i}");
-            LayerWeights {
-                q_proj: t.linear(&format!("{p}.self_attn.q_proj")),
-                k_proj: t.linear(&format!("{p}.self_attn.k_proj")),
-                v_proj: t.linear(&format!("{p}.self_attn.v_proj")),
-                out_proj: t.linear(&format!("{p}.self_attn.out_proj")),
-                inv_freq: t.take(&format!("{p}.self_attn.rot_emb.inv_freq")).data,
-                self_attn_layer_norm: t.norm(&format!("{p}.self_attn_layer_norm")),
-                fc1: t.linear(&format!("{p}.fc1")),
-                fc2: t.linear(&format!("{p}.fc2")),
-                final_layer_norm: t.norm(&format!("{p}.final_layer_norm")),
-            }
+    fn linear(&self, prefix: &str) -> Result<LinearWeights, LoadError> {
+        Ok(LinearWeights {
+            weight: self.read(&format!("{prefix}.weight"))?,
+            bias: self.read(&format!("{prefix}.bias"))?,
         })
-        .collect();
-    let emb_layer_norm_after = t.norm("emb_layer_norm_after");
-    let embed_tokens = t.take("embed_tokens.weight");
-    Ok(Checkpoint {
-        weights: EsmWeights {
-            config,
-            embed_tokens,
+    }
+
+    fn norm(&self, prefix: &str) -> Result<NormWeights, LoadError> {
+        Ok(NormWeights {
+            weight: self.read(&format!("{prefix}.weight"))?,
+            bias: self.read(&format!("{prefix}.bias"))?,
+        })
+    }
+
+    /// Layer `i`'s weights (`i < config.num_hidden_layers`).
+    pub fn read_layer(&self, i: usize) -> Result<LayerWeights, LoadError> {
+        let p = format!("layers.{i}");
+        Ok(LayerWeights {
+            q_proj: self.linear(&format!("{p}.self_attn.q_proj"))?,
+            k_proj: self.linear(&format!("{p}.self_attn.k_proj"))?,
+            v_proj: self.linear(&format!("{p}.self_attn.v_proj"))?,
+            out_proj: self.linear(&format!("{p}.self_attn.out_proj"))?,
+            inv_freq: self.read(&format!("{p}.self_attn.rot_emb.inv_freq"))?.data,
+            self_attn_layer_norm: self.norm(&format!("{p}.self_attn_layer_norm"))?,
+            fc1: self.linear(&format!("{p}.fc1"))?,
+            fc2: self.linear(&format!("{p}.fc2"))?,
+            final_layer_norm: self.norm(&format!("{p}.final_layer_norm"))?,
+        })
+    }
+
+    /// Values in the backbone's tensors (`inv_freq` included).
+    pub fn parameter_count(&self) -> usize {
+        self.keys
+            .values()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// `embed_tokens.weight`, `[vocab, hidden]`.
+    pub fn read_embed_tokens(&self) -> Result<HostTensor, LoadError> {
+        self.read("embed_tokens.weight")
+    }
+
+    /// `emb_layer_norm_after`.
+    pub fn read_final_norm(&self) -> Result<NormWeights, LoadError> {
+        self.norm("emb_layer_norm_after")
+    }
+
+    /// An error naming the first of `tensors` (canonical name, values) holding NaN or Inf,
+    /// by its stored key, with the flat index, if any.
+    pub fn check_finite(&self, tensors: &[(String, &[f32])]) -> Result<(), LoadError> {
+        for (name, data) in tensors {
+            if let Some(index) = data.iter().position(|v| !v.is_finite()) {
+                // The key as the file stores it, and the canonical name when that differs.
+                let key = match self.keys.get(name) {
+                    Some((stored, _)) if stored != name => format!("{stored}' ('{name}"),
+                    _ => name.clone(),
+                };
+                return Err(LoadError::NonFinite {
+                    path: self.path.clone(),
+                    key,
+                    index,
+                    value: data[index],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every tensor, into host memory at once.
+    pub fn read_all(self) -> Result<Checkpoint, LoadError> {
+        let layers = (0..self.config.num_hidden_layers)
+            .map(|i| self.read_layer(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let weights = EsmWeights {
+            config: self.config.clone(),
+            embed_tokens: self.read_embed_tokens()?,
             layers,
-            emb_layer_norm_after,
-        },
-        path: path.to_path_buf(),
-        format: source.format(),
-        stored_dtypes,
-        ignored,
-    })
-}
-
-/// Hands out the checked tensors by canonical name.
-struct TakeTensors(BTreeMap<String, HostTensor>);
-
-impl TakeTensors {
-    fn take(&mut self, name: &str) -> HostTensor {
-        // Every expected name was found and shape-checked before this is called.
-        self.0
-            .remove(name)
-            .unwrap_or_else(|| unreachable!("{name} was checked before assembly"))
-    }
-
-    fn linear(&mut self, prefix: &str) -> LinearWeights {
-        LinearWeights {
-            weight: self.take(&format!("{prefix}.weight")),
-            bias: self.take(&format!("{prefix}.bias")),
-        }
-    }
-
-    fn norm(&mut self, prefix: &str) -> NormWeights {
-        NormWeights {
-            weight: self.take(&format!("{prefix}.weight")),
-            bias: self.take(&format!("{prefix}.bias")),
-        }
+            emb_layer_norm_after: self.read_final_norm()?,
+        };
+        Ok(Checkpoint {
+            weights,
+            path: self.path,
+            format: self.format,
+            stored_dtypes: self.stored_dtypes,
+            ignored: self.ignored,
+        })
     }
 }
 

@@ -46,6 +46,73 @@ pub fn matmul_relative_error<B: Backend>(
     relative_error(&c.data, exact)
 }
 
+/// The operand layouts the model hands a matrix product, each as `(name, a, b)`, built from
+/// random data: contiguous 2-D (a linear layer), a transposed view as `b` (attention's
+/// `q k^T`), batched 4-D (`[batch, heads, len, head_dim]` after `swap_dims`), a narrowed
+/// view (the split product's chunks) and a `b` broadcast over the batch.
+pub fn layout_cases<B: Backend>(
+    device: &B::Device,
+) -> Vec<(&'static str, Tensor<B, 4>, Tensor<B, 4>)> {
+    let tensor = |dims: [usize; 4], seed: u64| {
+        let n: usize = dims.iter().product();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::<B, 4>::from_data(TensorData::new(v, dims), device)
+    };
+    vec![
+        (
+            "contiguous [1,1,96,80] @ [1,1,80,72]",
+            tensor([1, 1, 96, 80], 1),
+            tensor([1, 1, 80, 72], 2),
+        ),
+        (
+            "q @ k^T view, [2,3,40,16] @ [2,3,16,40]",
+            tensor([2, 3, 40, 16], 3),
+            tensor([2, 3, 40, 16], 4).swap_dims(2, 3),
+        ),
+        (
+            "heads view, [2,40,3,16]->[2,3,40,16] @ [2,3,16,24]",
+            tensor([2, 40, 3, 16], 5).swap_dims(1, 2),
+            tensor([2, 3, 16, 24], 6),
+        ),
+        (
+            "narrowed columns, [1,2,33,64][..,10..42] @ [1,2,32,17]",
+            tensor([1, 2, 33, 64], 7).narrow(3, 10, 32),
+            tensor([1, 2, 32, 17], 8),
+        ),
+        (
+            "broadcast b, [2,3,20,8] @ [1,1,8,12]",
+            tensor([2, 3, 20, 8], 9),
+            tensor([1, 1, 8, 12], 10),
+        ),
+    ]
+}
+
+/// Largest relative L2 difference between `plan`'s and `reference`'s products over
+/// [`layout_cases`], with the case's name.
+pub fn layout_differences<B: Backend>(
+    plan: &ComputePlan,
+    reference: &ComputePlan,
+    device: &B::Device,
+) -> Vec<(&'static str, f64)> {
+    layout_cases::<B>(device)
+        .into_iter()
+        .map(|(name, a, b)| {
+            let flat = |t: Tensor<B, 4>| {
+                let n = t.dims().iter().product::<usize>();
+                HostStates::fetch(t.reshape([n, 1])).data
+            };
+            let product = |p: &ComputePlan| {
+                let (a, b) = (a.clone().cast(p.dtype()), b.clone().cast(p.dtype()));
+                flat(ops::matmul(p, a, b))
+            };
+            let got = product(plan);
+            let want: Vec<f64> = product(reference).into_iter().map(f64::from).collect();
+            (name, relative_error(&got, &want))
+        })
+        .collect()
+}
+
 /// `||c - exact|| / ||exact||` (L2), accumulated in f64.
 fn relative_error(c: &[f32], exact: &[f64]) -> f64 {
     let (mut diff, mut norm) = (0f64, 0f64);
@@ -80,6 +147,21 @@ mod tests {
         let (f32_err, tf32_err) = (err(Precision::F32), err(Precision::Tf32));
         assert!(f32_err < 1e-6, "f32 {f32_err:e}");
         assert!(tf32_err > 5e-5 && tf32_err < 1e-3, "tf32 {tf32_err:e}");
+    }
+
+    #[test]
+    fn layout_cases_agree_between_two_orders_of_summation() {
+        // The reordered FP32 product sums each reduction as two halves: the same values as
+        // the plain product to f32 rounding, on every layout (and a mistaken stride would
+        // not be). Guards the cases cuBLAS is checked on with `matmul-check --backend cuda`.
+        let device = cpu_device();
+        let plain = ComputePlan::new(Precision::F32, BackendKind::Cpu);
+        let reordered = ComputePlan::reordered_f32(BackendKind::Cpu);
+        let diffs = layout_differences::<Cpu>(&reordered, &plain, &device);
+        assert_eq!(diffs.len(), 5);
+        for (name, d) in diffs {
+            assert!(d < 1e-6, "{name}: {d:e}");
+        }
     }
 
     #[test]

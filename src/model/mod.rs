@@ -3,6 +3,8 @@
 
 pub mod attention;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cublas;
 pub mod device;
 pub mod esm2;
 pub mod fault;
@@ -22,8 +24,8 @@ pub mod weights;
 
 pub use crate::backend::BackendKind;
 pub use config::EsmConfig;
-pub use esm2::{Esm2, EsmOutput, Place};
+pub use esm2::{Esm2, EsmOutput, ModelSpec, Place};
 pub use fault::FaultSet;
 pub use fp32_places::{Fp32Place, Fp32Places};
-pub use precision::{AttentionKernel, ComputePlan, Precision};
+pub use precision::{AttentionKernel, ComputePlan, Gemm, Precision};
 pub use weights::EsmWeights;

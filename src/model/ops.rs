@@ -15,12 +15,26 @@ pub fn matmul<B: Backend, const D: usize>(
     a: Tensor<B, D>,
     b: Tensor<B, D>,
 ) -> Tensor<B, D> {
+    #[cfg(feature = "cuda")]
+    let (a, b) =
+        if plan.gemm == super::precision::Gemm::Cublas && plan.matmul != MatmulMode::ReorderedF32 {
+            match super::cublas::matmul(a, b, plan.cublas_compute()) {
+                Ok(product) => return product,
+                // Not the CUDA backend, or shapes a strided batched GEMM cannot take.
+                Err(operands) => operands,
+            }
+        } else {
+            (a, b)
+        };
     match plan.matmul {
         MatmulMode::Native => a.matmul(b),
         MatmulMode::EmulatedTf32 => round_to_tf32(a).matmul(round_to_tf32(b)),
         MatmulMode::SplitBf16x6 => split_bf16x6_matmul(a, b, |x, y| x.matmul(y)),
         MatmulMode::ReorderedF32 => {
-            let reference = ComputePlan::new(plan.precision, plan.backend);
+            let reference = ComputePlan {
+                gemm: plan.gemm,
+                ..ComputePlan::new(plan.precision, plan.backend)
+            };
             let k = a.dims()[D - 1];
             if k < 2 {
                 return matmul(&reference, a, b);

@@ -128,6 +128,86 @@ impl crate::named::Named for AttentionKernel {
 
 crate::impl_named!(AttentionKernel);
 
+/// Which library computes the matrix products (the linear layers and attention's two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gemm {
+    /// burn's own matmul (cubek kernels on CUDA, compiled and autotuned per shape; gemm on
+    /// the CPU), realising the plan's [`MatmulMode`].
+    Burn,
+    /// cuBLAS (`cublasGemmStridedBatchedEx`) on burn-cuda's buffers, CUDA only: f32 with
+    /// `CUBLAS_COMPUTE_32F` (true FP32, TF32 off: torch's FP32), tf32 with
+    /// `CUBLAS_COMPUTE_32F_FAST_TF32`, f16/bf16 operands with f32 accumulation. The default on
+    /// CUDA when cuBLAS loads ([`crate::model::cublas::available`]).
+    Cublas,
+}
+
+impl Gemm {
+    pub const ALL: [Gemm; 2] = [Gemm::Burn, Gemm::Cublas];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Gemm::Burn => "burn",
+            Gemm::Cublas => "cublas",
+        }
+    }
+
+    /// The engine a plan gets unless asked otherwise: cuBLAS on CUDA when it loads (a
+    /// warning, once, when it does not), burn's elsewhere.
+    pub fn default_for(backend: BackendKind) -> Gemm {
+        match backend {
+            BackendKind::Cpu => Gemm::Burn,
+            BackendKind::Cuda => cuda_default_gemm(),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_default_gemm() -> Gemm {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    match crate::model::cublas::available() {
+        Ok(()) => Gemm::Cublas,
+        Err(why) => {
+            WARNED.call_once(|| eprintln!("warning: {why}; matrix products use burn's kernels"));
+            Gemm::Burn
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_default_gemm() -> Gemm {
+    Gemm::Burn
+}
+
+impl crate::named::Named for Gemm {
+    const VALUES: &'static [Self] = &Gemm::ALL;
+    const WHAT: &'static str = "gemm engine";
+
+    fn name(self) -> &'static str {
+        Gemm::name(self)
+    }
+}
+
+crate::impl_named!(Gemm);
+
+/// How cuBLAS accumulates f32 operands (half operands always accumulate in f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CublasCompute {
+    /// `CUBLAS_COMPUTE_32F`: IEEE f32 products and sums.
+    Fp32,
+    /// `CUBLAS_COMPUTE_32F_FAST_TF32`: operands rounded to TF32 on tensor cores.
+    Tf32,
+}
+
+/// cuBLAS asked of a plan that cannot have it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GemmUnavailable {
+    #[error("--gemm cublas is for --backend cuda (the CPU computes products with gemm)")]
+    NotCuda,
+    #[error("{0}")]
+    NotLoaded(String),
+}
+
 /// A fused attention asked of a policy that must stay true FP32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -143,6 +223,7 @@ pub struct ComputePlan {
     pub backend: BackendKind,
     pub matmul: MatmulMode,
     pub attention: AttentionKernel,
+    pub gemm: Gemm,
 }
 
 impl ComputePlan {
@@ -157,6 +238,27 @@ impl ComputePlan {
             backend,
             matmul,
             attention: AttentionKernel::Composed,
+            gemm: Gemm::default_for(backend),
+        }
+    }
+
+    /// This plan with its products computed by `gemm` (see [`Gemm`]).
+    pub fn with_gemm(self, gemm: Gemm) -> Result<Self, GemmUnavailable> {
+        if gemm == Gemm::Cublas && self.backend != BackendKind::Cuda {
+            return Err(GemmUnavailable::NotCuda);
+        }
+        #[cfg(feature = "cuda")]
+        if gemm == Gemm::Cublas {
+            crate::model::cublas::available().map_err(GemmUnavailable::NotLoaded)?;
+        }
+        Ok(Self { gemm, ..self })
+    }
+
+    /// What cuBLAS computes f32 operands with under this plan.
+    pub fn cublas_compute(&self) -> CublasCompute {
+        match self.precision {
+            Precision::Tf32 => CublasCompute::Tf32,
+            _ => CublasCompute::Fp32,
         }
     }
 
@@ -179,6 +281,7 @@ impl ComputePlan {
             backend,
             matmul: MatmulMode::ReorderedF32,
             attention: AttentionKernel::Composed,
+            gemm: Gemm::default_for(backend),
         }
     }
 
@@ -190,8 +293,21 @@ impl ComputePlan {
     /// One line saying what this policy computes on this backend.
     pub fn describe(&self) -> String {
         let matmul = match (self.matmul, self.precision, self.backend) {
+            (MatmulMode::ReorderedF32, ..) if self.gemm == Gemm::Cublas => {
+                "matmul: the FP32 reference's (cuBLAS), each reduction summed as two halves \
+                 (noise floor)"
+            }
             (MatmulMode::ReorderedF32, ..) => {
                 "matmul: the FP32 reference's, each reduction summed as two halves (noise floor)"
+            }
+            (_, Precision::F32, _) if self.gemm == Gemm::Cublas => {
+                "matmul: cuBLAS CUBLAS_COMPUTE_32F (true f32, TF32 off)"
+            }
+            (_, Precision::Tf32, _) if self.gemm == Gemm::Cublas => {
+                "matmul: cuBLAS CUBLAS_COMPUTE_32F_FAST_TF32 (TF32 tensor cores, f32 accumulation)"
+            }
+            (_, _, BackendKind::Cuda) if self.gemm == Gemm::Cublas => {
+                "matmul: cuBLAS tensor-core GEMM on half operands, f32 accumulation"
             }
             (MatmulMode::SplitBf16x6, ..) => {
                 "matmul: true f32 via 6 split bf16-exact products on TF32 tensor cores"

@@ -61,6 +61,38 @@ pub struct LayerWeights {
     pub final_layer_norm: NormWeights,
 }
 
+impl LayerWeights {
+    /// Every tensor of layer `i` under its canonical fair-esm name, `inv_freq` included.
+    pub fn named_tensors(&self, i: usize) -> Vec<(String, &[f32])> {
+        let mut out: Vec<(String, &[f32])> = Vec::new();
+        let linears = [
+            ("self_attn.q_proj", &self.q_proj),
+            ("self_attn.k_proj", &self.k_proj),
+            ("self_attn.v_proj", &self.v_proj),
+            ("self_attn.out_proj", &self.out_proj),
+            ("fc1", &self.fc1),
+            ("fc2", &self.fc2),
+        ];
+        for (name, lin) in linears {
+            out.push((format!("layers.{i}.{name}.weight"), &lin.weight.data));
+            out.push((format!("layers.{i}.{name}.bias"), &lin.bias.data));
+        }
+        let norms = [
+            ("self_attn_layer_norm", &self.self_attn_layer_norm),
+            ("final_layer_norm", &self.final_layer_norm),
+        ];
+        for (name, norm) in norms {
+            out.push((format!("layers.{i}.{name}.weight"), &norm.weight.data));
+            out.push((format!("layers.{i}.{name}.bias"), &norm.bias.data));
+        }
+        out.push((
+            format!("layers.{i}.self_attn.rot_emb.inv_freq"),
+            &self.inv_freq,
+        ));
+        out
+    }
+}
+
 /// All weights of an ESM-2 backbone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EsmWeights {
@@ -191,30 +223,7 @@ impl EsmWeights {
         let mut out: Vec<(String, &[f32])> =
             vec![("embed_tokens.weight".into(), &self.embed_tokens.data)];
         for (i, l) in self.layers.iter().enumerate() {
-            let linears = [
-                ("self_attn.q_proj", &l.q_proj),
-                ("self_attn.k_proj", &l.k_proj),
-                ("self_attn.v_proj", &l.v_proj),
-                ("self_attn.out_proj", &l.out_proj),
-                ("fc1", &l.fc1),
-                ("fc2", &l.fc2),
-            ];
-            for (name, lin) in linears {
-                out.push((format!("layers.{i}.{name}.weight"), &lin.weight.data));
-                out.push((format!("layers.{i}.{name}.bias"), &lin.bias.data));
-            }
-            let norms = [
-                ("self_attn_layer_norm", &l.self_attn_layer_norm),
-                ("final_layer_norm", &l.final_layer_norm),
-            ];
-            for (name, norm) in norms {
-                out.push((format!("layers.{i}.{name}.weight"), &norm.weight.data));
-                out.push((format!("layers.{i}.{name}.bias"), &norm.bias.data));
-            }
-            out.push((
-                format!("layers.{i}.self_attn.rot_emb.inv_freq"),
-                &l.inv_freq,
-            ));
+            out.extend(l.named_tensors(i));
         }
         let after = &self.emb_layer_norm_after;
         out.push(("emb_layer_norm_after.weight".into(), &after.weight.data));

@@ -1,0 +1,356 @@
+//! Matrix products through cuBLAS on burn-cuda's own device buffers: the GEMMs torch itself
+//! calls, with the precision of each call stated ([`CublasCompute`]), beside burn's cubek
+//! kernels (which compile and autotune per shape; cuBLAS ships its kernels precompiled).
+//!
+//! The product is a custom operation in burn's fusion stream: when the stream reaches it,
+//! the inputs are resolved to cubecl tensors, cubecl's stream is drained (`client.sync`),
+//! `cublasGemmStridedBatchedEx` runs on a stream of ours in the same (primary) CUDA context,
+//! and that stream is synchronised before the output goes back to burn. Two host
+//! synchronisations per product: negligible against 650M/3B products, visible at 8M (which
+//! is why the stock path stays a policy, `--gemm burn`, and `bench` times both).
+//!
+//! cuBLAS is loaded at run time (`libcublas.so.13`, e.g. from the `nvidia-cublas` pip
+//! package via `LD_LIBRARY_PATH`); [`available`] says whether it can be.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+use burn_cubecl::{CubeBackend, tensor::CubeTensor};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{FusionBackend, FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use cubecl::cuda::CudaRuntime;
+use cudarc::cublas::{result as blas, sys};
+use cudarc::driver::{CudaContext, CudaStream};
+
+use super::precision::CublasCompute;
+
+/// burn-cuda's backend below fusion.
+type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
+/// The fused backend esmfuzz runs ([`crate::backend::Cuda`]).
+type Outer = crate::backend::Cuda;
+type Runtime = <Inner as FusionBackend>::FusionRuntime;
+
+/// Whether cuBLAS loads here and a handle can be made on device 0 (probed once).
+pub fn available() -> Result<(), String> {
+    static PROBE: OnceLock<Result<(), String>> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            // SAFETY: only tries to dlopen the library names cudarc knows.
+            if !unsafe { sys::is_culib_present() } {
+                return Err(
+                    "cuBLAS (libcublas.so.13) was not found: add its folder to LD_LIBRARY_PATH \
+                     (pip's nvidia-cublas puts it in site-packages/nvidia/cu13/lib), or use \
+                     --gemm burn"
+                        .to_string(),
+                );
+            }
+            with_blas(0, |_| ()).map_err(|e| format!("cuBLAS did not start on device 0: {e}"))
+        })
+        .clone()
+}
+
+/// `a @ b` through cuBLAS when `B` is esmfuzz's CUDA backend and the shapes allow a strided
+/// batched GEMM; `None` otherwise (the caller then uses burn's matmul).
+///
+/// # Shapes
+/// `a: [..., m, k]`, `b: [..., k, n]` (batch dims equal, or all 1 for `b`) -> `[..., m, n]`
+pub fn matmul<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+    compute: CublasCompute,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    if TypeId::of::<B>() != TypeId::of::<Outer>()
+        || !supported_shapes(&a.dims(), &b.dims())
+        || a.dtype() != b.dtype()
+    {
+        return Err((a, b));
+    }
+    let fusion = |t: Tensor<B, D>| {
+        downcast::<_, FusionTensor<Runtime>>(t.into_primitive().tensor())
+            .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"))
+    };
+    let out = register(fusion(a), fusion(b), compute);
+    let out = downcast::<_, B::FloatTensorPrimitive>(out)
+        .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"));
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+/// Equal batch dims (or `b` unbatched) and no empty dimension.
+fn supported_shapes(a: &[usize], b: &[usize]) -> bool {
+    let d = a.len();
+    if d < 2 || b.len() != d || a[d - 1] != b[d - 2] {
+        return false;
+    }
+    let nonempty = a.iter().chain(b).all(|&x| x > 0);
+    let batch_ok = a[..d - 2] == b[..d - 2] || b[..d - 2].iter().all(|&x| x == 1);
+    nonempty && batch_ok && a[d - 2] <= i32::MAX as usize && b[d - 1] <= i32::MAX as usize
+}
+
+/// Moves `value` into `U` when `T` is `U`.
+fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<U>>()
+        .and_then(Option::take)
+}
+
+/// Registers the product in the fusion stream of `a`'s device.
+fn register(
+    a: FusionTensor<Runtime>,
+    b: FusionTensor<Runtime>,
+    compute: CublasCompute,
+) -> FusionTensor<Runtime> {
+    let client = a.client.clone();
+    let d = a.shape.num_dims();
+    let mut dims: Vec<usize> = a.shape.iter().copied().collect();
+    dims[d - 1] = b.shape[d - 1];
+    let streams = OperationStreams::with_inputs([&a, &b]);
+    let out = TensorIr::uninit(client.create_empty_handle(), dims.into(), a.dtype);
+    let desc = CustomOpIr::new("esmfuzz_cublas_gemm", &[a.into_ir(), b.into_ir()], &[out]);
+    client
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            CublasGemm { desc, compute },
+        )
+        .output()
+}
+
+#[derive(Debug, Clone)]
+struct CublasGemm {
+    desc: CustomOpIr,
+    compute: CublasCompute,
+}
+
+impl Operation<Runtime> for CublasGemm {
+    fn execute(&self, handles: &mut HandleContainer<<Runtime as FusionRuntime>::FusionHandle>) {
+        let ([a, b], [out]) = self.desc.as_fixed();
+        let a = handles.get_float_tensor::<Inner>(a);
+        let b = handles.get_float_tensor::<Inner>(b);
+        let product = gemm(a, b, self.compute);
+        handles.register_float_tensor::<Inner>(&out.id, product);
+    }
+}
+
+/// One operand as cuBLAS sees it: row-major `[batch, rows, cols]` either stored row-major
+/// (`transposed == false`, leading dimension = row stride) or column-major.
+struct Operand {
+    tensor: CubeTensor<CudaRuntime>,
+    transposed: bool,
+    leading: usize,
+    batch_stride: usize,
+}
+
+impl Operand {
+    /// Describes `tensor` without a copy when its strides allow, else after making it
+    /// contiguous.
+    fn new(tensor: CubeTensor<CudaRuntime>) -> Self {
+        match Self::describe(&tensor) {
+            Some((transposed, leading, batch_stride)) => Self {
+                tensor,
+                transposed,
+                leading,
+                batch_stride,
+            },
+            None => {
+                let tensor = burn_cubecl::kernel::into_contiguous(tensor);
+                let (transposed, leading, batch_stride) = Self::describe(&tensor)
+                    .unwrap_or_else(|| unreachable!("a contiguous tensor is row-major"));
+                Self {
+                    tensor,
+                    transposed,
+                    leading,
+                    batch_stride,
+                }
+            }
+        }
+    }
+
+    fn describe(tensor: &CubeTensor<CudaRuntime>) -> Option<(bool, usize, usize)> {
+        let shape: Vec<usize> = tensor.meta.shape().iter().copied().collect();
+        let strides: Vec<usize> = tensor.meta.strides().iter().copied().collect();
+        let d = shape.len();
+        let (rows, cols) = (shape[d - 2], shape[d - 1]);
+        let (row_stride, col_stride) = (strides[d - 2], strides[d - 1]);
+        // The batch dims must flatten to one stride (size-1 dims are free).
+        let mut batch_stride = None;
+        let mut expected: Option<usize> = None;
+        for i in (0..d - 2).rev() {
+            if shape[i] == 1 {
+                continue;
+            }
+            match expected {
+                None => batch_stride = Some(strides[i]),
+                Some(e) if e != strides[i] => return None,
+                Some(_) => {}
+            }
+            expected = Some(strides[i] * shape[i]);
+        }
+        let batch_stride = batch_stride.unwrap_or(0);
+        if (col_stride == 1 || cols == 1) && row_stride >= cols.max(1) {
+            Some((false, row_stride.max(cols), batch_stride))
+        } else if (row_stride == 1 || rows == 1) && col_stride >= rows.max(1) {
+            Some((true, col_stride.max(rows), batch_stride))
+        } else {
+            None
+        }
+    }
+}
+
+/// The product on cubecl tensors (see the module docs for the synchronisation).
+fn gemm(
+    a: CubeTensor<CudaRuntime>,
+    b: CubeTensor<CudaRuntime>,
+    compute: CublasCompute,
+) -> CubeTensor<CudaRuntime> {
+    let a = Operand::new(a);
+    let b = Operand::new(b);
+    let a_shape: Vec<usize> = a.tensor.meta.shape().iter().copied().collect();
+    let b_shape: Vec<usize> = b.tensor.meta.shape().iter().copied().collect();
+    let d = a_shape.len();
+    let (m, k, n) = (a_shape[d - 2], a_shape[d - 1], b_shape[d - 1]);
+    let batch: usize = a_shape[..d - 2].iter().product();
+    let b_batch_stride = if b_shape[..d - 2].iter().product::<usize>() == 1 {
+        0
+    } else {
+        b.batch_stride
+    };
+    let dtype = a.tensor.dtype;
+    let (data_type, compute_type) = types(dtype, compute);
+
+    let client = a.tensor.client.clone();
+    let device = a.tensor.device.clone();
+    let mut out_shape = a_shape.clone();
+    out_shape[d - 1] = n;
+    let out_handle = client.empty(batch * m * n * dtype.size());
+    let out = CubeTensor::new_contiguous(
+        client.clone(),
+        device.clone(),
+        out_shape.into(),
+        out_handle,
+        dtype,
+    );
+
+    // Everything cubecl queued (the inputs) must be done before cuBLAS reads them.
+    cubecl::future::block_on(client.sync())
+        .unwrap_or_else(|e| panic!("CUDA stream failed before a cuBLAS product: {e:?}"));
+    let resource = |t: &CubeTensor<CudaRuntime>| {
+        client
+            .get_resource(t.handle.clone())
+            .unwrap_or_else(|e| panic!("cuBLAS operand not resident on the device: {e:?}"))
+    };
+    let (ra, rb, rc) = (resource(&a.tensor), resource(&b.tensor), resource(&out));
+    let (pa, pb, pc) = (
+        ra.resource().ptr as *const c_void,
+        rb.resource().ptr as *const c_void,
+        rc.resource().ptr as *mut c_void,
+    );
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let op = |transposed: bool| {
+        if transposed {
+            sys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            sys::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    let int = |x: usize| i32::try_from(x).expect("GEMM dimension fits in i32");
+    with_blas(device.index, |blas| {
+        // Row-major C = A B is column-major C^T = B^T A^T: cuBLAS's "A" is our b.
+        // SAFETY: the pointers are live device buffers of the shapes and strides given
+        // (held by `ra`, `rb`, `rc` until the stream is synchronised below); cuBLAS
+        // runs in the primary context cubecl allocated them in.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                blas.handle,
+                op(b.transposed),
+                op(a.transposed),
+                int(n),
+                int(m),
+                int(k),
+                (&alpha as *const f32).cast(),
+                pb,
+                data_type,
+                int(b.leading),
+                b_batch_stride as i64,
+                pa,
+                data_type,
+                int(a.leading),
+                a.batch_stride as i64,
+                (&beta as *const f32).cast(),
+                pc,
+                data_type,
+                int(n),
+                (m * n) as i64,
+                int(batch),
+                compute_type,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .unwrap_or_else(|e| panic!("cuBLAS GEMM failed ({m}x{k} @ {k}x{n}, batch {batch}): {e:?}"));
+        blas.stream
+            .synchronize()
+            .unwrap_or_else(|e| panic!("cuBLAS stream failed: {e:?}"));
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop((ra, rb, rc));
+    out
+}
+
+/// cuBLAS data and compute types for a storage dtype and a compute mode.
+fn types(dtype: DType, compute: CublasCompute) -> (sys::cudaDataType, sys::cublasComputeType_t) {
+    let data = match dtype {
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => sys::cudaDataType::CUDA_R_16BF,
+        other => panic!("cuBLAS GEMM on {other:?} tensors is not supported"),
+    };
+    let compute = match compute {
+        CublasCompute::Fp32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        CublasCompute::Tf32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+    };
+    (data, compute)
+}
+
+/// A cuBLAS handle bound to a stream of ours in the device's primary context.
+struct Blas {
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    handle: sys::cublasHandle_t,
+}
+
+// SAFETY: the handle is used by one thread at a time (behind the mutex below).
+unsafe impl Send for Blas {}
+
+/// Runs `f` with device `ordinal`'s handle, made on first use; the context is made current
+/// on the calling thread first.
+fn with_blas<T>(ordinal: usize, f: impl FnOnce(&Blas) -> T) -> Result<T, String> {
+    static HANDLES: OnceLock<Mutex<HashMap<usize, Blas>>> = OnceLock::new();
+    let mut handles = HANDLES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let blas = match handles.entry(ordinal) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let context = CudaContext::new(ordinal).map_err(|e| format!("{e:?}"))?;
+            let stream = context.new_stream().map_err(|e| format!("{e:?}"))?;
+            let handle = blas::create_handle().map_err(|e| format!("{e:?}"))?;
+            // SAFETY: a fresh handle and a live stream of the same context.
+            unsafe { blas::set_stream(handle, stream.cu_stream() as _) }
+                .map_err(|e| format!("{e:?}"))?;
+            e.insert(Blas {
+                context,
+                stream,
+                handle,
+            })
+        }
+    };
+    blas.context
+        .bind_to_thread()
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(f(blas))
+}
