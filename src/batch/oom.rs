@@ -88,6 +88,31 @@ pub fn is_out_of_memory(message: &str) -> bool {
     .any(|marker| lower.contains(marker))
 }
 
+/// Whether a panic message reports a kernel the device refused or failed to run (burn-cuda
+/// panics with "An error happened during execution" when a launch is refused, e.g. a cubek
+/// kernel asking more shared memory than the card has).
+pub fn is_device_failure(message: &str) -> bool {
+    [
+        "An error happened during execution",
+        "The server is in an invalid state",
+        "Too many resources were requested during launch",
+    ]
+    .iter()
+    .any(|marker| message.contains(marker))
+}
+
+/// The most specific line of a device failure: the first launch error's detail if there is
+/// one, else the message's first line.
+fn device_failure_detail(message: &str) -> String {
+    let specific = message.lines().map(str::trim).find(|l| {
+        l.starts_with("Too much")
+            || l.starts_with("Requested")
+            || l.contains("CUDA_ERROR")
+            || l.starts_with("Launch(")
+    });
+    specific.unwrap_or_else(|| first_line(message)).to_string()
+}
+
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
@@ -135,9 +160,25 @@ pub fn catch_out_of_memory<R>(
 }
 
 /// What to print for a panic that escaped to the top of the program: `Some` for an
-/// out-of-memory panic (naming the batch this thread ran last), `None` for any other.
+/// out-of-memory panic or a kernel the device could not run (naming the batch this thread
+/// ran last), `None` for any other.
 pub fn describe_escaped_panic(payload: &(dyn Any + Send)) -> Option<String> {
     let message = panic_message(payload);
+    if is_device_failure(&message) && !is_out_of_memory(&message) {
+        let batch = last_batch()
+            .map(|s| {
+                format!(
+                    " on a batch of {} sequence(s), {} tokens in {} attention slots (longest {})",
+                    s.sequences, s.tokens, s.slots, s.longest
+                )
+            })
+            .unwrap_or_default();
+        return Some(format!(
+            "the device could not run a kernel{batch}: {}. This is a failure of burn-cuda's \
+             kernels, not of the model; with --gemm burn, try --gemm cublas (the default on CUDA)",
+            device_failure_detail(&message)
+        ));
+    }
     if !is_out_of_memory(&message) {
         return None;
     }
@@ -147,14 +188,15 @@ pub fn describe_escaped_panic(payload: &(dyn Any + Send)) -> Option<String> {
     })
 }
 
-/// Keeps out-of-memory panics off stderr (their callers report them as errors); every other
-/// panic is printed as before. Idempotent.
+/// Keeps out-of-memory and device-failure panics off stderr (they are reported as errors);
+/// every other panic is printed as before. Idempotent.
 pub fn quiet_out_of_memory_panics() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if !is_out_of_memory(&panic_message(info.payload())) {
+            let message = panic_message(info.payload());
+            if !is_out_of_memory(&message) && !is_device_failure(&message) {
                 previous(info);
             }
         }));
@@ -175,6 +217,32 @@ mod tests {
         ));
         assert!(is_out_of_memory("CUDA_ERROR_OUT_OF_MEMORY, out of memory"));
         assert!(!is_out_of_memory("index out of bounds: the len is 3"));
+    }
+
+    #[test]
+    fn a_refused_kernel_launch_is_a_device_failure_with_its_reason() {
+        // As burn-cuda panicked on an H200 (`bench --gemm burn`, FP32 packed).
+        let message = "Error while reading data: use `try_into_data` instead to catch the \
+            error at runtime: An error happened during execution\nCaused by:\n  The server is \
+            in an invalid state\nCaused by:\n  [Launch(Too many resources were requested during \
+            launch\nToo much shared memory requested.\nRequested 393216 bytes, maximum 232448 \
+            bytes available.\nBacktrace";
+        assert!(is_device_failure(message));
+        assert!(!is_out_of_memory(message));
+        assert_eq!(
+            device_failure_detail(message),
+            "Too much shared memory requested."
+        );
+        let text = describe_escaped_panic(&message.to_string()).unwrap();
+        assert!(
+            text.contains("could not run a kernel") && text.contains("shared memory"),
+            "{text}"
+        );
+        assert!(!is_device_failure("index out of bounds: the len is 3"));
+        assert_eq!(
+            describe_escaped_panic(&"index out of bounds".to_string()),
+            None
+        );
     }
 
     #[test]
