@@ -212,7 +212,9 @@ fn timed_plans(args: &BenchArgs) -> Result<Vec<ComputePlan>> {
         }
     }
     if plans.is_empty() {
-        anyhow::bail!("nothing to time: no policy of --precisions runs with --attention");
+        anyhow::bail!(
+            "nothing to time: no policy of --precisions runs with --attention and --gemm"
+        );
     }
     Ok(plans)
 }

@@ -346,3 +346,22 @@ impl ComputePlan {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cublas_is_refused_on_the_cpu_and_burn_is_its_default() {
+        assert_eq!(Gemm::default_for(BackendKind::Cpu), Gemm::Burn);
+        let plan = ComputePlan::new(Precision::F16, BackendKind::Cpu);
+        assert_eq!(plan.gemm, Gemm::Burn);
+        assert_eq!(plan.with_gemm(Gemm::Cublas), Err(GemmUnavailable::NotCuda));
+        assert_eq!(plan.with_gemm(Gemm::Burn), Ok(plan));
+        // Only tf32 asks cuBLAS for TF32; f32 stays true FP32.
+        let compute = |p| ComputePlan::new(p, BackendKind::Cpu).cublas_compute();
+        assert_eq!(compute(Precision::F32), CublasCompute::Fp32);
+        assert_eq!(compute(Precision::Tf32), CublasCompute::Tf32);
+        assert_eq!(compute(Precision::F16), CublasCompute::Fp32);
+    }
+}
