@@ -62,6 +62,11 @@ level = "minimal"
 file = "$out/cubecl-autotune.log"
 TOML
 status=0
+# model_args NAME: sets model=() to the bench flags for NAME (8M: the shared weights; a preset
+# name: random weights of that size).
+model_args() {
+  if [ "$1" = 8M ]; then model=(); else model=(--preset "$1" --synthetic); fi
+}
 run() {
   echo "== $*" | tee -a "$log"
   local samples="$out/.device-memory" start=$SECONDS
@@ -92,14 +97,14 @@ for step in $steps; do
     gemm)
       # cuBLAS against burn's kernels, same batches, one run (BENCH_GEMM_MODELS, f32,f16).
       for m in ${BENCH_GEMM_MODELS:-8M}; do
-        if [ "$m" = 8M ]; then model=(); else model=(--preset "$m" --synthetic); fi
+        model_args "$m"
         run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,f16}" --gemm cublas,burn --repeat "${BENCH_REPEAT:-2}" --report "$out/bench-gemm-$m.json"
       done ;;
     torchbench)
       # esmfuzz against HF transformers on the same padded batches, same card: the batches
       # first, then torch, then esmfuzz with the ratios, for each model of BENCH_MODELS.
       for m in ${BENCH_MODELS:-8M}; do
-        if [ "$m" = 8M ]; then model=(); else model=(--preset "$m" --synthetic); fi
+        model_args "$m"
         run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
         run timeout "${STEP_SECONDS_TORCH:-300}" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-$m.json" ${TORCH_WEIGHTS:+--weights "$TORCH_WEIGHTS"} --precisions "${TORCH_PRECISIONS:-f32,tf32,f16,bf16}"
         run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat "${BENCH_REPEAT:-2}" --attention "${BENCH_ATTENTION:-composed}" ${BENCH_GEMM:+--gemm "$BENCH_GEMM"} --torch "$out/torch-$m.json" --report "$out/bench-$m.json"

@@ -41,12 +41,22 @@ impl BatchShape {
     }
 }
 
+impl std::fmt::Display for BatchShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sequence(s), {} tokens in {} attention slots (longest {} tokens)",
+            self.sequences, self.tokens, self.slots, self.longest
+        )
+    }
+}
+
 /// The device ran out of memory on a batch.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "the device ran out of memory on a batch of {} sequence(s), {} tokens in {} attention slots \
-     (longest {} tokens): {}; {}",
-    shape.sequences, shape.tokens, shape.slots, shape.longest, first_line(message), self.advice()
+    "the device ran out of memory on a batch of {shape}: {}; {}",
+    first_line(message),
+    self.advice()
 )]
 pub struct OutOfMemory {
     pub shape: BatchShape,
@@ -166,12 +176,7 @@ pub fn describe_escaped_panic(payload: &(dyn Any + Send)) -> Option<String> {
     let message = panic_message(payload);
     if is_device_failure(&message) && !is_out_of_memory(&message) {
         let batch = last_batch()
-            .map(|s| {
-                format!(
-                    " on a batch of {} sequence(s), {} tokens in {} attention slots (longest {})",
-                    s.sequences, s.tokens, s.slots, s.longest
-                )
-            })
+            .map(|shape| format!(" on a batch of {shape}"))
             .unwrap_or_default();
         return Some(format!(
             "the device could not run a kernel{batch}: {}. This is a failure of burn-cuda's \

@@ -75,7 +75,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     let backend = args.model.backend;
     let plan = ComputePlan::new(args.precision, backend)
         .with_attention(args.attention)?
-        .with_gemm(args.gemm.unwrap_or(Gemm::default_for(backend)))?;
+        .with_gemm(args.gemm.unwrap_or_else(|| Gemm::default_for(backend)))?;
     let places = super::fp32_places(&args.fp32_places, &checkpoint.config)?;
     eprintln!("policy: {}", super::describe_policy(&plan, &places));
     let budget = args.model.budget(args.token_budget.map(|b| b as usize));
@@ -101,9 +101,9 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
             faults: FaultSet::none(),
         };
         let mut model = super::build_streamed::<B>(
+            &args.model,
             &checkpoint,
             std::slice::from_ref(&spec),
-            args.model.allow_nonfinite_weights,
             &device,
         )?
         .remove(0);

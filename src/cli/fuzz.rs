@@ -328,14 +328,6 @@ fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<StoppedCampaign> {
             args.attention.to_string(),
         ));
     }
-    let gemm = args.gemm.unwrap_or(Gemm::default_for(args.model.backend));
-    if stopped.gemm != gemm {
-        return Err(mismatch(
-            "gemm engine",
-            stopped.gemm.to_string(),
-            gemm.to_string(),
-        ));
-    }
     if stopped.cases_per_family != args.cases.get() {
         return Err(mismatch(
             "cases per family",
@@ -427,6 +419,16 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         );
     }
     let backend = args.model.backend;
+    // The default engine is settled only now that `open` has found CUDA (its probe loads
+    // cuBLAS on the device).
+    let gemm = args.gemm.unwrap_or_else(|| Gemm::default_for(backend));
+    if let Some(s) = stopped.as_ref().filter(|s| s.gemm != gemm) {
+        anyhow::bail!(
+            "{}: the stopped campaign ran gemm engine {}, this one asks for {gemm}",
+            out.join("report.json").display(),
+            s.gemm
+        );
+    }
     let report_path = out.join("report.json");
     let markdown_path = out.join("report.md");
     let tol = Tolerances::for_precision(args.precision);
@@ -441,7 +443,6 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         shard: args.shard,
     };
     let report = with_backend!(backend, |B, device| {
-        let gemm = args.gemm.unwrap_or(Gemm::default_for(backend));
         let ref_plan = ComputePlan::new(Precision::F32, backend).with_gemm(gemm)?;
         let plan = ComputePlan::new(args.precision, backend)
             .with_attention(args.attention)?
@@ -461,12 +462,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                 faults: FaultSet::none(),
             },
         ];
-        let mut built = super::build_streamed::<B>(
-            &checkpoint,
-            &specs,
-            args.model.allow_nonfinite_weights,
-            &device,
-        )?;
+        let mut built = super::build_streamed::<B>(&args.model, &checkpoint, &specs, &device)?;
         let test = built
             .pop()
             .unwrap_or_else(|| unreachable!("two specs, two models"));

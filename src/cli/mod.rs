@@ -26,9 +26,7 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::input::{self, NormaliseOptions, Protein};
 use esmfuzz::model::EsmConfig;
-use esmfuzz::model::load::{
-    Checkpoint, OpenCheckpoint, checkpoint_config, load_checkpoint, open_checkpoint,
-};
+use esmfuzz::model::load::{Checkpoint, OpenCheckpoint, checkpoint_config, open_checkpoint};
 use esmfuzz::named::{Named, parse_named};
 
 /// The weights shipped beside this repository (see README).
@@ -155,41 +153,39 @@ impl ModelArgs {
             .with_context(|| format!("reading the config of {}", weights.display()))
     }
 
+    /// Every weight in host memory at once (see [`ModelArgs::open`] for one layer at a time).
     fn load(&self) -> Result<Checkpoint> {
-        // Say so before minutes of loading when the GPU is not there.
-        #[cfg(feature = "cuda")]
-        if self.backend == BackendKind::Cuda {
-            esmfuzz::backend::probe_cuda().map_err(|e| anyhow::anyhow!(e))?;
-        }
-        let config = self.given_config()?;
-        let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
+        let open = self.open()?;
         let started = std::time::Instant::now();
-        let checkpoint = load_checkpoint(&weights, config)
-            .with_context(|| format!("loading weights from {}", weights.display()))?;
-        match checkpoint.check_finite() {
-            Ok(()) => {}
-            Err(e) if self.allow_nonfinite_weights => eprintln!("warning: {e}"),
-            Err(e) => return Err(e.into()),
-        }
-        eprintln!(
-            "loaded {} ({:?}, stored {:?}, {} layers x {}; ignored {} head/unused tensors) in {:.1} s{}",
-            checkpoint.path.display(),
-            checkpoint.format,
-            checkpoint.stored_dtypes,
-            checkpoint.weights.config.num_hidden_layers,
-            checkpoint.weights.config.hidden_size,
-            checkpoint.ignored.len(),
-            started.elapsed().as_secs_f64(),
-            peak_rss()
-                .map(|b| format!(", peak host RSS so far {:.2} GB", b as f64 / 1e9))
-                .unwrap_or_default()
-        );
+        let checkpoint = open
+            .read_all()
+            .with_context(|| format!("loading weights from {}", open.path.display()))?;
+        self.check_finite(&open, &checkpoint.weights.named_tensors())?;
+        print_loaded(&open, "", started);
         Ok(checkpoint)
+    }
+
+    /// NaN or Inf among `tensors` is an error naming tensor and index, or a warning with
+    /// `--allow-nonfinite-weights`.
+    fn check_finite(
+        &self,
+        checkpoint: &OpenCheckpoint,
+        tensors: &[(String, &[f32])],
+    ) -> Result<()> {
+        match checkpoint.check_finite(tensors) {
+            Ok(()) => Ok(()),
+            Err(e) if self.allow_nonfinite_weights => {
+                eprintln!("warning: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The checkpoint opened and checked (keys, shapes, layer count), no tensor read yet:
     /// for [`build_streamed`], which holds one layer in host memory at a time.
     fn open(&self) -> Result<OpenCheckpoint> {
+        // Say so before minutes of loading when the GPU is not there.
         #[cfg(feature = "cuda")]
         if self.backend == BackendKind::Cuda {
             esmfuzz::backend::probe_cuda().map_err(|e| anyhow::anyhow!(e))?;
@@ -207,26 +203,16 @@ impl ModelArgs {
 }
 
 /// One model per spec from `checkpoint`, streamed: each layer is read, checked for NaN/Inf
-/// (an error naming tensor and index unless `allow_nonfinite`, then a warning), uploaded for
-/// every spec and dropped, so host memory holds one layer, not the checkpoint. Prints the
-/// load time and peak host RSS.
+/// ([`ModelArgs::check_finite`]), uploaded for every spec and dropped, so host memory holds
+/// one layer, not the checkpoint. Prints the load time and peak host RSS.
 fn build_streamed<B: burn::tensor::backend::Backend>(
+    args: &ModelArgs,
     checkpoint: &OpenCheckpoint,
     specs: &[esmfuzz::model::ModelSpec],
-    allow_nonfinite: bool,
     device: &B::Device,
 ) -> Result<Vec<esmfuzz::model::Esm2<B>>> {
     let started = std::time::Instant::now();
-    let check = |tensors: &[(String, &[f32])]| -> Result<()> {
-        match checkpoint.check_finite(tensors) {
-            Ok(()) => Ok(()),
-            Err(e) if allow_nonfinite => {
-                eprintln!("warning: {e}");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    };
+    let check = |tensors: &[(String, &[f32])]| args.check_finite(checkpoint, tensors);
     let embed_tokens = checkpoint.read_embed_tokens()?;
     let final_norm = checkpoint.read_final_norm()?;
     check(&[
@@ -259,21 +245,27 @@ fn build_streamed<B: burn::tensor::backend::Backend>(
         device,
     )?;
     bar.finish_and_clear();
+    let how = format!(" layer by layer into {} model(s)", specs.len());
+    print_loaded(checkpoint, &how, started);
+    Ok(models)
+}
+
+/// The "loaded ..." line: file, format, stored dtypes, size, ignored tensors, `how`, time
+/// since `started` and peak host RSS.
+fn print_loaded(checkpoint: &OpenCheckpoint, how: &str, started: std::time::Instant) {
     eprintln!(
-        "loaded {} ({:?}, stored {:?}, {} layers x {}; ignored {} head/unused tensors) layer by layer into {} model(s) in {:.1} s{}",
+        "loaded {} ({:?}, stored {:?}, {} layers x {}; ignored {} head/unused tensors){how} in {:.1} s{}",
         checkpoint.path.display(),
         checkpoint.format,
         checkpoint.stored_dtypes,
         checkpoint.config.num_hidden_layers,
         checkpoint.config.hidden_size,
         checkpoint.ignored.len(),
-        specs.len(),
         started.elapsed().as_secs_f64(),
         peak_rss()
             .map(|b| format!(", peak host RSS so far {:.2} GB", b as f64 / 1e9))
             .unwrap_or_default()
     );
-    Ok(models)
 }
 
 /// Help text of every `--fp32-places` option.

@@ -87,7 +87,12 @@ fn supported_shapes(a: &[usize], b: &[usize]) -> bool {
     }
     let nonempty = a.iter().chain(b).all(|&x| x > 0);
     let batch_ok = a[..d - 2] == b[..d - 2] || b[..d - 2].iter().all(|&x| x == 1);
-    nonempty && batch_ok && a[d - 2] <= i32::MAX as usize && b[d - 1] <= i32::MAX as usize
+    // cuBLAS takes m, n, k and the batch count as i32.
+    let batch: usize = a[..d - 2].iter().product();
+    let fits = [a[d - 2], a[d - 1], b[d - 1], batch]
+        .iter()
+        .all(|&x| x <= i32::MAX as usize);
+    nonempty && batch_ok && fits
 }
 
 /// Moves `value` into `U` when `T` is `U`.
@@ -142,6 +147,8 @@ struct Operand {
     tensor: CubeTensor<CudaRuntime>,
     transposed: bool,
     leading: usize,
+    /// Elements between consecutive matrices; 0 when every batch dim is 1, which is how a
+    /// `b` broadcast over `a`'s batch is read.
     batch_stride: usize,
 }
 
@@ -149,24 +156,20 @@ impl Operand {
     /// Describes `tensor` without a copy when its strides allow, else after making it
     /// contiguous.
     fn new(tensor: CubeTensor<CudaRuntime>) -> Self {
-        match Self::describe(&tensor) {
-            Some((transposed, leading, batch_stride)) => Self {
-                tensor,
-                transposed,
-                leading,
-                batch_stride,
-            },
+        let (tensor, (transposed, leading, batch_stride)) = match Self::describe(&tensor) {
+            Some(layout) => (tensor, layout),
             None => {
                 let tensor = burn_cubecl::kernel::into_contiguous(tensor);
-                let (transposed, leading, batch_stride) = Self::describe(&tensor)
+                let layout = Self::describe(&tensor)
                     .unwrap_or_else(|| unreachable!("a contiguous tensor is row-major"));
-                Self {
-                    tensor,
-                    transposed,
-                    leading,
-                    batch_stride,
-                }
+                (tensor, layout)
             }
+        };
+        Self {
+            tensor,
+            transposed,
+            leading,
+            batch_stride,
         }
     }
 
@@ -214,11 +217,6 @@ fn gemm(
     let d = a_shape.len();
     let (m, k, n) = (a_shape[d - 2], a_shape[d - 1], b_shape[d - 1]);
     let batch: usize = a_shape[..d - 2].iter().product();
-    let b_batch_stride = if b_shape[..d - 2].iter().product::<usize>() == 1 {
-        0
-    } else {
-        b.batch_stride
-    };
     let dtype = a.tensor.dtype;
     let (data_type, compute_type) = types(dtype, compute);
 
@@ -275,7 +273,7 @@ fn gemm(
                 pb,
                 data_type,
                 int(b.leading),
-                b_batch_stride as i64,
+                b.batch_stride as i64,
                 pa,
                 data_type,
                 int(a.leading),

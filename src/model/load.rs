@@ -16,7 +16,9 @@ use burn_store::pytorch::{PytorchError, PytorchReader};
 
 use super::config::{ConfigError, EsmConfig, PRESET_NAMES};
 use super::safetensors_file::{SafetensorsError, SafetensorsFile};
-use super::weights::{EsmWeights, HostTensor, LayerWeights, LinearWeights, NormWeights};
+use super::weights::{
+    EsmWeights, HostTensor, LayerWeights, LinearWeights, NormWeights, first_non_finite,
+};
 
 /// Why a checkpoint could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -113,21 +115,6 @@ pub struct Checkpoint {
     pub stored_dtypes: BTreeSet<String>,
     /// Keys ignored as heads or unused tables.
     pub ignored: Vec<String>,
-}
-
-impl Checkpoint {
-    /// An error naming the first tensor and index holding NaN or Inf, if any.
-    pub fn check_finite(&self) -> Result<(), LoadError> {
-        match self.weights.first_non_finite() {
-            None => Ok(()),
-            Some((key, index, value)) => Err(LoadError::NonFinite {
-                path: self.path.clone(),
-                key,
-                index,
-                value,
-            }),
-        }
-    }
 }
 
 /// Resolves `path` (a checkpoint file, or a folder holding one plus `config.json`), reads the
@@ -741,29 +728,29 @@ impl OpenCheckpoint {
         self.norm("emb_layer_norm_after")
     }
 
-    /// An error naming the first of `tensors` (canonical name, values) holding NaN or Inf,
-    /// by its stored key, with the flat index, if any.
+    /// An error naming the first of `tensors` (canonical name, values; a layer's or the
+    /// whole model's `named_tensors`) holding NaN or Inf, by its stored key, with the flat
+    /// index, if any.
     pub fn check_finite(&self, tensors: &[(String, &[f32])]) -> Result<(), LoadError> {
-        for (name, data) in tensors {
-            if let Some(index) = data.iter().position(|v| !v.is_finite()) {
-                // The key as the file stores it, and the canonical name when that differs.
-                let key = match self.keys.get(name) {
-                    Some((stored, _)) if stored != name => format!("{stored}' ('{name}"),
-                    _ => name.clone(),
-                };
-                return Err(LoadError::NonFinite {
-                    path: self.path.clone(),
-                    key,
-                    index,
-                    value: data[index],
-                });
-            }
-        }
-        Ok(())
+        let Some((name, index, value)) = first_non_finite(tensors) else {
+            return Ok(());
+        };
+        // The key as the file stores it, and the canonical name when that differs.
+        let key = match self.keys.get(&name) {
+            Some((stored, _)) if *stored != name => format!("{stored} ({name})"),
+            _ => name,
+        };
+        Err(LoadError::NonFinite {
+            path: self.path.clone(),
+            key,
+            index,
+            value,
+        })
     }
 
-    /// Every tensor, into host memory at once.
-    pub fn read_all(self) -> Result<Checkpoint, LoadError> {
+    /// Every tensor, into host memory at once (check them with
+    /// `check_finite(&checkpoint.weights.named_tensors())`).
+    pub fn read_all(&self) -> Result<Checkpoint, LoadError> {
         let layers = (0..self.config.num_hidden_layers)
             .map(|i| self.read_layer(i))
             .collect::<Result<Vec<_>, _>>()?;
@@ -775,10 +762,10 @@ impl OpenCheckpoint {
         };
         Ok(Checkpoint {
             weights,
-            path: self.path,
+            path: self.path.clone(),
             format: self.format,
-            stored_dtypes: self.stored_dtypes,
-            ignored: self.ignored,
+            stored_dtypes: self.stored_dtypes.clone(),
+            ignored: self.ignored.clone(),
         })
     }
 }

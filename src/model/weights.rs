@@ -230,15 +230,16 @@ impl EsmWeights {
         out.push(("emb_layer_norm_after.bias".into(), &after.bias.data));
         out
     }
+}
 
-    /// The first non-finite value: (tensor name, flat index, value).
-    pub fn first_non_finite(&self) -> Option<(String, usize, f32)> {
-        self.named_tensors().into_iter().find_map(|(name, data)| {
-            data.iter()
-                .position(|v| !v.is_finite())
-                .map(|i| (name, i, data[i]))
-        })
-    }
+/// The first non-finite value among named tensors (as [`EsmWeights::named_tensors`] or
+/// [`LayerWeights::named_tensors`] give them): (tensor name, flat index, value).
+pub fn first_non_finite(tensors: &[(String, &[f32])]) -> Option<(String, usize, f32)> {
+    tensors.iter().find_map(|(name, data)| {
+        data.iter()
+            .position(|v| !v.is_finite())
+            .map(|i| (name.clone(), i, data[i]))
+    })
 }
 
 #[cfg(test)]
@@ -248,9 +249,9 @@ mod tests {
     #[test]
     fn the_first_non_finite_weight_is_named_with_its_index() {
         let mut w = EsmWeights::random(&EsmConfig::tiny(), 1);
-        assert_eq!(w.first_non_finite(), None);
+        assert_eq!(first_non_finite(&w.named_tensors()), None);
         w.poison_layer(1);
-        let (name, index, value) = w.first_non_finite().unwrap();
+        let (name, index, value) = first_non_finite(&w.named_tensors()).unwrap();
         assert_eq!((name.as_str(), index), ("layers.1.fc1.weight", 0));
         assert!(value.is_nan());
         let tensors = w.named_tensors().len();
