@@ -3,11 +3,18 @@
 //! kernels (which compile and autotune per shape; cuBLAS ships its kernels precompiled).
 //!
 //! The product is a custom operation in burn's fusion stream: when the stream reaches it,
-//! the inputs are resolved to cubecl tensors, cubecl's stream is drained (`client.sync`),
-//! `cublasGemmStridedBatchedEx` runs on a stream of ours in the same (primary) CUDA context,
-//! and that stream is synchronised before the output goes back to burn. Two host
-//! synchronisations per product: negligible against 650M/3B products, visible at 8M (which
-//! is why the stock path stays a policy, `--gemm burn`, and `bench` times both).
+//! the inputs are resolved to cubecl tensors and `cublasGemmStridedBatchedEx` is enqueued on
+//! **cubecl's own CUDA stream**, the one its kernels for these buffers run on, as candle
+//! does with its kernels and cuBLAS. Stream order is the only synchronisation: no host
+//! round trip on the forward path. cubecl-cuda 0.10 keeps that stream private; the vendored
+//! copy in `vendor/cubecl-cuda` (see `vendor/README.md`) hands it out with the buffer
+//! (`GpuResource::stream`, set by `get_resource` after the stream has been made to wait on
+//! every stream that wrote the buffer).
+//!
+//! `ESMFUZZ_CUBLAS_HOST_SYNC=1` restores the old ordering by host synchronisation (cubecl's
+//! stream drained before each product, cuBLAS's synchronised after it): results must be
+//! bit-identical both ways, which makes it an ordering check, and its timings show what the
+//! round trips cost.
 //!
 //! cuBLAS is loaded at run time (`libcublas.so.13`, e.g. from the `nvidia-cublas` pip
 //! package via `LD_LIBRARY_PATH`); [`available`] says whether it can be.
@@ -24,7 +31,7 @@ use burn_fusion::{FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use cubecl::cuda::CudaRuntime;
 use cudarc::cublas::{result as blas, sys};
-use cudarc::driver::{CudaContext, CudaStream};
+use cudarc::driver::CudaContext;
 
 use super::precision::CublasCompute;
 
@@ -204,7 +211,16 @@ impl Operand {
     }
 }
 
-/// The product on cubecl tensors (see the module docs for the synchronisation).
+/// Whether products are ordered by host synchronisation (`ESMFUZZ_CUBLAS_HOST_SYNC=1`, see
+/// the module docs) instead of by cubecl's stream alone; read once.
+fn host_sync() -> bool {
+    static HOST_SYNC: OnceLock<bool> = OnceLock::new();
+    *HOST_SYNC.get_or_init(|| {
+        std::env::var("ESMFUZZ_CUBLAS_HOST_SYNC").is_ok_and(|v| !v.is_empty() && v != "0")
+    })
+}
+
+/// The product on cubecl tensors (see the module docs for the ordering).
 fn gemm(
     a: CubeTensor<CudaRuntime>,
     b: CubeTensor<CudaRuntime>,
@@ -233,15 +249,22 @@ fn gemm(
         dtype,
     );
 
-    // Everything cubecl queued (the inputs) must be done before cuBLAS reads them.
-    cubecl::future::block_on(client.sync())
-        .unwrap_or_else(|e| panic!("CUDA stream failed before a cuBLAS product: {e:?}"));
     let resource = |t: &CubeTensor<CudaRuntime>| {
         client
             .get_resource(t.handle.clone())
             .unwrap_or_else(|e| panic!("cuBLAS operand not resident on the device: {e:?}"))
     };
     let (ra, rb, rc) = (resource(&a.tensor), resource(&b.tensor), resource(&out));
+    // cubecl's stream for this thread: it already waits on whatever wrote `a` and `b`. A
+    // null one (a cubecl-cuda without the vendored patch) would be the legacy default
+    // stream, unordered with cubecl's non-blocking streams: order by the host then.
+    let stream = rc.resource().stream;
+    let host_sync = host_sync() || stream.is_null();
+    if host_sync {
+        // Everything cubecl queued (the inputs) is done before cuBLAS reads them.
+        cubecl::future::block_on(client.sync())
+            .unwrap_or_else(|e| panic!("CUDA stream failed before a cuBLAS product: {e:?}"));
+    }
     let (pa, pb, pc) = (
         ra.resource().ptr as *const c_void,
         rb.resource().ptr as *const c_void,
@@ -257,10 +280,14 @@ fn gemm(
     };
     let int = |x: usize| i32::try_from(x).expect("GEMM dimension fits in i32");
     with_blas(device.index, |blas| {
+        // SAFETY: `stream` is a live stream of the context the handle was made in (cubecl
+        // allocates in the device's primary context, as `with_blas` does).
+        unsafe { blas::set_stream(blas.handle, stream as _) }
+            .unwrap_or_else(|e| panic!("cuBLAS could not use cubecl's stream: {e:?}"));
         // Row-major C = A B is column-major C^T = B^T A^T: cuBLAS's "A" is our b.
-        // SAFETY: the pointers are live device buffers of the shapes and strides given
-        // (held by `ra`, `rb`, `rc` until the stream is synchronised below); cuBLAS
-        // runs in the primary context cubecl allocated them in.
+        // SAFETY: the pointers are live device buffers of the shapes and strides given.
+        // `ra`, `rb`, `rc` keep cubecl from recycling them until the product is enqueued;
+        // after that, any reuse is enqueued on the same stream, behind the product.
         unsafe {
             blas::gemm_strided_batched_ex(
                 blas.handle,
@@ -289,9 +316,11 @@ fn gemm(
             )
         }
         .unwrap_or_else(|e| panic!("cuBLAS GEMM failed ({m}x{k} @ {k}x{n}, batch {batch}): {e:?}"));
-        blas.stream
-            .synchronize()
-            .unwrap_or_else(|e| panic!("cuBLAS stream failed: {e:?}"));
+        if host_sync {
+            // SAFETY: a live stream (see above).
+            unsafe { cudarc::driver::result::stream::synchronize(stream as _) }
+                .unwrap_or_else(|e| panic!("CUDA stream failed after a cuBLAS product: {e:?}"));
+        }
     })
     .unwrap_or_else(|e| panic!("{e}"));
     drop((ra, rb, rc));
@@ -313,10 +342,9 @@ fn types(dtype: DType, compute: CublasCompute) -> (sys::cudaDataType, sys::cubla
     (data, compute)
 }
 
-/// A cuBLAS handle bound to a stream of ours in the device's primary context.
+/// A cuBLAS handle in the device's primary context (each product sets its stream).
 struct Blas {
     context: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
     handle: sys::cublasHandle_t,
 }
 
@@ -335,16 +363,9 @@ fn with_blas<T>(ordinal: usize, f: impl FnOnce(&Blas) -> T) -> Result<T, String>
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => {
             let context = CudaContext::new(ordinal).map_err(|e| format!("{e:?}"))?;
-            let stream = context.new_stream().map_err(|e| format!("{e:?}"))?;
+            context.bind_to_thread().map_err(|e| format!("{e:?}"))?;
             let handle = blas::create_handle().map_err(|e| format!("{e:?}"))?;
-            // SAFETY: a fresh handle and a live stream of the same context.
-            unsafe { blas::set_stream(handle, stream.cu_stream() as _) }
-                .map_err(|e| format!("{e:?}"))?;
-            e.insert(Blas {
-                context,
-                stream,
-                handle,
-            })
+            e.insert(Blas { context, handle })
         }
     };
     blas.context
