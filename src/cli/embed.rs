@@ -76,6 +76,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     let plan = ComputePlan::new(args.precision, backend)
         .with_attention(args.attention)?
         .with_gemm(args.gemm.unwrap_or_else(|| Gemm::default_for(backend)))?;
+    esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
     let places = super::fp32_places(&args.fp32_places, &checkpoint.config)?;
     eprintln!("policy: {}", super::describe_policy(&plan, &places));
     let budget = args.model.budget(args.token_budget.map(|b| b as usize));

@@ -447,6 +447,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         let plan = ComputePlan::new(args.precision, backend)
             .with_attention(args.attention)?
             .with_gemm(gemm)?;
+        esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
         let policy = super::describe_policy(&plan, &places);
         eprintln!("reference: {}\nunder test: {policy}", ref_plan.describe(),);
         // Both models built layer by layer from the file: host memory holds one layer.

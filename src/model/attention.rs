@@ -1,24 +1,25 @@
 //! fair-esm `MultiheadAttention` with rotary embedding (HF `EsmSelfAttention` +
-//! `EsmSelfOutput.dense`): separate q, k, v projections with bias, `q *= head_dim^-0.5`
-//! before the rotation, softmax over keys with padding masked, then `out_proj`.
+//! `EsmSelfOutput.dense`): q, k, v projections with bias (one product: their weights are
+//! stacked at load), `q *= head_dim^-0.5` before the rotation, softmax over keys with padding
+//! masked, then `out_proj`.
 
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use super::device::DeviceLinear;
+use super::flash::{self, SeqTable};
 use super::layout::{DeviceGroup, DeviceLayout};
 use super::ops;
 use super::precision::{AttentionKernel, ComputePlan, Precision};
 use super::rotary::RotaryTables;
-use super::weights::LayerWeights;
+use super::weights::{LayerWeights, LinearWeights};
 
 /// Self-attention of one layer, weights on the device in the storage dtype. Cloning shares
 /// the device tensors.
 #[derive(Clone)]
 pub struct SelfAttention<B: Backend> {
-    pub q_proj: DeviceLinear<B>,
-    pub k_proj: DeviceLinear<B>,
-    pub v_proj: DeviceLinear<B>,
+    /// q, k and v projections stacked: `[hidden] -> [3 hidden]`, q first.
+    pub qkv_proj: DeviceLinear<B>,
     pub out_proj: DeviceLinear<B>,
     /// `[head_dim / 2]`, kept on the host: RoPE tables are built in f32 per forward.
     pub inv_freq: Vec<f32>,
@@ -27,6 +28,38 @@ pub struct SelfAttention<B: Backend> {
     plan: ComputePlan,
     /// The unshifted-half-statistics fault (softmax without max-shift, in storage dtype).
     unshifted_fault: bool,
+    /// `[ROPE_POSITIONS, head_dim]` f32 for the flash kernel ([`super::flash`]): built when
+    /// the plan asks for fused attention on CUDA and the kernel exists for this head dim.
+    rope_table: Option<Tensor<B, 2>>,
+}
+
+/// Whether `--attention fused` runs burn's fused attention op on `backend`: on the CPU (its
+/// unfused fallback); never on CUDA, where burn-cuda 0.21's op (cubek flash kernels) is
+/// wrong or fails (`tests/suite/fused_attention.rs` measures it) and esmfuzz's own flash
+/// kernel ([`super::flash`]) runs instead.
+pub fn uses_burn_fused_op(backend: crate::backend::BackendKind) -> bool {
+    backend == crate::backend::BackendKind::Cpu
+}
+
+/// The sequences of one batch as the flash kernel reads them ([`super::flash::SeqTable`]).
+pub struct FlashSeqs<B: Backend> {
+    /// The kernel's `meta` buffer.
+    pub meta: Tensor<B, 1, Int>,
+    pub tiles: usize,
+    /// The longest query range (the RoPE table must cover it).
+    pub longest: usize,
+}
+
+impl<B: Backend> FlashSeqs<B> {
+    pub fn new(table: &SeqTable, device: &B::Device) -> Self {
+        let (meta, tiles) = table.meta();
+        let len = meta.len();
+        Self {
+            meta: Tensor::from_data(TensorData::new(meta, [len]), device),
+            tiles,
+            longest: table.longest(),
+        }
+    }
 }
 
 impl<B: Backend> SelfAttention<B> {
@@ -38,10 +71,25 @@ impl<B: Backend> SelfAttention<B> {
         unshifted_fault: bool,
         device: &B::Device,
     ) -> Self {
+        let head_dim = w.q_proj.weight.shape[0] / heads.max(1);
+        let rope_table = (plan.attention == AttentionKernel::Fused
+            && plan.backend == crate::backend::BackendKind::Cuda
+            && matches!(plan.dtype(), DType::F16 | DType::BF16)
+            && flash::supports_head_dim(head_dim))
+        .then(|| {
+            let table = flash::rope_table(&w.inv_freq);
+            Tensor::from_data(
+                TensorData::new(table, [flash::ROPE_POSITIONS, head_dim]),
+                device,
+            )
+        });
         Self {
-            q_proj: DeviceLinear::new(&w.q_proj, plan, device),
-            k_proj: DeviceLinear::new(&w.k_proj, plan, device),
-            v_proj: DeviceLinear::new(&w.v_proj, plan, device),
+            rope_table,
+            qkv_proj: DeviceLinear::new(
+                &LinearWeights::stacked(&[&w.q_proj, &w.k_proj, &w.v_proj]),
+                plan,
+                device,
+            ),
             out_proj: DeviceLinear::new(&w.out_proj, plan, device),
             inv_freq: w.inv_freq.clone(),
             heads,
@@ -53,16 +101,15 @@ impl<B: Backend> SelfAttention<B> {
     /// The same weights computed under `plan` (of the same storage dtype).
     pub(super) fn with_plan(self, plan: &ComputePlan) -> Self {
         Self {
-            q_proj: self.q_proj.with_plan(plan),
-            k_proj: self.k_proj.with_plan(plan),
-            v_proj: self.v_proj.with_plan(plan),
+            qkv_proj: self.qkv_proj.with_plan(plan),
             out_proj: self.out_proj.with_plan(plan),
             plan: *plan,
             ..self
         }
     }
 
-    /// Computed in the plan's dtype; the result in that dtype too.
+    /// Computed in the plan's dtype; the result in that dtype too. With `seqs` (fused
+    /// attention on CUDA) one flash kernel attends every sequence in token order.
     ///
     /// # Shapes
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
@@ -71,27 +118,19 @@ impl<B: Backend> SelfAttention<B> {
         x: Tensor<B, 2>,
         layout: &DeviceLayout<B>,
         rotary: &[RotaryTables<B>],
+        seqs: Option<&FlashSeqs<B>>,
     ) -> Tensor<B, 2> {
-        let [_tokens, hidden] = x.dims();
-        let q = self.q_proj.forward(x.clone());
-        // The fused op scales by head_dim^-0.5 itself (after the rotation, which is linear).
-        let q = if self.fused() {
-            q
-        } else {
-            q.mul_scalar(((hidden / self.heads) as f64).powf(-0.5))
+        let qkv = self.qkv_proj.forward(x);
+        let qkv = match self.flash(qkv, seqs) {
+            Ok(context) => return self.out_proj.forward(context),
+            Err(qkv) => qkv,
         };
-        let k = self.k_proj.forward(x.clone());
-        let v = self.v_proj.forward(x);
-        let (q, k, v) = (
-            layout.extend_for_gather(q),
-            layout.extend_for_gather(k),
-            layout.extend_for_gather(v),
-        );
+        let qkv = layout.extend_for_gather(qkv);
         let mut contexts: Vec<Tensor<B, 2>> = layout
             .groups
             .iter()
             .zip(rotary)
-            .map(|(group, rot)| self.attend_group(group, rot, [&q, &k, &v]))
+            .map(|(group, rot)| self.attend_group(group, rot, &qkv))
             .collect();
         let context = if contexts.len() == 1 {
             contexts.remove(0)
@@ -101,40 +140,78 @@ impl<B: Backend> SelfAttention<B> {
         self.out_proj.forward(layout.from_blocks(context))
     }
 
-    /// Whether burn's fused attention op runs here: asked by the plan, and neither an FP32
-    /// place nor the unshifted-softmax fault (which needs the composed softmax).
+    /// The flash kernel's contexts when it runs here (fused, CUDA, a half dtype, a supported
+    /// head dim, sequences the RoPE table covers); `qkv` back otherwise.
+    fn flash(
+        &self,
+        qkv: Tensor<B, 2>,
+        seqs: Option<&FlashSeqs<B>>,
+    ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+        let (Some(rope), Some(seqs)) = (&self.rope_table, seqs) else {
+            return Err(qkv);
+        };
+        if !self.fused() || seqs.longest > flash::ROPE_POSITIONS {
+            return Err(qkv);
+        }
+        #[cfg(feature = "cuda")]
+        return flash::attention(qkv, rope, &seqs.meta, seqs.tiles, self.heads);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = rope;
+            Err(qkv)
+        }
+    }
+
+    /// Whether fused attention is asked for here: by the plan, and neither an FP32 place nor
+    /// the unshifted-softmax fault (which needs the composed softmax).
     fn fused(&self) -> bool {
         self.plan.attention == AttentionKernel::Fused
             && self.plan.precision != Precision::F32
             && !self.unshifted_fault
     }
 
+    /// Whether burn's fused attention op runs here: fused attention off CUDA (on CUDA it is
+    /// the flash kernel, or the composed path where that cannot run; see
+    /// [`uses_burn_fused_op`]).
+    fn burn_fused(&self) -> bool {
+        self.fused() && uses_burn_fused_op(self.plan.backend)
+    }
+
     /// Attention within one group of equally long blocks.
     ///
     /// # Shapes
-    /// `q, k, v: [tokens (+ 1), hidden]` -> `[batch * block_len, hidden]`
+    /// `qkv: [tokens (+ 1), 3 hidden]` -> `[batch * block_len, hidden]`
     fn attend_group(
         &self,
         group: &DeviceGroup<B>,
         rotary: &RotaryTables<B>,
-        [q, k, v]: [&Tensor<B, 2>; 3],
+        qkv: &Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let plan = &self.plan;
-        let [_, hidden] = q.dims();
+        let hidden = qkv.dims()[1] / 3;
         let (batch, len, heads) = (group.batch, group.block_len, self.heads);
         let head_dim = hidden / heads;
-        let to_heads = |t: &Tensor<B, 2>| {
-            group
-                .to_blocks(t.clone())
+        let blocks = group.to_blocks(qkv.clone());
+        // Part `i` of q, k, v as `[batch, heads, block_len, head_dim]`.
+        let part = |i: usize| {
+            blocks
+                .clone()
+                .narrow(1, i * hidden, hidden)
                 .reshape([batch, len, heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let q = rotary.apply(to_heads(q));
-        let k = rotary.apply(to_heads(k));
-        let v = to_heads(v);
+        // The fused op scales by head_dim^-0.5 itself (after the rotation, which is linear).
+        let q = if self.burn_fused() {
+            part(0)
+        } else {
+            part(0).mul_scalar((head_dim as f64).powf(-0.5))
+        };
+        let q = rotary.apply(q);
+        let k = rotary.apply(part(1));
+        let v = part(2);
 
         let mask = group.key_padding.clone().expand([batch, heads, len, len]);
-        if self.fused() {
+        if self.burn_fused() {
             let options = AttentionModuleOptions::default();
             return burn::tensor::module::attention(q, k, v, Some(mask), None, options)
                 .swap_dims(1, 2)

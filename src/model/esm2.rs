@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
+use super::attention::FlashSeqs;
 use super::config::EsmConfig;
 use super::device::{DeviceNorm, to_device};
 use super::fault::FaultSet;
+use super::flash::SeqTable;
 use super::fp32_places::{Fp32Place, Fp32Places};
 use super::layer::{EsmLayer, LayerPlan};
 use super::layout::{DeviceLayout, HostLayout, ModelInput};
-use super::precision::{ComputePlan, Precision};
+use super::precision::{AttentionKernel, ComputePlan, Precision};
 use super::rotary::RotaryTables;
 use super::weights::{EsmWeights, HostTensor, LayerWeights, NormWeights};
 
@@ -291,6 +293,15 @@ impl<B: Backend> Esm2<B> {
 
         let host_layout = self.effective_layout(input);
         let layout = DeviceLayout::<B>::new(&host_layout, device);
+        // The flash kernel reads the input's own sequences (fused attention on CUDA, no
+        // fault that rewrites the layout).
+        let seqs = (self.plan.attention == AttentionKernel::Fused
+            && self.plan.backend == crate::backend::BackendKind::Cuda
+            && !self.faults.attention_leaks_across_sequences
+            && !self.faults.rope_not_restarted)
+            .then(|| SeqTable::of_layout(&input.layout))
+            .flatten()
+            .map(|table| FlashSeqs::new(&table, device));
 
         let ids: Vec<i64> = input.tokens.iter().map(|&t| t as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n_tokens]), device);
@@ -330,7 +341,7 @@ impl<B: Backend> Esm2<B> {
                 rotary = Some((inv_freq, tables));
             }
             let rotary = rotary.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
-            let after_attention = layer.attention_block(x, &layout, rotary);
+            let after_attention = layer.attention_block(x, &layout, rotary, seqs.as_ref());
             observe(Place::Attention(i), &after_attention);
             x = layer.ffn_block(after_attention);
             if let Some((faulty, factor)) = self.faults.scale_layer_output

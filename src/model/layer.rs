@@ -3,7 +3,7 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::attention::SelfAttention;
+use super::attention::{FlashSeqs, SelfAttention};
 use super::device::{DeviceLinear, DeviceNorm};
 use super::fault::FaultSet;
 use super::fp32_places::{Fp32Place, Fp32Places};
@@ -77,10 +77,11 @@ impl<B: Backend> EsmLayer<B> {
         x: Tensor<B, 2>,
         layout: &DeviceLayout<B>,
         rotary: &[RotaryTables<B>],
+        seqs: Option<&FlashSeqs<B>>,
     ) -> Tensor<B, 2> {
         let h = self.self_attn_layer_norm.forward(x.clone());
         let dtype = x.dtype();
-        x + self.self_attn.forward(h, layout, rotary).cast(dtype)
+        x + self.self_attn.forward(h, layout, rotary, seqs).cast(dtype)
     }
 
     /// `x + fc2(gelu(fc1(LN(x))))`, the FFN in its weights' dtype.

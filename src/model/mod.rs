@@ -8,6 +8,7 @@ pub mod cublas;
 pub mod device;
 pub mod esm2;
 pub mod fault;
+pub mod flash;
 pub mod fp32_places;
 pub mod hub;
 pub mod layer;

@@ -99,10 +99,11 @@ pub enum AttentionKernel {
     /// softmax statistics): the stock path, and the only one FP32 uses.
     #[default]
     Composed,
-    /// burn's fused attention op (`burn::tensor::module::attention`): on CUDA cubek's
-    /// flash-attention kernels (autotuned against burn's unfused fallback; f32 softmax
-    /// accumulation), elsewhere that fallback. For reduced policies only: its inner
-    /// products on tensor cores would make FP32 TF32.
+    /// Attention in one fused operation: on CUDA esmfuzz's varlen flash kernel
+    /// (`src/model/flash_attention.cu`: q, k rotated on load, f32 softmax statistics and
+    /// accumulation, tensor-core products on half operands), elsewhere burn's fused op (its
+    /// unfused fallback). For reduced policies only: the products on tensor cores would make
+    /// FP32 TF32.
     Fused,
 }
 
@@ -208,13 +209,15 @@ pub enum GemmUnavailable {
     NotLoaded(String),
 }
 
-/// A fused attention asked of a policy that must stay true FP32.
+/// A fused attention asked of a plan that cannot have it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "fused attention is for reduced policies (tf32, f16, bf16, f16-mixed): its products run on \
-     tensor cores, so f32 would no longer be true FP32"
-)]
-pub struct FusedAttentionInFp32;
+pub enum FusedAttentionRefused {
+    #[error(
+        "fused attention is for reduced policies (tf32, f16, bf16, f16-mixed): its products run \
+         on tensor cores, so f32 would no longer be true FP32"
+    )]
+    Fp32,
+}
 
 /// A policy realised on a backend: what the model actually computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -263,9 +266,9 @@ impl ComputePlan {
     }
 
     /// This plan with attention computed by `kernel` (see [`AttentionKernel::Fused`]).
-    pub fn with_attention(self, kernel: AttentionKernel) -> Result<Self, FusedAttentionInFp32> {
+    pub fn with_attention(self, kernel: AttentionKernel) -> Result<Self, FusedAttentionRefused> {
         if kernel == AttentionKernel::Fused && self.precision == Precision::F32 {
-            return Err(FusedAttentionInFp32);
+            return Err(FusedAttentionRefused::Fp32);
         }
         Ok(Self {
             attention: kernel,
@@ -336,7 +339,11 @@ impl ComputePlan {
         };
         let attention = match self.attention {
             AttentionKernel::Composed => "",
-            AttentionKernel::Fused => "; attention: burn's fused op (flash kernels on CUDA)",
+            AttentionKernel::Fused if self.backend == BackendKind::Cuda => {
+                "; attention: esmfuzz's varlen flash kernel (f32 softmax statistics and \
+                 accumulation; composed where the head dim has no kernel)"
+            }
+            AttentionKernel::Fused => "; attention: burn's fused op (its unfused fallback)",
         };
         format!(
             "{} on {}: storage {:?}; {matmul}; {stats}; RoPE angles, sin and cos in f32{attention}",
@@ -363,5 +370,23 @@ mod tests {
         assert_eq!(compute(Precision::F32), CublasCompute::Fp32);
         assert_eq!(compute(Precision::Tf32), CublasCompute::Tf32);
         assert_eq!(compute(Precision::F16), CublasCompute::Fp32);
+    }
+
+    #[test]
+    fn fused_attention_is_refused_for_f32_only() {
+        let plan = |p, b| ComputePlan {
+            gemm: Gemm::Burn,
+            ..ComputePlan::new(p, b)
+        };
+        let fused = |p, b| plan(p, b).with_attention(AttentionKernel::Fused);
+        for b in [BackendKind::Cpu, BackendKind::Cuda] {
+            assert_eq!(fused(Precision::F32, b), Err(FusedAttentionRefused::Fp32));
+            for p in [Precision::F16, Precision::Bf16, Precision::F16Mixed] {
+                let fused = fused(p, b).expect("fused runs for half policies");
+                assert_eq!(fused.attention, AttentionKernel::Fused);
+            }
+            let composed = plan(Precision::F32, b).with_attention(AttentionKernel::Composed);
+            assert_eq!(composed.map(|p| p.attention), Ok(AttentionKernel::Composed));
+        }
     }
 }

@@ -39,6 +39,22 @@ pub struct LinearWeights {
     pub bias: HostTensor,
 }
 
+impl LinearWeights {
+    /// The `Linear` whose outputs are those of `parts` side by side (weights stacked along
+    /// `out`): one product instead of several over the same input (q, k and v).
+    pub fn stacked(parts: &[&LinearWeights]) -> LinearWeights {
+        let d_in = parts.first().map_or(0, |p| p.weight.shape[1]);
+        debug_assert!(parts.iter().all(|p| p.weight.shape[1] == d_in));
+        let d_out: usize = parts.iter().map(|p| p.weight.shape[0]).sum();
+        let weight = parts.iter().flat_map(|p| p.weight.data.iter().copied());
+        let bias = parts.iter().flat_map(|p| p.bias.data.iter().copied());
+        LinearWeights {
+            weight: HostTensor::new(vec![d_out, d_in], weight.collect()),
+            bias: HostTensor::new(vec![d_out], bias.collect()),
+        }
+    }
+}
+
 /// One `LayerNorm`: weight and bias `[hidden]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NormWeights {

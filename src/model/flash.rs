@@ -1,0 +1,476 @@
+//! esmfuzz's fused attention on CUDA: one varlen flash-attention kernel per layer
+//! (`flash_attention.cu`, compiled once per process with NVRTC) that reads the stacked q, k, v
+//! projections of the token stream, rotates q and k on load, and writes each query's context
+//! back in token order. No `[batch, heads, L, L]` scores in memory, no gathers into attention
+//! groups and back, one launch for every sequence of a batch (packed or padded).
+//!
+//! It runs as a custom operation in burn's fusion stream, enqueued on cubecl's own stream like
+//! the cuBLAS products ([`super::cublas`]). Half storage (f16, bf16) and head dims 16, 32 and
+//! 64 (ESM-2 8M, 150M, 650M, 3B); anything else runs the composed attention.
+//! [`SeqTable`] (the sequences as row ranges) is plain host data, built on every backend.
+
+use super::layout::HostLayout;
+
+/// Positions the RoPE table of a fused layer covers: ESM-2 takes at most 1,024 tokens (1,022
+/// residues, BOS, EOS), and CUDA rounds blocks up to a multiple of 64.
+pub const ROPE_POSITIONS: usize = 1024;
+
+/// Query rows per kernel tile (`BQ` in the kernel).
+pub const TILE_ROWS: usize = 64;
+
+/// The sequences of a token stream as row ranges: sequence `s` has queries at rows
+/// `q_start[s] .. q_start[s] + q_len[s]` and keys at rows `q_start[s] .. q_start[s] +
+/// k_len[s]` (`k_len < q_len` in a padded block, whose padding rows are queries too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqTable {
+    pub q_start: Vec<i32>,
+    pub q_len: Vec<i32>,
+    pub k_len: Vec<i32>,
+}
+
+impl SeqTable {
+    /// The table of a padded batch (one group of blocks in stream order, padding a suffix of
+    /// each block) or of a packed stream (`cu_seqlens`); `None` for any other layout (fault
+    /// layouts, blocks rounded by the model), which then runs composed attention.
+    pub fn of_layout(layout: &HostLayout) -> Option<SeqTable> {
+        if let Some(packing) = &layout.packing {
+            let cu = &packing.cu_seqlens;
+            let q_len: Vec<i32> = cu.windows(2).map(|w| w[1] - w[0]).collect();
+            return Some(SeqTable {
+                q_start: cu[..cu.len().saturating_sub(1)].to_vec(),
+                k_len: q_len.clone(),
+                q_len,
+            });
+        }
+        let [group] = layout.groups.as_slice() else {
+            return None;
+        };
+        if layout.scatter.is_some() || group.gather.is_some() || group.position_rows != 1 {
+            return None;
+        }
+        let len = group.block_len;
+        let mut table = SeqTable {
+            q_start: Vec::with_capacity(group.batch),
+            q_len: Vec::with_capacity(group.batch),
+            k_len: Vec::with_capacity(group.batch),
+        };
+        for block in group.key_padding.chunks(len.max(1)) {
+            let keys = block.iter().take_while(|&&pad| !pad).count();
+            // Padding must be a suffix, with at least one key, and positions 0..len.
+            if keys == 0 || block[keys..].iter().any(|&pad| !pad) {
+                return None;
+            }
+            table.q_start.push((table.q_start.len() * len) as i32);
+            table.q_len.push(len as i32);
+            table.k_len.push(keys as i32);
+        }
+        let positions_ok = group
+            .positions
+            .iter()
+            .enumerate()
+            .all(|(i, &p)| p as usize == i);
+        (positions_ok && table.q_start.len() == group.batch).then_some(table)
+    }
+
+    /// The longest query range.
+    pub fn longest(&self) -> usize {
+        self.q_len.iter().copied().max().unwrap_or(0).max(0) as usize
+    }
+
+    /// The kernel's `meta` buffer: per tile its sequence and first query row, then `q_start`,
+    /// `q_len`, `k_len`; and the tile count.
+    pub fn meta(&self) -> (Vec<i32>, usize) {
+        let mut tile_seq = Vec::new();
+        let mut tile_row0 = Vec::new();
+        for (s, &len) in self.q_len.iter().enumerate() {
+            for row0 in (0..len.max(0) as usize).step_by(TILE_ROWS) {
+                tile_seq.push(s as i32);
+                tile_row0.push(row0 as i32);
+            }
+        }
+        let tiles = tile_seq.len();
+        let mut meta = tile_seq;
+        meta.extend(tile_row0);
+        meta.extend(&self.q_start);
+        meta.extend(&self.q_len);
+        meta.extend(&self.k_len);
+        (meta, tiles)
+    }
+}
+
+/// RoPE table of one layer for the kernel, `[ROPE_POSITIONS, head_dim]`: row `p` holds
+/// `cos(p f_j)` then `sin(p f_j)` for the `head_dim / 2` frequencies `f_j`, computed in f32
+/// exactly as the composed path's tables ([`super::rotary::tables`]).
+pub fn rope_table(inv_freq: &[f32]) -> Vec<f32> {
+    let positions: Vec<u32> = (0..ROPE_POSITIONS as u32).collect();
+    let (cos, sin) = super::rotary::tables(inv_freq, &positions);
+    let (half, head_dim) = (inv_freq.len(), 2 * inv_freq.len());
+    let mut table = Vec::with_capacity(ROPE_POSITIONS * head_dim);
+    for p in 0..ROPE_POSITIONS {
+        // The composed tables repeat the frequencies over both halves; one half of each.
+        table.extend_from_slice(&cos[p * head_dim..p * head_dim + half]);
+        table.extend_from_slice(&sin[p * head_dim..p * head_dim + half]);
+    }
+    table
+}
+
+/// Whether the kernel exists for a head dim.
+pub fn supports_head_dim(head_dim: usize) -> bool {
+    matches!(head_dim, 16 | 32 | 64)
+}
+
+#[cfg(feature = "cuda")]
+pub use cuda::attention;
+
+/// Checks, before anything runs, that the flash kernel a plan will use compiles and loads on
+/// this machine (NVRTC, CUDA headers), so a failure is one clear error instead of a panic
+/// inside burn's fusion stream. Plans that do not use the kernel pass.
+pub fn preflight(
+    plan: &super::ComputePlan,
+    config: &super::EsmConfig,
+) -> Result<(), FlashUnavailable> {
+    use burn::tensor::DType;
+    let head_dim = config.hidden_size / config.num_attention_heads.max(1);
+    let uses_kernel = plan.attention == super::AttentionKernel::Fused
+        && plan.backend == crate::backend::BackendKind::Cuda
+        && matches!(plan.dtype(), DType::F16 | DType::BF16)
+        && supports_head_dim(head_dim);
+    if !uses_kernel {
+        return Ok(());
+    }
+    #[cfg(feature = "cuda")]
+    return cuda::kernel(0, plan.dtype(), head_dim)
+        .map(|_| ())
+        .map_err(FlashUnavailable);
+    #[cfg(not(feature = "cuda"))]
+    Ok(())
+}
+
+/// The flash kernel could not be compiled or loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--attention fused: esmfuzz's flash-attention kernel is unavailable: {0}")]
+pub struct FlashUnavailable(pub String);
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::any::{Any, TypeId};
+    use std::collections::HashMap;
+    use std::ffi::{CString, c_void};
+    use std::sync::{Mutex, OnceLock};
+
+    use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend};
+    use burn_cubecl::{CubeBackend, tensor::CubeTensor};
+    use burn_fusion::stream::{Operation, OperationStreams};
+    use burn_fusion::{FusionBackend, FusionRuntime, FusionTensor};
+    use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+    use cubecl::cuda::CudaRuntime;
+    use cudarc::driver::{CudaContext, result as driver, sys as dsys};
+    use cudarc::nvrtc::result as nvrtc;
+
+    type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
+    type Outer = crate::backend::Cuda;
+    type Runtime = <Inner as FusionBackend>::FusionRuntime;
+
+    const SOURCE: &str = include_str!("flash_attention.cu");
+    const THREADS: u32 = 128;
+
+    /// Contexts of `qkv`'s rows through the kernel, or `qkv` back when `B` is not the CUDA
+    /// backend or the dtype/head dim has no kernel.
+    ///
+    /// # Shapes
+    /// `qkv: [rows, 3 hidden]` (q | k | v, bias added, unrotated, unscaled),
+    /// `rope: [ROPE_POSITIONS, head_dim]` f32, `meta: [4 tiles + 3 sequences]` ->
+    /// `[rows, hidden]`
+    pub fn attention<B: Backend>(
+        qkv: Tensor<B, 2>,
+        rope: &Tensor<B, 2>,
+        meta: &Tensor<B, 1, Int>,
+        tiles: usize,
+        heads: usize,
+    ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+        let [_, width] = qkv.dims();
+        let head_dim = width / 3 / heads.max(1);
+        let half = matches!(qkv.dtype(), DType::F16 | DType::BF16);
+        if TypeId::of::<B>() != TypeId::of::<Outer>()
+            || !half
+            || !super::supports_head_dim(head_dim)
+            || tiles == 0
+        {
+            return Err(qkv);
+        }
+        let float = |t: Tensor<B, 2>| {
+            downcast::<_, FusionTensor<Runtime>>(t.into_primitive().tensor())
+                .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"))
+        };
+        let int = downcast::<_, FusionTensor<Runtime>>(meta.clone().into_primitive())
+            .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"));
+        let out = register(float(qkv), float(rope.clone()), int, tiles, heads);
+        let out = downcast::<_, B::FloatTensorPrimitive>(out)
+            .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"));
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    }
+
+    fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
+        let mut slot = Some(value);
+        (&mut slot as &mut dyn Any)
+            .downcast_mut::<Option<U>>()
+            .and_then(Option::take)
+    }
+
+    fn register(
+        qkv: FusionTensor<Runtime>,
+        rope: FusionTensor<Runtime>,
+        meta: FusionTensor<Runtime>,
+        tiles: usize,
+        heads: usize,
+    ) -> FusionTensor<Runtime> {
+        let client = qkv.client.clone();
+        let dims = [qkv.shape[0], qkv.shape[1] / 3];
+        let streams = OperationStreams::with_inputs([&qkv, &rope, &meta]);
+        let out = TensorIr::uninit(client.create_empty_handle(), dims.into(), qkv.dtype);
+        let desc = CustomOpIr::new(
+            "esmfuzz_flash_attention",
+            &[qkv.into_ir(), rope.into_ir(), meta.into_ir()],
+            &[out],
+        );
+        client
+            .register(
+                streams,
+                OperationIr::Custom(desc.clone()),
+                FlashOp { desc, tiles, heads },
+            )
+            .output()
+    }
+
+    #[derive(Debug, Clone)]
+    struct FlashOp {
+        desc: CustomOpIr,
+        tiles: usize,
+        heads: usize,
+    }
+
+    impl Operation<Runtime> for FlashOp {
+        fn execute(&self, handles: &mut HandleContainer<<Runtime as FusionRuntime>::FusionHandle>) {
+            let ([qkv, rope, meta], [out]) = self.desc.as_fixed();
+            let qkv = handles.get_float_tensor::<Inner>(qkv);
+            let rope = handles.get_float_tensor::<Inner>(rope);
+            let meta = handles.get_int_tensor::<Inner>(meta);
+            let result = launch(qkv, rope, meta, self.tiles, self.heads)
+                .unwrap_or_else(|e| panic!("fused attention kernel: {e}"));
+            handles.register_float_tensor::<Inner>(&out.id, result);
+        }
+    }
+
+    fn launch(
+        qkv: CubeTensor<CudaRuntime>,
+        rope: CubeTensor<CudaRuntime>,
+        meta: CubeTensor<CudaRuntime>,
+        tiles: usize,
+        heads: usize,
+    ) -> Result<CubeTensor<CudaRuntime>, String> {
+        let qkv = burn_cubecl::kernel::into_contiguous(qkv);
+        let rope = burn_cubecl::kernel::into_contiguous(rope);
+        let meta = burn_cubecl::kernel::into_contiguous(meta);
+        let shape: Vec<usize> = qkv.meta.shape().iter().copied().collect();
+        let (rows, width) = (shape[0], shape[1]);
+        let hidden = width / 3;
+        let head_dim = hidden / heads;
+        let dtype = qkv.dtype;
+        let sequences = (meta.meta.shape()[0] - 2 * tiles) / 3;
+        let client = qkv.client.clone();
+        let device = qkv.device.clone();
+        let out = CubeTensor::new_contiguous(
+            client.clone(),
+            device.clone(),
+            vec![rows, hidden].into(),
+            client.empty(rows * hidden * dtype.size()),
+            dtype,
+        );
+        let function = kernel(device.index, dtype, head_dim)?;
+        let resource = |t: &CubeTensor<CudaRuntime>| {
+            client
+                .get_resource(t.handle.clone())
+                .map_err(|e| format!("operand not resident on the device: {e:?}"))
+        };
+        let (rq, rr, rm, ro) = (
+            resource(&qkv)?,
+            resource(&rope)?,
+            resource(&meta)?,
+            resource(&out)?,
+        );
+        let stream = ro.resource().stream;
+        if stream.is_null() {
+            return Err("cubecl did not hand out its stream (vendor/cubecl-cuda missing)".into());
+        }
+        let mut p_qkv = rq.resource().ptr;
+        let mut qkv_stride = width as i32;
+        let mut p_hidden = hidden as i32;
+        let mut p_out = ro.resource().ptr;
+        let mut p_meta = rm.resource().ptr;
+        let mut p_tiles = tiles as i32;
+        let mut p_sequences = sequences as i32;
+        let mut p_rope = rr.resource().ptr;
+        let mut scale = (head_dim as f32).powf(-0.5);
+        let mut params: [*mut c_void; 9] = [
+            (&mut p_qkv as *mut u64).cast(),
+            (&mut qkv_stride as *mut i32).cast(),
+            (&mut p_hidden as *mut i32).cast(),
+            (&mut p_out as *mut u64).cast(),
+            (&mut p_meta as *mut u64).cast(),
+            (&mut p_tiles as *mut i32).cast(),
+            (&mut p_sequences as *mut i32).cast(),
+            (&mut p_rope as *mut u64).cast(),
+            (&mut scale as *mut f32).cast(),
+        ];
+        let grid = (
+            u32::try_from(tiles).map_err(|_| "too many tiles")?,
+            heads as u32,
+            1,
+        );
+        // SAFETY: the parameters match the kernel's signature (flash_attention.cu); the
+        // buffers are live (held by the resources until the launch is enqueued, after which
+        // cubecl reuses them only behind it on the same stream).
+        unsafe {
+            driver::launch_kernel(
+                function.0,
+                grid,
+                (THREADS, 1, 1),
+                0,
+                stream as dsys::CUstream,
+                &mut params,
+            )
+        }
+        .map_err(|e| format!("launch failed ({tiles} tiles x {heads} heads): {e:?}"))?;
+        drop((rq, rr, rm, ro));
+        Ok(out)
+    }
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Function(dsys::CUfunction);
+    // SAFETY: a CUfunction is a handle valid in its context from any thread.
+    unsafe impl Send for Function {}
+
+    /// The kernel for `dtype` and `head_dim` on device `ordinal`, the module compiled on
+    /// first use.
+    pub(super) fn kernel(
+        ordinal: usize,
+        dtype: DType,
+        head_dim: usize,
+    ) -> Result<Function, String> {
+        static MODULES: OnceLock<Mutex<HashMap<usize, Result<usize, String>>>> = OnceLock::new();
+        static FUNCTIONS: OnceLock<Mutex<HashMap<(usize, String), Function>>> = OnceLock::new();
+        let name = format!(
+            "esm_flash_{}_hd{head_dim}",
+            match dtype {
+                DType::F16 => "f16",
+                DType::BF16 => "bf16",
+                other => return Err(format!("no kernel for {other:?}")),
+            }
+        );
+        let mut functions = FUNCTIONS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = functions.get(&(ordinal, name.clone())) {
+            return Ok(*f);
+        }
+        let context = CudaContext::new(ordinal).map_err(|e| format!("{e:?}"))?;
+        context.bind_to_thread().map_err(|e| format!("{e:?}"))?;
+        let module = MODULES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ordinal)
+            .or_insert_with(|| compile(&context))
+            .clone()?;
+        let name_c = CString::new(name.clone()).map_err(|e| e.to_string())?;
+        // SAFETY: a module loaded in this context; the name is one of its kernels.
+        let f = unsafe { driver::module::get_function(module as dsys::CUmodule, name_c) }
+            .map_err(|e| format!("kernel {name}: {e:?}"))?;
+        functions.insert((ordinal, name), Function(f));
+        Ok(Function(f))
+    }
+
+    /// Compiles the kernels for the device's architecture and loads them; the module's
+    /// handle as an integer (it lives as long as the process).
+    fn compile(context: &CudaContext) -> Result<usize, String> {
+        let (major, minor) = context.compute_capability().map_err(|e| format!("{e:?}"))?;
+        let arch = if major >= 9 {
+            format!("--gpu-architecture=sm_{major}{minor}a")
+        } else {
+            format!("--gpu-architecture=sm_{major}{minor}")
+        };
+        let include = format!(
+            "--include-path={}",
+            cubecl::cuda::install::include_path().display()
+        );
+        let options = [arch.as_str(), include.as_str(), "-std=c++17"];
+        let source = CString::new(SOURCE).map_err(|e| e.to_string())?;
+        let program = nvrtc::create_program(&source, None).map_err(|e| format!("{e:?}"))?;
+        // SAFETY: a program just created; the options are plain strings.
+        if unsafe { nvrtc::compile_program(program, &options) }.is_err() {
+            let log = unsafe { nvrtc::get_program_log(program) }
+                .map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>())
+                .unwrap_or_default();
+            return Err(format!("NVRTC could not compile flash_attention.cu: {log}"));
+        }
+        let ptx = unsafe { nvrtc::get_ptx(program) }.map_err(|e| format!("{e:?}"))?;
+        // SAFETY: NUL-terminated PTX from NVRTC, loaded into the current (primary) context.
+        let module = unsafe { driver::module::load_data(ptx.as_ptr().cast()) }
+            .map_err(|e| format!("loading the flash-attention module: {e:?}"))?;
+        Ok(module as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_padded_batch_is_one_sequence_per_block_with_its_real_keys() {
+        let pad = |real: usize, len: usize| (0..len).map(move |i| i >= real);
+        let key_padding: Vec<bool> = pad(3, 8).chain(pad(8, 8)).chain(pad(1, 8)).collect();
+        let table = SeqTable::of_layout(&HostLayout::padded(3, 8, key_padding)).unwrap();
+        assert_eq!(table.q_start, [0, 8, 16]);
+        assert_eq!(table.q_len, [8, 8, 8]);
+        assert_eq!(table.k_len, [3, 8, 1]);
+        let (meta, tiles) = table.meta();
+        assert_eq!(tiles, 3);
+        assert_eq!(meta, [0, 1, 2, 0, 0, 0, 0, 8, 16, 8, 8, 8, 3, 8, 1]);
+    }
+
+    #[test]
+    fn a_packed_stream_is_its_cu_seqlens_and_long_sequences_take_several_tiles() {
+        let layout = HostLayout::packed(&[0, 3, 133, 140], 4096);
+        let table = SeqTable::of_layout(&layout).unwrap();
+        assert_eq!(table.q_start, [0, 3, 133]);
+        assert_eq!(table.q_len, [3, 130, 7]);
+        assert_eq!(table.k_len, table.q_len);
+        let (meta, tiles) = table.meta();
+        // 130 rows take three tiles of 64.
+        assert_eq!(tiles, 5);
+        assert_eq!(&meta[..5], &[0, 1, 1, 1, 2]);
+        assert_eq!(&meta[5..10], &[0, 0, 64, 128, 0]);
+        assert_eq!(table.longest(), 130);
+    }
+
+    #[test]
+    fn layouts_the_kernel_cannot_take_are_refused() {
+        // Padding before a real key, an empty block, blocks rounded by the model.
+        let holes = vec![false, true, false, true];
+        assert_eq!(SeqTable::of_layout(&HostLayout::padded(1, 4, holes)), None);
+        let empty = vec![true; 4];
+        assert_eq!(SeqTable::of_layout(&HostLayout::padded(1, 4, empty)), None);
+        let rounded = HostLayout::padded(1, 3, vec![false; 3]).with_block_multiple(3, 4);
+        assert_eq!(SeqTable::of_layout(&rounded), None);
+    }
+
+    #[test]
+    fn the_rope_table_holds_each_positions_cos_then_sin_once() {
+        let table = rope_table(&[1.0, 0.5]);
+        assert_eq!(table.len(), ROPE_POSITIONS * 4);
+        let p = 7usize;
+        let row = &table[p * 4..p * 4 + 4];
+        assert_eq!(row, [7f32.cos(), 3.5f32.cos(), 7f32.sin(), 3.5f32.sin()]);
+    }
+}
