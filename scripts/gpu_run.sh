@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench gemm torchbench big fuzz devices fixtures suite bisect (default: matmul parity bench fuzz).
+# STEP: matmul parity bench gemm torchbench hostsync longtail big fuzz devices fixtures suite bisect
+# (default: matmul parity bench fuzz).
+# hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
+# ordering: embed with stream order vs host synchronisation, compared bit for bit.
+# profile: kernel time per class of one warm pass per layout (ncu; PROFILE_MODELS, PROFILE_ENV).
+# longtail: padded vs packed on `esmfuzz cases` (LONGTAIL_CASES per stratum, tiny..very-long).
 # torchbench: esmfuzz and HF transformers on the same padded batches, for each of BENCH_MODELS
 # (default "8M": the shared weights; a preset name such as esm2_t36_3B_UR50D: random weights).
 # big: a synthetic checkpoint of BIG_PRESET (default esm2_t36_3B_UR50D, f32 safetensors)
@@ -86,7 +91,7 @@ for step in $steps; do
     bench) run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda --precisions "${BENCH_PRECISIONS:-f32,f16}" --repeat 2 ${BENCH_GROUP_SLOTS:+--attention-group-slots "$BENCH_GROUP_SLOTS"} --report "$out/bench_cuda.json" ;;
     fuzz)
       for p in ${FUZZ_PRECISIONS:-f16}; do
-        run timeout "${STEP_SECONDS_FUZZ:-400}" "$bin" fuzz --backend cuda --precision "$p" --cases "${FUZZ_CASES:-4}" --seed "${FUZZ_SEED:-1}" --max-stratum "${FUZZ_MAX_STRATUM:-very-long}" --out "$out/fuzz-$p"
+        run timeout "${STEP_SECONDS_FUZZ:-400}" "$bin" fuzz --backend cuda --precision "$p" ${FUZZ_ATTENTION:+--attention "$FUZZ_ATTENTION"} --cases "${FUZZ_CASES:-4}" --seed "${FUZZ_SEED:-1}" --max-stratum "${FUZZ_MAX_STRATUM:-very-long}" --out "$out/fuzz-$p${FUZZ_ATTENTION:+-$FUZZ_ATTENTION}"
       done ;;
     devices)
       # One shard per GPU of this host, merged (fuzz --devices).
@@ -108,6 +113,43 @@ for step in $steps; do
         run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
         run timeout "${STEP_SECONDS_TORCH:-300}" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-$m.json" ${TORCH_WEIGHTS:+--weights "$TORCH_WEIGHTS"} --precisions "${TORCH_PRECISIONS:-f32,tf32,f16,bf16}"
         run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat "${BENCH_REPEAT:-2}" --attention "${BENCH_ATTENTION:-composed}" ${BENCH_GEMM:+--gemm "$BENCH_GEMM"} --torch "$out/torch-$m.json" --report "$out/bench-$m.json"
+      done ;;
+    ordering)
+      # Stream order alone = host synchronisation, bit for bit: the corpus embedded (8M, f16,
+      # padded and packed) with cuBLAS ordered by cubecl's stream and by the host.
+      for layout in padded packed; do
+        flag=(); [ "$layout" = packed ] && flag=(--packed)
+        run "$bin" embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --precision f16 "${flag[@]}" --out "$out/order-stream-$layout.npy"
+        run env ESMFUZZ_CUBLAS_HOST_SYNC=1 "$bin" embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --precision f16 "${flag[@]}" --out "$out/order-host-$layout.npy"
+        run python3 -c "import numpy as np, sys; a, b = (np.load(f'$out/order-{m}-$layout.npy') for m in ('stream', 'host')); same = a.tobytes() == b.tobytes(); print('$layout: stream-ordered', 'IDENTICAL to' if same else 'DIFFERS from', 'host-synchronised, max|diff|', float(np.abs(a - b).max())); sys.exit(0 if same else 1)"
+      done ;;
+    hostsync)
+      # The same bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1,
+      # the path before cubecl's stream was shared): what the round trips cost, same card.
+      for m in ${BENCH_MODELS:-8M}; do
+        model_args "$m"
+        run timeout "${STEP_SECONDS_BENCH:-400}" env ESMFUZZ_CUBLAS_HOST_SYNC=1 "$bin" bench --backend cuda "${model[@]}" --precisions "${HOSTSYNC_PRECISIONS:-f16}" --repeat "${BENCH_REPEAT:-2}" --report "$out/bench-hostsync-$m.json"
+      done ;;
+    longtail)
+      # Padded against packed on a long-tail length mix (LONGTAIL_CASES per stratum, tiny to
+      # very-long), for each of BENCH_MODELS, several attention-group budgets.
+      run "$bin" cases --cases "${LONGTAIL_CASES:-400}" --seed 17 --out "$out/longtail.fasta"
+      for m in ${BENCH_MODELS:-8M}; do
+        model_args "$m"
+        run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --fasta "$out/longtail.fasta" --precisions "${LONGTAIL_PRECISIONS:-f16}" --attention "${LONGTAIL_ATTENTION:-composed}" --repeat "${BENCH_REPEAT:-2}" ${LONGTAIL_SLOTS:+--attention-group-slots "$LONGTAIL_SLOTS"} --report "$out/bench-longtail-$m.json"
+      done ;;
+    profile)
+      # One warm pass per layout under Nsight Compute (kernel durations only), for each of
+      # PROFILE_MODELS and PROFILE_PRECISIONS; PROFILE_ENV (e.g. ESMFUZZ_CUBLAS_HOST_SYNC=1)
+      # is passed to esmfuzz. scripts/profile_summary.py sums them by kernel class.
+      ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      for m in ${PROFILE_MODELS:-esm2_t33_650M_UR50D}; do
+        model_args "$m"
+        for layout in padded packed; do
+          tag="$m-${PROFILE_PRECISIONS:-f16}-${PROFILE_ATTENTION:-composed}-$layout"
+          run timeout "${STEP_SECONDS_PROFILE:-300}" env ${PROFILE_ENV:-} "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file "$out/ncu-$tag.csv" "$bin" bench --backend cuda "${model[@]}" --precisions "${PROFILE_PRECISIONS:-f16}" --attention "${PROFILE_ATTENTION:-composed}" --repeat 1 --profile-pass "$layout"
+          python3 scripts/profile_summary.py "$out/ncu-$tag.csv" --json "$out/profile-$tag.json" 2>&1 | tee -a "$log"
+        done
       done ;;
     big)
       preset=${BIG_PRESET:-esm2_t36_3B_UR50D}

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use serde::Serialize;
 
 use esmfuzz::backend::BackendKind;
-use esmfuzz::batch::{self, Batching, pack_proteins, padded_batches, padding_efficiency};
+use esmfuzz::batch::{self, Batching, Layout, pack_proteins, padded_batches, padding_efficiency};
 use esmfuzz::input::{NormaliseOptions, Protein};
 use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, EsmWeights, FaultSet, Gemm, Precision};
 use esmfuzz::with_backend;
@@ -62,6 +62,12 @@ pub struct BenchArgs {
     /// ratios per policy.
     #[arg(long)]
     pub torch: Option<PathBuf>,
+    /// Mark the last timed pass of this layout as the region a CUDA profiler records when it
+    /// is started with profiling off (`ncu --profile-from-start off`, `nsys -c
+    /// cudaProfilerApi`): one warm pass, no compilation or autotuning in it. No effect
+    /// without a profiler; CUDA only.
+    #[arg(long, value_parser = named::<Layout>())]
+    pub profile_pass: Option<Layout>,
 }
 
 /// What `--batches-out` writes.
@@ -137,6 +143,16 @@ struct BenchReport {
     model: String,
     torch_device: Option<String>,
     rows: Vec<BenchRow>,
+    /// Policies asked for that were not timed, and why (refused before loading, or stopped
+    /// by an error; after an error nothing more is timed).
+    not_timed: Vec<NotTimed>,
+}
+
+/// A policy of the bench that has no row.
+#[derive(Debug, Clone, Serialize)]
+struct NotTimed {
+    policy: String,
+    reason: String,
 }
 
 /// Seconds of one pass over `proteins`; a pass that ran out of device memory is an error
@@ -165,6 +181,28 @@ fn pass_seconds<B: Backend>(
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// Runs `f` as the region a CUDA profiler started with profiling off records
+/// (`cuProfilerStart` / `cuProfilerStop` on device 0's primary context).
+#[cfg(feature = "cuda")]
+fn profiled<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    use cudarc::driver::{CudaContext, profiler_start, profiler_stop};
+    let context = CudaContext::new(0).map_err(|e| anyhow::anyhow!("CUDA context: {e:?}"))?;
+    context
+        .bind_to_thread()
+        .map_err(|e| anyhow::anyhow!("CUDA context: {e:?}"))?;
+    profiler_start().map_err(|e| anyhow::anyhow!("cuProfilerStart: {e:?}"))?;
+    // The pass ends by reading its outputs back, so its kernels all ran inside the region.
+    let result = f();
+    profiler_stop().map_err(|e| anyhow::anyhow!("cuProfilerStop: {e:?}"))?;
+    result
+}
+
+/// Without CUDA there is no profiler region ([`run`] refuses the flag first).
+#[cfg(not(feature = "cuda"))]
+fn profiled<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f()
+}
+
 /// The first (cold) pass and the best of `repeat` later passes, in seconds, with progress
 /// on stderr.
 fn timed_passes<B: Backend>(
@@ -172,24 +210,40 @@ fn timed_passes<B: Backend>(
     proteins: &[Protein],
     batching: Batching,
     repeat: usize,
+    profile: Option<Layout>,
 ) -> Result<(f64, f64)> {
     let name = batching.layout;
     let first = pass_seconds(model, proteins, batching)?;
     eprintln!("  {name}: first pass {first:.2} s");
     let mut best = f64::INFINITY;
-    for i in 0..repeat.max(1) {
-        let t = pass_seconds(model, proteins, batching)?;
+    let passes = repeat.max(1);
+    for i in 0..passes {
+        let t = if profile == Some(batching.layout) && i + 1 == passes {
+            profiled(|| pass_seconds(model, proteins, batching))?
+        } else {
+            pass_seconds(model, proteins, batching)?
+        };
         eprintln!("  {name}: pass {} {t:.2} s", i + 2);
         best = best.min(t);
     }
     Ok((first, best))
 }
 
-/// Every policy and attention kernel asked for that can run (f32 refuses fused attention:
-/// said, skipped); none at all is an error.
-fn timed_plans(args: &BenchArgs) -> Result<Vec<ComputePlan>> {
+/// The row label of a policy: precision, `+fused` for fused attention, the gemm engine.
+fn row_label(precision: Precision, attention: AttentionKernel, gemm: Gemm) -> String {
+    let fused = match attention {
+        AttentionKernel::Composed => "",
+        AttentionKernel::Fused => "+fused",
+    };
+    format!("{}{fused} ({gemm})", precision.name())
+}
+
+/// Every policy and attention kernel asked for that can run, and those refused with the
+/// reason (f32 refuses fused attention; so does CUDA, for now); none at all is an error.
+fn timed_plans(args: &BenchArgs) -> Result<(Vec<ComputePlan>, Vec<NotTimed>)> {
     let backend = args.model.backend;
     let mut plans = Vec::new();
+    let mut refused = Vec::new();
     let engines = if args.gemm.is_empty() {
         vec![Gemm::default_for(backend)]
     } else {
@@ -204,9 +258,14 @@ fn timed_plans(args: &BenchArgs) -> Result<Vec<ComputePlan>> {
                     .and_then(|p| Ok(p.with_gemm(gemm)?));
                 match plan {
                     Ok(plan) => plans.push(plan),
-                    Err(e) => eprintln!(
-                        "{precision} with {kernel} attention and {gemm} products not timed: {e}"
-                    ),
+                    Err(e) => {
+                        let policy = row_label(precision, kernel, gemm);
+                        eprintln!("{policy} not timed: {e}");
+                        refused.push(NotTimed {
+                            policy,
+                            reason: e.to_string(),
+                        });
+                    }
                 }
             }
         }
@@ -216,12 +275,12 @@ fn timed_plans(args: &BenchArgs) -> Result<Vec<ComputePlan>> {
             "nothing to time: no policy of --precisions runs with --attention and --gemm"
         );
     }
-    Ok(plans)
+    Ok((plans, refused))
 }
 
 pub fn run(args: BenchArgs) -> Result<Outcome> {
     let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
-    let plans = timed_plans(&args)?;
+    let (plans, refused) = timed_plans(&args)?;
     let torch = args
         .torch
         .as_deref()
@@ -277,6 +336,10 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         }
     };
     let repeat = args.repeat as usize;
+    let profile = args.profile_pass;
+    if profile.is_some() && backend != BackendKind::Cuda {
+        anyhow::bail!("--profile-pass marks a region for CUDA profilers: use --backend cuda");
+    }
     let tokens = token_count(&proteins);
     let flops = weights
         .config
@@ -306,13 +369,44 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             ),
             torch_device: torch.as_ref().map(|t| t.device.clone()),
             rows: Vec::new(),
+            not_timed: refused,
         };
-        for &plan in &plans {
+        let mut failure = None;
+        for (i, &plan) in plans.iter().enumerate() {
             let precision = plan.precision;
+            if let Err(e) = esmfuzz::model::flash::preflight(&plan, &weights.config) {
+                eprintln!("{e}");
+                report.not_timed.push(NotTimed {
+                    policy: row_label(plan.precision, plan.attention, plan.gemm),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
             eprintln!("policy: {}", plan.describe());
             let mut model = Esm2::<B>::new(&weights, plan, FaultSet::none(), &device);
+            // A failed pass (a kernel the device refused, say) ends the timing: the rows
+            // timed so far are still reported, then the error.
+            let stop = |e: anyhow::Error, report: &mut BenchReport| {
+                report.not_timed.push(NotTimed {
+                    policy: row_label(plan.precision, plan.attention, plan.gemm),
+                    reason: format!("{e:#}"),
+                });
+                for p in &plans[i + 1..] {
+                    report.not_timed.push(NotTimed {
+                        policy: row_label(p.precision, p.attention, p.gemm),
+                        reason: "not reached: the run stopped at the error above".into(),
+                    });
+                }
+                e
+            };
             let (padded_first, padded) =
-                timed_passes(&model, &proteins, Batching::padded(budget), repeat)?;
+                match timed_passes(&model, &proteins, Batching::padded(budget), repeat, profile) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        failure = Some(stop(e, &mut report));
+                        break;
+                    }
+                };
             let slots: Vec<usize> = if args.attention_group_slots.is_empty() {
                 vec![backend.attention_group_slots()]
             } else {
@@ -324,8 +418,19 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             for slots in slots {
                 eprintln!("  attention groups of {slots} slots");
                 model.attention_group_slots = slots;
-                let (packed_first, packed) =
-                    timed_passes(&model, &proteins, Batching::packed(budget), repeat)?;
+                let (packed_first, packed) = match timed_passes(
+                    &model,
+                    &proteins,
+                    Batching::packed(budget),
+                    repeat,
+                    profile,
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        failure = Some(stop(e, &mut report));
+                        break;
+                    }
+                };
                 let theirs = torch
                     .as_ref()
                     .and_then(|t| t.rows.iter().find(|r| r.precision == precision).cloned());
@@ -356,9 +461,16 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             if let Some(path) = &args.report {
                 write_report(path, &report)?;
             }
+            if failure.is_some() {
+                break;
+            }
         }
-        report
+        if let (Some(path), Some(_)) = (&args.report, &failure) {
+            write_report(path, &report)?;
+        }
+        (report, failure)
     });
+    let (report, failure) = report;
     println!(
         "{} sequences, {} tokens, budget {} tokens/batch on {}: padding efficiency {:.1}%, packing efficiency {:.1}% ({} batches)",
         report.sequences,
@@ -391,15 +503,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         };
         println!(
             "{:<18} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>7.2} / {:<6.2} {:>8.1} / {:<8.1} {theirs:>14} {ratios:>16}",
-            format!(
-                "{}{} ({})",
-                r.precision.name(),
-                match r.attention {
-                    AttentionKernel::Composed => "",
-                    AttentionKernel::Fused => "+fused",
-                },
-                r.gemm
-            ),
+            row_label(r.precision, r.attention, r.gemm),
             r.attention_group_slots,
             r.padded_tokens_per_second,
             r.packed_tokens_per_second,
@@ -409,6 +513,9 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             r.padded_first_pass_seconds,
             r.packed_first_pass_seconds
         );
+    }
+    for n in &report.not_timed {
+        println!("{:<18} not timed: {}", n.policy, n.reason);
     }
     if let Some(t) = &torch {
         let missing: Vec<&str> = args
@@ -424,5 +531,8 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             );
         }
     }
-    Ok(Outcome::Passed)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Outcome::Passed),
+    }
 }
