@@ -11,10 +11,10 @@ use esmfuzz::harness::deployment::{DeploymentCheck, check_pooled};
 use esmfuzz::harness::verdict::Tolerances;
 use esmfuzz::input::NormaliseOptions;
 use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
-use esmfuzz::npy::read_float_npy;
+use esmfuzz::npy::NpyFile;
 use esmfuzz::with_backend;
 
-use super::{ModelArgs, Outcome, named, read_proteins, write_report};
+use super::{ModelArgs, Outcome, check_outputs, named, read_unique_proteins, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
@@ -36,24 +36,34 @@ pub struct CheckArgs {
 }
 
 pub fn run(args: CheckArgs) -> Result<Outcome> {
-    let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
-    let checkpoint = args.model.load()?;
-    let hidden = checkpoint.weights.config.hidden_size;
-    // Every file is read and shaped before the oracle runs (minutes on a large corpus).
-    let mut embeddings = Vec::with_capacity(args.embeddings.len());
+    let mut inputs: Vec<Option<&std::path::Path>> = vec![Some(&args.fasta)];
+    inputs.extend(args.embeddings.iter().map(|p| Some(p.as_path())));
+    check_outputs(&[args.report.as_deref()], Some(&args.model), &inputs)?;
+    let proteins = read_unique_proteins(&args.fasta, NormaliseOptions::default())?;
+    let hidden = args.model.config_only()?.hidden_size;
+    // Every file's header is read and its shape checked before any payload is read, and
+    // every payload before the weights load and the oracle runs (minutes on a large corpus).
+    let mut opened = Vec::with_capacity(args.embeddings.len());
     for path in &args.embeddings {
-        let (shape, values) = read_float_npy(path)?;
-        if shape != [proteins.len(), hidden] {
+        let file = NpyFile::open(path)?;
+        if file.shape != [proteins.len(), hidden] {
             bail!(
-                "{}: shape {shape:?}, expected [{}, {hidden}] (one pooled row per record of {})",
+                "{}: shape {:?}, expected [{}, {hidden}] (one pooled row per record of {})",
                 path.display(),
+                file.shape,
                 proteins.len(),
                 args.fasta.display()
             );
         }
+        opened.push((path, file));
+    }
+    let mut embeddings = Vec::with_capacity(opened.len());
+    for (path, file) in opened {
+        let values = file.read_values()?;
         let rows: Vec<Vec<f32>> = values.chunks_exact(hidden).map(<[f32]>::to_vec).collect();
         embeddings.push((path.clone(), rows));
     }
+    let checkpoint = args.model.load()?;
     let backend = args.model.backend;
     let budget = args.model.budget(None);
     let states = with_backend!(backend, |B, device| {

@@ -110,6 +110,11 @@ pub fn run(args: ParityArgs) -> Result<Outcome> {
     let first_path = args
         .reference_first_tokens
         .unwrap_or_else(|| shared(REFERENCE_FIRST_TOKENS));
+    super::check_outputs(
+        &[args.report.as_deref()],
+        Some(&args.model),
+        &[Some(&fasta), Some(&pooled_path), Some(&first_path)],
+    )?;
     let proteins = read_proteins(&fasta, NormaliseOptions::default())?;
     let (_, pooled_ref) = read_reference(&pooled_path, 2)?;
     let (first_shape, first_ref) = read_reference(&first_path, 3)?;

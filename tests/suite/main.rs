@@ -12,6 +12,7 @@ mod cli_behaviour;
 mod device_memory;
 mod equivalence_by_stratum;
 mod fault_injection;
+mod hostile_input;
 mod loader_errors;
 mod localisation;
 mod numerical_stability;
