@@ -1,5 +1,6 @@
 //! Hostile and mistaken input, as issue 19 measured it: outputs that are inputs (through
-//! symlinks too), `.npy` files that are endless or not arrays, sizes that cannot be allocated, and messages that blame the wrong thing.
+//! symlinks too), `check` passing rescaled or reordered rows, `.npy` files that are endless
+//! or not arrays, sizes that cannot be allocated, and messages that blame the wrong thing.
 //! Every refusal here is an exit 2 with a line naming what is wrong, before anything is
 //! written; each test runs in seconds.
 
@@ -272,7 +273,7 @@ fn outputs_that_are_inputs_are_refused_through_symlinks_before_anything_is_writt
     assert!(
         std::fs::read_to_string(&report)
             .unwrap()
-            .contains("\"threshold\"")
+            .contains("\"bounds\"")
     );
     let strays: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -280,6 +281,107 @@ fn outputs_that_are_inputs_are_refused_through_symlinks_before_anything_is_writt
         .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
         .collect();
     assert!(strays.is_empty(), "{strays:?}");
+}
+
+#[test]
+fn check_fails_scaled_rows_naming_the_bound_and_diagnoses_reversed_rows_as_row_order() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let (proteins, fasta) = four_records(dir);
+    let right = oracle_rows(&proteins);
+    let scale = |k: f32| -> Vec<Vec<f32>> {
+        right
+            .iter()
+            .map(|r| r.iter().map(|v| v * k).collect())
+            .collect()
+    };
+    let files = [
+        ("right", right.clone()),
+        ("x1.5", scale(1.5)),
+        ("x1000", scale(1000.0)),
+        ("reversed", right.iter().rev().cloned().collect()),
+    ];
+    let mut paths = Vec::new();
+    for (name, rows) in &files {
+        let path = dir.join(format!("{name}.npy"));
+        write_rows(&path, rows);
+        paths.push(path);
+    }
+    let (code, out, err) = esmfuzz(&["check", "--fasta", s(&fasta), "--embeddings", s(&paths[0])]);
+    assert_eq!(code, 0, "the oracle's own rows pass: {out}{err}");
+    let list: Vec<&str> = paths[1..].iter().map(|p| s(p)).collect();
+    let (code, out, err) = esmfuzz(&[
+        "check",
+        "--fasta",
+        s(&fasta),
+        "--embeddings",
+        &list.join(","),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    // The report of each file, from its "<path>:" line to the next.
+    let section = |i: usize| -> &str {
+        let from = out
+            .find(&format!("{}:", list[i]))
+            .expect("a section per file");
+        let to = list
+            .get(i + 1)
+            .and_then(|next| out.find(&format!("{next}:")))
+            .unwrap_or(out.len());
+        &out[from..to]
+    };
+    for (i, k) in [(0, "1.5000"), (1, "1000.0000")] {
+        let text = section(i);
+        assert!(text.contains("4 FAILED"), "{text}");
+        assert!(
+            text.contains("FAILED bound relative L2 < 0.03: 4 record(s)"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("scaled by {k}")), "{text}");
+        assert!(!text.contains("pooling (median"), "{text}");
+    }
+    let reversed = section(2);
+    assert!(reversed.contains("rows out of order"), "{reversed}");
+    assert!(reversed.contains("reverse order"), "{reversed}");
+    assert!(
+        !reversed.contains("pooling (median"),
+        "row order comes first: {reversed}"
+    );
+}
+
+#[test]
+fn the_hf_reference_rows_pass_check_under_f32_bounds() {
+    // The shorter corpus records and their rows of HF's FP32 pooled reference (the whole
+    // corpus takes a minute on two CPU cores; reference_parity covers all of it).
+    let work = tempfile::tempdir().unwrap();
+    let (shape, pooled) = common::read_npy_f32(&common::shared(
+        esmfuzz::harness::reference::REFERENCE_POOLED,
+    ));
+    let hidden = shape[1];
+    let (proteins, rows): (Vec<Protein>, Vec<Vec<f32>>) = common::corpus()
+        .iter()
+        .zip(pooled.chunks_exact(hidden))
+        .filter(|(p, _)| p.residues.len() < 120)
+        .map(|(p, r)| (p.clone(), r.to_vec()))
+        .unzip();
+    assert!(proteins.len() >= 10, "{} short records", proteins.len());
+    let fasta = work.path().join("short.fasta");
+    esmfuzz::input::write_fasta(&fasta, &proteins).unwrap();
+    let npy = work.path().join("hf.npy");
+    write_rows(&npy, &rows);
+    let (code, out, err) = esmfuzz(&[
+        "check",
+        "--fasta",
+        s(&fasta),
+        "--embeddings",
+        s(&npy),
+        "--bound-of",
+        "f32",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{} records", proteins.len())) && out.contains("all held"),
+        "{out}"
+    );
 }
 
 #[test]
