@@ -99,10 +99,11 @@ pub struct DeploymentBounds {
     /// [`Tolerances::relative_l2`] (set on all token states; a pooled row averages the
     /// per-token error, and f16 measured 3e-3 on the corpus against f16's 0.03).
     pub relative_l2: f64,
-    /// `| ||theirs|| / ||ours|| - 1 |` per record, `<`: the policy's
-    /// [`Tolerances::l2_norm_rel`] (the acceptance's 5% on norms). Never looser than the
-    /// relative-L2 bound, which it follows from (`| ||a|| - ||b|| | <= ||a - b||`); it
-    /// names what went wrong when a pipeline rescales its rows.
+    /// `| ||theirs|| / ||ours|| - 1 |` per record, `<`: the larger of the policy's
+    /// [`Tolerances::l2_norm_rel`] (the acceptance's 5% on norms) and its relative-L2
+    /// bound. Since `| ||a|| - ||b|| | <= ||a - b||`, a record within the relative-L2 bound
+    /// is within this one too: it never fails alone, it names what broke when a pipeline
+    /// rescales its rows.
     pub norm_ratio: f64,
 }
 
