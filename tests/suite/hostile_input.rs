@@ -428,6 +428,27 @@ fn an_endless_or_huge_npy_is_refused_from_its_header_in_bounded_memory() {
             started.elapsed()
         );
     }
+    // parity's references are read the same way: a header claiming 128 GB over 1000 bytes
+    // is refused from its size (a85a983 tried to allocate the 128 GB and aborted).
+    let huge = dir.join("huge.npy");
+    let mut bytes = esmfuzz::npy::npy_header(&[100_000_000, 320]);
+    bytes.extend_from_slice(&[0; 1000]);
+    std::fs::write(&huge, bytes).unwrap();
+    let (code, out, err) = run_limited(
+        &[
+            "parity",
+            "--fasta",
+            s(&fasta),
+            "--reference-pooled",
+            s(&huge),
+        ],
+        Some(100_000),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("needs 128000000000 bytes of data, the file holds 1000"),
+        "{err}"
+    );
 }
 
 #[test]
