@@ -205,7 +205,13 @@ pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>
             path: path.to_path_buf(),
         });
     }
+    // A UTF-8 byte order mark (some Windows editors write one) is not part of the first
+    // record's '>' line: skip it.
+    let mut bom = [0u8; 3];
     file.seek(SeekFrom::Start(0)).map_err(open)?;
+    let n = file.read(&mut bom).map_err(open)?;
+    let start = if n == 3 && bom == UTF8_BOM { 3 } else { 0 };
+    file.seek(SeekFrom::Start(start)).map_err(open)?;
     let mut reader = noodles_fasta::io::Reader::new(BufReader::new(file));
     let mut proteins: Vec<Protein> = Vec::new();
     for (index, result) in reader.records().enumerate() {
@@ -232,6 +238,21 @@ pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>
         });
     }
     Ok(proteins)
+}
+
+/// The UTF-8 byte order mark, skipped at the start of a FASTA file.
+const UTF8_BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
+/// The first record whose name an earlier record already has, as 1-based record numbers
+/// (earlier, later) and the name.
+pub fn first_duplicate_name(proteins: &[Protein]) -> Option<(usize, usize, &str)> {
+    let mut seen = std::collections::HashMap::new();
+    for (i, p) in proteins.iter().enumerate() {
+        if let Some(first) = seen.insert(p.name.as_str(), i) {
+            return Some((first + 1, i + 1, p.name.as_str()));
+        }
+    }
+    None
 }
 
 /// Proteins as FASTA text, one record per protein as [`Protein`]'s `Debug` prints it.
@@ -347,6 +368,20 @@ mod tests {
         std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
         let err = read_fasta(&gz, NormaliseOptions::default()).unwrap_err();
         assert!(err.to_string().contains("gunzip"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_duplicate_names_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bom.fasta");
+        let mut bytes = UTF8_BOM.to_vec();
+        bytes.extend_from_slice(b">a\nMKV\n>b\nLL\n>a\nW\n");
+        std::fs::write(&path, &bytes).unwrap();
+        let proteins = read_fasta(&path, NormaliseOptions::default()).unwrap();
+        assert_eq!(proteins[0].name, "a");
+        assert_eq!(proteins.len(), 3);
+        assert_eq!(first_duplicate_name(&proteins), Some((1, 3, "a")));
+        assert_eq!(first_duplicate_name(&proteins[..2]), None);
     }
 
     #[test]

@@ -1,20 +1,53 @@
 //! A `.npy` writer that fills rows as they complete and never touches its target until the
 //! last row is in: rows go to `<target>.partial` (header and a NaN-filled body first, so a
 //! run that stops early leaves a valid file whose unfinished rows are NaN), which
-//! [`NpyRowWriter::finish`] renames onto the target. (ndarray-npy writes whole arrays only;
-//! reading is left to it.)
+//! [`NpyRowWriter::finish`] renames onto the target. (ndarray-npy writes whole arrays only.)
+//!
+//! And a reader of float arrays that checks the header (magic, version, dtype, shape) and
+//! the file's size against the shape before it reads the payload, so a hostile or mistaken
+//! file (`/dev/zero`, a large file that is not `.npy`) is refused after a few KB.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// Why a `.npy` file could not be written.
+/// The largest header [`NpyFile::open`] reads. numpy's own reader refuses headers over
+/// 10,000 bytes unless told otherwise; a `[records, hidden]` header is under 128.
+pub const MAX_HEADER_BYTES: usize = 1 << 16;
+
+/// Why a `.npy` file could not be read or written.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: cannot write .npy")]
-pub struct NpyError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
+pub enum NpyError {
+    #[error("{path}: cannot write .npy")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot read .npy")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Format { path: PathBuf, detail: String },
+}
+
+impl NpyError {
+    fn write(path: &Path) -> impl Fn(std::io::Error) -> NpyError + '_ {
+        move |source| NpyError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn read(path: &Path) -> impl Fn(std::io::Error) -> NpyError + '_ {
+        move |source| NpyError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// A `[rows, cols]` little-endian f32 `.npy` file written row by row, in any order.
@@ -58,20 +91,18 @@ impl NpyRowWriter {
     /// Creates `<target>.partial` with every value NaN; `target` is not touched.
     pub fn create(target: &Path, rows: usize, cols: usize) -> Result<Self, NpyError> {
         let path = partial_path(target);
-        let err = |source| NpyError {
-            path: path.clone(),
-            source,
-        };
-        let mut file = File::create(&path).map_err(err)?;
+        let err = NpyError::write(&path);
+        let mut file = File::create(&path).map_err(&err)?;
         let header = npy_header(&[rows, cols]);
-        file.write_all(&header).map_err(err)?;
+        file.write_all(&header).map_err(&err)?;
         let nan_row: Vec<u8> = std::iter::repeat_n(f32::NAN.to_le_bytes(), cols)
             .flatten()
             .collect();
         for _ in 0..rows {
-            file.write_all(&nan_row).map_err(err)?;
+            file.write_all(&nan_row).map_err(&err)?;
         }
-        file.flush().map_err(err)?;
+        file.flush().map_err(&err)?;
+        drop(err);
         Ok(Self {
             file,
             path,
@@ -91,13 +122,10 @@ impl NpyRowWriter {
         );
         let offset = self.header_len + (row * self.cols * 4) as u64;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let err = |source| NpyError {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.seek(SeekFrom::Start(offset)).map_err(err)?;
-        self.file.write_all(&bytes).map_err(err)?;
-        self.file.flush().map_err(err)?;
+        let err = NpyError::write(&self.path);
+        self.file.seek(SeekFrom::Start(offset)).map_err(&err)?;
+        self.file.write_all(&bytes).map_err(&err)?;
+        self.file.flush().map_err(&err)?;
         self.written[row] = true;
         Ok(())
     }
@@ -110,102 +138,196 @@ impl NpyRowWriter {
     /// Moves the finished file onto its target; an error (and the `.partial` file kept) when
     /// a row was never written.
     pub fn finish(self) -> Result<PathBuf, NpyError> {
-        let err = |source| NpyError {
-            path: self.path.clone(),
-            source,
-        };
+        let err = NpyError::write(&self.path);
         if let Some(row) = self.written.iter().position(|&w| !w) {
             return Err(err(std::io::Error::other(format!(
                 "row {row} of {} was never written; the partial file is kept",
                 self.rows
             ))));
         }
-        self.file.sync_all().map_err(err)?;
-        std::fs::rename(&self.path, &self.target).map_err(err)?;
+        self.file.sync_all().map_err(&err)?;
+        std::fs::rename(&self.path, &self.target).map_err(&err)?;
         Ok(self.target)
     }
 }
 
-/// Reads a C-order little-endian float `.npy` of `<f4` or `<f2` values (what numpy writes
-/// for float32 and float16 arrays) as its shape and values widened to f32.
-pub fn read_float_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>), NpyError> {
-    let err = |detail: String| NpyError {
-        path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, detail),
-    };
-    let bytes = std::fs::read(path).map_err(|source| NpyError {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(err("not a .npy file (no \\x93NUMPY magic)".into()));
-    }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(err(format!("unsupported .npy version {v}"))),
-    };
-    let header = bytes
-        .get(start..start + header_len)
-        .map(String::from_utf8_lossy)
-        .ok_or_else(|| err("truncated header".into()))?;
-    let field = |key: &str| -> Option<String> {
-        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
-        let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
-        Some(rest.to_string())
-    };
-    let descr = field("descr").ok_or_else(|| err("no 'descr' in the header".into()))?;
-    let width = if descr.starts_with("'<f4'") {
-        4
-    } else if descr.starts_with("'<f2'") {
-        2
-    } else {
-        return Err(err(format!(
-            "dtype {} is not float32 or float16 (little-endian)",
-            descr.split(',').next().unwrap_or("?")
-        )));
-    };
-    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
-        return Err(err(
-            "Fortran-order arrays are not supported; save in C order".into(),
-        ));
-    }
-    let shape_text = field("shape").ok_or_else(|| err("no 'shape' in the header".into()))?;
-    let inside = shape_text
-        .strip_prefix('(')
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| err(format!("unreadable shape {shape_text}")))?;
-    let shape: Vec<usize> = inside
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| err(format!("unreadable shape {shape_text}")))
+/// An opened float `.npy` file whose header has been read and checked against the file's
+/// size; the payload is read by [`NpyFile::read_values`].
+#[derive(Debug)]
+pub struct NpyFile {
+    path: PathBuf,
+    file: File,
+    /// The array's shape, from the header.
+    pub shape: Vec<usize>,
+    /// Bytes per value: 4 (`<f4`) or 2 (`<f2`).
+    width: usize,
+    /// Bytes the payload must hold (`shape` product x `width`).
+    payload: u64,
+}
+
+impl NpyFile {
+    /// Opens `path` and reads its header only (magic, version, header dict, dtype, shape),
+    /// refusing anything but a C-order little-endian float32 or float16 array; for a regular
+    /// file, its size must equal header plus payload. At most [`MAX_HEADER_BYTES`] are read.
+    pub fn open(path: &Path) -> Result<Self, NpyError> {
+        let format = |detail: String| NpyError::Format {
+            path: path.to_path_buf(),
+            detail,
+        };
+        if path.is_dir() {
+            return Err(format("is a folder; name a .npy file".into()));
+        }
+        let mut file = File::open(path).map_err(NpyError::read(path))?;
+        let mut prefix = [0u8; 10];
+        let got = read_up_to(&mut file, &mut prefix).map_err(NpyError::read(path))?;
+        if got < prefix.len() || &prefix[..6] != b"\x93NUMPY" {
+            return Err(format("not a .npy file (no \\x93NUMPY magic)".into()));
+        }
+        let (header_len, start) = match prefix[6] {
+            1 => (u16::from_le_bytes([prefix[8], prefix[9]]) as usize, 10),
+            2 | 3 => {
+                let mut rest = [0u8; 2];
+                if read_up_to(&mut file, &mut rest).map_err(NpyError::read(path))? < 2 {
+                    return Err(format("truncated header".into()));
+                }
+                let len = u32::from_le_bytes([prefix[8], prefix[9], rest[0], rest[1]]);
+                (len as usize, 12)
+            }
+            v => return Err(format(format!("unsupported .npy version {v}"))),
+        };
+        if header_len > MAX_HEADER_BYTES {
+            return Err(format(format!(
+                "the header claims {header_len} bytes; more than {MAX_HEADER_BYTES} is not a \
+                 numpy array header"
+            )));
+        }
+        let mut header = vec![0u8; header_len];
+        if read_up_to(&mut file, &mut header).map_err(NpyError::read(path))? < header_len {
+            return Err(format("truncated header".into()));
+        }
+        let header = String::from_utf8_lossy(&header);
+        let field = |key: &str| -> Option<String> {
+            let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+            let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
+            Some(rest.to_string())
+        };
+        let descr = field("descr").ok_or_else(|| format("no 'descr' in the header".into()))?;
+        let width = if descr.starts_with("'<f4'") {
+            4
+        } else if descr.starts_with("'<f2'") {
+            2
+        } else {
+            return Err(format(format!(
+                "dtype {} is not float32 or float16 (little-endian)",
+                descr.split(',').next().unwrap_or("?")
+            )));
+        };
+        if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+            return Err(format(
+                "Fortran-order arrays are not supported; save in C order".into(),
+            ));
+        }
+        let shape_text = field("shape").ok_or_else(|| format("no 'shape' in the header".into()))?;
+        let unreadable = || format(format!("unreadable shape {shape_text}"));
+        let inside = shape_text
+            .strip_prefix('(')
+            .and_then(|s| s.split(')').next())
+            .ok_or_else(unreadable)?;
+        let shape: Vec<usize> = inside
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().map_err(|_| unreadable()))
+            .collect::<Result<_, _>>()?;
+        let payload = shape
+            .iter()
+            .try_fold(width as u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| format(format!("shape {shape:?} is too large to address")))?;
+        let meta = file.metadata().map_err(NpyError::read(path))?;
+        if meta.is_file() {
+            let holds = meta.len().saturating_sub((start + header_len) as u64);
+            if holds != payload {
+                return Err(format(format!(
+                    "shape {shape:?} needs {payload} bytes of data, the file holds {holds}"
+                )));
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            shape,
+            width,
+            payload,
         })
-        .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
-    let data = &bytes[start + header_len..];
-    if data.len() != count * width {
-        return Err(err(format!(
-            "shape {shape:?} needs {} bytes of data, the file holds {}",
-            count * width,
-            data.len()
-        )));
     }
-    let values = if width == 4 {
-        data.chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    } else {
-        data.chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect()
-    };
-    Ok((shape, values))
+
+    /// Reads the payload, widened to f32. From a stream that is not a regular file (a pipe,
+    /// a device) at most one byte more than the shape needs is read.
+    pub fn read_values(self) -> Result<Vec<f32>, NpyError> {
+        let Self {
+            path,
+            file,
+            shape,
+            width,
+            payload,
+        } = self;
+        let too_large = || NpyError::Format {
+            path: path.clone(),
+            detail: format!("shape {shape:?} ({payload} bytes) does not fit in memory"),
+        };
+        let len = usize::try_from(payload).map_err(|_| too_large())?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| too_large())?;
+        file.take(payload + 1)
+            .read_to_end(&mut data)
+            .map_err(NpyError::read(&path))?;
+        if data.len() as u64 != payload {
+            return Err(NpyError::Format {
+                path: path.clone(),
+                detail: format!(
+                    "shape {shape:?} needs {payload} bytes of data, the file holds {}{}",
+                    if data.len() as u64 > payload {
+                        "more than "
+                    } else {
+                        ""
+                    },
+                    data.len().min(payload as usize)
+                ),
+            });
+        }
+        Ok(if width == 4 {
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        } else {
+            data.chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect()
+        })
+    }
+}
+
+/// Fills as much of `buf` as the reader holds; the number of bytes read.
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads a C-order little-endian float `.npy` of `<f4` or `<f2` values (what numpy writes
+/// for float32 and float16 arrays) as its shape and values widened to f32; the header is
+/// checked before the payload is read ([`NpyFile::open`]).
+pub fn read_float_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>), NpyError> {
+    let file = NpyFile::open(path)?;
+    let shape = file.shape.clone();
+    Ok((shape, file.read_values()?))
 }
 
 #[cfg(test)]
@@ -234,6 +356,52 @@ mod tests {
         assert_eq!(read_float_npy(&path).unwrap(), (vec![2], vec![0.5, -2.0]));
         std::fs::write(&path, b"not npy").unwrap();
         assert!(read_float_npy(&path).is_err());
+    }
+
+    #[test]
+    fn read_errors_say_read_and_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.npy");
+        let e = read_float_npy(&missing).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read .npy") && e.contains("missing.npy"),
+            "{e}"
+        );
+        let junk = dir.path().join("junk.npy");
+        std::fs::write(&junk, vec![b'x'; 100]).unwrap();
+        let e = read_float_npy(&junk).unwrap_err().to_string();
+        assert!(
+            e.contains("no \\x93NUMPY magic") && !e.contains("write"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_size_is_checked_against_the_header_before_the_payload_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        // A header claiming [2, 3] float32 (24 bytes) over a payload of 1 MB.
+        let mut bytes = npy_header(&[2, 3]);
+        bytes.resize(bytes.len() + (1 << 20), 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = NpyFile::open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("needs 24 bytes of data, the file holds 1048576"),
+            "{e}"
+        );
+        // A shape whose size overflows is refused, not allocated.
+        let mut bytes = npy_header(&[usize::MAX / 2, 3]);
+        bytes.extend_from_slice(&[0; 8]);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = NpyFile::open(&path).unwrap_err().to_string();
+        assert!(e.contains("too large"), "{e}");
+        // An endless stream has no magic and is refused after ten bytes.
+        if Path::new("/dev/zero").exists() {
+            let e = read_float_npy(Path::new("/dev/zero"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not a .npy file"), "{e}");
+        }
     }
 
     #[test]

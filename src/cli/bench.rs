@@ -279,6 +279,12 @@ fn timed_plans(args: &BenchArgs) -> Result<(Vec<ComputePlan>, Vec<NotTimed>)> {
 }
 
 pub fn run(args: BenchArgs) -> Result<Outcome> {
+    super::check_outputs(
+        &[args.batches_out.as_deref(), args.report.as_deref()],
+        Some(&args.model),
+        &[Some(&args.fasta), args.torch.as_deref()],
+    )?;
+    super::check_random_weights_fit(&args.model, args.synthetic && !args.plan_only)?;
     let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
     let (plans, refused) = timed_plans(&args)?;
     let torch = args

@@ -17,7 +17,7 @@ use esmfuzz::input::{NormaliseOptions, Protein};
 use esmfuzz::model::{ComputePlan, FaultSet, Fp32Places, Precision};
 use esmfuzz::with_backend;
 
-use super::{ModelArgs, Outcome, named, read_proteins, write_report};
+use super::{ModelArgs, Outcome, check_outputs, named, read_proteins, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct BisectArgs {
@@ -39,11 +39,11 @@ pub struct BisectArgs {
     #[arg(long, value_delimiter = ',')]
     pub fasta: Vec<PathBuf>,
     /// Proteins per padded batch (one case).
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
     /// A mixed policy holds when every property holds using at most this fraction of its
     /// tolerance (1: just hold; 0.5: with half of it to spare).
-    #[arg(long, default_value_t = 1.0, conflicts_with = "reach")]
+    #[arg(long, default_value_t = 1.0, conflicts_with = "reach", value_parser = positive_fraction)]
     pub max_used: f64,
     /// Instead of --max-used: reach the margins of this plain policy on the same cases (its
     /// largest fraction of tolerance used becomes the bound), e.g. `--precision bf16 --reach f16`.
@@ -84,7 +84,7 @@ fn cases(args: &BisectArgs, seed: u64, real: &[Protein]) -> Result<Vec<Vec<Prote
     }
     proteins.sort_by_key(|p| p.residues.len());
     Ok(proteins
-        .chunks(args.batch.max(1))
+        .chunks(args.batch as usize)
         .map(<[Protein]>::to_vec)
         .collect())
 }
@@ -102,13 +102,28 @@ fn trial_line(t: &Trial) -> String {
     )
 }
 
-pub fn run(args: BisectArgs) -> Result<Outcome> {
-    if args.max_used.is_nan() || args.max_used <= 0.0 {
-        bail!(
-            "--max-used {} must be above 0 (a fraction of each property's tolerance)",
-            args.max_used
-        );
+/// `--max-used`: a finite number above 0 (a fraction of each property's tolerance).
+fn positive_fraction(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!(
+            "{v} is not a finite number above 0 (a fraction of each property's tolerance, \
+             e.g. 1 or 0.5)"
+        )),
+        Err(e) => Err(format!("{text:?} is not a number: {e}")),
     }
+}
+
+pub fn run(args: BisectArgs) -> Result<Outcome> {
+    check_outputs(
+        &[args.report.as_deref()],
+        Some(&args.model),
+        &args
+            .fasta
+            .iter()
+            .map(|p| Some(p.as_path()))
+            .collect::<Vec<_>>(),
+    )?;
     let mut real = Vec::new();
     for path in &args.fasta {
         real.extend(read_proteins(path, NormaliseOptions::default())?);

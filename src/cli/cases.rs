@@ -3,14 +3,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Result, bail};
 use clap::Args;
 
 use esmfuzz::harness::deployment::{ExportedCase, generate_cases};
 use esmfuzz::harness::strategies::Stratum;
-use esmfuzz::input::write_fasta;
+use esmfuzz::input::{fasta_text, first_duplicate_name};
 
-use super::{Outcome, check_output, named};
+use super::{Outcome, check_outputs, named, same_file, write_atomically};
 
 #[derive(Args, Debug)]
 pub struct CasesArgs {
@@ -29,9 +29,33 @@ pub struct CasesArgs {
 }
 
 pub fn run(args: CasesArgs) -> Result<Outcome> {
-    check_output(&args.out, &[])?;
+    let json = args.out.with_extension("json");
+    if same_file(&args.out, &json) {
+        bail!(
+            "--out {}: the listing is written beside the FASTA as <out>.json, here the same \
+             file; name the FASTA with another extension (e.g. {})",
+            args.out.display(),
+            args.out.with_extension("fasta").display()
+        );
+    }
+    check_outputs(&[Some(&args.out), Some(&json)], None, &[])?;
+    if let Some((i, s)) = args
+        .strata
+        .iter()
+        .enumerate()
+        .find(|(i, s)| args.strata[..*i].contains(s))
+    {
+        bail!(
+            "--strata names {s} twice (item {}); each stratum's cases are numbered from 0, so \
+             their ids would repeat",
+            i + 1
+        );
+    }
     let proteins = generate_cases(&args.strata, args.cases as usize, args.seed);
-    write_fasta(&args.out, &proteins).with_context(|| format!("writing {}", args.out.display()))?;
+    if let Some((first, second, name)) = first_duplicate_name(&proteins) {
+        bail!("generated records {first} and {second} share the id '{name}'");
+    }
+    write_atomically(&args.out, fasta_text(&proteins).as_bytes())?;
     let listing: Vec<ExportedCase> = proteins
         .iter()
         .map(|p| ExportedCase {
@@ -45,7 +69,6 @@ pub fn run(args: CasesArgs) -> Result<Outcome> {
             residues: p.residues.len(),
         })
         .collect();
-    let json = args.out.with_extension("json");
     super::write_report(&json, &listing)?;
     eprintln!(
         "wrote {} proteins to {} and {}",

@@ -14,7 +14,7 @@ use esmfuzz::npy::{NpyRowWriter, partial_path};
 use esmfuzz::with_backend;
 
 use super::{
-    ModelArgs, Outcome, check_output, named, progress, read_proteins, warn_if_over_budget,
+    ModelArgs, Outcome, check_outputs, named, progress, read_proteins, warn_if_over_budget,
 };
 
 #[derive(Args, Debug)]
@@ -62,7 +62,7 @@ pub struct EmbedArgs {
 }
 
 pub fn run(args: EmbedArgs) -> Result<Outcome> {
-    check_output(&args.out, &[&args.fasta, &args.model.weights])?;
+    check_outputs(&[Some(&args.out)], Some(&args.model), &[Some(&args.fasta)])?;
     let proteins = read_proteins(
         &args.fasta,
         NormaliseOptions {

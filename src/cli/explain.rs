@@ -12,7 +12,7 @@ use esmfuzz::input::NormaliseOptions;
 use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
 use esmfuzz::with_backend;
 
-use super::{ModelArgs, Outcome, named, read_proteins, write_report};
+use super::{ModelArgs, Outcome, check_outputs, named, read_proteins, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
@@ -38,7 +38,25 @@ pub struct ExplainArgs {
 }
 
 pub fn run(args: ExplainArgs) -> Result<Outcome> {
+    check_outputs(
+        &[args.report.as_deref()],
+        Some(&args.model),
+        &[Some(&args.fasta)],
+    )?;
     let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
+    let numbers: Vec<usize> = proteins
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.name == args.record)
+        .map(|(i, _)| i + 1)
+        .collect();
+    if let [first, second, ..] = numbers[..] {
+        bail!(
+            "{}: records {first} and {second} share the id '{}'; give every record its own id",
+            args.fasta.display(),
+            args.record
+        );
+    }
     let Some(protein) = proteins.iter().find(|p| p.name == args.record) else {
         let known: Vec<&str> = proteins.iter().take(5).map(|p| p.name.as_str()).collect();
         bail!(

@@ -196,10 +196,51 @@ impl ModelArgs {
             .with_context(|| format!("loading weights from {}", weights.display()))
     }
 
+    /// The files the model is read from, for [`check_outputs`]: `--weights` (every file in
+    /// it when a folder) and `--config`. `hf:` weights live in the cache and are not listed.
+    fn input_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        if !self.weights.to_string_lossy().starts_with("hf:") {
+            match std::fs::read_dir(&self.weights) {
+                Ok(entries) => files.extend(entries.flatten().map(|e| e.path())),
+                Err(_) => files.push(self.weights.clone()),
+            }
+        }
+        files.extend(self.config.clone());
+        files
+    }
+
     /// The token budget to use: the one given, else the backend's default.
     fn budget(&self, given: Option<usize>) -> usize {
         given.unwrap_or_else(|| self.backend.default_token_budget())
     }
+}
+
+/// Before random weights of `--preset` are drawn (`bench --synthetic`, when `drawn`): an
+/// error naming the bytes the f32 weights need when this process cannot allocate them (an
+/// address-space limit, a small host), instead of an allocation abort part way through.
+fn check_random_weights_fit(model: &ModelArgs, drawn: bool) -> Result<()> {
+    let Some(preset) = model.preset.as_deref().filter(|_| drawn) else {
+        return Ok(());
+    };
+    let config = EsmConfig::preset(preset)?;
+    let values: u64 = esmfuzz::model::synth::tensors(&config)
+        .iter()
+        .map(|t| t.len() as u64)
+        .sum();
+    let bytes = values.saturating_mul(4);
+    let mut probe: Vec<u8> = Vec::new();
+    let fits = usize::try_from(bytes).is_ok_and(|b| probe.try_reserve_exact(b).is_ok());
+    drop(probe);
+    if !fits {
+        bail!(
+            "{preset}: its random f32 weights alone need {bytes} bytes ({:.1} GB: {values} \
+             parameters x 4), which this process cannot allocate (host memory or an \
+             address-space limit such as ulimit -v); use a smaller --preset or a larger host",
+            bytes as f64 / 1e9
+        );
+    }
+    Ok(())
 }
 
 /// One model per spec from `checkpoint`, streamed: each layer is read, checked for NaN/Inf
@@ -311,6 +352,19 @@ fn read_proteins(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>>
     Ok(proteins)
 }
 
+/// [`read_proteins`], refusing two records of one id (records are reported, and matched to
+/// rows, by id).
+fn read_unique_proteins(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>> {
+    let proteins = read_proteins(path, options)?;
+    if let Some((first, second, name)) = input::first_duplicate_name(&proteins) {
+        bail!(
+            "{}: records {first} and {second} share the id '{name}'; give every record its own id",
+            path.display()
+        );
+    }
+    Ok(proteins)
+}
+
 /// Warns when `budget` is smaller than the longest protein's tokens (those get batches of
 /// their own, over budget).
 fn warn_if_over_budget(proteins: &[Protein], budget: usize) {
@@ -342,22 +396,79 @@ fn progress(total: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Writes a report as pretty JSON.
+/// Writes a report as pretty JSON, atomically ([`write_atomically`]).
 fn write_report(path: &Path, report: &impl Serialize) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(report)?)
-        .with_context(|| format!("writing {}", path.display()))
+    write_atomically(path, serde_json::to_string_pretty(report)?.as_bytes())
 }
 
-/// Checks, before any weights load, that `out` can be written and is none of `inputs`.
+/// Writes `bytes` to a new file beside `path` and renames it onto `path` once complete, so a
+/// run that stops part way leaves the old file (or none), never half of one. A symlink at
+/// `path` is followed: the file it names is replaced.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let target = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let name = target
+        .file_name()
+        .with_context(|| format!("{}: names no file", path.display()))?;
+    let temp = target.with_file_name(format!(
+        ".{}.{}-{}.partial",
+        name.to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &target)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
+}
+
+/// Where writing `path` would land: its canonical form when it exists (symlinks followed),
+/// else its canonical folder joined with its name (a dangling symlink followed to where it
+/// points). `None` when its folder does not exist.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    if let Ok(c) = path.canonicalize() {
+        return Some(c);
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(link) = std::fs::read_link(path) {
+        // One level of dangling link is enough for the checks here.
+        let pointed = dir.join(link);
+        let pdir = pointed.parent()?.canonicalize().ok()?;
+        return Some(pdir.join(pointed.file_name()?));
+    }
+    Some(dir.canonicalize().ok()?.join(path.file_name()?))
+}
+
+/// Whether `a` and `b` name the same file, through symlinks and `..`; paths that cannot be
+/// resolved compare as written.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (resolved(a), resolved(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Checks, before any weights load, that `out` can be written and is none of `inputs`
+/// (compared through symlinks: [`same_file`]).
 fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
     if out.is_dir() {
         bail!("{}: the output is a folder; name a file", out.display());
     }
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
-    if let Some(input) = inputs.iter().find(|i| same(out, i)) {
+    if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
         bail!(
             "{}: the output would overwrite an input ({}); choose another path",
             out.display(),
@@ -376,4 +487,70 @@ fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// [`check_output`] for every given output of a command, against `inputs` (the given ones)
+/// and every file `model` reads; two outputs naming one file are refused too.
+fn check_outputs(
+    outputs: &[Option<&Path>],
+    model: Option<&ModelArgs>,
+    inputs: &[Option<&Path>],
+) -> Result<()> {
+    let model_files = model.map(ModelArgs::input_files).unwrap_or_default();
+    let inputs: Vec<&Path> = inputs
+        .iter()
+        .flatten()
+        .copied()
+        .chain(model_files.iter().map(PathBuf::as_path))
+        .collect();
+    let outputs: Vec<&Path> = outputs.iter().flatten().copied().collect();
+    for (i, out) in outputs.iter().enumerate() {
+        check_output(out, &inputs)?;
+        if let Some(other) = outputs[..i].iter().find(|o| same_file(out, o)) {
+            bail!(
+                "{} and {} are the same file; give each output its own path",
+                other.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_are_compared_through_symlinks_and_written_by_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.fasta");
+        std::fs::write(&input, ">a\nMK\n").unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let link = sub.join("link.json");
+        std::os::unix::fs::symlink(&input, &link).unwrap();
+        assert!(same_file(&link, &input));
+        assert!(same_file(&sub.join("..").join("in.fasta"), &input));
+        assert!(!same_file(&sub.join("new.json"), &input));
+        let e = check_output(&link, &[&input]).unwrap_err().to_string();
+        assert!(e.contains("would overwrite an input"), "{e}");
+        // A dangling link is followed to where it points.
+        let dangling = sub.join("dangling.json");
+        std::os::unix::fs::symlink(dir.path().join("later.json"), &dangling).unwrap();
+        assert!(same_file(&dangling, &dir.path().join("later.json")));
+        // Written through the link onto the file it names, with no temp file left.
+        write_atomically(&link, b"new").unwrap();
+        assert_eq!(std::fs::read(&input).unwrap(), b"new");
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".partial")), "{names:?}");
+        // A folder that does not exist leaves nothing and names the file.
+        let e = write_atomically(&dir.path().join("no/such.json"), b"x").unwrap_err();
+        assert!(format!("{e:#}").contains("no/such.json"), "{e:#}");
+    }
 }

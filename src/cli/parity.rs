@@ -87,18 +87,19 @@ fn timed_states<B: Backend>(
     (states, start.elapsed().as_secs_f64())
 }
 
-/// A float32 `.npy` of rank `rank`, as its shape and values (C order).
-fn read_reference(path: &PathBuf, rank: usize) -> Result<(Vec<usize>, Vec<f32>)> {
-    let a: ndarray::ArrayD<f32> = ndarray_npy::read_npy(path)
-        .with_context(|| format!("reading {} (a float32 .npy)", path.display()))?;
-    if a.ndim() != rank {
+/// A float `.npy` of rank `rank`, as its shape and values (C order); the header and the
+/// rank are checked before the payload is read (see [`esmfuzz::npy::NpyFile`]).
+fn read_reference(path: &std::path::Path, rank: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+    let file = esmfuzz::npy::NpyFile::open(path)?;
+    if file.shape.len() != rank {
         anyhow::bail!(
             "{}: expected a float32 array of rank {rank}, found shape {:?}",
             path.display(),
-            a.shape()
+            file.shape
         );
     }
-    Ok((a.shape().to_vec(), a.iter().copied().collect()))
+    let shape = file.shape.clone();
+    Ok((shape, file.read_values()?))
 }
 
 pub fn run(args: ParityArgs) -> Result<Outcome> {
@@ -110,6 +111,11 @@ pub fn run(args: ParityArgs) -> Result<Outcome> {
     let first_path = args
         .reference_first_tokens
         .unwrap_or_else(|| shared(REFERENCE_FIRST_TOKENS));
+    super::check_outputs(
+        &[args.report.as_deref()],
+        Some(&args.model),
+        &[Some(&fasta), Some(&pooled_path), Some(&first_path)],
+    )?;
     let proteins = read_proteins(&fasta, NormaliseOptions::default())?;
     let (_, pooled_ref) = read_reference(&pooled_path, 2)?;
     let (first_shape, first_ref) = read_reference(&first_path, 3)?;

@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use super::metrics;
 use super::strategies::{Stratum, protein};
+use super::verdict::Tolerances;
 use crate::batch::pool_residues;
 use crate::input::Protein;
 
@@ -87,6 +88,58 @@ impl Pooling {
     }
 }
 
+/// The per-record bounds a deployment's pooled rows are held to: the cosine alone passes a
+/// pipeline that scales every row (a normalisation, a unit change), so the size of the
+/// error and of the row are bounded too.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeploymentBounds {
+    /// Pooled cosine per record, `>`: the policy's [`Tolerances::pooled_cosine`].
+    pub cosine: f64,
+    /// `||theirs - ours|| / ||ours||` per record, `<`: the policy's
+    /// [`Tolerances::relative_l2`] (set on all token states; a pooled row averages the
+    /// per-token error, and f16 measured 3e-3 on the corpus against f16's 0.03).
+    pub relative_l2: f64,
+    /// `| ||theirs|| / ||ours|| - 1 |` per record, `<`: the larger of the policy's
+    /// [`Tolerances::l2_norm_rel`] (the acceptance's 5% on norms) and its relative-L2
+    /// bound. Since `| ||a|| - ||b|| | <= ||a - b||`, a record within the relative-L2 bound
+    /// is within this one too: it never fails alone, it names what broke when a pipeline
+    /// rescales its rows.
+    pub norm_ratio: f64,
+}
+
+impl DeploymentBounds {
+    /// The bounds of a policy's tolerances.
+    pub fn of(tolerances: &Tolerances) -> Self {
+        Self {
+            cosine: tolerances.pooled_cosine,
+            relative_l2: tolerances.relative_l2,
+            norm_ratio: tolerances.l2_norm_rel.max(tolerances.relative_l2),
+        }
+    }
+}
+
+/// Which of [`DeploymentBounds`] a record broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentBound {
+    Cosine,
+    RelativeL2,
+    NormRatio,
+}
+
+impl DeploymentBound {
+    /// The bound as a report line names it, with its value from `bounds`.
+    pub fn describe(self, bounds: &DeploymentBounds) -> String {
+        match self {
+            DeploymentBound::Cosine => format!("pooled cosine > {}", bounds.cosine),
+            DeploymentBound::RelativeL2 => format!("relative L2 < {}", bounds.relative_l2),
+            DeploymentBound::NormRatio => {
+                format!("norm ratio within 1 +- {}", bounds.norm_ratio)
+            }
+        }
+    }
+}
+
 /// One record of a deployment check.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RecordCheck {
@@ -98,14 +151,69 @@ pub struct RecordCheck {
     /// `||theirs - ours|| / ||ours||`.
     #[serde(deserialize_with = "super::verdict::f64_or_nan")]
     pub relative_l2: f64,
+    /// `||theirs|| / ||ours||`.
+    #[serde(deserialize_with = "super::verdict::f64_or_nan")]
+    pub norm_ratio: f64,
+    /// The bounds this record broke (none when it passed); NaN breaks every one.
+    pub broke: Vec<DeploymentBound>,
     pub passed: bool,
+}
+
+impl RecordCheck {
+    fn judge(
+        name: &str,
+        residues: usize,
+        ours: &[f32],
+        theirs: &[f32],
+        bounds: &DeploymentBounds,
+    ) -> Self {
+        let cosine = metrics::cosine(ours, theirs);
+        let relative_l2 = metrics::relative_l2(theirs, ours);
+        let norm_ratio = norm(theirs) / norm(ours);
+        // Each holds only when its comparison is true, so NaN breaks every one.
+        let held = [
+            (DeploymentBound::Cosine, cosine > bounds.cosine),
+            (
+                DeploymentBound::RelativeL2,
+                relative_l2 < bounds.relative_l2,
+            ),
+            (
+                DeploymentBound::NormRatio,
+                (norm_ratio - 1.0).abs() < bounds.norm_ratio,
+            ),
+        ];
+        let broke: Vec<DeploymentBound> = held
+            .into_iter()
+            .filter(|(_, held)| !held)
+            .map(|(bound, _)| bound)
+            .collect();
+        Self {
+            name: name.to_string(),
+            residues,
+            cosine,
+            relative_l2,
+            norm_ratio,
+            passed: broke.is_empty(),
+            broke,
+        }
+    }
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
 /// The outcome of checking a deployment's pooled embeddings.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DeploymentCheck {
-    /// Per-record pooled cosine threshold.
+    /// Per-record pooled cosine threshold (`bounds.cosine`).
     pub threshold: f64,
+    /// Every per-record bound.
+    pub bounds: DeploymentBounds,
     pub records: usize,
     /// The pooling their embeddings match best (over their finite rows; `None` when fewer
     /// than half the rows are finite), with the median cosine under each.
@@ -123,16 +231,48 @@ impl DeploymentCheck {
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }
+
+    /// Each broken bound with the number of failing records that broke it, in
+    /// [`DeploymentBound`] order.
+    pub fn broken_bounds(&self) -> Vec<(DeploymentBound, usize)> {
+        [
+            DeploymentBound::Cosine,
+            DeploymentBound::RelativeL2,
+            DeploymentBound::NormRatio,
+        ]
+        .into_iter()
+        .map(|b| {
+            (
+                b,
+                self.failures
+                    .iter()
+                    .filter(|f| f.broke.contains(&b))
+                    .count(),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
 }
 
+/// Failing rows looked at when searching for a row-order mismatch (each is compared with
+/// every record's oracle row).
+const ROW_ORDER_PROBES: usize = 64;
+
+/// Relative spread under which per-row scale factors or offsets count as one constant.
+const CONSTANT_SPREAD: f64 = 0.01;
+
 /// Judges `theirs` (one pooled row per protein, `[hidden]` each) against the oracle's FP32
-/// token states of the same proteins (`[n + 2, hidden]` each).
+/// token states of the same proteins (`[n + 2, hidden]` each), each record under every one
+/// of `bounds`. Diagnoses, in order: non-finite rows; then the first of a row-order
+/// mismatch, a constant scale, a constant offset and another pooling that explains the
+/// failures; then, when none did, a length limit.
 pub fn check_pooled(
     proteins: &[Protein],
     oracle_states: &[Vec<f32>],
     theirs: &[Vec<f32>],
     hidden: usize,
-    threshold: f64,
+    bounds: DeploymentBounds,
 ) -> DeploymentCheck {
     let median_cosine_by_pooling: Vec<(Pooling, f64)> = Pooling::ALL
         .iter()
@@ -160,22 +300,23 @@ pub fn check_pooled(
                 .map(|(p, _)| *p)
         })
         .flatten();
-    let mut all: Vec<RecordCheck> = proteins
+    let ours: Vec<Vec<f32>> = oracle_states
         .iter()
-        .zip(oracle_states)
-        .zip(theirs)
-        .map(|((p, s), t)| {
-            let ours = pool_residues(s, hidden);
-            let cosine = metrics::cosine(&ours, t);
-            RecordCheck {
-                name: p.name.clone(),
-                residues: p.residues.len(),
-                cosine,
-                relative_l2: metrics::relative_l2(t, &ours),
-                passed: cosine > threshold,
-            }
-        })
+        .map(|s| pool_residues(s, hidden))
         .collect();
+    let all: Vec<(usize, RecordCheck)> = proteins
+        .iter()
+        .zip(&ours)
+        .zip(theirs)
+        .map(|((p, o), t)| RecordCheck::judge(&p.name, p.residues.len(), o, t, &bounds))
+        .enumerate()
+        .collect();
+    let failing_rows: Vec<usize> = all
+        .iter()
+        .filter(|(_, r)| !r.passed)
+        .map(|(i, _)| *i)
+        .collect();
+    let mut all: Vec<RecordCheck> = all.into_iter().map(|(_, r)| r).collect();
     all.sort_by_key(|r| r.residues);
     let (failures, passing): (Vec<RecordCheck>, Vec<RecordCheck>) =
         all.into_iter().partition(|r| !r.passed);
@@ -184,25 +325,6 @@ pub fn check_pooled(
         .min_by(|a, b| a.cosine.total_cmp(&b.cosine))
         .cloned();
     let mut diagnosis = Vec::new();
-    if let Some(pooling_detected) = pooling_detected.filter(|p| *p != Pooling::ResidueMean) {
-        let median = |p| {
-            median_cosine_by_pooling
-                .iter()
-                .find(|(q, _)| *q == p)
-                .map_or(f64::NAN, |(_, c)| *c)
-        };
-        diagnosis.push(format!(
-            "the embeddings match {} pooling (median cosine {:.6}) better than the mean over \
-             residues with BOS and EOS excluded ({:.6}): pool over residues only",
-            match pooling_detected {
-                Pooling::AllTokenMean => "mean-over-every-token (BOS and EOS included)",
-                Pooling::Bos => "BOS-token",
-                Pooling::ResidueMean => "residue-mean",
-            },
-            median(pooling_detected),
-            median(Pooling::ResidueMean)
-        ));
-    }
     let non_finite: Vec<&RecordCheck> = failures.iter().filter(|r| r.cosine.is_nan()).collect();
     if let Some(first) = non_finite.first() {
         diagnosis.push(format!(
@@ -212,8 +334,48 @@ pub fn check_pooled(
             first.name
         ));
     }
+    let finite_failing: Vec<usize> = failing_rows
+        .iter()
+        .copied()
+        .filter(|&i| theirs[i].iter().all(|v| v.is_finite()))
+        .collect();
+    let structural = row_order(proteins, &ours, theirs, &finite_failing, &bounds)
+        .or_else(|| constant_scale(&ours, theirs, &finite_failing, &bounds))
+        .or_else(|| constant_offset(&ours, theirs, &finite_failing))
+        .or_else(|| {
+            pooling_detected
+                .filter(|p| *p != Pooling::ResidueMean)
+                .map(|detected| {
+                    let median = |p| {
+                        median_cosine_by_pooling
+                            .iter()
+                            .find(|(q, _)| *q == p)
+                            .map_or(f64::NAN, |(_, c)| *c)
+                    };
+                    format!(
+                        "the embeddings match {} pooling (median cosine {:.6}) better than \
+                         the mean over residues with BOS and EOS excluded ({:.6}): pool over \
+                         residues only",
+                        match detected {
+                            Pooling::AllTokenMean => {
+                                "mean-over-every-token (BOS and EOS included)"
+                            }
+                            Pooling::Bos => "BOS-token",
+                            Pooling::ResidueMean => "residue-mean",
+                        },
+                        median(detected),
+                        median(Pooling::ResidueMean)
+                    )
+                })
+        });
+    let explained = structural.is_some();
+    diagnosis.extend(structural);
     // A length limit: failures only among the longer half of the records.
-    if let Some(shortest) = failures.iter().find(|r| !r.cosine.is_nan()) {
+    if let Some(shortest) = failures
+        .iter()
+        .find(|r| !r.cosine.is_nan())
+        .filter(|_| !explained)
+    {
         let mut lengths: Vec<usize> = proteins.iter().map(|p| p.residues.len()).collect();
         lengths.sort_unstable();
         let median = lengths[(lengths.len() - 1) / 2];
@@ -230,7 +392,8 @@ pub fn check_pooled(
         }
     }
     DeploymentCheck {
-        threshold,
+        threshold: bounds.cosine,
+        bounds,
         records: proteins.len(),
         pooling_detected,
         median_cosine_by_pooling,
@@ -238,6 +401,140 @@ pub fn check_pooled(
         worst_passing,
         diagnosis,
     }
+}
+
+/// A row-order mismatch: most of the (first [`ROW_ORDER_PROBES`]) failing rows match
+/// another record's oracle row within the cosine bound, better than their own.
+fn row_order(
+    proteins: &[Protein],
+    ours: &[Vec<f32>],
+    theirs: &[Vec<f32>],
+    failing: &[usize],
+    bounds: &DeploymentBounds,
+) -> Option<String> {
+    let probes = &failing[..failing.len().min(ROW_ORDER_PROBES)];
+    let matched: Vec<(usize, usize, f64)> = probes
+        .iter()
+        .filter_map(|&i| {
+            let own = metrics::cosine(&ours[i], &theirs[i]);
+            let (j, best) = ours
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, o)| (j, metrics::cosine(o, &theirs[i])))
+                .filter(|(_, c)| !c.is_nan())
+                .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            (best > bounds.cosine && best > own).then_some((i, j, best))
+        })
+        .collect();
+    if matched.is_empty() || 2 * matched.len() < probes.len() {
+        return None;
+    }
+    let n = ours.len();
+    let reversed = matched.iter().all(|&(i, j, _)| j == n - 1 - i);
+    let (i, j, c) = matched[0];
+    Some(format!(
+        "rows out of order: {} of the {} failing rows looked at match another record's \
+         embedding better than their own{} (row {} '{}' matches record {} '{}', cosine \
+         {c:.6}); write one row per FASTA record, in the FASTA's order",
+        matched.len(),
+        probes.len(),
+        if reversed {
+            ", as if in reverse order"
+        } else {
+            ""
+        },
+        i + 1,
+        proteins[i].name,
+        j + 1,
+        proteins[j].name,
+    ))
+}
+
+/// A constant scale: every failing row is the oracle's times one factor `k` (cosine
+/// within its bound in absolute value; the per-row least-squares factors agree within
+/// [`CONSTANT_SPREAD`]).
+fn constant_scale(
+    ours: &[Vec<f32>],
+    theirs: &[Vec<f32>],
+    failing: &[usize],
+    bounds: &DeploymentBounds,
+) -> Option<String> {
+    if failing.is_empty() {
+        return None;
+    }
+    let mut factors = Vec::with_capacity(failing.len());
+    for &i in failing {
+        let parallel = metrics::cosine(&ours[i], &theirs[i]).abs() > bounds.cosine;
+        if !parallel {
+            return None;
+        }
+        factors.push(dot(&theirs[i], &ours[i]) / dot(&ours[i], &ours[i]));
+    }
+    factors.sort_by(f64::total_cmp);
+    let k = factors[factors.len() / 2];
+    let spread = (factors[factors.len() - 1] - factors[0]).abs() / k.abs();
+    (k.is_finite() && spread < CONSTANT_SPREAD).then(|| {
+        format!(
+            "every failing row is the oracle's scaled by {k:.4} ({} row(s)): a constant \
+             factor in the pipeline (a normalisation, a sign, a unit change)?",
+            failing.len()
+        )
+    })
+}
+
+/// A constant offset: at least two failing rows differ from the oracle's by one vector
+/// (within [`CONSTANT_SPREAD`] of its norm).
+fn constant_offset(ours: &[Vec<f32>], theirs: &[Vec<f32>], failing: &[usize]) -> Option<String> {
+    if failing.len() < 2 {
+        return None;
+    }
+    let diffs: Vec<Vec<f64>> = failing
+        .iter()
+        .map(|&i| {
+            theirs[i]
+                .iter()
+                .zip(&ours[i])
+                .map(|(&t, &o)| t as f64 - o as f64)
+                .collect()
+        })
+        .collect();
+    let hidden = diffs[0].len();
+    let mean: Vec<f64> = (0..hidden)
+        .map(|c| diffs.iter().map(|d| d[c]).sum::<f64>() / diffs.len() as f64)
+        .collect();
+    let size = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let widest = diffs
+        .iter()
+        .map(|d| {
+            d.iter()
+                .zip(&mean)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .max_by(f64::total_cmp)
+        .unwrap_or(f64::NAN);
+    if !(size > 0.0 && widest < CONSTANT_SPREAD * size) {
+        return None;
+    }
+    let per_value = mean.iter().sum::<f64>() / hidden as f64;
+    let uniform = mean
+        .iter()
+        .all(|v| (v - per_value).abs() < CONSTANT_SPREAD * per_value.abs());
+    Some(if uniform {
+        format!(
+            "every failing row is the oracle's plus {per_value:.4} in each value ({} rows): \
+             a constant offset in the pipeline?",
+            failing.len()
+        )
+    } else {
+        format!(
+            "every failing row is the oracle's plus one vector (norm {size:.4}, {} rows): a \
+             constant offset in the pipeline (a bias added, a mean not subtracted)?",
+            failing.len()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -254,6 +551,12 @@ mod tests {
         assert!(a[..3].iter().all(|p| p.residues.len() <= 9));
         assert_ne!(a, generate_cases(&[Stratum::Tiny, Stratum::Short], 3, 10));
     }
+
+    const BOUNDS: DeploymentBounds = DeploymentBounds {
+        cosine: 0.99,
+        relative_l2: 0.03,
+        norm_ratio: 0.05,
+    };
 
     /// Two proteins' oracle states, width 2, with distinct BOS/EOS rows.
     fn oracle() -> (Vec<Protein>, Vec<Vec<f32>>) {
@@ -272,13 +575,13 @@ mod tests {
     fn the_right_pooling_passes_and_another_is_diagnosed() {
         let (proteins, states) = oracle();
         let right: Vec<Vec<f32>> = states.iter().map(|s| pool_residues(s, 2)).collect();
-        let check = check_pooled(&proteins, &states, &right, 2, 0.99);
+        let check = check_pooled(&proteins, &states, &right, 2, BOUNDS);
         assert!(check.passed() && check.diagnosis.is_empty(), "{check:?}");
         let wrong: Vec<Vec<f32>> = states
             .iter()
             .map(|s| Pooling::AllTokenMean.pool(s, 2))
             .collect();
-        let check = check_pooled(&proteins, &states, &wrong, 2, 0.99);
+        let check = check_pooled(&proteins, &states, &wrong, 2, BOUNDS);
         assert!(!check.passed());
         assert_eq!(check.pooling_detected, Some(Pooling::AllTokenMean));
         assert!(
@@ -295,7 +598,7 @@ mod tests {
         proteins[1] = Protein::from_letters("b", &"L".repeat(1010));
         let mut theirs: Vec<Vec<f32>> = states.iter().map(|s| pool_residues(s, 2)).collect();
         theirs[1] = vec![-theirs[1][0], theirs[1][1]];
-        let check = check_pooled(&proteins, &states, &theirs, 2, 0.99);
+        let check = check_pooled(&proteins, &states, &theirs, 2, BOUNDS);
         assert_eq!(check.failures.len(), 1);
         assert!(
             check.diagnosis.iter().any(|d| d.contains("length limit")),
@@ -303,9 +606,55 @@ mod tests {
             check.diagnosis
         );
         theirs[1] = vec![f32::NAN, 0.0];
-        let check = check_pooled(&proteins, &states, &theirs, 2, 0.99);
+        let check = check_pooled(&proteins, &states, &theirs, 2, BOUNDS);
         assert!(
             check.diagnosis.iter().any(|d| d.contains("NaN")),
+            "{:?}",
+            check.diagnosis
+        );
+    }
+
+    #[test]
+    fn scaled_rows_fail_the_size_bounds_and_are_named_as_a_scale() {
+        let (proteins, states) = oracle();
+        let scaled: Vec<Vec<f32>> = states
+            .iter()
+            .map(|s| pool_residues(s, 2).iter().map(|v| v * 1.5).collect())
+            .collect();
+        let check = check_pooled(&proteins, &states, &scaled, 2, BOUNDS);
+        assert_eq!(check.failures.len(), 2, "{check:?}");
+        assert_eq!(
+            check.broken_bounds(),
+            vec![
+                (DeploymentBound::RelativeL2, 2),
+                (DeploymentBound::NormRatio, 2)
+            ]
+        );
+        assert!(check.diagnosis[0].contains("scaled by 1.5000"), "{check:?}");
+    }
+
+    #[test]
+    fn swapped_rows_are_a_row_order_mismatch_and_an_offset_is_an_offset() {
+        let (proteins, states) = oracle();
+        let right: Vec<Vec<f32>> = states.iter().map(|s| pool_residues(s, 2)).collect();
+        let swapped = vec![right[1].clone(), right[0].clone()];
+        let check = check_pooled(&proteins, &states, &swapped, 2, BOUNDS);
+        assert!(!check.passed());
+        assert_eq!(check.diagnosis.len(), 1, "{:?}", check.diagnosis);
+        assert!(
+            check.diagnosis[0].contains("rows out of order")
+                && check.diagnosis[0].contains("reverse order"),
+            "{:?}",
+            check.diagnosis
+        );
+        let offset: Vec<Vec<f32>> = right
+            .iter()
+            .map(|r| r.iter().map(|v| v + 0.5).collect())
+            .collect();
+        let check = check_pooled(&proteins, &states, &offset, 2, BOUNDS);
+        assert_eq!(check.diagnosis.len(), 1, "{:?}", check.diagnosis);
+        assert!(
+            check.diagnosis[0].contains("plus 0.5000 in each value"),
             "{:?}",
             check.diagnosis
         );

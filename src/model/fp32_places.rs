@@ -75,6 +75,12 @@ pub enum Fp32PlacesError {
         "'{item}' is not an FP32 place (expected attention:I, norms:I, ffn:I, layer:I, I-J ranges, final-norm, embeddings, residual, all or none)"
     )]
     Syntax { item: String },
+    #[error("'{item}' names layer {layer}, but the model has {layers} layers (0-{last})", last = layers.saturating_sub(1))]
+    ItemBeyondModel {
+        item: String,
+        layer: usize,
+        layers: usize,
+    },
     #[error("{place} names layer {layer}, but the model has {layers} layers (0-{last})", last = layers.saturating_sub(1))]
     NoSuchLayer {
         place: Fp32Place,
@@ -179,6 +185,17 @@ impl Fp32Places {
                     if first > last {
                         return Err(syntax());
                     }
+                    // Before the range is expanded: `layer:0-99999999999` names no model.
+                    if !matches!(kind, "attention" | "norms" | "ffn" | "layer") {
+                        return Err(syntax());
+                    }
+                    if last >= layers {
+                        return Err(Fp32PlacesError::ItemBeyondModel {
+                            item: item.to_string(),
+                            layer: last,
+                            layers,
+                        });
+                    }
                     for i in first..=last {
                         let places: &[Fp32Place] = match kind {
                             "attention" => &[Fp32Place::Attention(i)],
@@ -271,5 +288,13 @@ mod tests {
         }
         let e = Fp32Places::parse_for("ffn:6", 6).unwrap_err().to_string();
         assert!(e.contains("6 layers"), "{e}");
+        let e = Fp32Places::parse_for("layer:0-99", 6)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'layer:0-99' names layer 99") && !e.contains("attention:6"),
+            "{e}"
+        );
+        assert!(Fp32Places::parse_for("softmax:99", 6).is_err());
     }
 }

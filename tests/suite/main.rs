@@ -13,6 +13,7 @@ mod device_memory;
 mod equivalence_by_stratum;
 mod fault_injection;
 mod fused_attention;
+mod hostile_input;
 mod loader_errors;
 mod localisation;
 mod numerical_stability;
