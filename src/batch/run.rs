@@ -48,13 +48,20 @@ pub fn run_batch<B: Backend>(
     batch: &(impl Batch + ?Sized),
     repr_layers: &[usize],
 ) -> LayerStates {
-    super::oom::note_batch(batch);
-    model
-        .forward(batch.input(), repr_layers)
-        .representations
-        .into_iter()
-        .map(|(layer, t)| (layer, HostStates::fetch(t)))
-        .collect()
+    let run = || {
+        model
+            .forward(batch.input(), repr_layers)
+            .representations
+            .into_iter()
+            .map(|(layer, t)| (layer, HostStates::fetch(t)))
+            .collect()
+    };
+    // A device panic goes on unwinding with this batch's shape in its payload, so that the
+    // top of the program can name the batch (see `oom::describe_escaped_panic`).
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
+        let shape = super::oom::BatchShape::of(batch);
+        std::panic::resume_unwind(super::oom::name_batch(shape, payload))
+    })
 }
 
 /// The states of sequence `i`, BOS and EOS included, `[n + 2, hidden]` flat.

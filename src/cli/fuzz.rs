@@ -13,8 +13,10 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::campaign::{CampaignReport, CampaignSpec, Shard, run_campaign};
 use esmfuzz::harness::cases::Models;
-use esmfuzz::harness::family::{Family, FamilyResult, MetricSummary, Observer};
+use esmfuzz::harness::driver::Observer;
+use esmfuzz::harness::family::Family;
 use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
+use esmfuzz::harness::summary::{FamilyResult, MetricSummary};
 use esmfuzz::harness::verdict::{PropertyId, Tolerances, Verdict, tightest};
 use esmfuzz::input::{NormaliseOptions, Protein};
 use esmfuzz::model::{
@@ -250,11 +252,7 @@ impl Observer for ProgressObserver {
     fn case_judged(&mut self, family: Family, run: usize, proteins: &[Protein], v: &[Verdict]) {
         let tightest = tightest(v);
         if let Some(t) = tightest {
-            self.worst_used = self.worst_used.max(if t.used.is_nan() {
-                f64::INFINITY
-            } else {
-                t.used
-            });
+            self.worst_used = self.worst_used.max(t.used_or_infinite());
         }
         let line = CaseLine {
             family: family.name(),

@@ -235,15 +235,6 @@ impl<B: Backend> Esm2<B> {
         Some(floor)
     }
 
-    /// The policy's name in reports: the precision, with its FP32 places if any.
-    pub fn policy_name(&self) -> String {
-        if self.fp32_places.is_empty() {
-            self.plan.precision.to_string()
-        } else {
-            format!("{}+fp32[{}]", self.plan.precision, self.fp32_places)
-        }
-    }
-
     /// Runs the model; `repr_layers` picks which representations to return (indices above
     /// the layer count are ignored).
     ///

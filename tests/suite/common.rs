@@ -18,7 +18,9 @@ use std::sync::{Mutex, OnceLock};
 
 use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::cases::Models;
-use esmfuzz::harness::family::{Family, FamilyResult, Observer, RunOptions, run_family};
+use esmfuzz::harness::driver::{Observer, RunOptions, run_family};
+use esmfuzz::harness::family::Family;
+use esmfuzz::harness::summary::FamilyResult;
 use esmfuzz::harness::verdict::{Selection, Tolerances, Verdict, tightest};
 use esmfuzz::input::{NormaliseOptions, Protein, read_fasta};
 use esmfuzz::model::load::load_checkpoint;
