@@ -13,6 +13,7 @@ mod matmul_check;
 mod merge;
 mod parity;
 mod plots;
+mod report;
 mod synth;
 
 use std::path::{Path, PathBuf};
