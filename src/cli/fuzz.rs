@@ -1,6 +1,7 @@
 //! `esmfuzz fuzz`: a campaign of the property families against FP32 on any backend, saved
 //! failures replayed first; `report.json` is rewritten as the campaign goes.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -18,11 +19,11 @@ use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
 use esmfuzz::harness::summary::FamilyResult;
 use esmfuzz::harness::verdict::{Tolerances, Verdict, tightest};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{
-    AttentionKernel, ComputePlan, FaultSet, Fp32Places, Gemm, ModelSpec, Precision,
-};
+use esmfuzz::model::{FaultSet, Fp32Places, ModelSpec};
+use esmfuzz::named::Named;
 use esmfuzz::with_backend;
 
+use super::policy::{PolicyArgs, describe_policy};
 use super::report::{FuzzReport, ModelSize, RunHeader, SavedReport, read_report};
 use super::{ModelArgs, Outcome, named, read_proteins};
 
@@ -30,19 +31,8 @@ use super::{ModelArgs, Outcome, named, read_proteins};
 pub struct FuzzArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Policy under test (compared with FP32 on the same backend).
-    #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
-    pub precision: Precision,
-    #[arg(long, default_value = "none", help = super::FP32_PLACES_HELP)]
-    pub fp32_places: String,
-    /// Attention kernel of the reduced policy: `composed` (esmfuzz's own ops) or `fused`
-    /// (burn's fused op: flash kernels on CUDA; not for f32).
-    #[arg(long, value_parser = named::<AttentionKernel>(), default_value = "composed")]
-    pub attention: AttentionKernel,
-    /// Matrix products: `cublas` (cuBLAS GEMMs, the default on CUDA when it loads; true
-    /// FP32 with TF32 off for f32) or `burn` (burn's kernels; the only choice on the CPU).
-    #[arg(long, value_parser = named::<Gemm>())]
-    pub gemm: Option<Gemm>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// New cases per family (at least 1).
     #[arg(long, default_value_t = NonZeroU32::new(8).expect("8 is not zero"))]
     pub cases: NonZeroU32,
@@ -105,25 +95,49 @@ fn sha256_of(path: &Path) -> Result<String> {
         .collect())
 }
 
+impl FuzzArgs {
+    /// The command line of one shard of this campaign (`--devices`): these arguments with
+    /// the shard's seed, part and output folder, and without `--devices`.
+    fn shard_args(&self, seed: u64, shard: Shard, out: &Path) -> Vec<OsString> {
+        // Every field named: a new flag that is not passed on does not compile.
+        let Self {
+            model,
+            policy,
+            cases,
+            max_stratum,
+            seed: _,
+            regressions,
+            out: _,
+            fasta,
+            shard: _,
+            devices: _,
+            resume: _,
+        } = self;
+        let mut args = vec![OsString::from("fuzz")];
+        model.to_args(&mut args);
+        policy.to_args(&mut args);
+        args.extend(["--cases", &cases.to_string()].map(OsString::from));
+        args.extend(["--max-stratum", Named::name(*max_stratum)].map(OsString::from));
+        args.extend(["--seed", &seed.to_string()].map(OsString::from));
+        args.push("--regressions".into());
+        args.push(regressions.into());
+        for path in fasta {
+            args.push("--fasta".into());
+            args.push(path.into());
+        }
+        args.extend(["--shard", &format!("{}/{}", shard.index, shard.count)].map(OsString::from));
+        args.push("--out".into());
+        args.push(out.into());
+        args
+    }
+}
+
 /// `fuzz --devices`: one child `esmfuzz fuzz --shard i/N` per device, then `merge`.
 fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
     let seed = args.seed.unwrap_or_else(fresh_seed);
     eprintln!("seed: {seed} (rerun with --seed {seed})");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    // This command line without the options each child gets its own value of.
-    let mut inherited: Vec<String> = Vec::new();
-    let mut raw = std::env::args().skip(1);
-    while let Some(arg) = raw.next() {
-        let name = arg.split('=').next().unwrap_or("");
-        if ["--devices", "--out", "--seed"].contains(&name) {
-            if !arg.contains('=') {
-                raw.next();
-            }
-            continue;
-        }
-        inherited.push(arg);
-    }
     let exe = std::env::current_exe().context("finding the esmfuzz executable")?;
     let count = args.devices.len();
     let shard_dirs: Vec<PathBuf> = (0..count)
@@ -135,16 +149,9 @@ fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
         .zip(&shard_dirs)
         .enumerate()
         .map(|(i, (device, dir))| {
+            let shard = Shard { index: i, count };
             let child = std::process::Command::new(&exe)
-                .args(&inherited)
-                .args([
-                    "--seed",
-                    &seed.to_string(),
-                    "--shard",
-                    &format!("{i}/{count}"),
-                ])
-                .arg("--out")
-                .arg(dir)
+                .args(args.shard_args(seed, shard, dir))
                 .env("CUDA_VISIBLE_DEVICES", device)
                 .spawn()
                 .with_context(|| format!("starting the shard for device {device}"))?;
@@ -249,18 +256,18 @@ fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<SavedReport> {
             path.display()
         )
     };
-    if campaign.precision != args.precision {
+    if campaign.precision != args.policy.precision {
         return Err(mismatch(
             "policy",
             campaign.precision.to_string(),
-            args.precision.to_string(),
+            args.policy.precision.to_string(),
         ));
     }
-    if header.attention != args.attention {
+    if header.attention != args.policy.attention {
         return Err(mismatch(
             "attention kernel",
             header.attention.to_string(),
-            args.attention.to_string(),
+            args.policy.attention.to_string(),
         ));
     }
     if campaign.cases_per_family != args.cases.get() {
@@ -346,7 +353,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         heads: config.num_attention_heads,
         parameters: checkpoint.parameter_count(),
     };
-    let places = super::fp32_places(&args.fp32_places, config)?;
+    let places = args.policy.places(config)?;
     if let Some(s) = stopped
         .as_ref()
         .filter(|s| s.header.fp32_places != places.to_string())
@@ -360,7 +367,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let backend = args.model.backend;
     // The default engine is settled only now that `open` has found CUDA (its probe loads
     // cuBLAS on the device).
-    let gemm = args.gemm.unwrap_or_else(|| Gemm::default_for(backend));
+    let gemm = args.policy.gemm(backend);
     if let Some(s) = stopped.as_ref().filter(|s| s.header.gemm != gemm) {
         anyhow::bail!(
             "{}: the stopped campaign ran gemm engine {}, this one asks for {gemm}",
@@ -370,7 +377,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     }
     let report_path = out.join("report.json");
     let markdown_path = out.join("report.md");
-    let tol = Tolerances::for_precision(args.precision);
+    let tol = Tolerances::for_precision(args.policy.precision);
     let spec = CampaignSpec {
         families: Family::campaign(args.max_stratum),
         cases: args.cases,
@@ -382,11 +389,9 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         shard: args.shard,
     };
     let report = with_backend!(backend, |B, device| {
-        let ref_plan = ComputePlan::new(Precision::F32, backend).with_gemm(gemm)?;
-        let plan = ComputePlan::new(args.precision, backend)
-            .with_attention(args.attention)?
-            .with_gemm(gemm)?;
-        let policy = super::describe_policy(&plan, &places);
+        let ref_plan = PolicyArgs::reference_plan(backend, gemm)?;
+        let plan = args.policy.plan(backend, gemm)?;
+        let policy = describe_policy(&plan, &places);
         eprintln!("reference: {}\nunder test: {policy}", ref_plan.describe(),);
         let (esmfuzz_version, git_commit) = RunHeader::this_build();
         let header = RunHeader {
@@ -399,7 +404,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             weights: checkpoint.path.clone(),
             policy,
             fp32_places: places.to_string(),
-            attention: args.attention,
+            attention: args.policy.attention,
             gemm,
             reference_policy: ref_plan.describe(),
         };
@@ -499,4 +504,93 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use esmfuzz::model::Precision;
+
+    fn fuzz_args(line: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> FuzzArgs {
+        match Cli::try_parse_from(line).unwrap().command {
+            Command::Fuzz(args) => args,
+            other => panic!("not fuzz: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_shard_s_command_line_carries_every_argument_but_the_shard_s_own() {
+        let given = fuzz_args([
+            "esmfuzz",
+            "fuzz",
+            "--weights",
+            "w.safetensors",
+            "--preset",
+            "esm2_t6_8M_UR50D",
+            "--backend",
+            "cpu",
+            "--allow-nonfinite-weights",
+            "--precision",
+            "bf16",
+            "--fp32-places",
+            "final-norm",
+            "--attention",
+            "fused",
+            "--gemm",
+            "burn",
+            "--cases",
+            "3",
+            "--max-stratum",
+            "short",
+            "--seed",
+            "5",
+            "--regressions",
+            "saved",
+            "--fasta",
+            "a.fasta,b.fasta",
+            "--devices",
+            "0,1",
+            "--out",
+            "campaign",
+        ]);
+        let shard = Shard { index: 1, count: 2 };
+        let out = Path::new("campaign/shard-1");
+        let mut line = vec![OsString::from("esmfuzz")];
+        line.extend(given.shard_args(9, shard, out));
+        let child = fuzz_args(line);
+        let expected = FuzzArgs {
+            seed: Some(9),
+            shard: Some(shard),
+            out: out.to_path_buf(),
+            devices: Vec::new(),
+            ..given
+        };
+        assert_eq!(format!("{child:?}"), format!("{expected:?}"));
+    }
+
+    #[test]
+    fn one_set_of_policy_flags_keeps_each_command_s_default_precision() {
+        let line = |command: &str| {
+            let extra: &[&str] = match command {
+                "embed" => &["--fasta", "x.fasta", "--out", "x.npy"],
+                "explain" => &["--fasta", "x.fasta", "--record", "r"],
+                _ => &[],
+            };
+            let mut line = vec!["esmfuzz", command];
+            line.extend(extra);
+            match Cli::try_parse_from(line).unwrap().command {
+                Command::Fuzz(args) => args.policy,
+                Command::Embed(args) => args.policy,
+                Command::Explain(args) => args.policy,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(line("fuzz").precision, Precision::F16);
+        assert_eq!(line("explain").precision, Precision::F16);
+        assert_eq!(line("embed").precision, Precision::F32);
+        assert_eq!(line("embed").fp32_places, "none");
+    }
 }

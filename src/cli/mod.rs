@@ -13,6 +13,7 @@ mod matmul_check;
 mod merge;
 mod parity;
 mod plots;
+mod policy;
 mod report;
 mod synth;
 
@@ -197,6 +198,31 @@ impl ModelArgs {
             .with_context(|| format!("loading weights from {}", weights.display()))
     }
 
+    /// These flags again, as a command line gives them.
+    fn to_args(&self, args: &mut Vec<std::ffi::OsString>) {
+        // Every field named: a new flag that is not passed on does not compile.
+        let Self {
+            weights,
+            config,
+            preset,
+            backend,
+            allow_nonfinite_weights,
+        } = self;
+        args.push("--weights".into());
+        args.push(weights.into());
+        if let Some(config) = config {
+            args.push("--config".into());
+            args.push(config.into());
+        }
+        if let Some(preset) = preset {
+            args.extend(["--preset", preset].map(Into::into));
+        }
+        args.extend(["--backend", backend.name()].map(Into::into));
+        if *allow_nonfinite_weights {
+            args.push("--allow-nonfinite-weights".into());
+        }
+    }
+
     /// The token budget to use: the one given, else the backend's default.
     fn budget(&self, given: Option<usize>) -> usize {
         given.unwrap_or_else(|| self.backend.default_token_budget())
@@ -267,26 +293,6 @@ fn print_loaded(checkpoint: &OpenCheckpoint, how: &str, started: std::time::Inst
             .map(|b| format!(", peak host RSS so far {:.2} GB", b as f64 / 1e9))
             .unwrap_or_default()
     );
-}
-
-/// Help text of every `--fp32-places` option.
-const FP32_PLACES_HELP: &str = "Places computed in FP32 within the policy (a mixed policy, as `bisect-precision` prints it): attention:I, norms:I, ffn:I, layer:I (I or I-J), final-norm, embeddings, residual, all, none";
-
-/// Parses `--fp32-places` against the loaded model's layer count.
-fn fp32_places(text: &str, config: &EsmConfig) -> Result<esmfuzz::model::Fp32Places> {
-    esmfuzz::model::Fp32Places::parse_for(text, config.num_hidden_layers).context("--fp32-places")
-}
-
-/// A policy's one-line description, with its FP32 places when there are any.
-fn describe_policy(
-    plan: &esmfuzz::model::ComputePlan,
-    places: &esmfuzz::model::Fp32Places,
-) -> String {
-    if places.is_empty() {
-        plan.describe()
-    } else {
-        format!("{}; FP32 places: {places}", plan.describe())
-    }
 }
 
 /// This process's peak resident set in bytes (`VmHWM`; Linux only).
