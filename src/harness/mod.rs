@@ -7,7 +7,8 @@
 //! - [`cases`]: the only place a property runs a model; it hands host states to
 //! - [`properties`]: pure functions from states to [`verdict::Verdict`]s, and [`localise`]:
 //!   where in the forward pass an error is born, both built on
-//! - [`metrics`]: comparisons in f64, total on NaN and Inf;
+//! - [`metrics`]: comparisons in f64, total on NaN and Inf, and [`matmul_check`]: what a
+//!   policy's matrix product really computes, against f64;
 //! - [`strategies`]: the generators of biologically plausible proteins;
 //! - [`reference`]: FP32 against the HF transformers reference, as verdicts;
 //! - [`deployment`]: the generated cases for other stacks, and a judge of their embeddings;
@@ -20,6 +21,7 @@ pub mod deployment;
 pub mod driver;
 pub mod family;
 pub mod localise;
+pub mod matmul_check;
 pub mod metrics;
 pub mod properties;
 pub mod reference;
