@@ -345,7 +345,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         real_proteins.push((format!("fasta-{stem}"), proteins));
     }
     let checkpoint = args.model.open()?;
-    let digest = sha256_of(&checkpoint.path)?;
+    let digest = sha256_of(&checkpoint.file.path)?;
     let config = &checkpoint.config;
     let model = ModelSize {
         layers: config.num_hidden_layers,
@@ -401,7 +401,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             model,
             backend,
             device: format!("{device:?}"),
-            weights: checkpoint.path.clone(),
+            weights: checkpoint.file.path.clone(),
             policy,
             fp32_places: places.to_string(),
             attention: args.policy.attention,

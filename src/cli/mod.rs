@@ -28,7 +28,9 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::input::{self, NormaliseOptions, Protein};
 use esmfuzz::model::EsmConfig;
-use esmfuzz::model::load::{Checkpoint, OpenCheckpoint, checkpoint_config, open_checkpoint};
+use esmfuzz::model::checkpoint::{
+    Checkpoint, NonFiniteWeights, OpenCheckpoint, checkpoint_config, open_checkpoint,
+};
 use esmfuzz::named::{Named, parse_named};
 
 /// The weights shipped beside this repository (see README).
@@ -169,7 +171,7 @@ impl ModelArgs {
     /// The config the weights would load with, without loading them.
     fn config_only(&self) -> Result<EsmConfig> {
         check_shared_default(&self.weights)?;
-        let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
+        let weights = esmfuzz::model::checkpoint::hub::resolve_weights(&self.weights)?;
         checkpoint_config(&weights, self.given_config()?)
             .with_context(|| format!("reading the config of {}", weights.display()))
     }
@@ -180,26 +182,18 @@ impl ModelArgs {
         let started = std::time::Instant::now();
         let checkpoint = open
             .read_all()
-            .with_context(|| format!("loading weights from {}", open.path.display()))?;
-        self.check_finite(&open, &checkpoint.weights.named_tensors())?;
+            .with_context(|| format!("loading weights from {}", open.file.path.display()))?;
+        open.check_finite_under(&checkpoint.weights.named_tensors(), self.non_finite())?;
         print_loaded(&open, "", started);
         Ok(checkpoint)
     }
 
-    /// NaN or Inf among `tensors` is an error naming tensor and index, or a warning with
-    /// `--allow-nonfinite-weights`.
-    fn check_finite(
-        &self,
-        checkpoint: &OpenCheckpoint,
-        tensors: &[(String, &[f32])],
-    ) -> Result<()> {
-        match checkpoint.check_finite(tensors) {
-            Ok(()) => Ok(()),
-            Err(e) if self.allow_nonfinite_weights => {
-                eprintln!("warning: {e}");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+    /// What `--allow-nonfinite-weights` says of NaN or Inf weights.
+    fn non_finite(&self) -> NonFiniteWeights {
+        if self.allow_nonfinite_weights {
+            NonFiniteWeights::Warn
+        } else {
+            NonFiniteWeights::Refuse
         }
     }
 
@@ -213,7 +207,7 @@ impl ModelArgs {
         }
         check_shared_default(&self.weights)?;
         let config = self.given_config()?;
-        let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
+        let weights = esmfuzz::model::checkpoint::hub::resolve_weights(&self.weights)?;
         open_checkpoint(&weights, config)
             .with_context(|| format!("loading weights from {}", weights.display()))
     }
@@ -249,9 +243,8 @@ impl ModelArgs {
     }
 }
 
-/// One model per spec from `checkpoint`, streamed: each layer is read, checked for NaN/Inf
-/// ([`ModelArgs::check_finite`]), uploaded for every spec and dropped, so host memory holds
-/// one layer, not the checkpoint. Prints the load time and peak host RSS.
+/// One model per spec from `checkpoint`, streamed ([`build_streamed`]: host memory holds
+/// one layer, not the checkpoint), with a progress bar; prints the load time and peak host RSS.
 fn build_streamed<B: burn::tensor::backend::Backend>(
     args: &ModelArgs,
     checkpoint: &OpenCheckpoint,
@@ -259,37 +252,17 @@ fn build_streamed<B: burn::tensor::backend::Backend>(
     device: &B::Device,
 ) -> Result<Vec<esmfuzz::model::Esm2<B>>> {
     let started = std::time::Instant::now();
-    let check = |tensors: &[(String, &[f32])]| args.check_finite(checkpoint, tensors);
-    let embed_tokens = checkpoint.read_embed_tokens()?;
-    let final_norm = checkpoint.read_final_norm()?;
-    check(&[
-        ("embed_tokens.weight".to_string(), &embed_tokens.data[..]),
-        (
-            "emb_layer_norm_after.weight".to_string(),
-            &final_norm.weight.data[..],
-        ),
-        (
-            "emb_layer_norm_after.bias".to_string(),
-            &final_norm.bias.data[..],
-        ),
-    ])?;
     let bar = ProgressBar::new(checkpoint.config.num_hidden_layers as u64);
     bar.set_style(
         ProgressStyle::with_template("loading [{bar:30}] {pos}/{len} layers, {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let models = esmfuzz::model::Esm2::<B>::streamed(
-        &checkpoint.config,
+    let models = esmfuzz::model::checkpoint::build_streamed::<B>(
+        checkpoint,
         specs,
-        &embed_tokens,
-        &final_norm,
-        |i| -> Result<std::borrow::Cow<'static, _>> {
-            let layer = checkpoint.read_layer(i)?;
-            check(&layer.named_tensors(i))?;
-            bar.inc(1);
-            Ok(std::borrow::Cow::Owned(layer))
-        },
+        args.non_finite(),
         device,
+        |_| bar.inc(1),
     )?;
     bar.finish_and_clear();
     let how = format!(" layer by layer into {} model(s)", specs.len());
@@ -300,14 +273,15 @@ fn build_streamed<B: burn::tensor::backend::Backend>(
 /// The "loaded ..." line: file, format, stored dtypes, size, ignored tensors, `how`, time
 /// since `started` and peak host RSS.
 fn print_loaded(checkpoint: &OpenCheckpoint, how: &str, started: std::time::Instant) {
+    let file = &checkpoint.file;
     eprintln!(
         "loaded {} ({:?}, stored {:?}, {} layers x {}; ignored {} head/unused tensors){how} in {:.1} s{}",
-        checkpoint.path.display(),
-        checkpoint.format,
-        checkpoint.stored_dtypes,
+        file.path.display(),
+        file.format,
+        file.stored_dtypes,
         checkpoint.config.num_hidden_layers,
         checkpoint.config.hidden_size,
-        checkpoint.ignored.len(),
+        file.ignored.len(),
         started.elapsed().as_secs_f64(),
         peak_rss()
             .map(|b| format!(", peak host RSS so far {:.2} GB", b as f64 / 1e9))

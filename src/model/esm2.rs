@@ -370,8 +370,8 @@ mod tests {
     /// named by its stored key and index while streaming.
     #[test]
     fn models_streamed_from_the_file_equal_models_from_loaded_weights() {
-        use crate::model::load::{load_checkpoint, open_checkpoint};
-        use crate::model::synth::{StoredDtype, SynthFormat, write_checkpoint};
+        use crate::model::checkpoint::synth::{StoredDtype, SynthFormat, write_checkpoint};
+        use crate::model::checkpoint::{load_checkpoint, open_checkpoint};
         use crate::model::{Fp32Places, ModelSpec};
         let config = EsmConfig::tiny();
         let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! the forward pass, one file per reference class.
 
 pub mod attention;
+pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cublas;
@@ -10,16 +11,11 @@ pub mod esm2;
 pub mod fault;
 pub mod fp32_places;
 pub mod host;
-pub mod hub;
 pub mod layer;
 pub mod layout;
-pub mod load;
 pub mod ops;
 pub mod precision;
 pub mod rotary;
-pub mod safetensors_file;
-pub mod synth;
-pub mod torch_zip;
 pub mod weights;
 
 pub use crate::backend::BackendKind;
