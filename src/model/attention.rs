@@ -5,8 +5,8 @@
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
+use super::blocks::{DeviceBlocks, DeviceGroup};
 use super::device::DeviceLinear;
-use super::layout::{DeviceGroup, DeviceLayout};
 use super::ops;
 use super::precision::{AttentionKernel, ComputePlan, Precision};
 use super::rotary::RotaryTables;
@@ -69,7 +69,7 @@ impl<B: Backend> SelfAttention<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
-        layout: &DeviceLayout<B>,
+        layout: &DeviceBlocks<B>,
         rotary: &[RotaryTables<B>],
     ) -> Tensor<B, 2> {
         let [_tokens, hidden] = x.dims();

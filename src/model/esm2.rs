@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
+use super::blocks::{DeviceBlocks, HostBlocks, ModelInput};
 use super::config::EsmConfig;
 use super::device::{DeviceNorm, to_device};
 use super::fault::FaultSet;
 use super::fp32_places::{Fp32Place, Fp32Places};
 use super::layer::{EsmLayer, LayerPlan};
-use super::layout::{DeviceLayout, HostLayout, ModelInput};
 use super::precision::{ComputePlan, Precision};
 use super::rotary::RotaryTables;
 use super::weights::{EsmWeights, HostTensor, LayerWeights, NormWeights};
@@ -281,7 +281,7 @@ impl<B: Backend> Esm2<B> {
         }
 
         let host_layout = self.effective_layout(input);
-        let layout = DeviceLayout::<B>::new(&host_layout, device);
+        let layout = DeviceBlocks::<B>::new(&host_layout, device);
 
         let ids: Vec<i64> = input.tokens.iter().map(|&t| t as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n_tokens]), device);
@@ -338,7 +338,7 @@ impl<B: Backend> Esm2<B> {
     /// The layout the model really uses: the input's, packed input regrouped under
     /// [`Esm2::attention_group_slots`], rewritten by any packing fault, with block lengths
     /// rounded up to the backend's [`crate::backend::BackendKind::block_multiple`].
-    fn effective_layout(&self, input: &ModelInput) -> HostLayout {
+    fn effective_layout(&self, input: &ModelInput) -> HostBlocks {
         let n_tokens = input.tokens.len();
         let mut layout = input.layout.regrouped(self.attention_group_slots);
         if layout.is_packed() && self.faults.attention_leaks_across_sequences {

@@ -2,6 +2,7 @@
 //! the forward pass, one file per reference class.
 
 pub mod attention;
+pub mod blocks;
 pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "cuda")]
@@ -12,7 +13,6 @@ pub mod fault;
 pub mod fp32_places;
 pub mod host;
 pub mod layer;
-pub mod layout;
 pub mod ops;
 pub mod precision;
 pub mod rotary;
