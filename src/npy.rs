@@ -130,11 +130,6 @@ impl NpyRowWriter {
         Ok(())
     }
 
-    /// Rows written so far.
-    pub fn rows_written(&self) -> usize {
-        self.written.iter().filter(|&&w| w).count()
-    }
-
     /// Moves the finished file onto its target; an error (and the `.partial` file kept) when
     /// a row was never written.
     pub fn finish(self) -> Result<PathBuf, NpyError> {

@@ -9,7 +9,7 @@ mod run;
 
 use std::ops::Range;
 
-use crate::model::layout::ModelInput;
+use crate::model::blocks::ModelInput;
 
 pub use packed::{PackedBatch, Packing, first_fit_decreasing, pack_proteins};
 pub use padded::{PaddedBatch, padded_batches, padding_efficiency};

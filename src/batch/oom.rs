@@ -4,7 +4,6 @@
 //! [`super::embed`]) or stop with a clear error instead of a panic.
 
 use std::any::Any;
-use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
@@ -124,7 +123,9 @@ fn device_failure_detail(message: &str) -> String {
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
+    if let Some(named) = payload.downcast_ref::<BatchPanic>() {
+        named.message.clone()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
@@ -133,20 +134,28 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-thread_local! {
-    /// The batch this thread ran last (for a panic that escapes [`catch_out_of_memory`]).
-    static LAST_BATCH: Cell<Option<BatchShape>> = const { Cell::new(None) };
+/// A device panic (out of memory, or a kernel the device refused) with the batch it escaped
+/// from: [`name_batch`] wraps the payload in it, so that the top of the program can name the
+/// batch without any state kept aside.
+#[derive(Debug)]
+pub struct BatchPanic {
+    pub shape: BatchShape,
+    pub message: String,
 }
 
-/// The batch this thread ran last, if any.
-pub fn last_batch() -> Option<BatchShape> {
-    LAST_BATCH.with(Cell::get)
-}
-
-/// Remembers `batch` as the one this thread runs now (named if an out-of-memory panic
-/// escapes to the top of the program).
-pub fn note_batch(batch: &(impl Batch + ?Sized)) {
-    LAST_BATCH.with(|b| b.set(Some(BatchShape::of(batch))));
+/// The payload of a panic that escaped a run of a batch of `shape`, to go on unwinding with:
+/// a device panic carries the shape from here on ([`BatchPanic`]); any other payload is
+/// handed back as it was.
+pub fn name_batch(shape: BatchShape, payload: Box<dyn Any + Send>) -> Box<dyn Any + Send> {
+    if payload.is::<BatchPanic>() {
+        return payload;
+    }
+    let message = panic_message(payload.as_ref());
+    if is_out_of_memory(&message) || is_device_failure(&message) {
+        Box::new(BatchPanic { shape, message })
+    } else {
+        payload
+    }
 }
 
 /// Runs `run` on `batch`'s behalf: an out-of-memory panic becomes [`OutOfMemory`]; any other
@@ -170,10 +179,15 @@ pub fn catch_out_of_memory<R>(
 }
 
 /// What to print for a panic that escaped to the top of the program: `Some` for an
-/// out-of-memory panic or a kernel the device could not run (naming the batch this thread
-/// ran last), `None` for any other.
+/// out-of-memory panic or a kernel the device could not run (naming the batch when the
+/// payload is a [`BatchPanic`]), `None` for any other.
 pub fn describe_escaped_panic(payload: &(dyn Any + Send)) -> Option<String> {
     let message = panic_message(payload);
+    let last_batch = || {
+        payload
+            .downcast_ref::<BatchPanic>()
+            .map(|named| named.shape)
+    };
     if is_device_failure(&message) && !is_out_of_memory(&message) {
         let batch = last_batch()
             .map(|shape| format!(" on a batch of {shape}"))
@@ -243,6 +257,17 @@ mod tests {
             text.contains("could not run a kernel") && text.contains("shared memory"),
             "{text}"
         );
+        let shape = BatchShape {
+            sequences: 2,
+            tokens: 40,
+            slots: 64,
+            longest: 30,
+        };
+        let named = name_batch(shape, Box::new(message.to_string()));
+        let text = describe_escaped_panic(named.as_ref()).unwrap();
+        assert!(text.contains(&format!("on a batch of {shape}")), "{text}");
+        let other = name_batch(shape, Box::new("index out of bounds".to_string()));
+        assert_eq!(describe_escaped_panic(other.as_ref()), None);
         assert!(!is_device_failure("index out of bounds: the len is 3"));
         assert_eq!(
             describe_escaped_panic(&"index out of bounds".to_string()),

@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use super::Batch;
 use crate::input::Protein;
-use crate::model::layout::{HostLayout, ModelInput, token_dropout_scale};
+use crate::model::blocks::{HostBlocks, ModelInput, token_dropout_scale};
 
 /// Slots per attention group inside a packed batch as built: sequences of similar length are
 /// padded into blocks together while `blocks x longest` stays within this. The model
@@ -52,7 +52,7 @@ impl PackedBatch {
             cu_seqlens.push(tokens.len() as i32);
         }
         let max_seqlen = sequences.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
-        let layout = HostLayout::packed(&cu_seqlens, ATTENTION_GROUP_SLOTS);
+        let layout = HostBlocks::packed(&cu_seqlens, ATTENTION_GROUP_SLOTS);
         Self {
             cu_seqlens,
             max_seqlen,

@@ -6,7 +6,7 @@ use std::ops::Range;
 use super::Batch;
 use crate::alphabet::PAD;
 use crate::input::Protein;
-use crate::model::layout::{HostLayout, ModelInput, token_dropout_scale};
+use crate::model::blocks::{HostBlocks, ModelInput, token_dropout_scale};
 
 /// Sequences padded to a common length.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,7 +48,7 @@ impl PaddedBatch {
             key_padding.extend(std::iter::repeat_n(false, seq.len()));
             key_padding.extend(std::iter::repeat_n(true, pad));
         }
-        let layout = HostLayout::padded(batch, seq_len, key_padding);
+        let layout = HostBlocks::padded(batch, seq_len, key_padding);
         Self {
             seq_len,
             token_lens: sequences.iter().map(|(_, t)| t.len()).collect(),

@@ -6,12 +6,12 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use burn::tensor::{DType, Tensor, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
 use super::oom::{OutOfMemory, catch_out_of_memory};
 use super::{Batch, Batching, Layout, PackedBatch, PaddedBatch, pack_proteins, padded_batches};
 use crate::input::Protein;
-use crate::model::Esm2;
+use crate::model::{Esm2, to_host};
 
 /// `[tokens, hidden]` states on the host, f32, rows in batch-token order.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,13 +24,10 @@ impl HostStates {
     /// Copies a device tensor to the host (widening to f32).
     pub fn fetch<B: Backend>(t: Tensor<B, 2>) -> Self {
         let [_, hidden] = t.dims();
-        let data = t
-            .cast(DType::F32)
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .unwrap_or_else(|e| unreachable!("an f32 tensor yields f32 data: {e:?}"));
-        Self { hidden, data }
+        Self {
+            hidden,
+            data: to_host(t),
+        }
     }
 
     /// The states of `rows`, `[rows.len() * hidden]`.
@@ -48,13 +45,20 @@ pub fn run_batch<B: Backend>(
     batch: &(impl Batch + ?Sized),
     repr_layers: &[usize],
 ) -> LayerStates {
-    super::oom::note_batch(batch);
-    model
-        .forward(batch.input(), repr_layers)
-        .representations
-        .into_iter()
-        .map(|(layer, t)| (layer, HostStates::fetch(t)))
-        .collect()
+    let run = || {
+        model
+            .forward(batch.input(), repr_layers)
+            .representations
+            .into_iter()
+            .map(|(layer, t)| (layer, HostStates::fetch(t)))
+            .collect()
+    };
+    // A device panic goes on unwinding with this batch's shape in its payload, so that the
+    // top of the program can name the batch (see `oom::describe_escaped_panic`).
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
+        let shape = super::oom::BatchShape::of(batch);
+        std::panic::resume_unwind(super::oom::name_batch(shape, payload))
+    })
 }
 
 /// The states of sequence `i`, BOS and EOS included, `[n + 2, hidden]` flat.

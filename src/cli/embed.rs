@@ -9,34 +9,23 @@ use clap::Args;
 use esmfuzz::batch::{self, Batching, Layout, pack_proteins};
 use esmfuzz::harness::cases::run_case;
 use esmfuzz::input::NormaliseOptions;
-use esmfuzz::model::{AttentionKernel, ComputePlan, FaultSet, Gemm, ModelSpec, Precision};
+use esmfuzz::model::{FaultSet, ModelSpec};
 use esmfuzz::npy::{NpyRowWriter, partial_path};
 use esmfuzz::with_backend;
 
-use super::{
-    ModelArgs, Outcome, check_outputs, named, progress, read_proteins, warn_if_over_budget,
-};
+use super::policy::{PolicyArgs, describe_policy};
+use super::{ModelArgs, Outcome, check_outputs, progress, read_proteins, warn_if_over_budget};
 
 #[derive(Args, Debug)]
+#[command(mut_arg("precision", |a| a.default_value("f32")))]
 pub struct EmbedArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Input FASTA.
     #[arg(long)]
     pub fasta: PathBuf,
-    /// Precision policy.
-    #[arg(long, value_parser = named::<Precision>(), default_value = "f32")]
-    pub precision: Precision,
-    #[arg(long, default_value = "none", help = super::FP32_PLACES_HELP)]
-    pub fp32_places: String,
-    /// Attention kernel of the reduced policy: `composed` (esmfuzz's own ops) or `fused`
-    /// (burn's fused op: flash kernels on CUDA; not for f32).
-    #[arg(long, value_parser = named::<AttentionKernel>(), default_value = "composed")]
-    pub attention: AttentionKernel,
-    /// Matrix products: `cublas` (cuBLAS GEMMs, the default on CUDA when it loads; true
-    /// FP32 with TF32 off for f32) or `burn` (burn's kernels; the only choice on the CPU).
-    #[arg(long, value_parser = named::<Gemm>())]
-    pub gemm: Option<Gemm>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Output .npy, `[records, hidden]` float32. Rows go to OUT.partial as batches finish;
     /// OUT itself is written only when every row is in and finite.
     #[arg(long)]
@@ -73,12 +62,10 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     let checkpoint = args.model.open()?;
     let hidden = checkpoint.config.hidden_size;
     let backend = args.model.backend;
-    let plan = ComputePlan::new(args.precision, backend)
-        .with_attention(args.attention)?
-        .with_gemm(args.gemm.unwrap_or_else(|| Gemm::default_for(backend)))?;
+    let plan = args.policy.plan(backend, args.policy.gemm(backend))?;
     esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
-    let places = super::fp32_places(&args.fp32_places, &checkpoint.config)?;
-    eprintln!("policy: {}", super::describe_policy(&plan, &places));
+    let places = args.policy.places(&checkpoint.config)?;
+    eprintln!("policy: {}", describe_policy(&plan, &places));
     let budget = args.model.budget(args.token_budget.map(|b| b as usize));
     warn_if_over_budget(&proteins, budget);
     let batching = if args.packed {
@@ -123,7 +110,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
                      nothing was written to {} (finished rows are in {})",
                     i + 1,
                     proteins[i].name,
-                    args.precision,
+                    args.policy.precision,
                     row[at],
                     alone.finite.detail,
                     args.out.display(),

@@ -9,10 +9,11 @@ use esmfuzz::batch::Layout;
 use esmfuzz::harness::cases::{Models, localise_case};
 use esmfuzz::harness::verdict::Tolerances;
 use esmfuzz::input::NormaliseOptions;
-use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Precision};
+use esmfuzz::model::{Esm2, FaultSet};
 use esmfuzz::with_backend;
 
-use super::{ModelArgs, Outcome, check_outputs, named, read_proteins, write_report};
+use super::policy::{PolicyArgs, describe_policy};
+use super::{ModelArgs, Outcome, check_outputs, read_proteins, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct ExplainArgs {
@@ -24,11 +25,8 @@ pub struct ExplainArgs {
     /// The record's identifier (the FASTA name up to the first whitespace).
     #[arg(long)]
     pub record: String,
-    /// Policy to explain (against FP32 on the same backend).
-    #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
-    pub precision: Precision,
-    #[arg(long, default_value = "none", help = super::FP32_PLACES_HELP)]
-    pub fp32_places: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Run the policy under test packed (varlen) instead of padded.
     #[arg(long)]
     pub packed: bool,
@@ -68,23 +66,24 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         );
     };
     let checkpoint = args.model.load()?;
-    let places = super::fp32_places(&args.fp32_places, &checkpoint.weights.config)?;
+    let places = args.policy.places(&checkpoint.weights.config)?;
     let backend = args.model.backend;
-    let tol = Tolerances::for_precision(args.precision);
+    let tol = Tolerances::for_precision(args.policy.precision);
     let layout = if args.packed {
         Layout::Packed
     } else {
         Layout::Padded
     };
     let localisation = with_backend!(backend, |B, device| {
+        let gemm = args.policy.gemm(backend);
         let reference = Esm2::<B>::new(
             &checkpoint.weights,
-            ComputePlan::new(Precision::F32, backend),
+            PolicyArgs::reference_plan(backend, gemm)?,
             FaultSet::none(),
             &device,
         );
-        let plan = ComputePlan::new(args.precision, backend);
-        eprintln!("under test: {}", super::describe_policy(&plan, &places));
+        let plan = args.policy.plan(backend, gemm)?;
+        eprintln!("under test: {}", describe_policy(&plan, &places));
         let test = Esm2::<B>::mixed(
             &checkpoint.weights,
             plan,
@@ -104,7 +103,7 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         "{} ({} residues), {} {layout} against FP32 padded on {backend}:\n",
         protein.name,
         protein.residues.len(),
-        args.precision
+        args.policy.precision
     );
     println!("{}", localisation.to_markdown());
     if let Some(path) = &args.report {

@@ -1,6 +1,7 @@
 //! `esmfuzz fuzz`: a campaign of the property families against FP32 on any backend, saved
 //! failures replayed first; `report.json` is rewritten as the campaign goes.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -10,37 +11,28 @@ use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::campaign::{CampaignReport, CampaignSpec, Shard, run_campaign};
 use esmfuzz::harness::cases::Models;
-use esmfuzz::harness::family::{Family, FamilyResult, MetricSummary, Observer};
+use esmfuzz::harness::driver::Observer;
+use esmfuzz::harness::family::Family;
 use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
-use esmfuzz::harness::verdict::{PropertyId, Tolerances, Verdict, tightest};
+use esmfuzz::harness::summary::FamilyResult;
+use esmfuzz::harness::verdict::{Tolerances, Verdict, tightest};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{
-    AttentionKernel, ComputePlan, FaultSet, Fp32Places, Gemm, ModelSpec, Precision,
-};
+use esmfuzz::model::{FaultSet, Fp32Places, ModelSpec};
+use esmfuzz::named::Named;
 use esmfuzz::with_backend;
 
-use super::{ModelArgs, Outcome, named, read_proteins, write_report};
+use super::policy::{PolicyArgs, describe_policy};
+use super::report::{FuzzReport, ModelSize, RunHeader, SavedReport, read_report};
+use super::{ModelArgs, Outcome, named, read_proteins};
 
 #[derive(clap::Args, Debug)]
 pub struct FuzzArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Policy under test (compared with FP32 on the same backend).
-    #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
-    pub precision: Precision,
-    #[arg(long, default_value = "none", help = super::FP32_PLACES_HELP)]
-    pub fp32_places: String,
-    /// Attention kernel of the reduced policy: `composed` (esmfuzz's own ops) or `fused`
-    /// (burn's fused op: flash kernels on CUDA; not for f32).
-    #[arg(long, value_parser = named::<AttentionKernel>(), default_value = "composed")]
-    pub attention: AttentionKernel,
-    /// Matrix products: `cublas` (cuBLAS GEMMs, the default on CUDA when it loads; true
-    /// FP32 with TF32 off for f32) or `burn` (burn's kernels; the only choice on the CPU).
-    #[arg(long, value_parser = named::<Gemm>())]
-    pub gemm: Option<Gemm>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// New cases per family (at least 1).
     #[arg(long, default_value_t = NonZeroU32::new(8).expect("8 is not zero"))]
     pub cases: NonZeroU32,
@@ -79,45 +71,6 @@ pub struct FuzzArgs {
     pub resume: Option<PathBuf>,
 }
 
-/// Version of report.json's layout; bumped when a field changes meaning or goes.
-pub(super) const REPORT_SCHEMA: u32 = 2;
-
-/// The campaign report with what it ran on.
-#[derive(Debug, Serialize)]
-pub(super) struct FuzzReport<'a> {
-    pub(super) schema: u32,
-    pub(super) esmfuzz_version: &'static str,
-    /// The git commit the binary was built from ("unknown" outside a checkout).
-    pub(super) git_commit: &'static str,
-    /// sha256 of the checkpoint file.
-    pub(super) checkpoint_sha256: &'a str,
-    /// The model's size: layers, hidden width, heads, parameters.
-    pub(super) model: ModelSize,
-    pub(super) backend: BackendKind,
-    pub(super) device: String,
-    pub(super) weights: &'a Path,
-    pub(super) policy: String,
-    /// The policy's FP32 places (`none` for a plain policy).
-    pub(super) fp32_places: String,
-    /// The policy's attention kernel.
-    pub(super) attention: AttentionKernel,
-    /// What computed the matrix products (reference and policy alike).
-    pub(super) gemm: Gemm,
-    pub(super) reference_policy: String,
-    pub(super) passed: bool,
-    #[serde(flatten)]
-    pub(super) campaign: &'a CampaignReport,
-}
-
-/// The model's size, as report.json records it.
-#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
-pub(super) struct ModelSize {
-    pub(super) layers: usize,
-    pub(super) hidden: usize,
-    pub(super) heads: usize,
-    pub(super) parameters: usize,
-}
-
 /// sha256 of a file, read in 8 MiB pieces.
 fn sha256_of(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
@@ -142,25 +95,49 @@ fn sha256_of(path: &Path) -> Result<String> {
         .collect())
 }
 
+impl FuzzArgs {
+    /// The command line of one shard of this campaign (`--devices`): these arguments with
+    /// the shard's seed, part and output folder, and without `--devices`.
+    fn shard_args(&self, seed: u64, shard: Shard, out: &Path) -> Vec<OsString> {
+        // Every field named: a new flag that is not passed on does not compile.
+        let Self {
+            model,
+            policy,
+            cases,
+            max_stratum,
+            seed: _,
+            regressions,
+            out: _,
+            fasta,
+            shard: _,
+            devices: _,
+            resume: _,
+        } = self;
+        let mut args = vec![OsString::from("fuzz")];
+        model.to_args(&mut args);
+        policy.to_args(&mut args);
+        args.extend(["--cases", &cases.to_string()].map(OsString::from));
+        args.extend(["--max-stratum", Named::name(*max_stratum)].map(OsString::from));
+        args.extend(["--seed", &seed.to_string()].map(OsString::from));
+        args.push("--regressions".into());
+        args.push(regressions.into());
+        for path in fasta {
+            args.push("--fasta".into());
+            args.push(path.into());
+        }
+        args.extend(["--shard", &format!("{}/{}", shard.index, shard.count)].map(OsString::from));
+        args.push("--out".into());
+        args.push(out.into());
+        args
+    }
+}
+
 /// `fuzz --devices`: one child `esmfuzz fuzz --shard i/N` per device, then `merge`.
 fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
     let seed = args.seed.unwrap_or_else(fresh_seed);
     eprintln!("seed: {seed} (rerun with --seed {seed})");
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    // This command line without the options each child gets its own value of.
-    let mut inherited: Vec<String> = Vec::new();
-    let mut raw = std::env::args().skip(1);
-    while let Some(arg) = raw.next() {
-        let name = arg.split('=').next().unwrap_or("");
-        if ["--devices", "--out", "--seed"].contains(&name) {
-            if !arg.contains('=') {
-                raw.next();
-            }
-            continue;
-        }
-        inherited.push(arg);
-    }
     let exe = std::env::current_exe().context("finding the esmfuzz executable")?;
     let count = args.devices.len();
     let shard_dirs: Vec<PathBuf> = (0..count)
@@ -172,16 +149,9 @@ fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
         .zip(&shard_dirs)
         .enumerate()
         .map(|(i, (device, dir))| {
+            let shard = Shard { index: i, count };
             let child = std::process::Command::new(&exe)
-                .args(&inherited)
-                .args([
-                    "--seed",
-                    &seed.to_string(),
-                    "--shard",
-                    &format!("{i}/{count}"),
-                ])
-                .arg("--out")
-                .arg(dir)
+                .args(args.shard_args(seed, shard, dir))
                 .env("CUDA_VISIBLE_DEVICES", device)
                 .spawn()
                 .with_context(|| format!("starting the shard for device {device}"))?;
@@ -250,11 +220,7 @@ impl Observer for ProgressObserver {
     fn case_judged(&mut self, family: Family, run: usize, proteins: &[Protein], v: &[Verdict]) {
         let tightest = tightest(v);
         if let Some(t) = tightest {
-            self.worst_used = self.worst_used.max(if t.used.is_nan() {
-                f64::INFINITY
-            } else {
-                t.used
-            });
+            self.worst_used = self.worst_used.max(t.used_or_infinite());
         }
         let line = CaseLine {
             family: family.name(),
@@ -275,75 +241,55 @@ impl Observer for ProgressObserver {
     }
 }
 
-/// What a stopped campaign's report.json tells a resumed one.
-#[derive(serde::Deserialize)]
-struct StoppedCampaign {
-    precision: Precision,
-    #[serde(default = "no_places")]
-    fp32_places: String,
-    #[serde(default)]
-    attention: AttentionKernel,
-    #[serde(default = "burn_gemm")]
-    gemm: Gemm,
-    seed: u64,
-    generator_version: u32,
-    cases_per_family: u32,
-    families: Vec<FamilyResult>,
-}
-
-/// The engine of reports written before `--gemm` existed.
-pub(super) fn burn_gemm() -> Gemm {
-    Gemm::Burn
-}
-
-pub(super) fn no_places() -> String {
-    Fp32Places::none().to_string()
-}
-
 /// The finished families of the campaign in `dir`, after checking it is the campaign these
 /// arguments describe.
-fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<StoppedCampaign> {
+fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<SavedReport> {
     let path = dir.join("report.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("{}: nothing to resume", path.display()))?;
-    let stopped: StoppedCampaign = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a campaign report", path.display()))?;
+    if !path.is_file() {
+        anyhow::bail!("{}: nothing to resume", path.display());
+    }
+    let stopped = read_report(dir)?;
+    let (header, campaign) = (&stopped.header, &stopped.campaign);
     let mismatch = |what: &str, theirs: String, ours: String| {
         anyhow::anyhow!(
             "{}: the stopped campaign ran {what} {theirs}, this one asks for {ours}",
             path.display()
         )
     };
-    if stopped.precision != args.precision {
+    if campaign.precision != args.policy.precision {
         return Err(mismatch(
             "policy",
-            stopped.precision.to_string(),
-            args.precision.to_string(),
+            campaign.precision.to_string(),
+            args.policy.precision.to_string(),
         ));
     }
-    if stopped.attention != args.attention {
+    if header.attention != args.policy.attention {
         return Err(mismatch(
             "attention kernel",
-            stopped.attention.to_string(),
-            args.attention.to_string(),
+            header.attention.to_string(),
+            args.policy.attention.to_string(),
         ));
     }
-    if stopped.cases_per_family != args.cases.get() {
+    if campaign.cases_per_family != args.cases.get() {
         return Err(mismatch(
             "cases per family",
-            stopped.cases_per_family.to_string(),
+            campaign.cases_per_family.to_string(),
             args.cases.to_string(),
         ));
     }
-    if stopped.generator_version != GENERATOR_VERSION {
+    if campaign.generator_version != GENERATOR_VERSION {
         return Err(mismatch(
             "generator version",
-            stopped.generator_version.to_string(),
+            campaign.generator_version.to_string(),
             GENERATOR_VERSION.to_string(),
         ));
     }
-    if let Some(seed) = args.seed.filter(|&s| s != stopped.seed) {
-        return Err(mismatch("seed", stopped.seed.to_string(), seed.to_string()));
+    if let Some(seed) = args.seed.filter(|&s| s != campaign.seed) {
+        return Err(mismatch(
+            "seed",
+            campaign.seed.to_string(),
+            seed.to_string(),
+        ));
     }
     Ok(stopped)
 }
@@ -377,7 +323,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
     let seed = stopped
         .as_ref()
-        .map(|s| s.seed)
+        .map(|s| s.campaign.seed)
         .or(args.seed)
         .unwrap_or_else(fresh_seed);
     eprintln!("seed: {seed} (rerun with --seed {seed})");
@@ -399,7 +345,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         real_proteins.push((format!("fasta-{stem}"), proteins));
     }
     let checkpoint = args.model.open()?;
-    let digest = sha256_of(&checkpoint.path)?;
+    let digest = sha256_of(&checkpoint.file.path)?;
     let config = &checkpoint.config;
     let model = ModelSize {
         layers: config.num_hidden_layers,
@@ -407,31 +353,31 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         heads: config.num_attention_heads,
         parameters: checkpoint.parameter_count(),
     };
-    let places = super::fp32_places(&args.fp32_places, config)?;
+    let places = args.policy.places(config)?;
     if let Some(s) = stopped
         .as_ref()
-        .filter(|s| s.fp32_places != places.to_string())
+        .filter(|s| s.header.fp32_places != places.to_string())
     {
         anyhow::bail!(
             "{}: the stopped campaign ran FP32 places {}, this one asks for {places}",
             out.join("report.json").display(),
-            s.fp32_places
+            s.header.fp32_places
         );
     }
     let backend = args.model.backend;
     // The default engine is settled only now that `open` has found CUDA (its probe loads
     // cuBLAS on the device).
-    let gemm = args.gemm.unwrap_or_else(|| Gemm::default_for(backend));
-    if let Some(s) = stopped.as_ref().filter(|s| s.gemm != gemm) {
+    let gemm = args.policy.gemm(backend);
+    if let Some(s) = stopped.as_ref().filter(|s| s.header.gemm != gemm) {
         anyhow::bail!(
             "{}: the stopped campaign ran gemm engine {}, this one asks for {gemm}",
             out.join("report.json").display(),
-            s.gemm
+            s.header.gemm
         );
     }
     let report_path = out.join("report.json");
     let markdown_path = out.join("report.md");
-    let tol = Tolerances::for_precision(args.precision);
+    let tol = Tolerances::for_precision(args.policy.precision);
     let spec = CampaignSpec {
         families: Family::campaign(args.max_stratum),
         cases: args.cases,
@@ -439,17 +385,30 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         regressions: args.regressions.clone(),
         out_dir: out.clone(),
         real_proteins,
-        completed: stopped.map(|s| s.families).unwrap_or_default(),
+        completed: stopped.map(|s| s.campaign.families).unwrap_or_default(),
         shard: args.shard,
     };
     let report = with_backend!(backend, |B, device| {
-        let ref_plan = ComputePlan::new(Precision::F32, backend).with_gemm(gemm)?;
-        let plan = ComputePlan::new(args.precision, backend)
-            .with_attention(args.attention)?
-            .with_gemm(gemm)?;
+        let ref_plan = PolicyArgs::reference_plan(backend, gemm)?;
+        let plan = args.policy.plan(backend, gemm)?;
         esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
-        let policy = super::describe_policy(&plan, &places);
+        let policy = describe_policy(&plan, &places);
         eprintln!("reference: {}\nunder test: {policy}", ref_plan.describe(),);
+        let (esmfuzz_version, git_commit) = RunHeader::this_build();
+        let header = RunHeader {
+            esmfuzz_version,
+            git_commit,
+            checkpoint_sha256: digest.clone(),
+            model,
+            backend,
+            device: format!("{device:?}"),
+            weights: checkpoint.file.path.clone(),
+            policy,
+            fp32_places: places.to_string(),
+            attention: args.policy.attention,
+            gemm,
+            reference_policy: ref_plan.describe(),
+        };
         // Both models built layer by layer from the file: host memory holds one layer.
         let specs = [
             ModelSpec {
@@ -520,26 +479,9 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                 }
             }
             printed = campaign.families.len();
-            let full = FuzzReport {
-                schema: REPORT_SCHEMA,
-                esmfuzz_version: env!("CARGO_PKG_VERSION"),
-                git_commit: env!("ESMFUZZ_GIT_COMMIT"),
-                checkpoint_sha256: &digest,
-                model,
-                backend,
-                device: format!("{device:?}"),
-                weights: &checkpoint.path,
-                policy: policy.clone(),
-                fp32_places: places.to_string(),
-                attention: args.attention,
-                gemm,
-                reference_policy: ref_plan.describe(),
-                passed: campaign.passed(),
-                campaign,
-            };
-            write_report(&report_path, &full).map_err(std::io::Error::other)?;
-            let plots = super::plots::write_plots(&out, campaign).map_err(std::io::Error::other)?;
-            std::fs::write(&markdown_path, markdown(&full, &plots))
+            FuzzReport::new(&header, campaign)
+                .write(&out)
+                .map_err(std::io::Error::other)
         };
         let report = run_campaign(models, &tol, &spec, &mut observer, &mut write)?;
         bar.finish_and_clear();
@@ -565,145 +507,91 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     })
 }
 
-/// report.md: the verdict first, then a table of families, each family's metrics, and each
-/// failure with its shrunk input and where its error is born.
-pub(super) fn markdown(r: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
-    let c = r.campaign;
-    let mut md = format!(
-        "# esmfuzz campaign: {}\n\n**{}** against FP32 on {} ({}), seed {}, {} cases per family, generator v{}, esmfuzz {} ({}).\n\n",
-        if r.passed {
-            "all properties held"
-        } else {
-            "FAILED"
-        },
-        r.policy,
-        r.backend,
-        r.device,
-        c.seed,
-        c.cases_per_family,
-        c.generator_version,
-        r.esmfuzz_version,
-        r.git_commit
-    );
-    md.push_str(&format!(
-        "Weights: `{}` (sha256 {}; {} layers x {}, {} heads, {} parameters). Saved failures replayed first: {} counterexample file(s), {} seed file(s) of families not run here{}.\n\n",
-        r.weights.display(),
-        r.checkpoint_sha256,
-        r.model.layers,
-        r.model.hidden,
-        r.model.heads,
-        r.model.parameters,
-        c.replayed_counterexamples.len(),
-        c.replayed_seed_families.len(),
-        if c.unreplayable.is_empty() {
-            String::new()
-        } else {
-            format!(", **{} file(s) naming no known family**", c.unreplayable.len())
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use esmfuzz::model::Precision;
+
+    fn fuzz_args(line: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> FuzzArgs {
+        match Cli::try_parse_from(line).unwrap().command {
+            Command::Fuzz(args) => args,
+            other => panic!("not fuzz: {other:?}"),
         }
-    ));
-    md.push_str("| family | verdict | cases | model runs | tightest property | tolerance used | seconds |\n|---|---|---|---|---|---|---|\n");
-    for f in c.replayed_seed_families.iter().chain(&c.families) {
-        let (property, used) = f
-            .tightest
-            .as_ref()
-            .map_or((String::new(), String::new()), |t| {
-                (t.property.to_string(), format!("{:.1}%", 100.0 * t.used))
-            });
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {property} | {used} | {:.1} |\n",
-            f.family,
-            if f.passed { "ok" } else { "**FAIL**" },
-            f.cases,
-            f.runs,
-            f.seconds
-        ));
     }
-    for (path, caption) in plots {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default();
-        md.push_str(&format!("\n![{caption}]({name})\n"));
+
+    #[test]
+    fn a_shard_s_command_line_carries_every_argument_but_the_shard_s_own() {
+        let given = fuzz_args([
+            "esmfuzz",
+            "fuzz",
+            "--weights",
+            "w.safetensors",
+            "--preset",
+            "esm2_t6_8M_UR50D",
+            "--backend",
+            "cpu",
+            "--allow-nonfinite-weights",
+            "--precision",
+            "bf16",
+            "--fp32-places",
+            "final-norm",
+            "--attention",
+            "fused",
+            "--gemm",
+            "burn",
+            "--cases",
+            "3",
+            "--max-stratum",
+            "short",
+            "--seed",
+            "5",
+            "--regressions",
+            "saved",
+            "--fasta",
+            "a.fasta,b.fasta",
+            "--devices",
+            "0,1",
+            "--out",
+            "campaign",
+        ]);
+        let shard = Shard { index: 1, count: 2 };
+        let out = Path::new("campaign/shard-1");
+        let mut line = vec![OsString::from("esmfuzz")];
+        line.extend(given.shard_args(9, shard, out));
+        let child = fuzz_args(line);
+        let expected = FuzzArgs {
+            seed: Some(9),
+            shard: Some(shard),
+            out: out.to_path_buf(),
+            devices: Vec::new(),
+            ..given
+        };
+        assert_eq!(format!("{child:?}"), format!("{expected:?}"));
     }
-    for r in c.replayed_counterexamples.iter().filter(|r| !r.passed) {
-        md.push_str(&format!(
-            "\nReplayed counterexample `{}` **fails again**:\n```\n{}\n```\n",
-            r.file.display(),
-            r.failure.clone().unwrap_or_default()
-        ));
-    }
-    for f in &c.families {
-        md.push_str(&format!("\n## {}\n\n", f.family));
-        if !f.metrics.is_empty() {
-            md.push_str("| property | threshold | min | p01 | median | max | worst use of tolerance | FP32 noise floor |\n|---|---|---|---|---|---|---|---|\n");
-            for m in &f.metrics {
-                let floor = f
-                    .noise_floor
-                    .iter()
-                    .find(|v| v.property == m.property)
-                    .map_or("".to_string(), |v| {
-                        format!("{:.6e} ({:.2}%)", v.measured, 100.0 * v.used)
-                    });
-                md.push_str(&format!(
-                    "| {} | {:.4e} | {:.6e} | {:.6e} | {:.6e} | {:.6e} | {:.1}% | {floor} |\n",
-                    m.property,
-                    m.threshold,
-                    m.min,
-                    m.p01,
-                    m.median,
-                    m.max,
-                    100.0 * m.worst_used
-                ));
-            }
-            if !f.noise_floor.is_empty() {
-                md.push_str("\nNoise floor: FP32 with every reduction summed in another order, against the FP32 reference, on this family's tightest case (what the metric reads when only rounding order differs).\n");
-            }
-        }
-        if !f.by_stratum.is_empty() {
-            md.push_str("\nBy stratum of each case's longest protein:\n\n| stratum | cases | pooled cosine min | token cosine min | relative L2 max | worst use of tolerance |\n|---|---|---|---|---|---|\n");
-            for s in &f.by_stratum {
-                let get = |id: PropertyId, pick: fn(&MetricSummary) -> f64| {
-                    s.metrics
-                        .iter()
-                        .find(|m| m.property == id)
-                        .map_or("".to_string(), |m| format!("{:.6}", pick(m)))
-                };
-                let worst = s.metrics.iter().map(|m| m.worst_used).fold(0.0, f64::max);
-                md.push_str(&format!(
-                    "| {} | {} | {} | {} | {} | {:.1}% |\n",
-                    s.stratum.name(),
-                    s.cases,
-                    get(PropertyId::PooledCosine, |m| m.min),
-                    get(PropertyId::TokenCosineMin, |m| m.min),
-                    get(PropertyId::RelativeL2, |m| m.max),
-                    100.0 * worst
-                ));
-            }
-        }
-        if let Some(failure) = &f.failure {
-            md.push_str(&format!(
-                "\n**Failed** at model run {}. Shrunk counterexample{}:\n```\n{}```\nFailed verdicts:\n```\n{}\n```\n",
-                failure.cases_to_failure,
-                failure
-                    .counterexample
-                    .as_ref()
-                    .map(|p| format!(" (saved as `{}`)", p.display()))
-                    .unwrap_or_default(),
-                failure.minimal_fasta,
-                failure.message
-            ));
-        }
-        if let Some(l) = &f.localisation {
-            let which = if f.failure.is_some() {
-                "the shrunk counterexample"
-            } else {
-                "the tightest case"
+
+    #[test]
+    fn one_set_of_policy_flags_keeps_each_command_s_default_precision() {
+        let line = |command: &str| {
+            let extra: &[&str] = match command {
+                "embed" => &["--fasta", "x.fasta", "--out", "x.npy"],
+                "explain" => &["--fasta", "x.fasta", "--record", "r"],
+                _ => &[],
             };
-            md.push_str(&format!(
-                "\nWhere the error of {which} is born:\n\n{}",
-                l.to_markdown()
-            ));
-        }
+            let mut line = vec!["esmfuzz", command];
+            line.extend(extra);
+            match Cli::try_parse_from(line).unwrap().command {
+                Command::Fuzz(args) => args.policy,
+                Command::Embed(args) => args.policy,
+                Command::Explain(args) => args.policy,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(line("fuzz").precision, Precision::F16);
+        assert_eq!(line("explain").precision, Precision::F16);
+        assert_eq!(line("embed").precision, Precision::F32);
+        assert_eq!(line("embed").fp32_places, "none");
     }
-    md
 }

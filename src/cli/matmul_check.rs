@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 
 use esmfuzz::backend::BackendKind;
-use esmfuzz::model::matmul_check::{
+use esmfuzz::harness::matmul_check::{
     layout_differences, matmul_f64, matmul_relative_error, random_matrix,
 };
 use esmfuzz::model::{ComputePlan, Gemm, Precision};

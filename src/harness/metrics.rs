@@ -93,6 +93,28 @@ pub fn max(values: &[f64]) -> f64 {
     fold_keeping_nan(values, f64::NEG_INFINITY, f64::max)
 }
 
+/// The minimum of `values` and the index of its first place: the first NaN when any (a NaN is
+/// the worst a minimum can be); `(+inf, 0)` when empty.
+pub fn argmin(values: &[f64]) -> (f64, usize) {
+    let worst = min(values);
+    (worst, first_place(values, worst))
+}
+
+/// The maximum of `values` and the index of its first place: the first NaN when any;
+/// `(-inf, 0)` when empty.
+pub fn argmax(values: &[f64]) -> (f64, usize) {
+    let worst = max(values);
+    (worst, first_place(values, worst))
+}
+
+/// Where `extreme` (a NaN-propagating min or max of `values`) first stands.
+fn first_place(values: &[f64], extreme: f64) -> usize {
+    values
+        .iter()
+        .position(|&v| v == extreme || v.is_nan())
+        .unwrap_or(0)
+}
+
 /// Arithmetic mean; NaN when empty.
 pub fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
@@ -174,11 +196,7 @@ pub fn compare_states(test: &[Vec<f32>], reference: &[Vec<f32>], hidden: usize) 
         }
         non_finite += count_non_finite(t);
     }
-    let pooled_cosine_min = min(&pooled_cos);
-    let pooled_cosine_argmin = pooled_cos
-        .iter()
-        .position(|&c| c == pooled_cosine_min || c.is_nan())
-        .unwrap_or(0);
+    let (pooled_cosine_min, pooled_cosine_argmin) = argmin(&pooled_cos);
     Comparison {
         pooled_cosine_min,
         pooled_cosine_argmin,

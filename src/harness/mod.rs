@@ -1,11 +1,14 @@
 //! The property harness, in floors that only ever call downwards:
 //!
-//! - [`family`]: the one family driver (seeds, persistence, shrinking, replay), used by the
-//!   tests and by [`campaign`];
+//! - [`driver`]: the one family driver (generation, shrinking, persistence), used by the
+//!   tests and by [`campaign`]; it runs a [`family`] (what inputs, what check), replays and
+//!   saves the regression files of [`saved`], and sums up what it saw in a
+//!   [`summary::FamilyResult`];
 //! - [`cases`]: the only place a property runs a model; it hands host states to
 //! - [`properties`]: pure functions from states to [`verdict::Verdict`]s, and [`localise`]:
 //!   where in the forward pass an error is born, both built on
-//! - [`metrics`]: comparisons in f64, total on NaN and Inf;
+//! - [`metrics`]: comparisons in f64, total on NaN and Inf, and [`matmul_check`]: what a
+//!   policy's matrix product really computes, against f64;
 //! - [`strategies`]: the generators of biologically plausible proteins;
 //! - [`reference`]: FP32 against the HF transformers reference, as verdicts;
 //! - [`deployment`]: the generated cases for other stacks, and a judge of their embeddings;
@@ -15,10 +18,14 @@ pub mod bisect;
 pub mod campaign;
 pub mod cases;
 pub mod deployment;
+pub mod driver;
 pub mod family;
 pub mod localise;
+pub mod matmul_check;
 pub mod metrics;
 pub mod properties;
 pub mod reference;
+pub mod saved;
 pub mod strategies;
+pub mod summary;
 pub mod verdict;

@@ -97,8 +97,9 @@ pub fn finite_layers(layers: &LayerStates, batch: &dyn Batch) -> Verdict {
     Verdict::below(PropertyId::NonFinite, bad as f64, 0.5, first)
 }
 
-/// Property 4: every pooled embedding has a finite L2 norm in (1, 1000).
-pub fn pooled_norms(test: &[Vec<f32>], hidden: usize) -> Vec<Verdict> {
+/// Property 4: every pooled embedding has a finite L2 norm within
+/// (`tol.pooled_norm_min`, `tol.pooled_norm_max`).
+pub fn pooled_norms(test: &[Vec<f32>], hidden: usize, tol: &Tolerances) -> Vec<Verdict> {
     let norms: Vec<f64> = test
         .iter()
         .map(|s| metrics::l2_norm(&pool_residues(s, hidden)))
@@ -107,13 +108,13 @@ pub fn pooled_norms(test: &[Vec<f32>], hidden: usize) -> Vec<Verdict> {
         Verdict::above(
             PropertyId::PooledNormMin,
             metrics::min(&norms),
-            1.0,
+            tol.pooled_norm_min,
             String::new(),
         ),
         Verdict::below(
             PropertyId::PooledNormMax,
             metrics::max(&norms),
-            1000.0,
+            tol.pooled_norm_max,
             String::new(),
         ),
     ]
@@ -219,11 +220,7 @@ pub fn packed_vs_padded(packed: &[Vec<f32>], padded: &[Vec<f32>], tol: &Toleranc
         .zip(padded)
         .map(|(a, b)| metrics::max_abs_diff(a, b))
         .collect();
-    let worst = metrics::max(&diffs);
-    let at = diffs
-        .iter()
-        .position(|&d| d == worst || d.is_nan())
-        .unwrap_or(0);
+    let (worst, at) = metrics::argmax(&diffs);
     Verdict::at_most(
         PropertyId::PackedVsPadded,
         worst,
@@ -242,7 +239,7 @@ pub fn against_reference(
 ) -> Vec<Verdict> {
     let mut verdicts = equivalence(test, reference, names, hidden, tol);
     verdicts.push(boundary_tokens(test, reference, hidden, tol));
-    verdicts.extend(pooled_norms(test, hidden));
+    verdicts.extend(pooled_norms(test, hidden, tol));
     verdicts.extend(statistics(test, reference, hidden, tol));
     verdicts.push(distribution(test, reference, tol));
     verdicts

@@ -82,13 +82,10 @@ pub fn compare_with_reference(
         token_cos.extend(metrics::row_cosines(ours, theirs, hidden));
         token_diff.push(metrics::max_abs_diff(ours, theirs));
     }
-    let pooled_cosine_min = metrics::min(&pooled_cos);
+    let (pooled_cosine_min, pooled_cosine_argmin) = metrics::argmin(&pooled_cos);
     Ok(ReferenceParity {
         pooled_cosine_min,
-        pooled_cosine_argmin: pooled_cos
-            .iter()
-            .position(|&c| c == pooled_cosine_min || c.is_nan())
-            .unwrap_or(0),
+        pooled_cosine_argmin,
         pooled_max_abs_diff: metrics::max(&pooled_diff),
         first_tokens_cosine_min: metrics::min(&token_cos),
         first_tokens_max_abs_diff: metrics::max(&token_diff),

@@ -6,13 +6,30 @@ use std::fmt;
 
 use crate::model::Precision;
 
-/// Every property the harness checks. Families select among them by id, never by label, so
-/// renaming a label cannot silently select nothing.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum PropertyId {
+/// Declares [`PropertyId`] and [`PropertyId::ALL`] from one list, so that `ALL` holds every
+/// variant by construction: a property can never be left out of `ALL` and so silently leave
+/// every campaign (`Selection::all`).
+macro_rules! property_ids {
+    ($($(#[$doc:meta])* $id:ident,)+) => {
+        /// Every property the harness checks. Families select among them by id, never by
+        /// label, so renaming a label cannot silently select nothing.
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize,
+            serde::Deserialize,
+        )]
+        #[serde(rename_all = "kebab-case")]
+        pub enum PropertyId {
+            $($(#[$doc])* $id,)+
+        }
+
+        impl PropertyId {
+            /// Every property, in report order (the order of declaration).
+            pub const ALL: [PropertyId; [$(PropertyId::$id),+].len()] = [$(PropertyId::$id),+];
+        }
+    };
+}
+
+property_ids! {
     /// Property 3: no NaN or Inf in any layer at any real token.
     NonFinite,
     /// Property 1: pooled cosine per sequence.
@@ -58,30 +75,6 @@ pub enum PropertyId {
 }
 
 impl PropertyId {
-    /// Every property, in report order.
-    pub const ALL: [PropertyId; 21] = [
-        PropertyId::NonFinite,
-        PropertyId::PooledCosine,
-        PropertyId::TokenCosineMean,
-        PropertyId::TokenCosineMin,
-        PropertyId::RelativeL2,
-        PropertyId::BoundaryTokenCosine,
-        PropertyId::PooledNormMin,
-        PropertyId::PooledNormMax,
-        PropertyId::MeanDifference,
-        PropertyId::StdRelative,
-        PropertyId::TokenNormRelative,
-        PropertyId::OutlierRelative,
-        PropertyId::KolmogorovSmirnov,
-        PropertyId::PackedVsPadded,
-        PropertyId::RepeatBitIdentical,
-        PropertyId::AloneVsPadded,
-        PropertyId::AloneVsPackedReversed,
-        PropertyId::ReferencePooledCosine,
-        PropertyId::ReferencePooledMaxAbsDiff,
-        PropertyId::ReferenceTokenCosine,
-        PropertyId::ReferenceTokenMaxAbsDiff,
-    ];
     /// Properties 1-2 and the relative-L2 bound.
     pub const EQUIVALENCE: &[PropertyId] = &[
         PropertyId::PooledCosine,
@@ -270,6 +263,18 @@ impl Verdict {
     }
 }
 
+impl Verdict {
+    /// [`Verdict::used`] with NaN as infinity: a NaN has used more than any tolerance, so it
+    /// ranks first wherever verdicts are compared or summarised.
+    pub fn used_or_infinite(&self) -> f64 {
+        if self.used.is_nan() {
+            f64::INFINITY
+        } else {
+            self.used
+        }
+    }
+}
+
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -293,28 +298,11 @@ impl fmt::Display for Verdict {
 /// tolerance used ([`Verdict::used`], comparable across properties of different units); NaN
 /// counts as the most used.
 pub fn tightest(verdicts: &[Verdict]) -> Option<&Verdict> {
-    let key = |v: &Verdict| {
-        (
-            !v.passed,
-            if v.used.is_nan() {
-                f64::INFINITY
-            } else {
-                v.used
-            },
-        )
-    };
+    let key = |v: &Verdict| (!v.passed, v.used_or_infinite());
     verdicts.iter().max_by(|a, b| {
         let (ka, kb) = (key(a), key(b));
         ka.0.cmp(&kb.0).then(ka.1.total_cmp(&kb.1))
     })
-}
-
-/// The verdicts as a proptest case result: a failure carries every failed verdict.
-pub fn case_result(verdicts: &[Verdict]) -> Result<(), proptest::test_runner::TestCaseError> {
-    match failures(verdicts) {
-        None => Ok(()),
-        Some(msg) => Err(proptest::test_runner::TestCaseError::fail(msg)),
-    }
 }
 
 /// The failed verdicts as one message, or `None` when all held.
@@ -358,9 +346,26 @@ pub struct Tolerances {
     pub packed_abs: f64,
     /// Property 8: max |diff| of one sequence's states across batch-mates and orders, `<`.
     pub isolation_abs: f64,
+    /// Property 4: smallest pooled L2 norm of any sequence, `>`: a collapsed embedding.
+    #[serde(default = "Tolerances::plan_pooled_norm_min")]
+    pub pooled_norm_min: f64,
+    /// Property 4: largest pooled L2 norm of any sequence, `<`: an overflowing embedding.
+    #[serde(default = "Tolerances::plan_pooled_norm_max")]
+    pub pooled_norm_max: f64,
 }
 
 impl Tolerances {
+    /// The bounds of property 4, the plan's (1, 1000), the same for every policy: they catch
+    /// a collapsed or an overflowing embedding, not a precision loss. Reports written before
+    /// these were tolerances read them back so.
+    fn plan_pooled_norm_min() -> f64 {
+        1.0
+    }
+
+    fn plan_pooled_norm_max() -> f64 {
+        1000.0
+    }
+
     /// The acceptance thresholds (cosines 0.99 / 0.98, statistics within 5-10%) with
     /// per-policy regression bounds on the relative L2
     /// error, set about 2.5x above the worst figure measured so that a 10x degradation of the
@@ -391,6 +396,8 @@ impl Tolerances {
             ks_d: 0.01,
             packed_abs: 1e-5,
             isolation_abs: 1e-5,
+            pooled_norm_min: Self::plan_pooled_norm_min(),
+            pooled_norm_max: Self::plan_pooled_norm_max(),
         };
         match precision {
             // Packed equals padded bit for bit on the CPU (60 corpus proteins, every policy,
@@ -431,6 +438,7 @@ impl Tolerances {
                 // relative). Packed batches, whose blocks do not change, meet 1e-5
                 // (packed_equivalence).
                 isolation_abs: 1e-4,
+                ..plan
             },
         }
     }
@@ -496,10 +504,65 @@ mod tests {
         let kept = only.keep(verdicts);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].property, PropertyId::NonFinite);
-        assert!(
-            PropertyId::ALL
-                .iter()
-                .all(|&id| Selection::all().contains(id))
+    }
+
+    /// Hands back the variant names serde's derive lists for an enum: a list of the
+    /// variants that does not come from [`PropertyId::ALL`].
+    struct VariantNames<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> serde::Deserializer<'de> for VariantNames<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom(
+                "only an enum's variant names are read",
+            ))
+        }
+
+        fn deserialize_enum<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = variants;
+            Err(serde::de::Error::custom("variant names read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct
+            identifier ignored_any
+        }
+    }
+
+    #[test]
+    fn every_declared_property_is_in_all_once_and_every_selection_of_all_keeps_it() {
+        use serde::Deserialize;
+        let mut declared: &'static [&'static str] = &[];
+        let _ = PropertyId::deserialize(VariantNames(&mut declared));
+        let listed: Vec<String> = PropertyId::ALL
+            .iter()
+            .map(|id| {
+                serde_json::to_value(id)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            listed, declared,
+            "ALL lists every variant, in declaration order"
         );
+        assert!(PropertyId::ALL.windows(2).all(|w| w[0] < w[1]), "no repeat");
+        let every: Vec<Verdict> = PropertyId::ALL
+            .iter()
+            .map(|&id| Verdict::at_most(id, 0.0, 1.0, String::new()))
+            .collect();
+        assert_eq!(Selection::all().keep(every).len(), declared.len());
     }
 }

@@ -6,9 +6,9 @@
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
+use super::blocks::{DeviceBlocks, DeviceGroup};
 use super::device::DeviceLinear;
 use super::flash::{self, SeqTable};
-use super::layout::{DeviceGroup, DeviceLayout};
 use super::ops;
 use super::precision::{AttentionKernel, ComputePlan, Precision};
 use super::rotary::RotaryTables;
@@ -116,7 +116,7 @@ impl<B: Backend> SelfAttention<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 2>,
-        layout: &DeviceLayout<B>,
+        layout: &DeviceBlocks<B>,
         rotary: &[RotaryTables<B>],
         seqs: Option<&FlashSeqs<B>>,
     ) -> Tensor<B, 2> {

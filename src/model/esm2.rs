@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use super::attention::FlashSeqs;
+use super::blocks::{DeviceBlocks, HostBlocks, ModelInput};
 use super::config::EsmConfig;
 use super::device::{DeviceNorm, to_device};
 use super::fault::FaultSet;
 use super::flash::SeqTable;
 use super::fp32_places::{Fp32Place, Fp32Places};
 use super::layer::{EsmLayer, LayerPlan};
-use super::layout::{DeviceLayout, HostLayout, ModelInput};
 use super::precision::{AttentionKernel, ComputePlan, Precision};
 use super::rotary::RotaryTables;
 use super::weights::{EsmWeights, HostTensor, LayerWeights, NormWeights};
@@ -237,15 +237,6 @@ impl<B: Backend> Esm2<B> {
         Some(floor)
     }
 
-    /// The policy's name in reports: the precision, with its FP32 places if any.
-    pub fn policy_name(&self) -> String {
-        if self.fp32_places.is_empty() {
-            self.plan.precision.to_string()
-        } else {
-            format!("{}+fp32[{}]", self.plan.precision, self.fp32_places)
-        }
-    }
-
     /// Runs the model; `repr_layers` picks which representations to return (indices above
     /// the layer count are ignored).
     ///
@@ -292,14 +283,14 @@ impl<B: Backend> Esm2<B> {
         }
 
         let host_layout = self.effective_layout(input);
-        let layout = DeviceLayout::<B>::new(&host_layout, device);
+        let layout = DeviceBlocks::<B>::new(&host_layout, device);
         // The flash kernel reads the input's own sequences (fused attention on CUDA, no
         // fault that rewrites the layout).
         let seqs = (self.plan.attention == AttentionKernel::Fused
             && self.plan.backend == crate::backend::BackendKind::Cuda
             && !self.faults.attention_leaks_across_sequences
             && !self.faults.rope_not_restarted)
-            .then(|| SeqTable::of_layout(&input.layout))
+            .then(|| SeqTable::of_blocks(&input.layout))
             .flatten()
             .map(|table| FlashSeqs::new(&table, device));
 
@@ -358,7 +349,7 @@ impl<B: Backend> Esm2<B> {
     /// The layout the model really uses: the input's, packed input regrouped under
     /// [`Esm2::attention_group_slots`], rewritten by any packing fault, with block lengths
     /// rounded up to the backend's [`crate::backend::BackendKind::block_multiple`].
-    fn effective_layout(&self, input: &ModelInput) -> HostLayout {
+    fn effective_layout(&self, input: &ModelInput) -> HostBlocks {
         let n_tokens = input.tokens.len();
         let mut layout = input.layout.regrouped(self.attention_group_slots);
         if layout.is_packed() && self.faults.attention_leaks_across_sequences {
@@ -390,8 +381,8 @@ mod tests {
     /// named by its stored key and index while streaming.
     #[test]
     fn models_streamed_from_the_file_equal_models_from_loaded_weights() {
-        use crate::model::load::{load_checkpoint, open_checkpoint};
-        use crate::model::synth::{StoredDtype, SynthFormat, write_checkpoint};
+        use crate::model::checkpoint::synth::{StoredDtype, SynthFormat, write_checkpoint};
+        use crate::model::checkpoint::{load_checkpoint, open_checkpoint};
         use crate::model::{Fp32Places, ModelSpec};
         let config = EsmConfig::tiny();
         let dir = tempfile::tempdir().unwrap();

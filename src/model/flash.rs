@@ -9,7 +9,7 @@
 //! 64 (ESM-2 8M, 150M, 650M, 3B); anything else runs the composed attention.
 //! [`SeqTable`] (the sequences as row ranges) is plain host data, built on every backend.
 
-use super::layout::HostLayout;
+use super::blocks::HostBlocks;
 
 /// Positions the RoPE table of a fused layer covers: ESM-2 takes at most 1,024 tokens (1,022
 /// residues, BOS, EOS), and CUDA rounds blocks up to a multiple of 64.
@@ -32,7 +32,7 @@ impl SeqTable {
     /// The table of a padded batch (one group of blocks in stream order, padding a suffix of
     /// each block) or of a packed stream (`cu_seqlens`); `None` for any other layout (fault
     /// layouts, blocks rounded by the model), which then runs composed attention.
-    pub fn of_layout(layout: &HostLayout) -> Option<SeqTable> {
+    pub fn of_blocks(layout: &HostBlocks) -> Option<SeqTable> {
         if let Some(packing) = &layout.packing {
             let cu = &packing.cu_seqlens;
             let q_len: Vec<i32> = cu.windows(2).map(|w| w[1] - w[0]).collect();
@@ -430,7 +430,7 @@ mod tests {
     fn a_padded_batch_is_one_sequence_per_block_with_its_real_keys() {
         let pad = |real: usize, len: usize| (0..len).map(move |i| i >= real);
         let key_padding: Vec<bool> = pad(3, 8).chain(pad(8, 8)).chain(pad(1, 8)).collect();
-        let table = SeqTable::of_layout(&HostLayout::padded(3, 8, key_padding)).unwrap();
+        let table = SeqTable::of_blocks(&HostBlocks::padded(3, 8, key_padding)).unwrap();
         assert_eq!(table.q_start, [0, 8, 16]);
         assert_eq!(table.q_len, [8, 8, 8]);
         assert_eq!(table.k_len, [3, 8, 1]);
@@ -441,8 +441,8 @@ mod tests {
 
     #[test]
     fn a_packed_stream_is_its_cu_seqlens_and_long_sequences_take_several_tiles() {
-        let layout = HostLayout::packed(&[0, 3, 133, 140], 4096);
-        let table = SeqTable::of_layout(&layout).unwrap();
+        let layout = HostBlocks::packed(&[0, 3, 133, 140], 4096);
+        let table = SeqTable::of_blocks(&layout).unwrap();
         assert_eq!(table.q_start, [0, 3, 133]);
         assert_eq!(table.q_len, [3, 130, 7]);
         assert_eq!(table.k_len, table.q_len);
@@ -458,11 +458,11 @@ mod tests {
     fn layouts_the_kernel_cannot_take_are_refused() {
         // Padding before a real key, an empty block, blocks rounded by the model.
         let holes = vec![false, true, false, true];
-        assert_eq!(SeqTable::of_layout(&HostLayout::padded(1, 4, holes)), None);
+        assert_eq!(SeqTable::of_blocks(&HostBlocks::padded(1, 4, holes)), None);
         let empty = vec![true; 4];
-        assert_eq!(SeqTable::of_layout(&HostLayout::padded(1, 4, empty)), None);
-        let rounded = HostLayout::padded(1, 3, vec![false; 3]).with_block_multiple(3, 4);
-        assert_eq!(SeqTable::of_layout(&rounded), None);
+        assert_eq!(SeqTable::of_blocks(&HostBlocks::padded(1, 4, empty)), None);
+        let rounded = HostBlocks::padded(1, 3, vec![false; 3]).with_block_multiple(3, 4);
+        assert_eq!(SeqTable::of_blocks(&rounded), None);
     }
 
     #[test]

@@ -4,10 +4,10 @@
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::attention::{FlashSeqs, SelfAttention};
+use super::blocks::DeviceBlocks;
 use super::device::{DeviceLinear, DeviceNorm};
 use super::fault::FaultSet;
 use super::fp32_places::{Fp32Place, Fp32Places};
-use super::layout::DeviceLayout;
 use super::ops;
 use super::precision::ComputePlan;
 use super::rotary::RotaryTables;
@@ -75,7 +75,7 @@ impl<B: Backend> EsmLayer<B> {
     pub fn attention_block(
         &self,
         x: Tensor<B, 2>,
-        layout: &DeviceLayout<B>,
+        layout: &DeviceBlocks<B>,
         rotary: &[RotaryTables<B>],
         seqs: Option<&FlashSeqs<B>>,
     ) -> Tensor<B, 2> {

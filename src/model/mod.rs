@@ -2,6 +2,8 @@
 //! the forward pass, one file per reference class.
 
 pub mod attention;
+pub mod blocks;
+pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cublas;
@@ -10,17 +12,11 @@ pub mod esm2;
 pub mod fault;
 pub mod flash;
 pub mod fp32_places;
-pub mod hub;
+pub mod host;
 pub mod layer;
-pub mod layout;
-pub mod load;
-pub mod matmul_check;
 pub mod ops;
 pub mod precision;
 pub mod rotary;
-pub mod safetensors_file;
-pub mod synth;
-pub mod torch_zip;
 pub mod weights;
 
 pub use crate::backend::BackendKind;
@@ -28,5 +24,6 @@ pub use config::EsmConfig;
 pub use esm2::{Esm2, EsmOutput, ModelSpec, Place};
 pub use fault::FaultSet;
 pub use fp32_places::{Fp32Place, Fp32Places};
+pub use host::to_host;
 pub use precision::{AttentionKernel, ComputePlan, Gemm, Precision};
 pub use weights::EsmWeights;

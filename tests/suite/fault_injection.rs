@@ -8,7 +8,8 @@
 use std::num::NonZeroU32;
 
 use esmfuzz::harness::campaign::{CampaignSpec, run_campaign};
-use esmfuzz::harness::family::{Family, RunOptions, run_family};
+use esmfuzz::harness::driver::{RunOptions, run_family};
+use esmfuzz::harness::family::Family;
 use esmfuzz::harness::strategies::Stratum;
 use esmfuzz::harness::verdict::{PropertyId, Selection, Tolerances, failures};
 use esmfuzz::model::{FaultSet, Precision};
@@ -252,7 +253,7 @@ fn a_campaign_reports_a_fault_and_writes_its_counterexample() {
 
 #[test]
 fn real_proteins_are_judged_once_each_and_a_fault_is_reported_on_the_shortest_batch() {
-    use esmfuzz::harness::family::run_proteins;
+    use esmfuzz::harness::driver::run_proteins;
     let proteins: Vec<_> = common::corpus()
         .iter()
         .filter(|p| p.residues.len() < 120)
@@ -281,7 +282,8 @@ fn real_proteins_are_judged_once_each_and_a_fault_is_reported_on_the_shortest_ba
         common::against_fp32(&faulty),
         &tol,
         &options,
-    );
+    )
+    .expect("six proteins");
     assert_eq!((result.cases, result.runs), (6, 2));
     let failure = result.failure.expect("the fault is reported");
     let shortest = proteins.iter().map(|p| p.residues.len()).min().unwrap();
@@ -293,6 +295,15 @@ fn real_proteins_are_judged_once_each_and_a_fault_is_reported_on_the_shortest_ba
         common::against_fp32(common::shared_model(Precision::F16)),
         &Tolerances::for_precision(Precision::F16),
         &options,
-    );
+    )
+    .expect("six proteins");
     assert!(clean.passed, "{:?}", clean.failure.map(|f| f.message));
+    let none = run_proteins(
+        "fasta-empty",
+        &[],
+        common::against_fp32(&faulty),
+        &tol,
+        &options,
+    );
+    assert!(none.is_err(), "zero proteins never pass");
 }

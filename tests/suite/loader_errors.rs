@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use burn_store::pytorch::PytorchReader;
 use esmfuzz::harness::metrics;
-use esmfuzz::model::load::{LoadError, load_checkpoint};
+use esmfuzz::model::checkpoint::{LoadError, load_checkpoint};
 use safetensors::{Dtype, tensor::TensorView};
 
 use super::common;
@@ -114,7 +114,7 @@ fn safetensors_in_f32_f16_and_bf16_load_the_same_backbone() {
             "{dtype:?}: relative difference {rel} > {tolerance}"
         );
         assert_eq!(
-            loaded.ignored.len(),
+            loaded.file.ignored.len(),
             8,
             "heads and position tables are ignored by name"
         );

@@ -28,15 +28,29 @@ const FP16_MIN_TOKEN_COSINE: f64 = 0.999;
 const ISOLATION_ATOL: f64 = 1e-5;
 const ISOLATION_RTOL: f64 = 1.3e-6;
 
-/// The largest `|a - e| / (ATOL + RTOL |e|)` over two states: <= 1 is within tolerance.
+/// The largest `|a - e| / (ATOL + RTOL |e|)` over two states: <= 1 is within tolerance; NaN
+/// (which fails `<= 1`) when either state holds a NaN.
 fn isolation_excess(ours: &[f32], alone: &[f32]) -> f64 {
-    ours.iter()
+    let ratios: Vec<f64> = ours
+        .iter()
         .zip(alone)
         .map(|(&a, &e)| {
             let (a, e) = (f64::from(a), f64::from(e));
             (a - e).abs() / (ISOLATION_ATOL + ISOLATION_RTOL * e.abs())
         })
-        .fold(0.0, f64::max)
+        .collect();
+    metrics::max(&ratios)
+}
+
+#[test]
+fn isolation_excess_fails_on_a_nan_in_either_state() {
+    assert_eq!(isolation_excess(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+    assert!(isolation_excess(&[1.0, 2.0], &[1.0, 2.0 + 2e-5]) > 1.0);
+    for (ours, alone) in [([1.0, f32::NAN], [1.0, 2.0]), ([1.0, 2.0], [f32::NAN, 2.0])] {
+        let excess = isolation_excess(&ours, &alone);
+        let passes = excess <= 1.0;
+        assert!(!passes, "a NaN state passed with excess {excess}");
+    }
 }
 /// First-fit-decreasing at 4096 tokens should fill the batches it keeps producing to over
 /// 95%. (Over all batches the corpus cannot reach 95% with any packer: its 42,338 tokens need

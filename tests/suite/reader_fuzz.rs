@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use esmfuzz::input::{NormaliseOptions, read_fasta};
-use esmfuzz::model::load::load_checkpoint;
+use esmfuzz::model::checkpoint::load_checkpoint;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 

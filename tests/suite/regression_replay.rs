@@ -6,9 +6,10 @@
 use std::num::NonZeroU32;
 
 use esmfuzz::harness::campaign::{CampaignSpec, run_campaign};
-use esmfuzz::harness::family::{
-    Family, RunOptions, counterexample_path, replay_counterexample, run_family, saved_files,
-    seeds_path,
+use esmfuzz::harness::driver::{RunOptions, run_family};
+use esmfuzz::harness::family::Family;
+use esmfuzz::harness::saved::{
+    counterexample_path, replay_counterexample, saved_files, seeds_path,
 };
 use esmfuzz::harness::strategies::Stratum;
 use esmfuzz::harness::verdict::{Selection, Tolerances};
@@ -138,7 +139,7 @@ fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
 }
 
 /// `families` without timings, as JSON.
-fn comparable(families: &[esmfuzz::harness::family::FamilyResult]) -> serde_json::Value {
+fn comparable(families: &[esmfuzz::harness::summary::FamilyResult]) -> serde_json::Value {
     let mut json = serde_json::to_value(families).unwrap();
     for f in json.as_array_mut().unwrap() {
         f.as_object_mut().unwrap().remove("seconds");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use esmfuzz::batch::{PaddedBatch, run_batch};
 use esmfuzz::harness::metrics::max_abs_diff;
-use esmfuzz::model::load::{CheckpointFormat, load_checkpoint};
+use esmfuzz::model::checkpoint::{CheckpointFormat, load_checkpoint};
 use esmfuzz::model::{EsmWeights, FaultSet, Precision};
 
 use super::common;
@@ -61,20 +61,29 @@ fn weight_distance(a: &EsmWeights, b: &EsmWeights) -> f64 {
 #[test]
 fn fair_esm_pt_loads_the_same_backbone_as_hf_safetensors() {
     let pt = load_checkpoint(&fixture("tiny_fair_esm.pt"), None).expect("fair-esm .pt");
-    assert_eq!(pt.format, CheckpointFormat::Torch);
+    assert_eq!(pt.file.format, CheckpointFormat::Torch);
     assert_eq!(weight_distance(&pt.weights, &f32_weights()), 0.0);
     assert!(
-        pt.ignored.iter().any(|k| k.contains("lm_head")),
+        pt.file.ignored.iter().any(|k| k.contains("lm_head")),
         "{:?}",
-        pt.ignored
+        pt.file.ignored
     );
 }
 
 #[test]
 fn fine_tuned_f16_torch_bin_with_esm_prefix_and_head_loads() {
     let bin = load_checkpoint(&fixture("pytorch_model_f16.bin"), None).expect("f16 .bin");
-    assert!(bin.stored_dtypes.contains("f16"), "{:?}", bin.stored_dtypes);
-    assert!(bin.ignored.iter().any(|k| k.starts_with("classifier.")));
+    assert!(
+        bin.file.stored_dtypes.contains("f16"),
+        "{:?}",
+        bin.file.stored_dtypes
+    );
+    assert!(
+        bin.file
+            .ignored
+            .iter()
+            .any(|k| k.starts_with("classifier."))
+    );
     let d = weight_distance(&bin.weights, &f32_weights());
     assert!(
         d > 0.0 && d < 4e-3,
@@ -85,7 +94,11 @@ fn fine_tuned_f16_torch_bin_with_esm_prefix_and_head_loads() {
 #[test]
 fn bf16_safetensors_loads() {
     let st = load_checkpoint(&fixture("model_bf16.safetensors"), None).expect("bf16 safetensors");
-    assert!(st.stored_dtypes.contains("bf16"), "{:?}", st.stored_dtypes);
+    assert!(
+        st.file.stored_dtypes.contains("bf16"),
+        "{:?}",
+        st.file.stored_dtypes
+    );
     let d = weight_distance(&st.weights, &f32_weights());
     assert!(
         d > 0.0 && d < 3e-2,

@@ -5,9 +5,7 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::ops;
-use super::precision::ComputePlan;
-use crate::batch::HostStates;
+use crate::model::{ComputePlan, ops, to_host};
 
 /// Uniform values in [-1, 1), `[n, n]` row-major, deterministic in `seed`.
 pub fn random_matrix(n: usize, seed: u64) -> Vec<f32> {
@@ -42,8 +40,8 @@ pub fn matmul_relative_error<B: Backend>(
     let upload = |v: &[f32]| {
         Tensor::<B, 2>::from_data(TensorData::new(v.to_vec(), [n, n]), device).cast(plan.dtype())
     };
-    let c = HostStates::fetch(ops::matmul(plan, upload(a), upload(b)));
-    relative_error(&c.data, exact)
+    let c = to_host(ops::matmul(plan, upload(a), upload(b)));
+    relative_error(&c, exact)
 }
 
 /// The operand layouts the model hands a matrix product, each as `(name, a, b)`, built from
@@ -100,7 +98,7 @@ pub fn layout_differences<B: Backend>(
         .map(|(name, a, b)| {
             let flat = |t: Tensor<B, 4>| {
                 let n = t.dims().iter().product::<usize>();
-                HostStates::fetch(t.reshape([n, 1])).data
+                to_host(t.reshape([n, 1]))
             };
             let product = |p: &ComputePlan| {
                 let (a, b) = (a.clone().cast(p.dtype()), b.clone().cast(p.dtype()));
@@ -178,12 +176,12 @@ mod tests {
         let tf32_product = |x: Tensor<Cpu, 2>, y: Tensor<Cpu, 2>| {
             ops::round_to_tf32(x).matmul(ops::round_to_tf32(y))
         };
-        let c = HostStates::fetch(ops::split_bf16x6_matmul(
+        let c = to_host(ops::split_bf16x6_matmul(
             upload(&a),
             upload(&b),
             tf32_product,
         ));
-        let err = relative_error(&c.data, &exact);
+        let err = relative_error(&c, &exact);
         assert!(err < 1e-6, "split over TF32 products {err:e}");
     }
 }

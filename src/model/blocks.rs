@@ -13,21 +13,21 @@ pub struct ModelInput {
     /// Per-token embedding multiplier after token dropout (0 for `<pad>` and `<mask>`), `[tokens]`.
     pub token_scale: Vec<f32>,
     /// The attention blocks.
-    pub layout: HostLayout,
+    pub layout: HostBlocks,
 }
 
 /// Attention blocks on the host: groups of equally long blocks (one sequence per block),
 /// attention running once per group, and where each token's output lands.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HostLayout {
+pub struct HostBlocks {
     /// The block groups, in the order their slots are concatenated.
     pub groups: Vec<BlockGroup>,
     /// For each token, `[tokens]`, its row among the concatenated slots of all groups.
     /// `None` when the stream is already in block order (a padded batch, one group).
     pub scatter: Option<Vec<i64>>,
     /// The packing this layout groups, so a backend can regroup it under its own slot
-    /// budget ([`HostLayout::regrouped`]); `None` for padded batches, fault layouts and
-    /// layouts rounded by [`HostLayout::with_block_multiple`].
+    /// budget ([`HostBlocks::regrouped`]); `None` for padded batches, fault layouts and
+    /// layouts rounded by [`HostBlocks::with_block_multiple`].
     pub packing: Option<GroupedPacking>,
 }
 
@@ -75,10 +75,10 @@ impl BlockGroup {
     }
 }
 
-impl HostLayout {
+impl HostBlocks {
     /// A padded batch: one group whose slots are the token stream itself.
     pub fn padded(batch: usize, seq_len: usize, key_padding: Vec<bool>) -> Self {
-        HostLayout {
+        HostBlocks {
             groups: vec![BlockGroup {
                 batch,
                 block_len: seq_len,
@@ -141,7 +141,7 @@ impl HostLayout {
                 }
             })
             .collect();
-        HostLayout {
+        HostBlocks {
             groups,
             scatter: Some(scatter),
             packing: Some(GroupedPacking {
@@ -154,10 +154,10 @@ impl HostLayout {
     /// The same packing grouped under `group_budget` slots per attention group (a backend
     /// where launches cost more than padded slots wants bigger groups); other layouts are
     /// returned unchanged.
-    pub fn regrouped(&self, group_budget: usize) -> HostLayout {
+    pub fn regrouped(&self, group_budget: usize) -> HostBlocks {
         match &self.packing {
             Some(p) if p.group_budget != group_budget => {
-                HostLayout::packed(&p.cu_seqlens, group_budget)
+                HostBlocks::packed(&p.cu_seqlens, group_budget)
             }
             _ => self.clone(),
         }
@@ -174,7 +174,7 @@ impl HostLayout {
     /// `n_tokens` stream rows and are masked as keys), so results are unchanged while
     /// backends that compile and autotune kernels per shape see far fewer shapes.
     /// Returns `self` unchanged when every group is already aligned.
-    pub fn with_block_multiple(&self, n_tokens: usize, multiple: usize) -> HostLayout {
+    pub fn with_block_multiple(&self, n_tokens: usize, multiple: usize) -> HostBlocks {
         let multiple = multiple.max(1);
         if self.groups.iter().all(|g| g.block_len % multiple == 0) {
             return self.clone();
@@ -224,10 +224,10 @@ impl HostLayout {
             // Block order: token `t` is old slot `t`.
             None => slot_map[..n_tokens].to_vec(),
         };
-        HostLayout {
+        HostBlocks {
             groups,
             scatter: Some(scatter),
-            // The groups are no longer those `HostLayout::packed` forms, so regrouping this
+            // The groups are no longer those `HostBlocks::packed` forms, so regrouping this
             // layout would silently drop the rounding.
             packing: None,
         }
@@ -235,7 +235,7 @@ impl HostLayout {
 
     /// Fault: all `n_tokens` tokens in one unmasked block, so attention crosses sequences
     /// (RoPE positions still restart per sequence).
-    pub fn as_single_block(&self, n_tokens: usize) -> HostLayout {
+    pub fn as_single_block(&self, n_tokens: usize) -> HostBlocks {
         let mut positions = vec![0u32; n_tokens];
         for g in &self.groups {
             for slot in 0..g.batch * g.block_len {
@@ -246,7 +246,7 @@ impl HostLayout {
             }
         }
         let identity: Vec<i64> = (0..n_tokens as i64).collect();
-        HostLayout {
+        HostBlocks {
             groups: vec![BlockGroup {
                 batch: 1,
                 block_len: n_tokens,
@@ -262,7 +262,7 @@ impl HostLayout {
 
     /// Fault: RoPE positions run on across the packed stream (each slot gets the stream index
     /// of the token it reads) instead of restarting at 0 for every sequence.
-    pub fn with_stream_positions(&self, n_tokens: usize) -> HostLayout {
+    pub fn with_stream_positions(&self, n_tokens: usize) -> HostBlocks {
         let groups = self
             .groups
             .iter()
@@ -277,7 +277,7 @@ impl HostLayout {
                 ..g.clone()
             })
             .collect();
-        HostLayout {
+        HostBlocks {
             groups,
             scatter: self.scatter.clone(),
             packing: None,
@@ -295,8 +295,8 @@ pub struct DeviceGroup<B: Backend> {
     pub key_padding: Tensor<B, 4, Bool>,
 }
 
-/// [`HostLayout`] on the device.
-pub struct DeviceLayout<B: Backend> {
+/// [`HostBlocks`] on the device.
+pub struct DeviceBlocks<B: Backend> {
     pub groups: Vec<DeviceGroup<B>>,
     /// `[tokens]`.
     pub scatter: Option<Tensor<B, 1, Int>>,
@@ -306,8 +306,8 @@ fn int_tensor<B: Backend>(v: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
     Tensor::<B, 1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), device)
 }
 
-impl<B: Backend> DeviceLayout<B> {
-    pub fn new(host: &HostLayout, device: &B::Device) -> Self {
+impl<B: Backend> DeviceBlocks<B> {
+    pub fn new(host: &HostBlocks, device: &B::Device) -> Self {
         let groups = host
             .groups
             .iter()
@@ -389,7 +389,7 @@ mod tests {
     use super::*;
 
     /// For each token: its RoPE position and the tokens it attends to, as attention sees them.
-    fn attended(layout: &HostLayout, n_tokens: usize) -> Vec<(u32, Vec<usize>)> {
+    fn attended(layout: &HostBlocks, n_tokens: usize) -> Vec<(u32, Vec<usize>)> {
         let slots: Vec<(&BlockGroup, usize)> = layout
             .groups
             .iter()
@@ -416,13 +416,13 @@ mod tests {
 
     #[test]
     fn block_multiple_keeps_every_token_its_position_and_its_keys() {
-        let packed = HostLayout::packed(&[0, 3, 10, 12, 17], 16);
+        let packed = HostBlocks::packed(&[0, 3, 10, 12, 17], 16);
         let bucketed = packed.with_block_multiple(17, 8);
         assert!(bucketed.groups.iter().all(|g| g.block_len % 8 == 0));
         assert_eq!(attended(&packed, 17), attended(&bucketed, 17));
 
         let key_padding = [vec![false; 3], vec![true; 2], vec![false; 5]].concat();
-        let padded = HostLayout::padded(2, 5, key_padding);
+        let padded = HostBlocks::padded(2, 5, key_padding);
         let bucketed = padded.with_block_multiple(10, 4);
         assert_eq!(bucketed.groups[0].block_len, 8);
         assert_eq!(
@@ -442,10 +442,10 @@ mod tests {
     #[test]
     fn regrouping_changes_the_groups_but_not_what_attention_sees() {
         let cu = [0, 3, 10, 12, 17, 30];
-        let small = HostLayout::packed(&cu, 16);
+        let small = HostBlocks::packed(&cu, 16);
         for budget in [0, 13, 64, 4096] {
             let other = small.regrouped(budget);
-            assert_eq!(other, HostLayout::packed(&cu, budget));
+            assert_eq!(other, HostBlocks::packed(&cu, budget));
             assert_eq!(
                 attended(&small, 30),
                 attended(&other, 30),
@@ -454,7 +454,7 @@ mod tests {
         }
         assert_eq!(small.groups.len(), 3);
         assert_eq!(small.regrouped(4096).groups.len(), 1);
-        let padded = HostLayout::padded(1, 4, vec![false; 4]);
+        let padded = HostBlocks::padded(1, 4, vec![false; 4]);
         assert_eq!(padded.regrouped(1), padded);
     }
 

@@ -14,8 +14,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
 
-use super::config::EsmConfig;
 use super::torch_zip::{TorchEntry, TorchStorage, TorchZipWriter};
+use crate::model::config::EsmConfig;
 
 /// HF's `initializer_range` for ESM-2.
 pub const INITIALIZER_RANGE: f32 = 0.02;
@@ -295,7 +295,7 @@ fn write_safetensors(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::load::load_checkpoint;
+    use crate::model::checkpoint::load_checkpoint;
 
     #[test]
     fn a_synthetic_checkpoint_loads_back_exactly_in_f32_and_within_rounding_in_half() {
@@ -360,7 +360,10 @@ mod tests {
             assert!(bin.ends_with("pytorch_model.bin"));
             let a = load_checkpoint(st_dir.path(), None).unwrap();
             let b = load_checkpoint(bin_dir.path(), None).unwrap();
-            assert_eq!(b.format, crate::model::load::CheckpointFormat::Torch);
+            assert_eq!(
+                b.file.format,
+                crate::model::checkpoint::CheckpointFormat::Torch
+            );
             let (a, b) = (a.weights.named_tensors(), b.weights.named_tensors());
             assert_eq!(a.len(), b.len());
             for ((ka, va), (kb, vb)) in a.iter().zip(&b) {

@@ -1,0 +1,273 @@
+//! `report.json` and `report.md`, the one schema a campaign's report has: written by `fuzz`
+//! (as the campaign goes) and by `merge` (shards joined), read back by `merge` and by
+//! `fuzz --resume` through [`read_report`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use esmfuzz::backend::BackendKind;
+use esmfuzz::harness::campaign::CampaignReport;
+use esmfuzz::harness::summary::MetricSummary;
+use esmfuzz::harness::verdict::PropertyId;
+use esmfuzz::model::{AttentionKernel, Fp32Places, Gemm};
+
+use super::write_report;
+
+/// Version of report.json's layout; bumped when a field changes meaning or goes.
+pub const REPORT_SCHEMA: u32 = 2;
+
+/// The model's size, as report.json records it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ModelSize {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub parameters: usize,
+}
+
+/// What a campaign ran, on what: the fields of report.json beside the campaign's own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunHeader {
+    pub esmfuzz_version: String,
+    /// The git commit the binary was built from ("unknown" outside a checkout).
+    #[serde(default = "unknown")]
+    pub git_commit: String,
+    /// sha256 of the checkpoint file.
+    pub checkpoint_sha256: String,
+    /// The model's size: layers, hidden width, heads, parameters.
+    pub model: ModelSize,
+    pub backend: BackendKind,
+    /// The device (for merged shards, each shard's, comma-separated).
+    pub device: String,
+    pub weights: PathBuf,
+    pub policy: String,
+    /// The policy's FP32 places (`none` for a plain policy).
+    #[serde(default = "no_places")]
+    pub fp32_places: String,
+    /// The policy's attention kernel.
+    #[serde(default)]
+    pub attention: AttentionKernel,
+    /// What computed the matrix products (reference and policy alike).
+    #[serde(default = "burn_gemm")]
+    pub gemm: Gemm,
+    pub reference_policy: String,
+}
+
+/// The engine of reports written before `--gemm` existed.
+fn burn_gemm() -> Gemm {
+    Gemm::Burn
+}
+
+fn no_places() -> String {
+    Fp32Places::none().to_string()
+}
+
+fn unknown() -> String {
+    "unknown".to_string()
+}
+
+impl RunHeader {
+    /// This binary's version and commit.
+    pub fn this_build() -> (String, String) {
+        (
+            env!("CARGO_PKG_VERSION").to_string(),
+            env!("ESMFUZZ_GIT_COMMIT").to_string(),
+        )
+    }
+}
+
+/// report.json as written: the schema, the header, the verdict and the campaign.
+#[derive(Debug, Serialize)]
+pub struct FuzzReport<'a> {
+    schema: u32,
+    #[serde(flatten)]
+    header: &'a RunHeader,
+    passed: bool,
+    #[serde(flatten)]
+    campaign: &'a CampaignReport,
+}
+
+impl<'a> FuzzReport<'a> {
+    pub fn new(header: &'a RunHeader, campaign: &'a CampaignReport) -> Self {
+        Self {
+            schema: REPORT_SCHEMA,
+            header,
+            passed: campaign.passed(),
+            campaign,
+        }
+    }
+
+    /// Writes `report.json`, the plots and `report.md` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_report(&dir.join("report.json"), self)?;
+        let plots = super::plots::write_plots(dir, self.campaign)?;
+        let path = dir.join("report.md");
+        std::fs::write(&path, markdown(self, &plots))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// A report.json read back: its header and its campaign.
+#[derive(Debug)]
+pub struct SavedReport {
+    pub header: RunHeader,
+    pub campaign: CampaignReport,
+}
+
+/// Reads the report.json in `dir`, the one way every command reads one.
+pub fn read_report(dir: &Path) -> Result<SavedReport> {
+    let path = dir.join("report.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let not_a_report = || format!("{}: not a campaign report", path.display());
+    let value: serde_json::Value = serde_json::from_str(&text).with_context(not_a_report)?;
+    Ok(SavedReport {
+        header: RunHeader::deserialize(&value).with_context(not_a_report)?,
+        campaign: CampaignReport::deserialize(&value).with_context(not_a_report)?,
+    })
+}
+
+/// report.md: the verdict first, then a table of families, each family's metrics, and each
+/// failure with its shrunk input and where its error is born.
+fn markdown(report: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
+    let (r, c) = (report.header, report.campaign);
+    let mut md = format!(
+        "# esmfuzz campaign: {}\n\n**{}** against FP32 on {} ({}), seed {}, {} cases per family, generator v{}, esmfuzz {} ({}).\n\n",
+        if report.passed {
+            "all properties held"
+        } else {
+            "FAILED"
+        },
+        r.policy,
+        r.backend,
+        r.device,
+        c.seed,
+        c.cases_per_family,
+        c.generator_version,
+        r.esmfuzz_version,
+        r.git_commit
+    );
+    md.push_str(&format!(
+        "Weights: `{}` (sha256 {}; {} layers x {}, {} heads, {} parameters). Saved failures replayed first: {} counterexample file(s), {} seed file(s) of families not run here{}.\n\n",
+        r.weights.display(),
+        r.checkpoint_sha256,
+        r.model.layers,
+        r.model.hidden,
+        r.model.heads,
+        r.model.parameters,
+        c.replayed_counterexamples.len(),
+        c.replayed_seed_families.len(),
+        if c.unreplayable.is_empty() {
+            String::new()
+        } else {
+            format!(", **{} file(s) naming no known family**", c.unreplayable.len())
+        }
+    ));
+    md.push_str("| family | verdict | cases | model runs | tightest property | tolerance used | seconds |\n|---|---|---|---|---|---|---|\n");
+    for f in c.replayed_seed_families.iter().chain(&c.families) {
+        let (property, used) = f
+            .tightest
+            .as_ref()
+            .map_or((String::new(), String::new()), |t| {
+                (t.property.to_string(), format!("{:.1}%", 100.0 * t.used))
+            });
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {property} | {used} | {:.1} |\n",
+            f.family,
+            if f.passed { "ok" } else { "**FAIL**" },
+            f.cases,
+            f.runs,
+            f.seconds
+        ));
+    }
+    for (path, caption) in plots {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        md.push_str(&format!("\n![{caption}]({name})\n"));
+    }
+    for r in c.replayed_counterexamples.iter().filter(|r| !r.passed) {
+        md.push_str(&format!(
+            "\nReplayed counterexample `{}` **fails again**:\n```\n{}\n```\n",
+            r.file.display(),
+            r.failure.clone().unwrap_or_default()
+        ));
+    }
+    for f in &c.families {
+        md.push_str(&format!("\n## {}\n\n", f.family));
+        if !f.metrics.is_empty() {
+            md.push_str("| property | threshold | min | p01 | median | max | worst use of tolerance | FP32 noise floor |\n|---|---|---|---|---|---|---|---|\n");
+            for m in &f.metrics {
+                let floor = f
+                    .noise_floor
+                    .iter()
+                    .find(|v| v.property == m.property)
+                    .map_or("".to_string(), |v| {
+                        format!("{:.6e} ({:.2}%)", v.measured, 100.0 * v.used)
+                    });
+                md.push_str(&format!(
+                    "| {} | {:.4e} | {:.6e} | {:.6e} | {:.6e} | {:.6e} | {:.1}% | {floor} |\n",
+                    m.property,
+                    m.threshold,
+                    m.min,
+                    m.p01,
+                    m.median,
+                    m.max,
+                    100.0 * m.worst_used
+                ));
+            }
+            if !f.noise_floor.is_empty() {
+                md.push_str("\nNoise floor: FP32 with every reduction summed in another order, against the FP32 reference, on this family's tightest case (what the metric reads when only rounding order differs).\n");
+            }
+        }
+        if !f.by_stratum.is_empty() {
+            md.push_str("\nBy stratum of each case's longest protein:\n\n| stratum | cases | pooled cosine min | token cosine min | relative L2 max | worst use of tolerance |\n|---|---|---|---|---|---|\n");
+            for s in &f.by_stratum {
+                let get = |id: PropertyId, pick: fn(&MetricSummary) -> f64| {
+                    s.metrics
+                        .iter()
+                        .find(|m| m.property == id)
+                        .map_or("".to_string(), |m| format!("{:.6}", pick(m)))
+                };
+                let worst = s.metrics.iter().map(|m| m.worst_used).fold(0.0, f64::max);
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {:.1}% |\n",
+                    s.stratum.name(),
+                    s.cases,
+                    get(PropertyId::PooledCosine, |m| m.min),
+                    get(PropertyId::TokenCosineMin, |m| m.min),
+                    get(PropertyId::RelativeL2, |m| m.max),
+                    100.0 * worst
+                ));
+            }
+        }
+        if let Some(failure) = &f.failure {
+            md.push_str(&format!(
+                "\n**Failed** at model run {}. Shrunk counterexample{}:\n```\n{}```\nFailed verdicts:\n```\n{}\n```\n",
+                failure.cases_to_failure,
+                failure
+                    .counterexample
+                    .as_ref()
+                    .map(|p| format!(" (saved as `{}`)", p.display()))
+                    .unwrap_or_default(),
+                failure.minimal_fasta,
+                failure.message
+            ));
+        }
+        if let Some(l) = &f.localisation {
+            let which = if f.failure.is_some() {
+                "the shrunk counterexample"
+            } else {
+                "the tightest case"
+            };
+            md.push_str(&format!(
+                "\nWhere the error of {which} is born:\n\n{}",
+                l.to_markdown()
+            ));
+        }
+    }
+    md
+}

@@ -1,0 +1,347 @@
+//! The family driver: the one way a property family runs, for `cargo test`, `esmfuzz fuzz`
+//! and replay alike. It replays a family's saved seeds ([`super::saved`]), generates new
+//! cases, shrinks a failure and persists it, and hands back a [`FamilyResult`]
+//! ([`super::summary`]).
+
+use std::cell::RefCell;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::cases::{Models, check_against_reference, localise_case};
+use super::family::{Check, Family, MIXED_BATCH_MAX};
+use super::localise::Localisation;
+use super::saved::{SeedsFile, counterexample_path, seeds_path};
+use super::summary::{CaseLog, FamilyFailure, FamilyResult};
+use super::verdict::{Selection, Tolerances, Verdict, failures};
+use crate::batch::Layout;
+use crate::input::{Protein, fasta_text, write_fasta};
+
+/// Shrink steps allowed per failure. Each step is a model run: enough to take a 50-residue
+/// case down to one residue (the stratum shrinks only after its residues), bounded in time.
+pub const MAX_SHRINK_ITERS: u32 = 1024;
+
+/// How a family run goes.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// New cases to generate (after replaying saved seeds). Never zero: a family that ran no
+    /// case has shown nothing.
+    pub cases: NonZeroU32,
+    /// Seed of the case generator (the same seed, version and backend give the same cases);
+    /// `None` lets proptest choose (random unless `PROPTEST_RNG_SEED` is set).
+    pub seed: Option<u64>,
+    /// The regressions folder to replay seeds from and persist failures to; `None` for runs
+    /// expected to fail (fault injection).
+    pub regressions: Option<PathBuf>,
+    /// The properties judged.
+    pub selection: Selection,
+    /// Localise the error of the failing case, or of the tightest passing one (families
+    /// that compare with FP32 only; two more model runs).
+    pub localise: bool,
+}
+
+/// Watches a family run; every method has a do-nothing default.
+pub trait Observer {
+    /// A model run is about to start (generated, replayed and shrinking cases alike).
+    fn case_started(&mut self, _family: Family, _run: usize, _proteins: &[Protein]) {}
+    /// A case has been judged.
+    fn case_judged(
+        &mut self,
+        _family: Family,
+        _run: usize,
+        _proteins: &[Protein],
+        _verdicts: &[Verdict],
+    ) {
+    }
+}
+
+/// Observes nothing.
+impl Observer for () {}
+
+/// Runs `family` for the models' policy under test: replays the family's saved seeds, then
+/// `options.cases` new cases, judging `options.selection`; a failure is shrunk and, with a
+/// regressions folder, persisted as seed and FASTA.
+pub fn run_family<B: Backend>(
+    family: Family,
+    models: Models<'_, B>,
+    tol: &Tolerances,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> FamilyResult {
+    drive(family, models, tol, options.cases.get(), options, observer)
+}
+
+/// Replays a family's saved seeds only (no new case): for saved families a campaign does not
+/// otherwise run. Passes when there are no seeds.
+pub fn replay_seeds<B: Backend>(
+    family: Family,
+    models: Models<'_, B>,
+    tol: &Tolerances,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> FamilyResult {
+    drive(family, models, tol, 0, options, observer)
+}
+
+fn drive<B: Backend>(
+    family: Family,
+    models: Models<'_, B>,
+    tol: &Tolerances,
+    cases: u32,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> FamilyResult {
+    let start = Instant::now();
+    let policy = models.test.plan.precision;
+    let name = family.name();
+    let seeds = options
+        .regressions
+        .as_deref()
+        .map(|dir| SeedsFile(seeds_path(dir, policy, family)));
+    let replayed_seeds = seeds.as_ref().map_or(0, |file| file.seeds().len());
+    let config = Config {
+        cases,
+        failure_persistence: seeds.map(|file| Box::new(file) as _),
+        max_shrink_iters: MAX_SHRINK_ITERS,
+        ..Config::default()
+    };
+    let mut runner = match options.seed {
+        Some(seed) => TestRunner::new_with_rng(
+            config,
+            TestRng::from_seed(RngAlgorithm::ChaCha, &family_seed(seed, &name)),
+        ),
+        None => TestRunner::new(config),
+    };
+
+    let runs = RefCell::new(0usize);
+    let first_failure = RefCell::new(0usize);
+    let log = RefCell::new(CaseLog::default());
+    // The last failing case and its failed verdicts: proptest keeps a simplification only
+    // when it fails, so this is the shrunk case, and it need not be run again.
+    let last_failed: RefCell<Option<(Vec<Protein>, Vec<Verdict>)>> = RefCell::new(None);
+    let observer = RefCell::new(observer);
+    let result = runner.run(&family.strategy(), |proteins| {
+        let run = {
+            let mut runs = runs.borrow_mut();
+            *runs += 1;
+            *runs
+        };
+        observer.borrow_mut().case_started(family, run, &proteins);
+        let verdicts = options.selection.keep(family.judge(models, &proteins, tol));
+        observer
+            .borrow_mut()
+            .case_judged(family, run, &proteins, &verdicts);
+        log.borrow_mut().record(&proteins, &verdicts);
+        if verdicts.is_empty() {
+            return Err(TestCaseError::fail(format!(
+                "family {name} produced none of the selected properties: nothing was judged"
+            )));
+        }
+        match failures(&verdicts) {
+            None => Ok(()),
+            Some(message) => {
+                let mut first = first_failure.borrow_mut();
+                if *first == 0 {
+                    *first = run;
+                }
+                let failed = verdicts.into_iter().filter(|v| !v.passed).collect();
+                *last_failed.borrow_mut() = Some((proteins, failed));
+                Err(TestCaseError::fail(message))
+            }
+        }
+    });
+
+    let failure = match result {
+        Ok(()) => None,
+        Err(TestError::Fail(reason, minimal)) => {
+            // The shrunk case's failed verdicts, for reports that name the failed property
+            // (judged again only if the last failing case is not the shrunk one).
+            let verdicts: Vec<Verdict> = match last_failed.into_inner() {
+                Some((proteins, failed)) if proteins == minimal => failed,
+                _ => options
+                    .selection
+                    .keep(family.judge(models, &minimal, tol))
+                    .into_iter()
+                    .filter(|v| !v.passed)
+                    .collect(),
+            };
+            let counterexample = options.regressions.as_deref().and_then(|dir| {
+                let path = counterexample_path(dir, policy, family);
+                match write_fasta(&path, &minimal) {
+                    Ok(()) => Some(path),
+                    Err(e) => {
+                        eprintln!("warning: cannot write {}: {e}", path.display());
+                        None
+                    }
+                }
+            });
+            Some(FamilyFailure {
+                verdicts,
+                message: reason.to_string(),
+                minimal_fasta: fasta_text(&minimal),
+                minimal,
+                cases_to_failure: first_failure.into_inner(),
+                counterexample,
+            })
+        }
+        Err(TestError::Abort(reason)) => Some(FamilyFailure {
+            verdicts: Vec::new(),
+            message: format!("aborted: {reason}"),
+            minimal_fasta: String::new(),
+            minimal: Vec::new(),
+            cases_to_failure: 0,
+            counterexample: None,
+        }),
+    };
+    let log = log.into_inner();
+    let localisation = match (options.localise, family.check()) {
+        (true, Check::AgainstReference(layout)) => {
+            log.localise(failure.as_ref(), models, layout, tol)
+        }
+        _ => None,
+    };
+    let noise_floor = match family.check() {
+        Check::AgainstReference(_) => log.noise_floor(failure.as_ref(), models, tol),
+        Check::Isolation => Vec::new(),
+    };
+    log.into_result(
+        name,
+        policy,
+        cases,
+        runs.into_inner(),
+        replayed_seeds,
+        failure,
+        localisation,
+        noise_floor,
+        start,
+    )
+}
+
+/// Judges real proteins (a user's FASTA) against FP32: every record once, in padded batches
+/// of up to [`MIXED_BATCH_MAX`] records of similar length. Nothing is generated, so nothing
+/// shrinks: the failure reported is the failing batch of the shortest records, and the
+/// FASTA file itself is what replays it.
+pub fn run_proteins<B: Backend>(
+    name: &str,
+    proteins: &[Protein],
+    models: Models<'_, B>,
+    tol: &Tolerances,
+    options: &RunOptions,
+) -> Result<FamilyResult, NoProteins> {
+    if proteins.is_empty() {
+        return Err(NoProteins {
+            name: name.to_string(),
+        });
+    }
+    let start = Instant::now();
+    let mut order: Vec<&Protein> = proteins.iter().collect();
+    order.sort_by_key(|p| p.residues.len());
+    let mut log = CaseLog::default();
+    let mut failure: Option<FamilyFailure> = None;
+    let mut runs = 0usize;
+    for chunk in order.chunks(MIXED_BATCH_MAX) {
+        let batch: Vec<Protein> = chunk.iter().map(|&p| p.clone()).collect();
+        runs += 1;
+        let verdicts =
+            options
+                .selection
+                .keep(check_against_reference(models, &batch, Layout::Padded, tol));
+        log.record(&batch, &verdicts);
+        let failed: Vec<Verdict> = verdicts.iter().filter(|v| !v.passed).cloned().collect();
+        if failure.is_none() && (!failed.is_empty() || verdicts.is_empty()) {
+            failure = Some(FamilyFailure {
+                message: failures(&verdicts)
+                    .unwrap_or_else(|| "none of the selected properties was judged".into()),
+                verdicts: failed,
+                minimal_fasta: fasta_text(&batch),
+                minimal: batch,
+                cases_to_failure: runs,
+                counterexample: None,
+            });
+        }
+    }
+    let localisation = if options.localise {
+        log.localise(failure.as_ref(), models, Layout::Padded, tol)
+    } else {
+        None
+    };
+    let policy = models.test.plan.precision;
+    let noise_floor = log.noise_floor(failure.as_ref(), models, tol);
+    Ok(log.into_result(
+        name.to_string(),
+        policy,
+        proteins.len() as u32,
+        runs,
+        0,
+        failure,
+        localisation,
+        noise_floor,
+        start,
+    ))
+}
+
+/// A set of real proteins with none in it: judging it would pass on nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} holds no protein: a check of nothing would pass on nothing")]
+pub struct NoProteins {
+    pub name: String,
+}
+
+/// The generator seed of one family in a campaign seeded with `seed`: families draw
+/// different cases, each reproducible on its own.
+fn family_seed(seed: u64, family: &str) -> [u8; 32] {
+    // FNV-1a of the name: stable across platforms and Rust versions (unlike `Hash`).
+    let name_hash = family.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut bytes = [0u8; 32];
+    StdRng::seed_from_u64(seed ^ name_hash).fill_bytes(&mut bytes);
+    bytes
+}
+
+impl CaseLog {
+    /// Localises the [`CaseLog::explained_case`].
+    pub(super) fn localise<B: Backend>(
+        &self,
+        failure: Option<&FamilyFailure>,
+        models: Models<'_, B>,
+        layout: Layout,
+        tol: &Tolerances,
+    ) -> Option<Localisation> {
+        self.explained_case(failure)
+            .map(|proteins| localise_case(models, proteins, layout, tol.relative_l2))
+    }
+
+    /// The floor model against the reference on the [`CaseLog::explained_case`].
+    pub(super) fn noise_floor<B: Backend>(
+        &self,
+        failure: Option<&FamilyFailure>,
+        models: Models<'_, B>,
+        tol: &Tolerances,
+    ) -> Vec<Verdict> {
+        match (models.floor, self.explained_case(failure)) {
+            (Some(floor), Some(proteins)) => {
+                let floor_models = Models::new(models.reference, floor);
+                check_against_reference(floor_models, proteins, Layout::Padded, tol)
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_seeds_differ_by_family_and_repeat_by_seed() {
+        assert_eq!(family_seed(7, "a"), family_seed(7, "a"));
+        assert_ne!(family_seed(7, "a"), family_seed(7, "b"));
+        assert_ne!(family_seed(7, "a"), family_seed(8, "a"));
+    }
+}

@@ -1,0 +1,272 @@
+//! The regression files: a failure persists as `<regressions>/<policy>__<family>.txt`
+//! (proptest seeds, replayed first by the next run of that family) and
+//! `<regressions>/counterexamples/<policy>__<family>.fasta` (the shrunk input, replayed by
+//! [`replay_counterexample`] whatever the strategies become), so a failure saved by a test
+//! replays in every later campaign on any backend, and the other way round.
+
+use std::any::Any;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use proptest::test_runner::{FailurePersistence, PersistedSeed};
+
+use super::cases::Models;
+use super::family::Family;
+use super::verdict::{Selection, Tolerances, Verdict, failures, tightest};
+use crate::input::{NormaliseOptions, read_fasta};
+use crate::model::Precision;
+
+/// The stem of a family's saved files for a policy: `<policy>__<family>`.
+pub fn saved_stem(policy: Precision, family: Family) -> String {
+    format!("{}__{}", policy.name(), family.name())
+}
+
+/// Where a family's proptest seeds persist.
+pub fn seeds_path(regressions: &Path, policy: Precision, family: Family) -> PathBuf {
+    regressions.join(format!("{}.txt", saved_stem(policy, family)))
+}
+
+/// Where a family's shrunk counterexample persists.
+pub fn counterexample_path(regressions: &Path, policy: Precision, family: Family) -> PathBuf {
+    regressions
+        .join("counterexamples")
+        .join(format!("{}.fasta", saved_stem(policy, family)))
+}
+
+/// A family's seeds file as proptest's failure persistence, for a path known only at run
+/// time. The format is proptest's own (`cc <hex> # shrinks to ...`, `#` comments), so files
+/// written by either read in both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedsFile(pub PathBuf);
+
+/// The header proptest writes atop a new seeds file.
+const SEEDS_HEADER: &str = "\
+# Seeds for failure cases proptest has generated in the past. It is
+# automatically read and these particular cases re-run before any
+# novel cases are generated.
+#
+# It is recommended to check this file in to source control so that
+# everyone who runs the test benefits from these saved cases.
+";
+
+impl SeedsFile {
+    /// The seeds saved in the file; none when it is absent. A line that does not parse is
+    /// named on stderr and skipped, as proptest does.
+    pub fn seeds(&self) -> Vec<PersistedSeed> {
+        let Ok(text) = std::fs::read_to_string(&self.0) else {
+            return Vec::new();
+        };
+        text.lines()
+            .enumerate()
+            .filter_map(|(at, line)| {
+                let seed = line.split('#').next().unwrap_or_default().trim();
+                if seed.is_empty() {
+                    return None;
+                }
+                let parsed = seed.parse::<PersistedSeed>().ok();
+                if parsed.is_none() {
+                    eprintln!(
+                        "warning: {}:{}: not a seed, skipped",
+                        self.0.display(),
+                        at + 1
+                    );
+                }
+                parsed
+            })
+            .collect()
+    }
+
+    fn append(&self, seed: &PersistedSeed, shrunk: &dyn fmt::Debug) -> std::io::Result<()> {
+        if let Some(dir) = self.0.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let header = if self.0.is_file() { "" } else { SEEDS_HEADER };
+        let shrunk = format!("{shrunk:?}").replace(['\n', '\r'], " ");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.0)?;
+        writeln!(file, "{header}{seed} # shrinks to {shrunk}")
+    }
+}
+
+impl FailurePersistence for SeedsFile {
+    fn load_persisted_failures2(&self, _source_file: Option<&'static str>) -> Vec<PersistedSeed> {
+        self.seeds()
+    }
+
+    fn save_persisted_failure2(
+        &mut self,
+        _source_file: Option<&'static str>,
+        seed: PersistedSeed,
+        shrunken_value: &dyn fmt::Debug,
+    ) {
+        if let Err(e) = self.append(&seed, shrunken_value) {
+            eprintln!("warning: cannot save a seed to {}: {e}", self.0.display());
+        }
+    }
+
+    fn box_clone(&self) -> Box<dyn FailurePersistence> {
+        Box::new(self.clone())
+    }
+
+    fn eq(&self, other: &dyn FailurePersistence) -> bool {
+        other.as_any().downcast_ref::<Self>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Files a regressions folder holds for one policy, by family.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SavedFiles {
+    /// Families with saved seeds or counterexamples, each with its files.
+    pub families: Vec<(Family, Option<PathBuf>, Option<PathBuf>)>,
+    /// Files of this policy whose family name is unknown: they cannot be replayed, and a
+    /// replay must say so rather than skip them.
+    pub unknown: Vec<PathBuf>,
+}
+
+/// Lists the seeds and counterexamples saved for `policy` under `regressions` (nothing when
+/// the folder does not exist).
+pub fn saved_files(regressions: &Path, policy: Precision) -> std::io::Result<SavedFiles> {
+    let prefix = format!("{}__", policy.name());
+    let mut saved = SavedFiles::default();
+    let mut add = |dir: PathBuf, ext: &str, seeds: bool| -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        paths.sort();
+        for path in paths {
+            let Some(stem) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(ext))
+                .and_then(|n| n.strip_prefix(&prefix))
+            else {
+                continue;
+            };
+            let Ok(family) = stem.parse::<Family>() else {
+                saved.unknown.push(path);
+                continue;
+            };
+            match saved.families.iter_mut().find(|(f, ..)| *f == family) {
+                Some(entry) if seeds => entry.1 = Some(path),
+                Some(entry) => entry.2 = Some(path),
+                None if seeds => saved.families.push((family, Some(path), None)),
+                None => saved.families.push((family, None, Some(path))),
+            }
+        }
+        Ok(())
+    };
+    add(regressions.to_path_buf(), ".txt", true)?;
+    add(regressions.join("counterexamples"), ".fasta", false)?;
+    Ok(saved)
+}
+
+/// The outcome of replaying one saved counterexample.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Replay {
+    pub file: PathBuf,
+    pub family: String,
+    pub sequences: usize,
+    pub passed: bool,
+    /// The failed verdicts, or why the file could not be replayed.
+    pub failure: Option<String>,
+    pub tightest: Option<Verdict>,
+}
+
+/// Replays a saved counterexample FASTA through `family`'s check and `selection`.
+pub fn replay_counterexample<B: Backend>(
+    family: Family,
+    path: &Path,
+    models: Models<'_, B>,
+    tol: &Tolerances,
+    selection: &Selection,
+) -> Replay {
+    let proteins = match read_fasta(path, NormaliseOptions::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            return Replay {
+                file: path.to_path_buf(),
+                family: family.name(),
+                sequences: 0,
+                passed: false,
+                failure: Some(format!("cannot read the counterexample: {e}")),
+                tightest: None,
+            };
+        }
+    };
+    let verdicts = selection.keep(family.judge(models, &proteins, tol));
+    let failure = if verdicts.is_empty() {
+        Some("no selected property applies to this family: nothing was judged".to_string())
+    } else {
+        failures(&verdicts)
+    };
+    Replay {
+        file: path.to_path_buf(),
+        family: family.name(),
+        sequences: proteins.len(),
+        passed: failure.is_none(),
+        failure,
+        tightest: tightest(&verdicts).cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::strategies::Stratum;
+
+    #[test]
+    fn seeds_written_here_read_back_and_in_proptest_s_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SeedsFile(dir.path().join("nested/f16__stratum-tiny.txt"));
+        assert!(file.seeds().is_empty(), "an absent file holds no seed");
+        let line = "cc c1105398d173dde9399a09e586000eaa1fe9a397cb606f692186ebb1447b75a3";
+        let seed: PersistedSeed = line.parse().unwrap();
+        file.save_persisted_failure2(None, seed.clone(), &format_args!("two\nlines"));
+        file.save_persisted_failure2(None, seed.clone(), &1);
+        assert_eq!(file.seeds(), vec![seed.clone(), seed]);
+        let text = std::fs::read_to_string(&file.0).unwrap();
+        assert!(text.starts_with("# Seeds for failure cases"), "{text}");
+        assert_eq!(text.matches("# Seeds").count(), 1, "one header");
+        assert!(
+            text.contains(&format!("{line} # shrinks to two lines\n")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn saved_files_pair_seeds_with_counterexamples_and_flag_unknown_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("counterexamples")).unwrap();
+        for f in [
+            "f16__stratum-tiny.txt",
+            "f16__nonsense.txt",
+            "bf16__stratum-tiny.txt",
+            "counterexamples/f16__stratum-tiny.fasta",
+            "counterexamples/f16__up-to-long.fasta",
+        ] {
+            std::fs::write(root.join(f), "").unwrap();
+        }
+        let saved = saved_files(root, Precision::F16).unwrap();
+        assert_eq!(saved.families.len(), 2);
+        assert_eq!(saved.families[0].0, Family::Stratum(Stratum::Tiny));
+        assert!(saved.families[0].1.is_some() && saved.families[0].2.is_some());
+        assert_eq!(saved.families[1].0, Family::UpTo(Stratum::Long));
+        assert_eq!(saved.unknown, vec![root.join("f16__nonsense.txt")]);
+        let none = saved_files(&root.join("missing"), Precision::F16).unwrap();
+        assert_eq!(none, SavedFiles::default());
+    }
+}
