@@ -62,21 +62,31 @@ def run(mod, qkv, q_start, q_len, k_len, heads, inv_freq):
     rows, width = qkv.shape
     hidden = width // 3
     hd = hidden // heads
-    tile_seq, tile_row0 = [], []
+    tile_seq, tile_row0, row_pos = [], [], []
     for s, ql in enumerate(q_len):
         for r0 in range(0, ql, BQ):
             tile_seq.append(s)
             tile_row0.append(r0)
-    meta = torch.tensor(tile_seq + tile_row0 + q_start + q_len + k_len, dtype=torch.int32,
-                        device="cuda")
+        row_pos.extend(range(ql))
+    meta = torch.tensor(tile_seq + tile_row0 + q_start + q_len + k_len + row_pos,
+                        dtype=torch.int32, device="cuda")
+    row_pos_ptr = meta.data_ptr() + 4 * (2 * len(tile_seq) + 3 * len(q_len))
     table = rope_table(inv_freq.cpu()).cuda()
     out = torch.full((rows, hidden), float("nan"), dtype=qkv.dtype, device="cuda")
-    name = f"esm_flash_{'f16' if qkv.dtype == torch.float16 else 'bf16'}_hd{hd}"
-    kernel = mod.get_function(name)
-    args = (cp.uint64(qkv.data_ptr()), cp.int32(width), cp.int32(hidden), cp.uint64(out.data_ptr()),
-            cp.uint64(meta.data_ptr()), cp.int32(len(tile_seq)), cp.int32(len(q_len)),
-            cp.uint64(table.data_ptr()), cp.float32(hd ** -0.5))
-    launch = lambda: kernel((len(tile_seq), heads, 1), (128, 1, 1), args)
+    qk = torch.full((rows, 2 * hidden), float("nan"), dtype=qkv.dtype, device="cuda")
+    suffix = f"{'f16' if qkv.dtype == torch.float16 else 'bf16'}_hd{hd}"
+    rope_qk = mod.get_function(f"esm_rope_qk_{suffix}")
+    flash = mod.get_function(f"esm_flash_{suffix}")
+    rope_args = (cp.uint64(qkv.data_ptr()), cp.int32(rows), cp.int32(hidden), cp.uint64(qk.data_ptr()),
+                 cp.uint64(row_pos_ptr), cp.uint64(table.data_ptr()), cp.float32(hd ** -0.5))
+    flash_args = (cp.uint64(qkv.data_ptr()), cp.uint64(qk.data_ptr()), cp.int32(hidden),
+                  cp.uint64(out.data_ptr()), cp.uint64(meta.data_ptr()), cp.int32(len(tile_seq)),
+                  cp.int32(len(q_len)))
+
+    def launch():
+        rope_qk(((rows * hidden + 255) // 256,), (256,), rope_args)
+        flash((len(tile_seq), heads, 1), (128, 1, 1), flash_args)
+
     launch()
     torch.cuda.synchronize()
     return out, launch

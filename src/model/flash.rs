@@ -77,8 +77,9 @@ impl SeqTable {
         self.q_len.iter().copied().max().unwrap_or(0).max(0) as usize
     }
 
-    /// The kernel's `meta` buffer: per tile its sequence and first query row, then `q_start`,
-    /// `q_len`, `k_len`; and the tile count.
+    /// The kernels' `meta` buffer: per tile its sequence and first query row, then `q_start`,
+    /// `q_len`, `k_len`, then each row's RoPE position (its offset in its sequence); and the
+    /// tile count.
     pub fn meta(&self) -> (Vec<i32>, usize) {
         let mut tile_seq = Vec::new();
         let mut tile_row0 = Vec::new();
@@ -94,6 +95,9 @@ impl SeqTable {
         meta.extend(&self.q_start);
         meta.extend(&self.q_len);
         meta.extend(&self.k_len);
+        for &len in &self.q_len {
+            meta.extend(0..len.max(0));
+        }
         (meta, tiles)
     }
 }
@@ -139,8 +143,9 @@ pub fn preflight(
         return Ok(());
     }
     #[cfg(feature = "cuda")]
-    return cuda::kernel(0, plan.dtype(), head_dim)
-        .map(|_| ())
+    return ["esm_rope_qk", "esm_flash"]
+        .iter()
+        .try_for_each(|prefix| cuda::kernel(0, prefix, plan.dtype(), head_dim).map(|_| ()))
         .map_err(FlashUnavailable);
     #[cfg(not(feature = "cuda"))]
     Ok(())
@@ -276,7 +281,8 @@ mod cuda {
         let hidden = width / 3;
         let head_dim = hidden / heads;
         let dtype = qkv.dtype;
-        let sequences = (meta.meta.shape()[0] - 2 * tiles) / 3;
+        // meta: 2 per tile, 3 per sequence, 1 per row.
+        let sequences = (meta.meta.shape()[0] - 2 * tiles - rows) / 3;
         let client = qkv.client.clone();
         let device = qkv.device.clone();
         let out = CubeTensor::new_contiguous(
@@ -286,61 +292,95 @@ mod cuda {
             client.empty(rows * hidden * dtype.size()),
             dtype,
         );
-        let function = kernel(device.index, dtype, head_dim)?;
+        // Rotated q (scaled) and k, written by the first kernel, read by the second.
+        let qk = CubeTensor::new_contiguous(
+            client.clone(),
+            device.clone(),
+            vec![rows, 2 * hidden].into(),
+            client.empty(rows * 2 * hidden * dtype.size()),
+            dtype,
+        );
+        let rope_qk = kernel(device.index, "esm_rope_qk", dtype, head_dim)?;
+        let flash = kernel(device.index, "esm_flash", dtype, head_dim)?;
         let resource = |t: &CubeTensor<CudaRuntime>| {
             client
                 .get_resource(t.handle.clone())
                 .map_err(|e| format!("operand not resident on the device: {e:?}"))
         };
-        let (rq, rr, rm, ro) = (
+        let (rq, rr, rm, ro, rk) = (
             resource(&qkv)?,
             resource(&rope)?,
             resource(&meta)?,
             resource(&out)?,
+            resource(&qk)?,
         );
         let stream = ro.resource().stream;
         if stream.is_null() {
             return Err("cubecl did not hand out its stream (vendor/cubecl-cuda missing)".into());
         }
         let mut p_qkv = rq.resource().ptr;
-        let mut qkv_stride = width as i32;
+        let mut p_qk = rk.resource().ptr;
+        let mut p_rows = i32::try_from(rows).map_err(|_| "too many rows")?;
         let mut p_hidden = hidden as i32;
         let mut p_out = ro.resource().ptr;
         let mut p_meta = rm.resource().ptr;
+        let mut p_row_pos = p_meta + (4 * (2 * tiles + 3 * sequences)) as u64;
         let mut p_tiles = tiles as i32;
         let mut p_sequences = sequences as i32;
         let mut p_rope = rr.resource().ptr;
         let mut scale = (head_dim as f32).powf(-0.5);
-        let mut params: [*mut c_void; 9] = [
+        let mut rope_params: [*mut c_void; 7] = [
             (&mut p_qkv as *mut u64).cast(),
-            (&mut qkv_stride as *mut i32).cast(),
+            (&mut p_rows as *mut i32).cast(),
+            (&mut p_hidden as *mut i32).cast(),
+            (&mut p_qk as *mut u64).cast(),
+            (&mut p_row_pos as *mut u64).cast(),
+            (&mut p_rope as *mut u64).cast(),
+            (&mut scale as *mut f32).cast(),
+        ];
+        let mut flash_params: [*mut c_void; 7] = [
+            (&mut p_qkv as *mut u64).cast(),
+            (&mut p_qk as *mut u64).cast(),
             (&mut p_hidden as *mut i32).cast(),
             (&mut p_out as *mut u64).cast(),
             (&mut p_meta as *mut u64).cast(),
             (&mut p_tiles as *mut i32).cast(),
             (&mut p_sequences as *mut i32).cast(),
-            (&mut p_rope as *mut u64).cast(),
-            (&mut scale as *mut f32).cast(),
         ];
+        let elements = rows * hidden;
+        let rope_grid = u32::try_from(elements.div_ceil(256)).map_err(|_| "too many rows")?;
         let grid = (
             u32::try_from(tiles).map_err(|_| "too many tiles")?,
             heads as u32,
             1,
         );
-        // SAFETY: the parameters match the kernel's signature (flash_attention.cu); the
-        // buffers are live (held by the resources until the launch is enqueued, after which
-        // cubecl reuses them only behind it on the same stream).
+        // SAFETY: the parameters match the kernels' signatures (flash_attention.cu); the
+        // buffers are live (held by the resources until the launches are enqueued, after
+        // which cubecl reuses them only behind them on the same stream).
         unsafe {
             driver::launch_kernel(
-                function.0,
+                rope_qk.0,
+                (rope_grid, 1, 1),
+                (256, 1, 1),
+                0,
+                stream as dsys::CUstream,
+                &mut rope_params,
+            )
+        }
+        .map_err(|e| format!("RoPE launch failed ({rows} rows): {e:?}"))?;
+        // SAFETY: as above.
+        unsafe {
+            driver::launch_kernel(
+                flash.0,
                 grid,
                 (THREADS, 1, 1),
                 0,
                 stream as dsys::CUstream,
-                &mut params,
+                &mut flash_params,
             )
         }
         .map_err(|e| format!("launch failed ({tiles} tiles x {heads} heads): {e:?}"))?;
+        drop(rk);
         drop((rq, rr, rm, ro));
         Ok(out)
     }
@@ -350,17 +390,18 @@ mod cuda {
     // SAFETY: a CUfunction is a handle valid in its context from any thread.
     unsafe impl Send for Function {}
 
-    /// The kernel for `dtype` and `head_dim` on device `ordinal`, the module compiled on
-    /// first use.
+    /// Kernel `prefix` (`esm_rope_qk` or `esm_flash`) for `dtype` and `head_dim` on device
+    /// `ordinal`, the module compiled on first use.
     pub(super) fn kernel(
         ordinal: usize,
+        prefix: &str,
         dtype: DType,
         head_dim: usize,
     ) -> Result<Function, String> {
         static MODULES: OnceLock<Mutex<HashMap<usize, Result<usize, String>>>> = OnceLock::new();
         static FUNCTIONS: OnceLock<Mutex<HashMap<(usize, String), Function>>> = OnceLock::new();
         let name = format!(
-            "esm_flash_{}_hd{head_dim}",
+            "{prefix}_{}_hd{head_dim}",
             match dtype {
                 DType::F16 => "f16",
                 DType::BF16 => "bf16",
@@ -436,7 +477,10 @@ mod tests {
         assert_eq!(table.k_len, [3, 8, 1]);
         let (meta, tiles) = table.meta();
         assert_eq!(tiles, 3);
-        assert_eq!(meta, [0, 1, 2, 0, 0, 0, 0, 8, 16, 8, 8, 8, 3, 8, 1]);
+        assert_eq!(&meta[..15], [0, 1, 2, 0, 0, 0, 0, 8, 16, 8, 8, 8, 3, 8, 1]);
+        // Then each row's position in its block.
+        let positions: Vec<i32> = (0..3).flat_map(|_| 0..8).collect();
+        assert_eq!(&meta[15..], positions.as_slice());
     }
 
     #[test]
@@ -451,6 +495,8 @@ mod tests {
         assert_eq!(tiles, 5);
         assert_eq!(&meta[..5], &[0, 1, 1, 1, 2]);
         assert_eq!(&meta[5..10], &[0, 0, 64, 128, 0]);
+        assert_eq!(meta.len(), 2 * 5 + 3 * 3 + 140);
+        assert_eq!(&meta[19 + 3..19 + 6], &[0, 1, 2]);
         assert_eq!(table.longest(), 130);
     }
 

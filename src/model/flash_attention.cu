@@ -10,6 +10,8 @@
 // `[positions, HD]` (see `rope`).
 // Output: `out [rows, hidden]`, each query row's context, heads side by side.
 //
+// Two launches: `esm_rope_qk_*` writes q (rotated, scaled) and k (rotated) once into a
+// scratch `qk [rows, 2 * hidden]`; `esm_flash_*` then reads qk and v with 16-byte loads.
 // One block of 128 threads (4 warps) computes 64 query rows of one head of one sequence
 // (a "tile"; tile_seq/tile_row0 list them). Keys are visited 64 at a time. Numerics, as
 // FlashAttention: q, k rotated and q scaled in f32 then rounded to the storage type for the
@@ -46,11 +48,44 @@ __device__ __forceinline__ float rope(const T* x, int d, int pos, const float* t
     return xd * c + partner * s;
 }
 
+// q (rotated, times `scale`) and k (rotated) of every row and head into `qk`: thread per
+// element of `rows x hidden`, RoPE positions from the row's sequence.
+template <typename T, int HD>
+__device__ void rope_qk(
+    const T* __restrict__ qkv, const int rows, const int hidden, T* __restrict__ qk,
+    const int* __restrict__ row_pos, const float* __restrict__ rope_table, const float scale)
+{
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * hidden) return;
+    const int row = (int)(i / hidden), col = (int)(i % hidden);
+    const int head = col / HD, d = col % HD;
+    const int pos = row_pos[row];
+    const T* x = qkv + (size_t)row * 3 * hidden;
+    T* y = qk + (size_t)row * 2 * hidden;
+    y[col] = from_f32<T>(rope<T, HD>(x + head * HD, d, pos, rope_table) * scale);
+    y[hidden + col] = from_f32<T>(rope<T, HD>(x + hidden + head * HD, d, pos, rope_table));
+}
+
+// `n` rows of HD elements from global `src` (row stride `stride` elements) into shared `dst`
+// (row stride LD), 16 bytes at a time; rows past `valid` are zero.
+template <typename T, int HD, int LD>
+__device__ __forceinline__ void load_rows(
+    T* dst, const T* __restrict__ src, const size_t stride, const int n, const int valid)
+{
+    constexpr int V = 8;                 // elements per 16-byte vector
+    constexpr int PER_ROW = HD / V;
+    for (int i = threadIdx.x; i < n * PER_ROW; i += THREADS) {
+        const int r = i / PER_ROW, c = (i % PER_ROW) * V;
+        uint4 value = make_uint4(0, 0, 0, 0);
+        if (r < valid) value = *reinterpret_cast<const uint4*>(src + (size_t)r * stride + c);
+        *reinterpret_cast<uint4*>(dst + r * LD + c) = value;
+    }
+}
+
 template <typename T, int HD>
 __device__ void flash_attention(
-    const T* __restrict__ qkv, const int qkv_stride, const int hidden,
-    T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq,
-    const float* __restrict__ rope_table, const float scale)
+    const T* __restrict__ qkv, const T* __restrict__ qk, const int hidden,
+    T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq)
 {
     constexpr int LD = HD + 8;           // half row stride of the Q, K, V tiles (bank offset)
     constexpr int LDP = BK + 8;          // half row stride of P
@@ -74,18 +109,13 @@ __device__ void flash_attention(
     const int nq = min(BQ, q_len[seq] - row0);
     const int nk = k_len[seq];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int q_col = head * HD, k_col = hidden + head * HD, v_col = 2 * hidden + head * HD;
+    const size_t qk_stride = 2 * (size_t)hidden, v_stride = 3 * (size_t)hidden;
+    const T* q_src = qk + (size_t)(start + row0) * qk_stride + head * HD;
+    const T* k_src = qk + (size_t)start * qk_stride + hidden + head * HD;
+    const T* v_src = qkv + (size_t)start * v_stride + 2 * hidden + head * HD;
 
-    // Q: rotated and scaled in f32, zero past the sequence.
-    for (int i = threadIdx.x; i < BQ * HD; i += THREADS) {
-        const int r = i / HD, d = i % HD;
-        float q = 0.f;
-        if (r < nq) {
-            const T* x = qkv + (size_t)(start + row0 + r) * qkv_stride + q_col;
-            q = rope<T, HD>(x, d, row0 + r, rope_table) * scale;
-        }
-        qp_tile[r * QP + d] = from_f32<T>(q);
-    }
+    // Q (rotated and scaled by the pre-pass), zero past the sequence.
+    load_rows<T, HD, QP>(qp_tile, q_src, qk_stride, BQ, nq);
     __syncthreads();
     wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> q_frag[HD / 16];
     #pragma unroll
@@ -103,18 +133,9 @@ __device__ void flash_attention(
     float m = -__int_as_float(0x7f800000), l = 0.f;  // -inf (NVRTC has no INFINITY)
 
     for (int k0 = 0; k0 < nk; k0 += BK) {
-        // K rotated (positions k0 + j), V as stored; zero past the keys.
-        for (int i = threadIdx.x; i < BK * HD; i += THREADS) {
-            const int j = i / HD, d = i % HD;
-            float kv = 0.f, vv = 0.f;
-            if (k0 + j < nk) {
-                const T* row = qkv + (size_t)(start + k0 + j) * qkv_stride;
-                kv = rope<T, HD>(row + k_col, d, k0 + j, rope_table);
-                vv = to_f32(row[v_col + d]);
-            }
-            k_tile[j * LD + d] = from_f32<T>(kv);
-            v_tile[j * LD + d] = from_f32<T>(vv);
-        }
+        // K (rotated by the pre-pass) and V, zero past the keys.
+        load_rows<T, HD, LD>(k_tile, k_src + (size_t)k0 * qk_stride, qk_stride, BK, nk - k0);
+        load_rows<T, HD, LD>(v_tile, v_src + (size_t)k0 * v_stride, v_stride, BK, nk - k0);
         __syncthreads();
 
         // S = Q K^T for the warp's 16 rows (f32).
@@ -183,17 +204,21 @@ __device__ void flash_attention(
     }
 }
 
-#define INSTANCE(NAME, T, HD)                                                               \
-    extern "C" __global__ void __launch_bounds__(THREADS) NAME(                             \
-        const T* qkv, int qkv_stride, int hidden, T* out, const int* meta, int n_tiles,     \
-        int n_seq, const float* rope_table, float scale) {                                    \
-        flash_attention<T, HD>(qkv, qkv_stride, hidden, out, meta, n_tiles, n_seq,          \
-                               rope_table, scale);                                            \
+#define INSTANCE(SUFFIX, T, HD)                                                              \
+    extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_##SUFFIX(                  \
+        const T* qkv, int rows, int hidden, T* qk, const int* row_pos,                        \
+        const float* rope_table, float scale) {                                              \
+        rope_qk<T, HD>(qkv, rows, hidden, qk, row_pos, rope_table, scale);                   \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_##SUFFIX(                \
+        const T* qkv, const T* qk, int hidden, T* out, const int* meta, int n_tiles,          \
+        int n_seq) {                                                                         \
+        flash_attention<T, HD>(qkv, qk, hidden, out, meta, n_tiles, n_seq);                  \
     }
 
-INSTANCE(esm_flash_f16_hd16, __half, 16)
-INSTANCE(esm_flash_f16_hd32, __half, 32)
-INSTANCE(esm_flash_f16_hd64, __half, 64)
-INSTANCE(esm_flash_bf16_hd16, __nv_bfloat16, 16)
-INSTANCE(esm_flash_bf16_hd32, __nv_bfloat16, 32)
-INSTANCE(esm_flash_bf16_hd64, __nv_bfloat16, 64)
+INSTANCE(f16_hd16, __half, 16)
+INSTANCE(f16_hd32, __half, 32)
+INSTANCE(f16_hd64, __half, 64)
+INSTANCE(bf16_hd16, __nv_bfloat16, 16)
+INSTANCE(bf16_hd32, __nv_bfloat16, 32)
+INSTANCE(bf16_hd64, __nv_bfloat16, 64)
