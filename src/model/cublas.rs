@@ -102,8 +102,8 @@ fn supported_shapes(a: &[usize], b: &[usize]) -> bool {
     nonempty && batch_ok && fits
 }
 
-/// Moves `value` into `U` when `T` is `U`.
-fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
+/// Moves `value` into `U` when `T` is `U` (also the flash kernel's, [`super::flash`]).
+pub(super) fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
     let mut slot = Some(value);
     (&mut slot as &mut dyn Any)
         .downcast_mut::<Option<U>>()

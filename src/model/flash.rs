@@ -158,7 +158,7 @@ pub struct FlashUnavailable(pub String);
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use std::any::{Any, TypeId};
+    use std::any::TypeId;
     use std::collections::HashMap;
     use std::ffi::{CString, c_void};
     use std::sync::{Mutex, OnceLock};
@@ -171,6 +171,8 @@ mod cuda {
     use cubecl::cuda::CudaRuntime;
     use cudarc::driver::{CudaContext, result as driver, sys as dsys};
     use cudarc::nvrtc::result as nvrtc;
+
+    use crate::model::cublas::downcast;
 
     type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
     type Outer = crate::backend::Cuda;
@@ -213,13 +215,6 @@ mod cuda {
         let out = downcast::<_, B::FloatTensorPrimitive>(out)
             .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"));
         Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
-    }
-
-    fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
-        let mut slot = Some(value);
-        (&mut slot as &mut dyn Any)
-            .downcast_mut::<Option<U>>()
-            .and_then(Option::take)
     }
 
     fn register(
