@@ -155,6 +155,15 @@ struct NotTimed {
     reason: String,
 }
 
+impl NotTimed {
+    fn of(plan: &ComputePlan, reason: String) -> Self {
+        Self {
+            policy: row_label(plan.precision, plan.attention, plan.gemm),
+            reason,
+        }
+    }
+}
+
 /// Seconds of one pass over `proteins`; a pass that ran out of device memory is an error
 /// (a time at another budget than the one asked for compares with nothing).
 fn pass_seconds<B: Backend>(
@@ -239,7 +248,7 @@ fn row_label(precision: Precision, attention: AttentionKernel, gemm: Gemm) -> St
 }
 
 /// Every policy and attention kernel asked for that can run, and those refused with the
-/// reason (f32 refuses fused attention; so does CUDA, for now); none at all is an error.
+/// reason (f32 refuses fused attention); none at all is an error.
 fn timed_plans(args: &BenchArgs) -> Result<(Vec<ComputePlan>, Vec<NotTimed>)> {
     let backend = args.model.backend;
     let mut plans = Vec::new();
@@ -382,10 +391,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             let precision = plan.precision;
             if let Err(e) = esmfuzz::model::flash::preflight(&plan, &weights.config) {
                 eprintln!("{e}");
-                report.not_timed.push(NotTimed {
-                    policy: row_label(plan.precision, plan.attention, plan.gemm),
-                    reason: e.to_string(),
-                });
+                report.not_timed.push(NotTimed::of(&plan, e.to_string()));
                 continue;
             }
             eprintln!("policy: {}", plan.describe());
@@ -393,15 +399,10 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             // A failed pass (a kernel the device refused, say) ends the timing: the rows
             // timed so far are still reported, then the error.
             let stop = |e: anyhow::Error, report: &mut BenchReport| {
-                report.not_timed.push(NotTimed {
-                    policy: row_label(plan.precision, plan.attention, plan.gemm),
-                    reason: format!("{e:#}"),
-                });
+                report.not_timed.push(NotTimed::of(&plan, format!("{e:#}")));
                 for p in &plans[i + 1..] {
-                    report.not_timed.push(NotTimed {
-                        policy: row_label(p.precision, p.attention, p.gemm),
-                        reason: "not reached: the run stopped at the error above".into(),
-                    });
+                    let reason = "not reached: the run stopped at the error above";
+                    report.not_timed.push(NotTimed::of(p, reason.into()));
                 }
                 e
             };

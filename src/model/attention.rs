@@ -4,7 +4,7 @@
 //! masked, then `out_proj`.
 
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use super::blocks::{DeviceBlocks, DeviceGroup};
 use super::device::DeviceLinear;
@@ -72,11 +72,7 @@ impl<B: Backend> SelfAttention<B> {
         device: &B::Device,
     ) -> Self {
         let head_dim = w.q_proj.weight.shape[0] / heads.max(1);
-        let rope_table = (plan.attention == AttentionKernel::Fused
-            && plan.backend == crate::backend::BackendKind::Cuda
-            && matches!(plan.dtype(), DType::F16 | DType::BF16)
-            && flash::supports_head_dim(head_dim))
-        .then(|| {
+        let rope_table = flash::runs_for(plan, head_dim).then(|| {
             let table = flash::rope_table(&w.inv_freq);
             Tensor::from_data(
                 TensorData::new(table, [flash::ROPE_POSITIONS, head_dim]),

@@ -11,10 +11,10 @@ use super::blocks::{DeviceBlocks, HostBlocks, ModelInput};
 use super::config::EsmConfig;
 use super::device::{DeviceNorm, to_device};
 use super::fault::FaultSet;
-use super::flash::SeqTable;
+use super::flash::{self, SeqTable};
 use super::fp32_places::{Fp32Place, Fp32Places};
 use super::layer::{EsmLayer, LayerPlan};
-use super::precision::{AttentionKernel, ComputePlan, Precision};
+use super::precision::{ComputePlan, Precision};
 use super::rotary::RotaryTables;
 use super::weights::{EsmWeights, HostTensor, LayerWeights, NormWeights};
 
@@ -284,10 +284,9 @@ impl<B: Backend> Esm2<B> {
 
         let host_layout = self.effective_layout(input);
         let layout = DeviceBlocks::<B>::new(&host_layout, device);
-        // The flash kernel reads the input's own sequences (fused attention on CUDA, no
-        // fault that rewrites the layout).
-        let seqs = (self.plan.attention == AttentionKernel::Fused
-            && self.plan.backend == crate::backend::BackendKind::Cuda
+        // The flash kernel reads the input's own sequences (when it runs for this plan and no
+        // fault rewrites the layout).
+        let seqs = (flash::runs_for(&self.plan, self.config.head_dim())
             && !self.faults.attention_leaks_across_sequences
             && !self.faults.rope_not_restarted)
             .then(|| SeqTable::of_blocks(&input.layout))

@@ -1,7 +1,7 @@
 //! esmfuzz's fused attention on CUDA: one varlen flash-attention kernel per layer
 //! (`flash_attention.cu`, compiled once per process with NVRTC) that reads the stacked q, k, v
-//! projections of the token stream, rotates q and k on load, and writes each query's context
-//! back in token order. No `[batch, heads, L, L]` scores in memory, no gathers into attention
+//! projections of the token stream (q and k rotated once per row by a pre-pass) and writes
+//! each query's context back in token order. No `[batch, heads, L, L]` scores in memory, no gathers into attention
 //! groups and back, one launch for every sequence of a batch (packed or padded).
 //!
 //! It runs as a custom operation in burn's fusion stream, enqueued on cubecl's own stream like
@@ -123,6 +123,18 @@ pub fn supports_head_dim(head_dim: usize) -> bool {
     matches!(head_dim, 16 | 32 | 64)
 }
 
+/// Whether the flash kernel computes attention under `plan` for `head_dim`: fused attention
+/// on CUDA, half storage, a head dim the kernel exists for.
+pub fn runs_for(plan: &super::ComputePlan, head_dim: usize) -> bool {
+    plan.attention == super::AttentionKernel::Fused
+        && plan.backend == crate::backend::BackendKind::Cuda
+        && matches!(
+            plan.dtype(),
+            burn::tensor::DType::F16 | burn::tensor::DType::BF16
+        )
+        && supports_head_dim(head_dim)
+}
+
 #[cfg(feature = "cuda")]
 pub use cuda::attention;
 
@@ -133,13 +145,8 @@ pub fn preflight(
     plan: &super::ComputePlan,
     config: &super::EsmConfig,
 ) -> Result<(), FlashUnavailable> {
-    use burn::tensor::DType;
-    let head_dim = config.hidden_size / config.num_attention_heads.max(1);
-    let uses_kernel = plan.attention == super::AttentionKernel::Fused
-        && plan.backend == crate::backend::BackendKind::Cuda
-        && matches!(plan.dtype(), DType::F16 | DType::BF16)
-        && supports_head_dim(head_dim);
-    if !uses_kernel {
+    let head_dim = config.head_dim();
+    if !runs_for(plan, head_dim) {
         return Ok(());
     }
     #[cfg(feature = "cuda")]
