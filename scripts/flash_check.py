@@ -4,7 +4,7 @@ through CuPy, against attention in float64 (torch) on random varlen batches, f16
 head dims 16/32/64, packed and padded (k_len < q_len); then times it against torch's SDPA on
 a 650M-shaped packed batch. Prints one line per case and exits non-zero on a failure.
 
-    python3 scripts/flash_check.py [--time]
+    python3 scripts/flash_check.py [--time] [--src other_version.cu]
 """
 import argparse
 import math
@@ -18,11 +18,11 @@ SRC = os.path.join(os.path.dirname(__file__), "..", "src", "model", "flash_atten
 BQ = 64
 
 
-def module():
+def module(src=SRC):
     major, minor = torch.cuda.get_device_capability()
     arch = f"-arch=sm_{major}{minor}{'a' if major >= 9 else ''}"
     include = os.environ.get("CUDA_PATH", "/usr/local/cuda") + "/include"
-    return cp.RawModule(code=open(SRC).read(), options=(arch, f"-I{include}", "-std=c++17"),
+    return cp.RawModule(code=open(src).read(), options=(arch, f"-I{include}", "-std=c++17"),
                         backend="nvrtc")
 
 
@@ -95,8 +95,10 @@ def run(mod, qkv, q_start, q_len, k_len, heads, inv_freq):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--time", action="store_true")
+    ap.add_argument("--src", default=SRC, help="kernel source to check (default: the crate's)")
     args = ap.parse_args()
-    mod = module()
+    print(f"kernel: {os.path.relpath(args.src)}")
+    mod = module(args.src)
     torch.manual_seed(0)
     failures = 0
     cases = [

@@ -11,18 +11,18 @@
 // Output: `out [rows, hidden]`, each query row's context, heads side by side.
 //
 // Two launches: `esm_rope_qk_*` writes q (rotated, scaled) and k (rotated) once into a
-// scratch `qk [rows, 2 * hidden]`; `esm_flash_*` then reads qk and v with 16-byte loads.
-// One block of 128 threads (4 warps) computes 64 query rows of one head of one sequence
-// (a "tile"; tile_seq/tile_row0 list them). Keys are visited 64 at a time. Numerics, as
-// FlashAttention: q, k rotated and q scaled in f32 then rounded to the storage type for the
-// tensor cores (WMMA 16x16x16), scores and P.V accumulated in f32, online softmax statistics
-// (row max, row sum) in f32, P rounded to the storage type, output rounded once at the end.
+// scratch `qk [rows, 2 * hidden]`; `esm_flash_*` then reads qk and v. One block of 128
+// threads (4 warps) computes 64 query rows of one head of one sequence (a "tile";
+// tile_seq/tile_row0 list them), each warp 16 rows. Keys are visited 64 at a time, the next
+// K/V tiles loaded asynchronously (cp.async, double-buffered) while the current ones are
+// used. Numerics, as FlashAttention: q, k rotated and q scaled in f32 then rounded to the
+// storage type for the tensor cores (mma.sync m16n8k16), scores and P.V accumulated in f32
+// registers, online softmax statistics (row max, row sum) in f32, P rounded to the storage
+// type (the row sum adds the rounded values), output rounded once at the end. S and P never
+// leave registers.
 
-#include <mma.h>
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
-
-using namespace nvcuda;
 
 #define BQ 64
 #define BK 64
@@ -66,20 +66,72 @@ __device__ void rope_qk(
     y[hidden + col] = from_f32<T>(rope<T, HD>(x + hidden + head * HD, d, pos, rope_table));
 }
 
+// 32-bit pair of the storage type (lower half = first element), as the tensor cores read it.
+__device__ __forceinline__ unsigned pack2(float a, float b, __half) {
+    __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<unsigned*>(&h);
+}
+__device__ __forceinline__ unsigned pack2(float a, float b, __nv_bfloat16) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<unsigned*>(&h);
+}
+__device__ __forceinline__ float2 unpack2(unsigned x, __half) {
+    return __half22float2(*reinterpret_cast<__half2*>(&x));
+}
+__device__ __forceinline__ float2 unpack2(unsigned x, __nv_bfloat16) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&x));
+}
+
+// d += a b on the tensor cores: m16n8k16, a row-major 16x16 (4 pairs), b column-major
+// 16x8 (2 pairs), d 16x8 in f32 (lane l holds rows l/4 and l/4 + 8, columns 2(l%4), +1).
+__device__ __forceinline__ void mma(float* d, const unsigned* a, unsigned b0, unsigned b1, __half) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma(float* d, const unsigned* a, unsigned b0, unsigned b1,
+                                    __nv_bfloat16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// Four 8x8 matrices of a row-major shared tile, transposed: the B operands of two n-tiles.
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(row)));
+}
+
 // `n` rows of HD elements from global `src` (row stride `stride` elements) into shared `dst`
-// (row stride LD), 16 bytes at a time; rows past `valid` are zero.
+// (row stride LD), 16 bytes at a time and asynchronously (cp.async); rows past `valid` are
+// zero-filled. Completed by `cp.async.wait_group`.
 template <typename T, int HD, int LD>
-__device__ __forceinline__ void load_rows(
+__device__ __forceinline__ void load_rows_async(
     T* dst, const T* __restrict__ src, const size_t stride, const int n, const int valid)
 {
     constexpr int V = 8;                 // elements per 16-byte vector
     constexpr int PER_ROW = HD / V;
     for (int i = threadIdx.x; i < n * PER_ROW; i += THREADS) {
         const int r = i / PER_ROW, c = (i % PER_ROW) * V;
-        uint4 value = make_uint4(0, 0, 0, 0);
-        if (r < valid) value = *reinterpret_cast<const uint4*>(src + (size_t)r * stride + c);
-        *reinterpret_cast<uint4*>(dst + r * LD + c) = value;
+        const bool inside = r < valid;
+        const T* from = inside ? src + (size_t)r * stride + c : src;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                     :: "r"(shared_address(dst + r * LD + c)), "l"(from), "r"(inside ? 16 : 0));
     }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING));
 }
 
 template <typename T, int HD>
@@ -87,14 +139,10 @@ __device__ void flash_attention(
     const T* __restrict__ qkv, const T* __restrict__ qk, const int hidden,
     T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq)
 {
-    constexpr int LD = HD + 8;           // half row stride of the Q, K, V tiles (bank offset)
-    constexpr int LDP = BK + 8;          // half row stride of P
-    constexpr int LDS = BK + 4;          // float row stride of S (and of P.V)
-    constexpr int QP = (LD > LDP ? LD : LDP);
-    __shared__ __align__(32) T k_tile[BK * LD];
-    __shared__ __align__(32) T v_tile[BK * LD];
-    __shared__ __align__(32) T qp_tile[BQ * QP];   // Q, then P
-    __shared__ __align__(32) float s_tile[BQ * LDS];
+    constexpr int LD = HD + 8;           // row stride of the Q, K, V tiles (conflict-free)
+    __shared__ __align__(128) T q_tile[BQ * LD];
+    __shared__ __align__(128) T k_tile[2][BK * LD];   // double-buffered
+    __shared__ __align__(128) T v_tile[2][BK * LD];
 
     const int tile = blockIdx.x;
     const int head = blockIdx.y;
@@ -109,98 +157,137 @@ __device__ void flash_attention(
     const int nq = min(BQ, q_len[seq] - row0);
     const int nk = k_len[seq];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;     // fragment row group and column pair
     const size_t qk_stride = 2 * (size_t)hidden, v_stride = 3 * (size_t)hidden;
     const T* q_src = qk + (size_t)(start + row0) * qk_stride + head * HD;
     const T* k_src = qk + (size_t)start * qk_stride + hidden + head * HD;
     const T* v_src = qkv + (size_t)start * v_stride + 2 * hidden + head * HD;
+    const int key_tiles = (nk + BK - 1) / BK;
 
-    // Q (rotated and scaled by the pre-pass), zero past the sequence.
-    load_rows<T, HD, QP>(qp_tile, q_src, qk_stride, BQ, nq);
-    __syncthreads();
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> q_frag[HD / 16];
+    // Q (rotated and scaled by the pre-pass) and the first K (rotated), V tiles, zero past
+    // the sequence.
+    load_rows_async<T, HD, LD>(q_tile, q_src, qk_stride, BQ, nq);
+    load_rows_async<T, HD, LD>(k_tile[0], k_src, qk_stride, BK, nk);
+    load_rows_async<T, HD, LD>(v_tile[0], v_src, v_stride, BK, nk);
+    cp_async_commit();
+
+    // Each warp owns 16 query rows; lane holds rows g and g + 8 of them (index 0 and 1).
+    unsigned q_frag[HD / 16][4];
+    float o[HD / 8][4];
     #pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-        wmma::load_matrix_sync(q_frag[kk], qp_tile + warp * 16 * QP + kk * 16, QP);
-    __syncthreads();  // qp_tile becomes P (other warps' rows overlap in the P layout)
+    for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    const float neg_inf = -__int_as_float(0x7f800000);  // NVRTC has no INFINITY
+    float m[2] = {neg_inf, neg_inf}, l[2] = {0.f, 0.f};
 
-    // Each thread owns half of one row of the warp's 16: row `r`, columns `c0 .. c0 + HD/2`.
-    const int r = warp * 16 + lane / 2;
-    const int c0 = (lane % 2) * (HD / 2);
-    const int s0 = (lane % 2) * (BK / 2);
-    float o[HD / 2];
-    #pragma unroll
-    for (int c = 0; c < HD / 2; ++c) o[c] = 0.f;
-    float m = -__int_as_float(0x7f800000), l = 0.f;  // -inf (NVRTC has no INFINITY)
-
-    for (int k0 = 0; k0 < nk; k0 += BK) {
-        // K (rotated by the pre-pass) and V, zero past the keys.
-        load_rows<T, HD, LD>(k_tile, k_src + (size_t)k0 * qk_stride, qk_stride, BK, nk - k0);
-        load_rows<T, HD, LD>(v_tile, v_src + (size_t)k0 * v_stride, v_stride, BK, nk - k0);
+    for (int it = 0; it < key_tiles; ++it) {
+        const int buf = it & 1, k0 = it * BK;
+        if (it + 1 < key_tiles) {  // prefetch the next K, V tiles into the other buffer
+            const int k1 = k0 + BK;
+            load_rows_async<T, HD, LD>(k_tile[buf ^ 1], k_src + (size_t)k1 * qk_stride,
+                                       qk_stride, BK, nk - k1);
+            load_rows_async<T, HD, LD>(v_tile[buf ^ 1], v_src + (size_t)k1 * v_stride,
+                                       v_stride, BK, nk - k1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
-
-        // S = Q K^T for the warp's 16 rows (f32).
-        float* s_rows = s_tile + warp * 16 * LDS;
-        #pragma unroll
-        for (int n = 0; n < BK / 16; ++n) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.f);
+        if (it == 0) {
+            const T* q_rows = q_tile + (warp * 16 + g) * LD + 2 * t;
             #pragma unroll
-            for (int kk = 0; kk < HD / 16; ++kk) {
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> k_frag;
-                wmma::load_matrix_sync(k_frag, k_tile + n * 16 * LD + kk * 16, LD);
-                wmma::mma_sync(acc, q_frag[kk], k_frag, acc);
+            for (int kc = 0; kc < HD / 16; ++kc) {
+                q_frag[kc][0] = *reinterpret_cast<const unsigned*>(q_rows + kc * 16);
+                q_frag[kc][1] = *reinterpret_cast<const unsigned*>(q_rows + 8 * LD + kc * 16);
+                q_frag[kc][2] = *reinterpret_cast<const unsigned*>(q_rows + kc * 16 + 8);
+                q_frag[kc][3] = *reinterpret_cast<const unsigned*>(q_rows + 8 * LD + kc * 16 + 8);
             }
-            wmma::store_matrix_sync(s_rows + n * 16, acc, LDS, wmma::mem_row_major);
         }
-        __syncwarp();
+        const T* kt = k_tile[buf];
+        const T* vt = v_tile[buf];
 
-        // Online softmax over this tile's keys (masked past nk); P in the storage type.
-        const float* s = s_tile + r * LDS;
-        float tile_max = -__int_as_float(0x7f800000);
-        for (int j = s0; j < s0 + BK / 2; ++j)
-            if (k0 + j < nk) tile_max = fmaxf(tile_max, s[j]);
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffff, tile_max, 1));
-        const float m_new = fmaxf(m, tile_max);   // finite: every visited tile has a key
-        const float alpha = __expf(m - m_new);     // 0 on the first tile (m = -inf)
-        float row_sum = 0.f;
-        T* p = qp_tile + r * LDP;
-        for (int j = s0; j < s0 + BK / 2; ++j) {
-            const float e = k0 + j < nk ? __expf(s[j] - m_new) : 0.f;
-            const T pe = from_f32<T>(e);
-            row_sum += to_f32(pe);
-            p[j] = pe;
-        }
-        row_sum += __shfl_xor_sync(0xffffffff, row_sum, 1);
-        l = l * alpha + row_sum;
-        m = m_new;
-        __syncwarp();
-
-        // P V for the warp's rows, into its S rows (f32), then O = alpha O + P V.
+        // S = Q K^T for the warp's 16 rows and the tile's 64 keys (f32), keys past nk at -inf.
+        float s[BK / 8][4];
         #pragma unroll
-        for (int n = 0; n < HD / 16; ++n) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.f);
+        for (int n = 0; n < BK / 8; ++n) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+            const T* k_row = kt + (n * 8 + g) * LD + 2 * t;
             #pragma unroll
-            for (int kk = 0; kk < BK / 16; ++kk) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> p_frag;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> v_frag;
-                wmma::load_matrix_sync(p_frag, qp_tile + warp * 16 * LDP + kk * 16, LDP);
-                wmma::load_matrix_sync(v_frag, v_tile + kk * 16 * LD + n * 16, LD);
-                wmma::mma_sync(acc, p_frag, v_frag, acc);
-            }
-            wmma::store_matrix_sync(s_rows + n * 16, acc, LDS, wmma::mem_row_major);
+            for (int kc = 0; kc < HD / 16; ++kc)
+                mma(s[n], q_frag[kc], *reinterpret_cast<const unsigned*>(k_row + kc * 16),
+                    *reinterpret_cast<const unsigned*>(k_row + kc * 16 + 8), T());
         }
-        __syncwarp();
+        if (k0 + BK > nk) {
+            #pragma unroll
+            for (int n = 0; n < BK / 8; ++n)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    if (k0 + n * 8 + 2 * t + (e & 1) >= nk) s[n][e] = neg_inf;
+        }
+
+        // Online softmax (row max and sum over the 4 lanes sharing a row); P in the storage
+        // type, laid out as the A operand of P V (two n-tiles of S make one k-chunk).
+        float alpha[2];
         #pragma unroll
-        for (int c = 0; c < HD / 2; ++c) o[c] = o[c] * alpha + s[c0 + c];
-        __syncthreads();  // k_tile, v_tile and s_tile are rewritten next
+        for (int i = 0; i < 2; ++i) {
+            float mx = neg_inf;
+            #pragma unroll
+            for (int n = 0; n < BK / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+            const float m_new = fmaxf(m[i], mx);  // finite: every visited tile has a key
+            alpha[i] = __expf(m[i] - m_new);      // 0 on the first tile (m = -inf)
+            m[i] = m_new;
+        }
+        unsigned p[BK / 16][4];
+        float row_sum[2] = {0.f, 0.f};
+        #pragma unroll
+        for (int n = 0; n < BK / 8; ++n) {
+            #pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const unsigned pair = pack2(__expf(s[n][2 * i] - m[i]),
+                                            __expf(s[n][2 * i + 1] - m[i]), T());
+                const float2 rounded = unpack2(pair, T());
+                row_sum[i] += rounded.x + rounded.y;
+                p[n / 2][(n % 2) * 2 + i] = pair;
+            }
+        }
+        #pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 1);
+            row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 2);
+            l[i] = l[i] * alpha[i] + row_sum[i];
+        }
+
+        // O = alpha O + P V (V's B operands by transposing loads from its row-major tile).
+        #pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
+        }
+        #pragma unroll
+        for (int kc = 0; kc < BK / 16; ++kc) {
+            #pragma unroll
+            for (int n = 0; n < HD / 16; ++n) {
+                unsigned b[4];
+                ldmatrix_x4_trans(b, vt + (kc * 16 + lane % 16) * LD + n * 16 + (lane / 16) * 8);
+                mma(o[2 * n], p[kc], b[0], b[1], T());
+                mma(o[2 * n + 1], p[kc], b[2], b[3], T());
+            }
+        }
+        __syncthreads();  // this buffer is refilled by the next iteration's prefetch
     }
 
-    if (r < nq) {
-        const float inv = 1.f / l;
-        T* dst = out + (size_t)(start + row0 + r) * hidden + head * HD + c0;
+    #pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int r = warp * 16 + g + 8 * i;
+        if (r >= nq) continue;
+        const float inv = 1.f / l[i];
+        T* dst = out + (size_t)(start + row0 + r) * hidden + head * HD + 2 * t;
         #pragma unroll
-        for (int c = 0; c < HD / 2; ++c) dst[c] = from_f32<T>(o[c] * inv);
+        for (int n = 0; n < HD / 8; ++n)
+            *reinterpret_cast<unsigned*>(dst + n * 8) =
+                pack2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv, T());
     }
 }
 
