@@ -7,6 +7,9 @@ mod packed;
 mod padded;
 mod run;
 
+#[cfg(test)]
+mod model_tests;
+
 use std::ops::Range;
 
 use crate::model::blocks::ModelInput;

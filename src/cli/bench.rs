@@ -10,7 +10,9 @@ use serde::Serialize;
 use esmfuzz::backend::BackendKind;
 use esmfuzz::batch::{self, Batching, Layout, pack_proteins, padded_batches, padding_efficiency};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, EsmWeights, FaultSet, Gemm, Precision};
+use esmfuzz::model::{
+    AttentionKernel, ComputePlan, Esm2, EsmWeights, FaultSet, Gemm, Precision, resolve_gemm,
+};
 use esmfuzz::with_backend;
 
 use super::{DEFAULT_CORPUS, ModelArgs, Outcome, named, read_proteins, token_count, write_report};
@@ -254,17 +256,26 @@ fn timed_plans(args: &BenchArgs) -> Result<(Vec<ComputePlan>, Vec<NotTimed>)> {
     let mut plans = Vec::new();
     let mut refused = Vec::new();
     let engines = if args.gemm.is_empty() {
-        vec![Gemm::default_for(backend)]
+        vec![None]
     } else {
-        args.gemm.clone()
+        args.gemm.iter().copied().map(Some).collect()
     };
-    for &gemm in &engines {
+    for requested in engines {
+        // A default engine that does not load falls back (with a warning); one asked for
+        // that does not load leaves its rows not timed, with the reason.
+        let resolved = resolve_gemm(requested, backend);
+        let gemm = resolved
+            .clone()
+            .unwrap_or_else(|_| requested.unwrap_or(Gemm::Burn));
         for &precision in &args.precisions {
             for &kernel in &args.attention {
-                let plan = ComputePlan::new(precision, backend)
-                    .with_attention(kernel)
+                let plan = resolved
+                    .clone()
                     .map_err(anyhow::Error::from)
-                    .and_then(|p| Ok(p.with_gemm(gemm)?));
+                    .and_then(|gemm| {
+                        let plan = ComputePlan::new(precision, backend).with_attention(kernel)?;
+                        Ok(plan.with_gemm(gemm)?)
+                    });
                 match plan {
                     Ok(plan) => plans.push(plan),
                     Err(e) => {

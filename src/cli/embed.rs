@@ -62,7 +62,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     let checkpoint = args.model.open()?;
     let hidden = checkpoint.config.hidden_size;
     let backend = args.model.backend;
-    let plan = args.policy.plan(backend, args.policy.gemm(backend))?;
+    let plan = args.policy.plan(backend, args.policy.gemm(backend)?)?;
     esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
     let places = args.policy.places(&checkpoint.config)?;
     eprintln!("policy: {}", describe_policy(&plan, &places));

@@ -75,7 +75,7 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         Layout::Padded
     };
     let localisation = with_backend!(backend, |B, device| {
-        let gemm = args.policy.gemm(backend);
+        let gemm = args.policy.gemm(backend)?;
         let reference = Esm2::<B>::new(
             &checkpoint.weights,
             PolicyArgs::reference_plan(backend, gemm)?,

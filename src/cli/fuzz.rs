@@ -367,7 +367,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let backend = args.model.backend;
     // The default engine is settled only now that `open` has found CUDA (its probe loads
     // cuBLAS on the device).
-    let gemm = args.policy.gemm(backend);
+    let gemm = args.policy.gemm(backend)?;
     if let Some(s) = stopped.as_ref().filter(|s| s.header.gemm != gemm) {
         anyhow::bail!(
             "{}: the stopped campaign ran gemm engine {}, this one asks for {gemm}",

@@ -7,7 +7,7 @@ use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::matmul_check::{
     layout_differences, matmul_f64, matmul_relative_error, random_matrix,
 };
-use esmfuzz::model::{ComputePlan, Gemm, Precision};
+use esmfuzz::model::{ComputePlan, Gemm, Precision, resolve_gemm};
 use esmfuzz::with_backend;
 
 use super::{Outcome, named};
@@ -35,11 +35,7 @@ pub fn run(args: MatmulCheckArgs) -> Result<Outcome> {
         );
         let engines: Vec<Gemm> = Gemm::ALL
             .into_iter()
-            .filter(|&g| {
-                ComputePlan::new(Precision::F32, backend)
-                    .with_gemm(g)
-                    .is_ok()
-            })
+            .filter(|&g| resolve_gemm(Some(g), backend).is_ok())
             .collect();
         for precision in Precision::ALL {
             for &gemm in &engines {

@@ -7,7 +7,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use esmfuzz::backend::BackendKind;
-use esmfuzz::model::{AttentionKernel, ComputePlan, EsmConfig, Fp32Places, Gemm, Precision};
+use esmfuzz::model::{
+    AttentionKernel, ComputePlan, EsmConfig, Fp32Places, Gemm, Precision, resolve_gemm,
+};
 use esmfuzz::named::Named;
 
 use super::named;
@@ -35,10 +37,11 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    /// The matrix-product engine: `--gemm`, else the backend's default. Settle it only once
-    /// the backend is known to be there: on CUDA the default probes cuBLAS on the device.
-    pub fn gemm(&self, backend: BackendKind) -> Gemm {
-        self.gemm.unwrap_or_else(|| Gemm::default_for(backend))
+    /// The matrix-product engine: `--gemm`, else the backend's default, checked against this
+    /// machine ([`resolve_gemm`]). Settle it only once the backend is known to be there: on
+    /// CUDA it loads cuBLAS on the device.
+    pub fn gemm(&self, backend: BackendKind) -> Result<Gemm> {
+        Ok(resolve_gemm(self.gemm, backend)?)
     }
 
     /// The policy's plan on `backend`, its products computed by `gemm`.

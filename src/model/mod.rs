@@ -8,6 +8,7 @@ pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cublas;
 pub mod device;
+pub mod engine;
 pub mod esm2;
 pub mod fault;
 pub mod flash;
@@ -21,6 +22,7 @@ pub mod weights;
 
 pub use crate::backend::BackendKind;
 pub use config::EsmConfig;
+pub use engine::resolve_gemm;
 pub use esm2::{Esm2, EsmOutput, ModelSpec, Place};
 pub use fault::FaultSet;
 pub use fp32_places::{Fp32Place, Fp32Places};

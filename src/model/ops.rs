@@ -6,6 +6,23 @@ use burn::tensor::{DType, Tensor, backend::Backend};
 
 use super::precision::{ComputePlan, MatmulMode};
 
+/// Whether cuBLAS can run a plan that asks for it. The commands settle this before building
+/// a plan ([`crate::model::resolve_gemm`]); a plan built by hand on a machine without cuBLAS
+/// gets burn's kernels and one warning.
+#[cfg(feature = "cuda")]
+fn cublas_loads() -> bool {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let loads = super::cublas::available();
+    if let Err(why) = &loads {
+        WARNED.call_once(|| {
+            eprintln!(
+                "warning: the plan asks for cuBLAS but {why}; burn's kernels compute the products"
+            )
+        });
+    }
+    loads.is_ok()
+}
+
 /// `a @ b` under the plan's matmul mode.
 ///
 /// # Shapes
@@ -16,16 +33,18 @@ pub fn matmul<B: Backend, const D: usize>(
     b: Tensor<B, D>,
 ) -> Tensor<B, D> {
     #[cfg(feature = "cuda")]
-    let (a, b) =
-        if plan.gemm == super::precision::Gemm::Cublas && plan.matmul != MatmulMode::ReorderedF32 {
-            match super::cublas::matmul(a, b, plan.cublas_compute()) {
-                Ok(product) => return product,
-                // Not the CUDA backend, or shapes a strided batched GEMM cannot take.
-                Err(operands) => operands,
-            }
-        } else {
-            (a, b)
-        };
+    let (a, b) = if plan.gemm == super::precision::Gemm::Cublas
+        && plan.matmul != MatmulMode::ReorderedF32
+        && cublas_loads()
+    {
+        match super::cublas::matmul(a, b, plan.cublas_compute()) {
+            Ok(product) => return product,
+            // Not the CUDA backend, or shapes a strided batched GEMM cannot take.
+            Err(operands) => operands,
+        }
+    } else {
+        (a, b)
+    };
     match plan.matmul {
         MatmulMode::Native => a.matmul(b),
         MatmulMode::EmulatedTf32 => round_to_tf32(a).matmul(round_to_tf32(b)),

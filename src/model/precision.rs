@@ -139,7 +139,7 @@ pub enum Gemm {
     /// cuBLAS (`cublasGemmStridedBatchedEx`) on burn-cuda's buffers, CUDA only: f32 with
     /// `CUBLAS_COMPUTE_32F` (true FP32, TF32 off: torch's FP32), tf32 with
     /// `CUBLAS_COMPUTE_32F_FAST_TF32`, f16/bf16 operands with f32 accumulation. The default on
-    /// CUDA when cuBLAS loads ([`crate::model::cublas::available`]).
+    /// CUDA ([`crate::model::resolve_gemm`] falls back to burn's where cuBLAS does not load).
     Cublas,
 }
 
@@ -153,31 +153,14 @@ impl Gemm {
         }
     }
 
-    /// The engine a plan gets unless asked otherwise: cuBLAS on CUDA when it loads (a
-    /// warning, once, when it does not), burn's elsewhere.
+    /// The engine a plan gets unless asked otherwise: cuBLAS on CUDA, burn's elsewhere.
+    /// Plain data: whether cuBLAS loads here is settled by [`crate::model::resolve_gemm`].
     pub fn default_for(backend: BackendKind) -> Gemm {
         match backend {
             BackendKind::Cpu => Gemm::Burn,
-            BackendKind::Cuda => cuda_default_gemm(),
+            BackendKind::Cuda => Gemm::Cublas,
         }
     }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_default_gemm() -> Gemm {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    match crate::model::cublas::available() {
-        Ok(()) => Gemm::Cublas,
-        Err(why) => {
-            WARNED.call_once(|| eprintln!("warning: {why}; matrix products use burn's kernels"));
-            Gemm::Burn
-        }
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_default_gemm() -> Gemm {
-    Gemm::Burn
 }
 
 impl crate::named::Named for Gemm {
@@ -249,10 +232,6 @@ impl ComputePlan {
     pub fn with_gemm(self, gemm: Gemm) -> Result<Self, GemmUnavailable> {
         if gemm == Gemm::Cublas && self.backend != BackendKind::Cuda {
             return Err(GemmUnavailable::NotCuda);
-        }
-        #[cfg(feature = "cuda")]
-        if gemm == Gemm::Cublas {
-            crate::model::cublas::available().map_err(GemmUnavailable::NotLoaded)?;
         }
         Ok(Self { gemm, ..self })
     }
