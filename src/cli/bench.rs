@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// (default: cuBLAS on CUDA when it loads, else burn).
     #[arg(long, value_parser = named::<Gemm>(), value_delimiter = ',')]
     pub gemm: Vec<Gemm>,
-    /// Tokens per batch for both layouts (default: 1024 on the CPU, 16384 on CUDA).
+    /// Tokens per batch for both layouts (default: 1024 on the CPU; on CUDA 16384, 65536 for models no wider than 8M).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub token_budget: Option<u64>,
     /// Slots per attention group of packed batches; several values give one row each
@@ -328,7 +328,9 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         }
     };
     let backend = args.model.backend;
-    let budget = args.model.budget(args.token_budget.map(|b| b as usize));
+    let budget = args
+        .model
+        .budget(args.token_budget.map(|b| b as usize), &config);
     if let Some(path) = &args.batches_out {
         let plan = BatchPlan {
             fasta: &args.fasta,

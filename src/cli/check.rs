@@ -66,7 +66,7 @@ pub fn run(args: CheckArgs) -> Result<Outcome> {
     }
     let checkpoint = args.model.load()?;
     let backend = args.model.backend;
-    let budget = args.model.budget(None);
+    let budget = args.model.budget(None, &checkpoint.weights.config);
     let states = with_backend!(backend, |B, device| {
         let plan = ComputePlan::new(Precision::F32, backend);
         eprintln!("oracle: {}", plan.describe());

@@ -34,7 +34,7 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub packed: bool,
     /// Tokens per batch: padded (batch size x longest) or packed (sum of lengths + 2 each).
-    /// Default: 1024 on the CPU, 16384 on CUDA.
+    /// Default: 1024 on the CPU; on CUDA 16384, 65536 for models no wider than 8M.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub token_budget: Option<u64>,
     /// With --packed: slots per attention group (sequences of similar length padded into
@@ -66,7 +66,9 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
     let places = args.policy.places(&checkpoint.config)?;
     eprintln!("policy: {}", describe_policy(&plan, &places));
-    let budget = args.model.budget(args.token_budget.map(|b| b as usize));
+    let budget = args
+        .model
+        .budget(args.token_budget.map(|b| b as usize), &checkpoint.config);
     warn_if_over_budget(&proteins, budget);
     let batching = if args.packed {
         let packing = pack_proteins(&proteins, budget);

@@ -251,9 +251,10 @@ impl ModelArgs {
         }
     }
 
-    /// The token budget to use: the one given, else the backend's default.
-    fn budget(&self, given: Option<usize>) -> usize {
-        given.unwrap_or_else(|| self.backend.default_token_budget())
+    /// The token budget to use: the one given, else the backend's default for a model of
+    /// `config`'s width.
+    fn budget(&self, given: Option<usize>, config: &esmfuzz::model::EsmConfig) -> usize {
+        given.unwrap_or_else(|| self.backend.default_token_budget(config.hidden_size))
     }
 }
 
