@@ -2,52 +2,23 @@
 //! exit names what is wrong, and no run destroys a file it did not create.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use safetensors::Dtype;
 
+use super::binary::{self, s};
 use super::common;
 use super::loader_errors::{real_tensors, write_checkpoint};
-
-/// How long any one command here may take before the test calls it a hang.
-const HANG: Duration = Duration::from_secs(300);
 
 /// Runs the built `esmfuzz` with `args` from the repository root; (exit code, stderr).
 fn esmfuzz(args: &[&str]) -> (i32, String) {
     esmfuzz_with_env(args, &[])
 }
 
-/// [`esmfuzz`] with extra environment variables.
+/// [`esmfuzz`] with extra environment variables ([`binary::run`]).
 fn esmfuzz_with_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
-    let mut child = Command::new(common::esmfuzz_bin())
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .current_dir(common::repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the esmfuzz binary starts");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status.code().unwrap_or(-1), err);
-        }
-        if start.elapsed() > HANG {
-            let _ = child.kill();
-            panic!("esmfuzz {args:?} ran past {HANG:?}: a hang");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 temp path")
+    let ran = binary::run(args, env, None);
+    (ran.code, ran.stderr)
 }
 
 /// Three short corpus records as a FASTA file in `dir`.
