@@ -386,6 +386,28 @@ fn check_same_campaign(
     Ok(())
 }
 
+/// A stopped campaign's `cases.jsonl` made to agree with the families it `finished`
+/// ([`campaign_dir::repair_cases`]), saying what was cut.
+fn repair_cases(path: &Path, finished: &[FamilyResult]) -> Result<()> {
+    let names: HashSet<String> = finished.iter().map(|f| f.family.clone()).collect();
+    let repair = campaign_dir::repair_cases(path, &names)?;
+    if repair.torn_bytes > 0 {
+        eprintln!(
+            "warning: {}: its last line was cut off part way (a stopped run); {} bytes removed",
+            path.display(),
+            repair.torn_bytes
+        );
+    }
+    if repair.dropped_lines > 0 {
+        eprintln!(
+            "{}: {} line(s) of families that did not finish removed (they run again)",
+            path.display(),
+            repair.dropped_lines
+        );
+    }
+    Ok(())
+}
+
 /// `fasta-<file stem>` for each FASTA file, made unique: a stem seen before gets `-2`, `-3`,
 /// ... (two files `d1/x.fasta`, `d2/x.fasta` are `fasta-x` and `fasta-x-2`).
 fn fasta_family_names(paths: &[PathBuf]) -> Vec<String> {
@@ -500,16 +522,26 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let plan = args.policy.plan(backend, gemm)?;
     esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
     let policy = describe_policy(&plan, &places);
-    let families = Family::campaign(args.max_stratum);
-    let planned: Vec<String> = families
-        .iter()
-        .map(Family::name)
-        .chain(real_proteins.iter().map(|(name, _)| name.clone()))
-        .collect();
-    let owned = (0..planned.len())
-        .filter(|&p| args.shard.is_none_or(|s| s.owns(p)))
-        .count();
-    if owned == 0 {
+    let seed = stopped
+        .as_ref()
+        .map(|s| s.campaign.seed)
+        .or(args.seed)
+        .unwrap_or_else(fresh_seed);
+    let spec = CampaignSpec {
+        families: Family::campaign(args.max_stratum),
+        cases,
+        seed,
+        regressions,
+        out_dir: out.clone(),
+        real_proteins,
+        completed: stopped
+            .as_ref()
+            .map(|s| s.campaign.families.clone())
+            .unwrap_or_default(),
+        shard: args.shard,
+    };
+    let planned = spec.planned();
+    if spec.families_owned() == 0 {
         let shard = args.shard.map(|s| format!("{}/{}", s.index, s.count));
         bail!(
             "shard {} of a campaign of {} families runs no family: a campaign of nothing \
@@ -536,38 +568,13 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     if let Some(stopped) = &stopped {
         check_same_campaign(&out, stopped, &header, &planned, args.shard)?;
     }
-    let seed = stopped
-        .as_ref()
-        .map(|s| s.campaign.seed)
-        .or(args.seed)
-        .unwrap_or_else(fresh_seed);
     eprintln!("seed: {seed} (rerun with --seed {seed})");
 
     // Now the folder is this run's: locked until it ends.
     let _owned = campaign_dir::claim(&out, claim)?;
     let lines_path = out.join(campaign_dir::CASES_FILE);
-    if let Some(stopped) = &stopped {
-        let finished: HashSet<String> = stopped
-            .campaign
-            .families
-            .iter()
-            .map(|f| f.family.clone())
-            .collect();
-        let repair = campaign_dir::repair_cases(&lines_path, &finished)?;
-        if repair.torn_bytes > 0 {
-            eprintln!(
-                "warning: {}: its last line was cut off part way (a stopped run); {} bytes removed",
-                lines_path.display(),
-                repair.torn_bytes
-            );
-        }
-        if repair.dropped_lines > 0 {
-            eprintln!(
-                "{}: {} line(s) of families that did not finish removed (they run again)",
-                lines_path.display(),
-                repair.dropped_lines
-            );
-        }
+    if stopped.is_some() {
+        repair_cases(&lines_path, &spec.completed)?;
     }
     let lines = std::fs::OpenOptions::new()
         .create(true)
@@ -581,16 +588,6 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let report_path = out.join("report.json");
     let markdown_path = out.join("report.md");
     let tol = Tolerances::for_precision(args.policy.precision);
-    let spec = CampaignSpec {
-        families,
-        cases,
-        seed,
-        regressions,
-        out_dir: out.clone(),
-        real_proteins,
-        completed: stopped.map(|s| s.campaign.families).unwrap_or_default(),
-        shard: args.shard,
-    };
     let report = with_backend!(backend, |B, device| {
         eprintln!(
             "reference: {}\nunder test: {}",

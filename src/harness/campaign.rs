@@ -71,6 +71,26 @@ pub struct CampaignSpec {
     pub shard: Option<Shard>,
 }
 
+impl CampaignSpec {
+    /// Every family of the whole campaign by name, in order: the generated families, then
+    /// the user's proteins (a shard runs some of them).
+    pub fn planned(&self) -> Vec<String> {
+        self.families
+            .iter()
+            .map(Family::name)
+            .chain(self.real_proteins.iter().map(|(name, _)| name.clone()))
+            .collect()
+    }
+
+    /// How many families of the plan this campaign (or its shard) runs.
+    pub fn families_owned(&self) -> usize {
+        let planned = self.families.len() + self.real_proteins.len();
+        (0..planned)
+            .filter(|&position| self.shard.is_none_or(|s| s.owns(position)))
+            .count()
+    }
+}
+
 /// What a campaign found.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CampaignReport {
@@ -156,12 +176,7 @@ pub fn run_campaign<B: Backend>(
         unreplayable: saved.unknown.clone(),
         families: Vec::new(),
         resumed: Vec::new(),
-        planned: spec
-            .families
-            .iter()
-            .map(Family::name)
-            .chain(spec.real_proteins.iter().map(|(name, _)| name.clone()))
-            .collect(),
+        planned: spec.planned(),
         shard: spec.shard,
     };
     let owns = |position: usize| spec.shard.is_none_or(|s| s.owns(position));

@@ -405,14 +405,17 @@ fn cases_embedded_by_a_faithful_pipeline_pass_check_and_a_wrong_pooling_is_diagn
     let wrong = work.path().join("wrong.npy");
     let array = ndarray::Array2::from_shape_vec((proteins.len(), hidden), rows).unwrap();
     ndarray_npy::write_npy(&wrong, &array).unwrap();
-    let out = Command::new(common::esmfuzz_bin())
-        .args(["check", "--fasta", s(&fasta), "--embeddings", s(&wrong)])
-        .current_dir(common::repo())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("BOS and EOS included"), "{stdout}");
+    let ran = binary::run(
+        &["check", "--fasta", s(&fasta), "--embeddings", s(&wrong)],
+        &[],
+        None,
+    );
+    assert_eq!(ran.code, 1, "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("BOS and EOS included"),
+        "{}",
+        ran.stdout
+    );
 }
 
 #[test]
