@@ -1,16 +1,20 @@
 //! `esmfuzz fuzz`: a campaign of the property families against FP32 on any backend, saved
 //! failures replayed first; `report.json` is rewritten as the campaign goes.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
+use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::campaign::{CampaignReport, CampaignSpec, Shard, run_campaign};
 use esmfuzz::harness::cases::Models;
 use esmfuzz::harness::driver::Observer;
@@ -23,6 +27,7 @@ use esmfuzz::model::{FaultSet, Fp32Places, ModelSpec};
 use esmfuzz::named::Named;
 use esmfuzz::with_backend;
 
+use super::campaign_dir::{self, Claim};
 use super::policy::{PolicyArgs, describe_policy};
 use super::report::{FuzzReport, ModelSize, RunHeader, SavedReport, read_report};
 use super::{ModelArgs, Outcome, named, read_proteins};
@@ -33,9 +38,10 @@ pub struct FuzzArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// New cases per family (at least 1).
-    #[arg(long, default_value_t = NonZeroU32::new(8).expect("8 is not zero"))]
-    pub cases: NonZeroU32,
+    /// New cases per family (at least 1; default 8, or with --resume the stopped
+    /// campaign's).
+    #[arg(long)]
+    pub cases: Option<NonZeroU32>,
     /// Longest stratum to generate (one family per stratum, plus mixed, packed and
     /// isolation batches).
     #[arg(long, value_parser = named::<Stratum>(), default_value = "very-long")]
@@ -45,13 +51,20 @@ pub struct FuzzArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Folder of saved failures: `<policy>__<family>.txt` seeds and
-    /// `counterexamples/<policy>__<family>.fasta`, replayed first; new failures are saved here.
-    #[arg(long, default_value = "proptest-regressions")]
-    pub regressions: PathBuf,
-    /// Folder for report.json and report.md (rewritten after each family), cases.jsonl
-    /// (one line per judged case, as they come) and shrunk counterexamples.
+    /// `counterexamples/<policy>__<family>.fasta`, replayed first; new failures are saved
+    /// here. A folder given must exist (default: `proptest-regressions`, none when absent).
+    #[arg(long)]
+    pub regressions: Option<PathBuf>,
+    /// Folder for report.json and report.md (rewritten after each family; "incomplete: k of
+    /// n families" until the last), cases.jsonl (one line per judged case, as they come) and
+    /// shrunk counterexamples. A folder holding a campaign is refused (see --resume,
+    /// --overwrite); a running campaign locks its folder.
     #[arg(long, default_value = "fuzz-out")]
     pub out: PathBuf,
+    /// Replace the campaign in --out (its reports, cases.jsonl, plots and counterexamples),
+    /// once every input has been checked.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Also judge these FASTA files' records (e.g. a proteome, six-frame translations): every
     /// record once against FP32, in padded batches of similar lengths, as family
     /// `fasta-<file stem>`.
@@ -66,7 +79,8 @@ pub struct FuzzArgs {
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["shard", "resume"])]
     pub devices: Vec<String>,
     /// Continue the stopped campaign whose report.json is in this folder (its seed, policy
-    /// and case count): finished families are kept, the others run. Writes to that folder.
+    /// and case count; the weights, strata, FASTA files and shard must be the same):
+    /// finished families are kept, the others run. Writes to that folder.
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
 }
@@ -108,6 +122,7 @@ impl FuzzArgs {
             seed: _,
             regressions,
             out: _,
+            overwrite,
             fasta,
             shard: _,
             devices: _,
@@ -116,11 +131,18 @@ impl FuzzArgs {
         let mut args = vec![OsString::from("fuzz")];
         model.to_args(&mut args);
         policy.to_args(&mut args);
-        args.extend(["--cases", &cases.to_string()].map(OsString::from));
+        if let Some(cases) = cases {
+            args.extend(["--cases", &cases.to_string()].map(OsString::from));
+        }
         args.extend(["--max-stratum", Named::name(*max_stratum)].map(OsString::from));
         args.extend(["--seed", &seed.to_string()].map(OsString::from));
-        args.push("--regressions".into());
-        args.push(regressions.into());
+        if let Some(regressions) = regressions {
+            args.push("--regressions".into());
+            args.push(regressions.into());
+        }
+        if *overwrite {
+            args.push("--overwrite".into());
+        }
         for path in fasta {
             args.push("--fasta".into());
             args.push(path.into());
@@ -134,6 +156,20 @@ impl FuzzArgs {
 
 /// `fuzz --devices`: one child `esmfuzz fuzz --shard i/N` per device, then `merge`.
 fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
+    if args.model.backend != BackendKind::Cuda {
+        bail!(
+            "--devices runs one shard per GPU and needs --backend cuda (on the {} backend it \
+             would run every shard on the same device); use --shard I/N for parts run elsewhere",
+            args.model.backend
+        );
+    }
+    let claim = if args.overwrite {
+        Claim::Overwrite
+    } else {
+        Claim::Merge
+    };
+    campaign_dir::check(&args.out, claim)?;
+    args.regressions_dir()?;
     let seed = args.seed.unwrap_or_else(fresh_seed);
     eprintln!("seed: {seed} (rerun with --seed {seed})");
     std::fs::create_dir_all(&args.out)
@@ -170,6 +206,7 @@ fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
     super::merge::run(super::merge::MergeArgs {
         shards: shard_dirs,
         out: args.out.clone(),
+        overwrite: args.overwrite,
     })
 }
 
@@ -190,6 +227,8 @@ struct ProgressObserver {
     worst_used: f64,
     lines: std::io::BufWriter<std::fs::File>,
     write_error: Option<std::io::Error>,
+    /// Set by SIGINT or SIGTERM ([`stop_on_signals`]).
+    stop: Arc<AtomicBool>,
 }
 
 /// One line of cases.jsonl.
@@ -203,6 +242,10 @@ struct CaseLine<'a> {
 }
 
 impl Observer for ProgressObserver {
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
     fn case_started(&mut self, family: Family, run: usize, proteins: &[Protein]) {
         let lens: Vec<usize> = proteins.iter().map(|p| p.residues.len()).collect();
         let msg = format!(
@@ -241,8 +284,9 @@ impl Observer for ProgressObserver {
     }
 }
 
-/// The finished families of the campaign in `dir`, after checking it is the campaign these
-/// arguments describe.
+/// The stopped campaign in `dir` (`--resume`), after checking it is the campaign these
+/// arguments describe as far as the arguments alone tell (policy, attention, case count,
+/// generator, seed); [`check_same_campaign`] checks the rest once the inputs are read.
 fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<SavedReport> {
     let path = dir.join("report.json");
     if !path.is_file() {
@@ -270,11 +314,11 @@ fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<SavedReport> {
             args.policy.attention.to_string(),
         ));
     }
-    if campaign.cases_per_family != args.cases.get() {
+    if let Some(cases) = args.cases.filter(|c| c.get() != campaign.cases_per_family) {
         return Err(mismatch(
             "cases per family",
             campaign.cases_per_family.to_string(),
-            args.cases.to_string(),
+            cases.to_string(),
         ));
     }
     if campaign.generator_version != GENERATOR_VERSION {
@@ -293,6 +337,129 @@ fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<SavedReport> {
     }
     Ok(stopped)
 }
+
+/// What a resumed run must share with the stopped one beyond its arguments: the checkpoint
+/// (by sha256), the FP32 places, the gemm engine, the plan (strata and FASTA families) and
+/// the shard. Otherwise finished families would be mixed with others, or dropped.
+fn check_same_campaign(
+    dir: &Path,
+    stopped: &SavedReport,
+    ours: &RunHeader,
+    planned: &[String],
+    shard: Option<Shard>,
+) -> Result<()> {
+    let path = dir.join("report.json");
+    let (header, campaign) = (&stopped.header, &stopped.campaign);
+    let show_shard =
+        |s: Option<Shard>| s.map_or("none".to_string(), |s| format!("{}/{}", s.index, s.count));
+    for (what, theirs, ours) in [
+        (
+            "weights with sha256",
+            header.checkpoint_sha256.clone(),
+            ours.checkpoint_sha256.clone(),
+        ),
+        (
+            "FP32 places",
+            header.fp32_places.clone(),
+            ours.fp32_places.clone(),
+        ),
+        (
+            "gemm engine",
+            header.gemm.to_string(),
+            ours.gemm.to_string(),
+        ),
+        (
+            "families (--max-stratum, --fasta)",
+            campaign.planned.join(","),
+            planned.join(","),
+        ),
+        ("shard", show_shard(campaign.shard), show_shard(shard)),
+    ] {
+        if theirs != ours {
+            bail!(
+                "{}: the stopped campaign ran {what} {theirs}, this one asks for {ours}; \
+                 resume with the same arguments, or start a new campaign",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A stopped campaign's `cases.jsonl` made to agree with the families it `finished`
+/// ([`campaign_dir::repair_cases`]), saying what was cut.
+fn repair_cases(path: &Path, finished: &[FamilyResult]) -> Result<()> {
+    let names: HashSet<String> = finished.iter().map(|f| f.family.clone()).collect();
+    let repair = campaign_dir::repair_cases(path, &names)?;
+    if repair.torn_bytes > 0 {
+        eprintln!(
+            "warning: {}: its last line was cut off part way (a stopped run); {} bytes removed",
+            path.display(),
+            repair.torn_bytes
+        );
+    }
+    if repair.dropped_lines > 0 {
+        eprintln!(
+            "{}: {} line(s) of families that did not finish removed (they run again)",
+            path.display(),
+            repair.dropped_lines
+        );
+    }
+    Ok(())
+}
+
+/// `fasta-<file stem>` for each FASTA file, made unique: a stem seen before gets `-2`, `-3`,
+/// ... (two files `d1/x.fasta`, `d2/x.fasta` are `fasta-x` and `fasta-x-2`).
+fn fasta_family_names(paths: &[PathBuf]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::with_capacity(paths.len());
+    for path in paths {
+        let stem = path
+            .file_stem()
+            .map_or_else(|| "input".into(), |s| s.to_string_lossy().into_owned());
+        let base = format!("fasta-{stem}");
+        let name = std::iter::once(base.clone())
+            .chain((2..).map(|i| format!("{base}-{i}")))
+            .find(|n| !names.contains(n))
+            .unwrap_or(base);
+        names.push(name);
+    }
+    names
+}
+
+/// Sets `stop` on SIGINT and SIGTERM (Ctrl-C, a scheduler's time limit), so the campaign
+/// ends at the next case boundary with its report marked incomplete; a second signal ends
+/// the process at once (exit 1).
+fn stop_on_signals(stop: &Arc<AtomicBool>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(stop))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(stop)))
+            .context("installing the SIGINT/SIGTERM handlers")?;
+    }
+    Ok(())
+}
+
+impl FuzzArgs {
+    /// The regressions folder: a given one must exist (a mistyped path would replay nothing,
+    /// silently); the default may be absent (nothing saved yet).
+    fn regressions_dir(&self) -> Result<PathBuf> {
+        match &self.regressions {
+            Some(dir) if dir.is_dir() => Ok(dir.clone()),
+            Some(dir) => bail!(
+                "--regressions {}: no such folder (its saved failures could not be replayed); \
+                 create it for a fresh one",
+                dir.display()
+            ),
+            None => Ok(PathBuf::from(DEFAULT_REGRESSIONS)),
+        }
+    }
+}
+
+/// New cases per family when neither `--cases` nor `--resume` says.
+const DEFAULT_CASES: NonZeroU32 = NonZeroU32::new(8).expect("8 is not zero");
+
+/// The saved failures `fuzz` replays when `--regressions` is not given.
+const DEFAULT_REGRESSIONS: &str = "proptest-regressions";
 
 fn family_line(result: &FamilyResult) -> String {
     format!(
@@ -315,34 +482,27 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     if !args.devices.is_empty() {
         return run_on_devices(&args);
     }
+    // Every input is checked before anything in the campaign folder is touched.
+    let (out, claim) = match (&args.resume, args.overwrite) {
+        (Some(dir), _) => (dir.clone(), Claim::Resume),
+        (None, true) => (args.out.clone(), Claim::Overwrite),
+        (None, false) => (args.out.clone(), Claim::NewCampaign),
+    };
+    campaign_dir::check(&out, claim)?;
+    let regressions = args.regressions_dir()?;
     let stopped = args
         .resume
         .as_deref()
         .map(|dir| stopped_campaign(dir, &args))
         .transpose()?;
-    let out = args.resume.clone().unwrap_or_else(|| args.out.clone());
-    let seed = stopped
+    let cases = stopped
         .as_ref()
-        .map(|s| s.campaign.seed)
-        .or(args.seed)
-        .unwrap_or_else(fresh_seed);
-    eprintln!("seed: {seed} (rerun with --seed {seed})");
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let lines_path = out.join("cases.jsonl");
-    let lines = std::fs::OpenOptions::new()
-        .create(true)
-        .append(stopped.is_some())
-        .write(true)
-        .truncate(stopped.is_none())
-        .open(&lines_path)
-        .with_context(|| format!("creating {}", lines_path.display()))?;
+        .and_then(|s| NonZeroU32::new(s.campaign.cases_per_family))
+        .or(args.cases)
+        .unwrap_or(DEFAULT_CASES);
     let mut real_proteins = Vec::with_capacity(args.fasta.len());
-    for path in &args.fasta {
-        let stem = path
-            .file_stem()
-            .map_or_else(|| "input".into(), |s| s.to_string_lossy().into_owned());
-        let proteins = read_proteins(path, NormaliseOptions::default())?;
-        real_proteins.push((format!("fasta-{stem}"), proteins));
+    for (path, name) in args.fasta.iter().zip(fasta_family_names(&args.fasta)) {
+        real_proteins.push((name, read_proteins(path, NormaliseOptions::default())?));
     }
     let checkpoint = args.model.open()?;
     let digest = sha256_of(&checkpoint.file.path)?;
@@ -354,60 +514,88 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         parameters: checkpoint.parameter_count(),
     };
     let places = args.policy.places(config)?;
-    if let Some(s) = stopped
-        .as_ref()
-        .filter(|s| s.header.fp32_places != places.to_string())
-    {
-        anyhow::bail!(
-            "{}: the stopped campaign ran FP32 places {}, this one asks for {places}",
-            out.join("report.json").display(),
-            s.header.fp32_places
-        );
-    }
     let backend = args.model.backend;
     // The default engine is settled only now that `open` has found CUDA (its probe loads
     // cuBLAS on the device).
     let gemm = args.policy.gemm(backend)?;
-    if let Some(s) = stopped.as_ref().filter(|s| s.header.gemm != gemm) {
-        anyhow::bail!(
-            "{}: the stopped campaign ran gemm engine {}, this one asks for {gemm}",
-            out.join("report.json").display(),
-            s.header.gemm
+    let ref_plan = PolicyArgs::reference_plan(backend, gemm)?;
+    let plan = args.policy.plan(backend, gemm)?;
+    esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
+    let policy = describe_policy(&plan, &places);
+    let seed = stopped
+        .as_ref()
+        .map(|s| s.campaign.seed)
+        .or(args.seed)
+        .unwrap_or_else(fresh_seed);
+    let spec = CampaignSpec {
+        families: Family::campaign(args.max_stratum),
+        cases,
+        seed,
+        regressions,
+        out_dir: out.clone(),
+        real_proteins,
+        completed: stopped
+            .as_ref()
+            .map(|s| s.campaign.families.clone())
+            .unwrap_or_default(),
+        shard: args.shard,
+    };
+    let planned = spec.planned();
+    if spec.families_owned() == 0 {
+        let shard = args.shard.map(|s| format!("{}/{}", s.index, s.count));
+        bail!(
+            "shard {} of a campaign of {} families runs no family: a campaign of nothing \
+             would pass on nothing; use fewer shards",
+            shard.unwrap_or_default(),
+            planned.len()
         );
     }
+    let (esmfuzz_version, git_commit) = RunHeader::this_build();
+    let header = RunHeader {
+        esmfuzz_version,
+        git_commit,
+        checkpoint_sha256: digest,
+        model,
+        backend,
+        device: String::new(),
+        weights: checkpoint.file.path.clone(),
+        policy,
+        fp32_places: places.to_string(),
+        attention: args.policy.attention,
+        gemm,
+        reference_policy: ref_plan.describe(),
+    };
+    if let Some(stopped) = &stopped {
+        check_same_campaign(&out, stopped, &header, &planned, args.shard)?;
+    }
+    eprintln!("seed: {seed} (rerun with --seed {seed})");
+
+    // Now the folder is this run's: locked until it ends.
+    let _owned = campaign_dir::claim(&out, claim)?;
+    let lines_path = out.join(campaign_dir::CASES_FILE);
+    if stopped.is_some() {
+        repair_cases(&lines_path, &spec.completed)?;
+    }
+    let lines = std::fs::OpenOptions::new()
+        .create(true)
+        .append(stopped.is_some())
+        .write(true)
+        .truncate(stopped.is_none())
+        .open(&lines_path)
+        .with_context(|| format!("creating {}", lines_path.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(&stop)?;
     let report_path = out.join("report.json");
     let markdown_path = out.join("report.md");
     let tol = Tolerances::for_precision(args.policy.precision);
-    let spec = CampaignSpec {
-        families: Family::campaign(args.max_stratum),
-        cases: args.cases,
-        seed,
-        regressions: args.regressions.clone(),
-        out_dir: out.clone(),
-        real_proteins,
-        completed: stopped.map(|s| s.campaign.families).unwrap_or_default(),
-        shard: args.shard,
-    };
     let report = with_backend!(backend, |B, device| {
-        let ref_plan = PolicyArgs::reference_plan(backend, gemm)?;
-        let plan = args.policy.plan(backend, gemm)?;
-        esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
-        let policy = describe_policy(&plan, &places);
-        eprintln!("reference: {}\nunder test: {policy}", ref_plan.describe(),);
-        let (esmfuzz_version, git_commit) = RunHeader::this_build();
+        eprintln!(
+            "reference: {}\nunder test: {}",
+            header.reference_policy, header.policy
+        );
         let header = RunHeader {
-            esmfuzz_version,
-            git_commit,
-            checkpoint_sha256: digest.clone(),
-            model,
-            backend,
             device: format!("{device:?}"),
-            weights: checkpoint.file.path.clone(),
-            policy,
-            fp32_places: places.to_string(),
-            attention: args.policy.attention,
-            gemm,
-            reference_policy: ref_plan.describe(),
+            ..header.clone()
         };
         // Both models built layer by layer from the file: host memory holds one layer.
         let specs = [
@@ -444,6 +632,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             worst_used: 0.0,
             lines: std::io::BufWriter::new(lines),
             write_error: None,
+            stop: Arc::clone(&stop),
         };
         let mut printed = 0usize;
         let mut replays_printed = false;
@@ -490,6 +679,16 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         }
         report
     });
+    if stop.load(Ordering::Relaxed) {
+        bail!(
+            "stopped by a signal after {} of {} families; {} says incomplete; continue with \
+             `esmfuzz fuzz --resume {}` and the same arguments",
+            report.families.len(),
+            report.families_planned(),
+            markdown_path.display(),
+            out.display()
+        );
+    }
     eprintln!(
         "seed {seed}: {}; report: {} (data: {})",
         if report.passed() {
@@ -570,6 +769,24 @@ mod tests {
             ..given
         };
         assert_eq!(format!("{child:?}"), format!("{expected:?}"));
+    }
+
+    #[test]
+    fn fasta_files_of_one_stem_get_distinct_family_names() {
+        let paths: Vec<PathBuf> = ["d1/x.fasta", "d2/x.fasta", "x-2.fa", "d3/x.fasta", "y"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(
+            fasta_family_names(&paths),
+            [
+                "fasta-x",
+                "fasta-x-2",
+                "fasta-x-2-2",
+                "fasta-x-3",
+                "fasta-y"
+            ]
+        );
     }
 
     #[test]

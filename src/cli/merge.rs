@@ -1,27 +1,47 @@
 //! `esmfuzz merge`: the reports of every shard of one campaign (`fuzz --shard I/N`, run
 //! anywhere: Slurm array tasks, Kubernetes indexed Jobs) joined into the report the whole
-//! campaign would have written.
+//! campaign would have written. Only finished shards are merged, and `--out` is never one of
+//! them nor another campaign (unless `--overwrite`): a merge can always be redone.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, anyhow, bail};
 
 use esmfuzz::harness::campaign::merge_shards;
 
-use super::Outcome;
+use super::campaign_dir::{self, Claim};
 use super::report::{FuzzReport, RunHeader, read_report};
+use super::{Outcome, same_file};
 
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {
-    /// The shards' output folders (each holding report.json).
+    /// The shards' output folders (each holding the report.json of a finished shard).
     #[arg(required = true)]
     pub shards: Vec<PathBuf>,
-    /// Folder for the merged report.json, report.md and plots.
+    /// Folder for the merged report.json, report.md and plots: not one of the shards, and
+    /// holding no campaign run there (no cases.jsonl) unless --overwrite.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace the campaign in --out (its reports, cases.jsonl, plots and counterexamples).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(args: MergeArgs) -> Result<Outcome> {
+    if let Some(shard) = args.shards.iter().find(|s| same_file(&args.out, s)) {
+        bail!(
+            "{}: --out is one of the shards ({}); the merge would replace its report and could \
+             not be redone; choose another folder",
+            args.out.display(),
+            shard.display()
+        );
+    }
+    let claim = if args.overwrite {
+        Claim::Overwrite
+    } else {
+        Claim::Merge
+    };
+    campaign_dir::check(&args.out, claim)?;
     let mut headers = Vec::new();
     let mut campaigns = Vec::new();
     for dir in &args.shards {
@@ -46,15 +66,18 @@ pub fn run(args: MergeArgs) -> Result<Outcome> {
         ] {
             if a != b {
                 bail!(
-                    "{}: {what} {b} differs from the first shard's {a}",
-                    dir.display()
+                    "{}: {what} {b} differs from the first shard's ({}) {a}",
+                    dir.display(),
+                    args.shards[0].display()
                 );
             }
         }
     }
-    let merged = merge_shards(campaigns)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    let merged = merge_shards(campaigns).map_err(|e| match e.report() {
+        Some(i) => anyhow!("{}: {e}", args.shards[i].display()),
+        None => anyhow!(e),
+    })?;
+    let _owned = campaign_dir::claim(&args.out, claim)?;
     let devices: Vec<&str> = headers.iter().map(|h| h.device.as_str()).collect();
     let (esmfuzz_version, git_commit) = RunHeader::this_build();
     let header = RunHeader {

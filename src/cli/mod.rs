@@ -4,6 +4,7 @@
 
 mod bench;
 mod bisect;
+mod campaign_dir;
 mod cases;
 mod check;
 mod embed;
@@ -204,6 +205,12 @@ impl ModelArgs {
         #[cfg(feature = "cuda")]
         if self.backend == BackendKind::Cuda {
             esmfuzz::backend::probe_cuda().map_err(|e| anyhow::anyhow!(e))?;
+        }
+        #[cfg(not(feature = "cuda"))]
+        if self.backend == BackendKind::Cuda {
+            bail!(
+                "this esmfuzz was built without CUDA: rebuild with `cargo build --release --features cuda`"
+            );
         }
         check_shared_default(&self.weights)?;
         let config = self.given_config()?;

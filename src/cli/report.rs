@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use esmfuzz::backend::BackendKind;
@@ -84,7 +84,13 @@ pub struct FuzzReport<'a> {
     schema: u32,
     #[serde(flatten)]
     header: &'a RunHeader,
+    /// Every family of the plan ran and held (false while the run goes, and when stopped).
     passed: bool,
+    /// Every family of this part of the plan has a result: false in a report written while
+    /// the run goes or by a run that was stopped (`fuzz --resume` finishes it).
+    complete: bool,
+    families_done: usize,
+    families_planned: usize,
     #[serde(flatten)]
     campaign: &'a CampaignReport,
 }
@@ -94,7 +100,10 @@ impl<'a> FuzzReport<'a> {
         Self {
             schema: REPORT_SCHEMA,
             header,
-            passed: campaign.passed(),
+            passed: campaign.passed() && campaign.complete(),
+            complete: campaign.complete(),
+            families_done: campaign.families.len(),
+            families_planned: campaign.families_planned(),
             campaign,
         }
     }
@@ -103,9 +112,7 @@ impl<'a> FuzzReport<'a> {
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_report(&dir.join("report.json"), self)?;
         let plots = super::plots::write_plots(dir, self.campaign)?;
-        let path = dir.join("report.md");
-        std::fs::write(&path, markdown(self, &plots))
-            .with_context(|| format!("writing {}", path.display()))
+        super::write_atomically(&dir.join("report.md"), markdown(self, &plots).as_bytes())
     }
 }
 
@@ -123,6 +130,16 @@ pub fn read_report(dir: &Path) -> Result<SavedReport> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let not_a_report = || format!("{}: not a campaign report", path.display());
     let value: serde_json::Value = serde_json::from_str(&text).with_context(not_a_report)?;
+    // Another schema's fields may mean other things: refused, not rewritten as this one.
+    match value.get("schema").and_then(serde_json::Value::as_u64) {
+        Some(schema) if schema == u64::from(REPORT_SCHEMA) => {}
+        Some(schema) => bail!(
+            "{}: report schema {schema}; this esmfuzz {} reads schema {REPORT_SCHEMA} only",
+            path.display(),
+            env!("CARGO_PKG_VERSION")
+        ),
+        None => bail!("{}: not a campaign report (no schema)", path.display()),
+    }
     Ok(SavedReport {
         header: RunHeader::deserialize(&value).with_context(not_a_report)?,
         campaign: CampaignReport::deserialize(&value).with_context(not_a_report)?,
@@ -133,13 +150,22 @@ pub fn read_report(dir: &Path) -> Result<SavedReport> {
 /// failure with its shrunk input and where its error is born.
 fn markdown(report: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
     let (r, c) = (report.header, report.campaign);
+    let verdict = match (report.complete, report.passed) {
+        (true, true) => "all properties held".to_string(),
+        (true, false) => "FAILED".to_string(),
+        (false, _) => format!(
+            "incomplete: {} of {} families{}",
+            report.families_done,
+            report.families_planned,
+            if c.passed() {
+                ", no failure so far"
+            } else {
+                ", FAILED"
+            }
+        ),
+    };
     let mut md = format!(
-        "# esmfuzz campaign: {}\n\n**{}** against FP32 on {} ({}), seed {}, {} cases per family, generator v{}, esmfuzz {} ({}).\n\n",
-        if report.passed {
-            "all properties held"
-        } else {
-            "FAILED"
-        },
+        "# esmfuzz campaign: {verdict}\n\n**{}** against FP32 on {} ({}), seed {}, {} cases per family, generator v{}, esmfuzz {} ({}).\n\n",
         r.policy,
         r.backend,
         r.device,

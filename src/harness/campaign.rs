@@ -71,6 +71,26 @@ pub struct CampaignSpec {
     pub shard: Option<Shard>,
 }
 
+impl CampaignSpec {
+    /// Every family of the whole campaign by name, in order: the generated families, then
+    /// the user's proteins (a shard runs some of them).
+    pub fn planned(&self) -> Vec<String> {
+        self.families
+            .iter()
+            .map(Family::name)
+            .chain(self.real_proteins.iter().map(|(name, _)| name.clone()))
+            .collect()
+    }
+
+    /// How many families of the plan this campaign (or its shard) runs.
+    pub fn families_owned(&self) -> usize {
+        let planned = self.families.len() + self.real_proteins.len();
+        (0..planned)
+            .filter(|&position| self.shard.is_none_or(|s| s.owns(position)))
+            .count()
+    }
+}
+
 /// What a campaign found.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CampaignReport {
@@ -100,7 +120,22 @@ pub struct CampaignReport {
 }
 
 impl CampaignReport {
-    /// Whether every replay and every family held, and every saved file could be replayed.
+    /// How many families of the plan this report's part of the campaign runs (all of them
+    /// unsharded).
+    pub fn families_planned(&self) -> usize {
+        (0..self.planned.len())
+            .filter(|&position| self.shard.is_none_or(|s| s.owns(position)))
+            .count()
+    }
+
+    /// Whether every family of this part of the plan has a result (a stopped run's report,
+    /// or one written while the run goes, has fewer).
+    pub fn complete(&self) -> bool {
+        self.families.len() >= self.families_planned()
+    }
+
+    /// Whether every replay and every family held, and every saved file could be replayed
+    /// (of the families run so far: see [`CampaignReport::complete`]).
     pub fn passed(&self) -> bool {
         self.unreplayable.is_empty()
             && self.replayed_counterexamples.iter().all(|r| r.passed)
@@ -110,7 +145,9 @@ impl CampaignReport {
 }
 
 /// Runs a campaign on `models`; `progress` sees the report after the replays and after each
-/// family, so a stopped run keeps what it found.
+/// family, so a stopped run keeps what it found. When `observer` asks to stop, the family
+/// under way is discarded and no other is run (finished ones of a stopped run are still
+/// kept): the report returned is then not [`CampaignReport::complete`].
 pub fn run_campaign<B: Backend>(
     models: Models<'_, B>,
     tol: &Tolerances,
@@ -139,12 +176,7 @@ pub fn run_campaign<B: Backend>(
         unreplayable: saved.unknown.clone(),
         families: Vec::new(),
         resumed: Vec::new(),
-        planned: spec
-            .families
-            .iter()
-            .map(Family::name)
-            .chain(spec.real_proteins.iter().map(|(name, _)| name.clone()))
-            .collect(),
+        planned: spec.planned(),
         shard: spec.shard,
     };
     let owns = |position: usize| spec.shard.is_none_or(|s| s.owns(position));
@@ -164,6 +196,9 @@ pub fn run_campaign<B: Backend>(
         }
         if seeds.is_some() && !spec.families.contains(family) {
             let result = replay_seeds(*family, models, tol, &options, observer);
+            if observer.stop_requested() {
+                break;
+            }
             keep_counterexample(&result, &spec.out_dir);
             report.replayed_seed_families.push(result);
         }
@@ -187,6 +222,8 @@ pub fn run_campaign<B: Backend>(
         if let Some(done) = spec.completed.iter().find(|r| &r.family == name) {
             report.resumed.push(done.family.clone());
             report.families.push(done.clone());
+        } else if observer.stop_requested() {
+            continue;
         } else {
             let result = match unit {
                 Unit::Generated(family) => run_family(family, models, tol, &options, observer),
@@ -195,6 +232,9 @@ pub fn run_campaign<B: Backend>(
                         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
                 }
             };
+            if observer.stop_requested() {
+                continue;
+            }
             keep_counterexample(&result, &spec.out_dir);
             report.families.push(result);
         }
@@ -209,25 +249,53 @@ enum Unit<'a> {
     Real(&'a str, &'a [Protein]),
 }
 
-/// Why shard reports cannot be merged.
+/// Why shard reports cannot be merged; [`MergeError::report`] says which report (by its
+/// position in the list given) is at fault, for the caller to name its folder.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
     #[error("no report to merge")]
     Empty,
-    #[error("report {index} is not a shard (it covers the whole campaign)")]
+    #[error("not a shard (it covers the whole campaign)")]
     NotAShard { index: usize },
-    #[error("the shards disagree on {what}: {first} vs {other}")]
+    #[error("{what} {other} differs from the first shard's {first}")]
     Disagree {
+        index: usize,
         what: &'static str,
         first: String,
         other: String,
     },
-    #[error("shard {index}/{count} is {problem}")]
-    Coverage {
+    #[error("shard {shard}/{count} is given twice")]
+    Twice {
         index: usize,
+        shard: usize,
         count: usize,
-        problem: &'static str,
     },
+    #[error("shard {shard}/{count} is missing")]
+    Missing { shard: usize, count: usize },
+    #[error(
+        "shard {shard}/{count} is incomplete: {done} of {planned} families (a stopped run; \
+         finish it with `esmfuzz fuzz --resume` on its folder)"
+    )]
+    Incomplete {
+        index: usize,
+        shard: usize,
+        count: usize,
+        done: usize,
+        planned: usize,
+    },
+}
+
+impl MergeError {
+    /// The position of the report at fault in the list given, when one is.
+    pub fn report(&self) -> Option<usize> {
+        match self {
+            Self::NotAShard { index }
+            | Self::Disagree { index, .. }
+            | Self::Twice { index, .. }
+            | Self::Incomplete { index, .. } => Some(*index),
+            Self::Empty | Self::Missing { .. } => None,
+        }
+    }
 }
 
 /// Merges the reports of every shard of one campaign into the report the whole campaign
@@ -243,6 +311,7 @@ pub fn merge_shards(mut reports: Vec<CampaignReport>) -> Result<CampaignReport, 
                 Ok(())
             } else {
                 Err(MergeError::Disagree {
+                    index: i,
                     what,
                     first: a,
                     other: b,
@@ -267,19 +336,27 @@ pub fn merge_shards(mut reports: Vec<CampaignReport>) -> Result<CampaignReport, 
             r.cases_per_family.to_string(),
         )?;
         check("plan", first.planned.join(","), r.planned.join(","))?;
-        if std::mem::replace(&mut seen[s.index], true) {
-            return Err(MergeError::Coverage {
-                index: s.index,
+        if !r.complete() {
+            return Err(MergeError::Incomplete {
+                index: i,
+                shard: s.index,
                 count: s.count,
-                problem: "given twice",
+                done: r.families.len(),
+                planned: r.families_planned(),
+            });
+        }
+        if std::mem::replace(&mut seen[s.index], true) {
+            return Err(MergeError::Twice {
+                index: i,
+                shard: s.index,
+                count: s.count,
             });
         }
     }
     if let Some(index) = seen.iter().position(|&s| !s) {
-        return Err(MergeError::Coverage {
-            index,
+        return Err(MergeError::Missing {
+            shard: index,
             count: shard.count,
-            problem: "missing",
         });
     }
     reports.sort_by_key(|r| r.shard.map_or(0, |s| s.index));

@@ -47,6 +47,11 @@ pub struct RunOptions {
 
 /// Watches a family run; every method has a do-nothing default.
 pub trait Observer {
+    /// Whether the run should stop at the next case boundary (a signal asked it to): the
+    /// driver then judges no further case and the campaign discards the family it was in.
+    fn stop_requested(&self) -> bool {
+        false
+    }
     /// A model run is about to start (generated, replayed and shrinking cases alike).
     fn case_started(&mut self, _family: Family, _run: usize, _proteins: &[Protein]) {}
     /// A case has been judged.
@@ -126,6 +131,10 @@ fn drive<B: Backend>(
     let last_failed: RefCell<Option<(Vec<Protein>, Vec<Verdict>)>> = RefCell::new(None);
     let observer = RefCell::new(observer);
     let result = runner.run(&family.strategy(), |proteins| {
+        // A rejected case runs no model; proptest gives up after its reject limit.
+        if observer.borrow().stop_requested() {
+            return Err(TestCaseError::reject("a stop was requested"));
+        }
         let run = {
             let mut runs = runs.borrow_mut();
             *runs += 1;
@@ -199,15 +208,17 @@ fn drive<B: Backend>(
         }),
     };
     let log = log.into_inner();
-    let localisation = match (options.localise, family.check()) {
+    // A stopped family is discarded: no more model runs for it.
+    let stopped = observer.borrow().stop_requested();
+    let localisation = match (options.localise && !stopped, family.check()) {
         (true, Check::AgainstReference(layout)) => {
             log.localise(failure.as_ref(), models, layout, tol)
         }
         _ => None,
     };
     let noise_floor = match family.check() {
-        Check::AgainstReference(_) => log.noise_floor(failure.as_ref(), models, tol),
-        Check::Isolation => Vec::new(),
+        Check::AgainstReference(_) if !stopped => log.noise_floor(failure.as_ref(), models, tol),
+        _ => Vec::new(),
     };
     log.into_result(
         name,

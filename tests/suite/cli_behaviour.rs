@@ -2,52 +2,23 @@
 //! exit names what is wrong, and no run destroys a file it did not create.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use safetensors::Dtype;
 
+use super::binary::{self, s};
 use super::common;
 use super::loader_errors::{real_tensors, write_checkpoint};
-
-/// How long any one command here may take before the test calls it a hang.
-const HANG: Duration = Duration::from_secs(300);
 
 /// Runs the built `esmfuzz` with `args` from the repository root; (exit code, stderr).
 fn esmfuzz(args: &[&str]) -> (i32, String) {
     esmfuzz_with_env(args, &[])
 }
 
-/// [`esmfuzz`] with extra environment variables.
+/// [`esmfuzz`] with extra environment variables ([`binary::run`]).
 fn esmfuzz_with_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String) {
-    let mut child = Command::new(common::esmfuzz_bin())
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .current_dir(common::repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the esmfuzz binary starts");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status.code().unwrap_or(-1), err);
-        }
-        if start.elapsed() > HANG {
-            let _ = child.kill();
-            panic!("esmfuzz {args:?} ran past {HANG:?}: a hang");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 temp path")
+    let ran = binary::run(args, env, None);
+    (ran.code, ran.stderr)
 }
 
 /// Three short corpus records as a FASTA file in `dir`.
@@ -131,6 +102,7 @@ fn fuzz_on_nan_weights_fails_the_non_finite_property_in_bounded_time() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("fuzz");
     let regressions = work.path().join("regressions");
+    std::fs::create_dir(&regressions).unwrap();
     let (code, err) = esmfuzz(&[
         "fuzz",
         "--weights",
@@ -228,6 +200,7 @@ fn fuzz_with_one_seed_twice_writes_the_same_report_apart_from_timings() {
         .map(|name| {
             let out = work.path().join(name);
             let regressions = work.path().join(format!("regressions-{name}"));
+            std::fs::create_dir(&regressions).unwrap();
             let (code, err) = esmfuzz(&[
                 "fuzz",
                 "--precision",
@@ -277,6 +250,7 @@ fn fuzz_resume_runs_only_the_families_a_stopped_campaign_left() {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("campaign");
     let regressions = work.path().join("regressions");
+    std::fs::create_dir(&regressions).unwrap();
     let args = [
         "fuzz",
         "--precision",
@@ -431,20 +405,24 @@ fn cases_embedded_by_a_faithful_pipeline_pass_check_and_a_wrong_pooling_is_diagn
     let wrong = work.path().join("wrong.npy");
     let array = ndarray::Array2::from_shape_vec((proteins.len(), hidden), rows).unwrap();
     ndarray_npy::write_npy(&wrong, &array).unwrap();
-    let out = Command::new(common::esmfuzz_bin())
-        .args(["check", "--fasta", s(&fasta), "--embeddings", s(&wrong)])
-        .current_dir(common::repo())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("BOS and EOS included"), "{stdout}");
+    let ran = binary::run(
+        &["check", "--fasta", s(&fasta), "--embeddings", s(&wrong)],
+        &[],
+        None,
+    );
+    assert_eq!(ran.code, 1, "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("BOS and EOS included"),
+        "{}",
+        ran.stdout
+    );
 }
 
 #[test]
 fn three_shards_merged_report_what_the_unsharded_campaign_does() {
     let work = tempfile::tempdir().unwrap();
     let regressions = work.path().join("regressions");
+    std::fs::create_dir(&regressions).unwrap();
     let base = [
         "fuzz",
         "--precision",
@@ -491,15 +469,13 @@ fn three_shards_merged_report_what_the_unsharded_campaign_does() {
     );
     assert_eq!(m["planned"], a["planned"]);
     assert_eq!(m["passed"], a["passed"]);
-    // The same campaign as one shard per device, merged by the same command.
+    // One shard per device is for GPUs: on the CPU it is refused (it would run every shard
+    // on the one CPU), before anything is written.
     let devices = work.path().join("devices");
     let (code, err) = esmfuzz(&[&base[..], &["--devices", "0,1,2", "--out", s(&devices)]].concat());
-    assert_eq!(code, 0, "{err}");
-    let d = read(&devices);
-    assert_eq!(
-        without_timings(d["families"].clone()),
-        without_timings(a["families"].clone())
-    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs --backend cuda"), "{err}");
+    assert!(!devices.exists());
     // A missing shard is an error, not a smaller report.
     let (code, err) = esmfuzz(&[
         "merge",

@@ -6,70 +6,25 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use esmfuzz::batch::{Batching, pool_residues, token_states};
 use esmfuzz::input::Protein;
 use esmfuzz::model::Precision;
 
+use super::binary::{self, s};
 use super::common;
 
-/// How long any one command here may take before the test calls it a hang.
-const HANG: Duration = Duration::from_secs(300);
-
-/// Runs the built `esmfuzz` with `args` from the repository root, through `sh -c` with an
-/// address-space limit of `limit_kb` when given (`ulimit -v`); its exit code, stdout and
-/// stderr.
+/// Runs the built `esmfuzz` with `args` ([`binary::run`]), with an address-space limit of
+/// `limit_kb` when given; its exit code, stdout and stderr.
 fn run_limited(args: &[&str], limit_kb: Option<u64>) -> (i32, String, String) {
-    let bin = common::esmfuzz_bin();
-    let mut command = match limit_kb {
-        Some(kb) => {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(format!("ulimit -v {kb} && exec \"$0\" \"$@\""))
-                .arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
-    let child = command
-        .args(args)
-        .current_dir(common::repo())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the esmfuzz binary starts");
-    let start = Instant::now();
-    let pid = child.id();
-    let waiter = std::thread::spawn(move || child.wait_with_output());
-    while !waiter.is_finished() {
-        if start.elapsed() > HANG {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!("esmfuzz {args:?} ran past {HANG:?}: a hang");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = waiter.join().expect("the waiter").expect("wait");
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    let ran = binary::run(args, &[], limit_kb);
+    (ran.code, ran.stdout, ran.stderr)
 }
 
 /// [`run_limited`] without a limit.
 fn esmfuzz(args: &[&str]) -> (i32, String, String) {
     run_limited(args, None)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("a UTF-8 temp path")
 }
 
 /// Four short corpus records, as proteins and as a FASTA file in `dir`.

@@ -5,9 +5,11 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod binary;
 mod common;
 
 mod bisection;
+mod campaign_folder;
 mod cli_behaviour;
 mod device_memory;
 mod equivalence_by_stratum;
