@@ -69,8 +69,12 @@ TOML
 status=0
 # model_args NAME: sets model=() to the bench flags for NAME (8M: the shared weights; a preset
 # name: random weights of that size).
+# A model of BENCH_MODELS: 8M (the shared weights) or a preset (random weights), with an
+# optional token budget for both esmfuzz and torch: 8M@65536.
 model_args() {
-  if [ "$1" = 8M ]; then model=(); else model=(--preset "$1" --synthetic); fi
+  local name=${1%@*}
+  if [ "$name" = 8M ]; then model=(); else model=(--preset "$name" --synthetic); fi
+  if [ "$name" != "$1" ]; then model+=(--token-budget "${1#*@}"); fi
 }
 run() {
   echo "== $*" | tee -a "$log"
