@@ -16,6 +16,7 @@ import torch
 
 SRC = os.path.join(os.path.dirname(__file__), "..", "src", "model", "flash_attention.cu")
 BQ = 64
+DTYPE_NAMES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}
 
 
 def module(src=SRC):
@@ -74,7 +75,7 @@ def run(mod, qkv, q_start, q_len, k_len, heads, inv_freq):
     table = rope_table(inv_freq.cpu()).cuda()
     out = torch.full((rows, hidden), float("nan"), dtype=qkv.dtype, device="cuda")
     qk = torch.full((rows, 2 * hidden), float("nan"), dtype=qkv.dtype, device="cuda")
-    suffix = f"{'f16' if qkv.dtype == torch.float16 else 'bf16'}_hd{hd}"
+    suffix = f"{DTYPE_NAMES[qkv.dtype]}_hd{hd}"
     rope_qk = mod.get_function(f"esm_rope_qk_{suffix}")
     flash = mod.get_function(f"esm_flash_{suffix}")
     rope_args = (cp.uint64(qkv.data_ptr()), cp.int32(rows), cp.int32(hidden), cp.uint64(qk.data_ptr()),
@@ -107,7 +108,15 @@ def main():
         ("padded 3 of 64, 64 of 64", [64, 64], [3, 64]),
         ("padded 17 of 128, 100 of 128", [128, 128], [17, 100]),
     ]
-    for dtype, tol in ((torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dtypes = [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)]
+    try:
+        mod.get_function("esm_flash_f32_hd64")
+        dtypes.append((torch.float32, 1e-5))
+    except Exception:
+        print("no f32 kernel in this source: f16 and bf16 only")
+    for dtype, tol in dtypes:
         for hd, heads in ((16, 20), (32, 20), (64, 20)):
             inv_freq = 1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
             for name, q_len, k_len in cases:
@@ -127,40 +136,47 @@ def main():
                 80, 64, 64, 50, 40, 30, 30, 20]
         while sum(lens) < 16384 - 300:
             lens += [300, 200, 120, 60]
-        heads, hd = 20, 64
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
-        q_start = [sum(lens[:i]) for i in range(len(lens))]
-        qkv = torch.randn(sum(lens), 3 * heads * hd, device="cuda", dtype=torch.float16)
-        _, launch = run(mod, qkv, q_start, lens, lens, heads, inv_freq.cuda())
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-        for _ in range(3):
-            launch()
-        ev[0].record()
-        for _ in range(20):
-            launch()
-        ev[1].record()
-        torch.cuda.synchronize()
-        ms = ev[0].elapsed_time(ev[1]) / 20
-        flops = sum(4 * l * l * hd * heads for l in lens)
-        # torch SDPA on the same sequences, padded to the longest (what HF runs).
-        import torch.nn.functional as F
-        L = max(lens)
-        q = torch.randn(len(lens), heads, L, hd, device="cuda", dtype=torch.float16)
-        mask = torch.zeros(len(lens), 1, 1, L, dtype=torch.bool, device="cuda")
-        for i, l in enumerate(lens):
-            mask[i, ..., :l] = True
-        for _ in range(3):
-            F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
-        ev[0].record()
-        for _ in range(20):
-            F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
-        ev[1].record()
-        torch.cuda.synchronize()
-        sdpa = ev[0].elapsed_time(ev[1]) / 20
-        print(f"time: {len(lens)} sequences, {sum(lens)} tokens: flash kernel {ms:.3f} ms "
-              f"({flops / ms / 1e9:.1f} TFLOP/s useful); torch SDPA padded to {L}: {sdpa:.3f} ms")
+        for dtype, _ in dtypes:
+            time_one(mod, lens, dtype)
     print(f"{failures} failed")
     sys.exit(1 if failures else 0)
+
+
+def time_one(mod, lens, dtype):
+    """Times the kernel against torch SDPA (padded to the longest) on `lens` in `dtype`."""
+    heads, hd = 20, 64
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    q_start = [sum(lens[:i]) for i in range(len(lens))]
+    qkv = torch.randn(sum(lens), 3 * heads * hd, device="cuda", dtype=dtype)
+    _, launch = run(mod, qkv, q_start, lens, lens, heads, inv_freq.cuda())
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    for _ in range(3):
+        launch()
+    ev[0].record()
+    for _ in range(20):
+        launch()
+    ev[1].record()
+    torch.cuda.synchronize()
+    ms = ev[0].elapsed_time(ev[1]) / 20
+    flops = sum(4 * l * l * hd * heads for l in lens)
+    # torch SDPA on the same sequences, padded to the longest (what HF runs).
+    import torch.nn.functional as F
+    L = max(lens)
+    q = torch.randn(len(lens), heads, L, hd, device="cuda", dtype=dtype)
+    mask = torch.zeros(len(lens), 1, 1, L, dtype=torch.bool, device="cuda")
+    for i, l in enumerate(lens):
+        mask[i, ..., :l] = True
+    for _ in range(3):
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    ev[0].record()
+    for _ in range(20):
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    ev[1].record()
+    torch.cuda.synchronize()
+    sdpa = ev[0].elapsed_time(ev[1]) / 20
+    print(f"time {DTYPE_NAMES[dtype]}: {len(lens)} sequences, {sum(lens)} tokens: flash kernel "
+          f"{ms:.3f} ms ({flops / ms / 1e9:.1f} TFLOP/s useful); torch SDPA padded to {L}: "
+          f"{sdpa:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 //! groups and back, one launch for every sequence of a batch (packed or padded).
 //!
 //! It runs as a custom operation in burn's fusion stream, enqueued on cubecl's own stream like
-//! the cuBLAS products ([`super::cublas`]). Half storage (f16, bf16) and head dims 16, 32 and
-//! 64 (ESM-2 8M, 150M, 650M, 3B); anything else runs the composed attention.
+//! the cuBLAS products ([`super::cublas`]). f16 and bf16 storage on tensor cores (mma.sync),
+//! f32 with f32 FMA (true FP32, no TF32); head dims 16, 32 and 64 (ESM-2 8M, 150M, 650M, 3B);
+//! anything else runs the composed attention.
 //! [`SeqTable`] (the sequences as row ranges) is plain host data, built on every backend.
 
 use super::blocks::HostBlocks;
@@ -123,15 +124,19 @@ pub fn supports_head_dim(head_dim: usize) -> bool {
     matches!(head_dim, 16 | 32 | 64)
 }
 
+/// Whether the flash kernel exists for a storage dtype: f16 and bf16 (tensor cores), f32
+/// (f32 FMA: true FP32).
+pub fn supports_dtype(dtype: burn::tensor::DType) -> bool {
+    use burn::tensor::DType;
+    matches!(dtype, DType::F16 | DType::BF16 | DType::F32)
+}
+
 /// Whether the flash kernel computes attention under `plan` for `head_dim`: fused attention
-/// on CUDA, half storage, a head dim the kernel exists for.
+/// on CUDA, a storage dtype and a head dim the kernel exists for.
 pub fn runs_for(plan: &super::ComputePlan, head_dim: usize) -> bool {
     plan.attention == super::AttentionKernel::Fused
         && plan.backend == crate::backend::BackendKind::Cuda
-        && matches!(
-            plan.dtype(),
-            burn::tensor::DType::F16 | burn::tensor::DType::BF16
-        )
+        && supports_dtype(plan.dtype())
         && supports_head_dim(head_dim)
 }
 
@@ -204,9 +209,8 @@ mod cuda {
     ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
         let [_, width] = qkv.dims();
         let head_dim = width / 3 / heads.max(1);
-        let half = matches!(qkv.dtype(), DType::F16 | DType::BF16);
         if TypeId::of::<B>() != TypeId::of::<Outer>()
-            || !half
+            || !super::supports_dtype(qkv.dtype())
             || !super::supports_head_dim(head_dim)
             || tiles == 0
         {
@@ -407,6 +411,7 @@ mod cuda {
             match dtype {
                 DType::F16 => "f16",
                 DType::BF16 => "bf16",
+                DType::F32 => "f32",
                 other => return Err(format!("no kernel for {other:?}")),
             }
         );

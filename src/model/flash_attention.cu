@@ -1,5 +1,5 @@
-// Varlen flash attention for ESM-2 on half operands (f16 or bf16), with the rotary embedding
-// applied on load: esmfuzz's `--attention fused` on CUDA (src/model/flash.rs compiles this
+// Varlen flash attention for ESM-2 (f16 and bf16 on tensor cores; f32 with f32 FMA, true
+// FP32: `flash_attention_f32` at the end), with the rotary embedding applied by a pre-pass: esmfuzz's `--attention fused` on CUDA (src/model/flash.rs compiles this
 // with NVRTC and launches it on cubecl's stream).
 //
 // Inputs: the token stream's stacked projections `qkv [rows, 3 * hidden]` (q | k | v, each
@@ -29,9 +29,11 @@
 #define WARPS 4
 #define THREADS (WARPS * 32)
 
+__device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
@@ -309,3 +311,155 @@ INSTANCE(f16_hd64, __half, 64)
 INSTANCE(bf16_hd16, __nv_bfloat16, 16)
 INSTANCE(bf16_hd32, __nv_bfloat16, 32)
 INSTANCE(bf16_hd64, __nv_bfloat16, 64)
+
+// True FP32 attention (no tensor cores: FFMA in f32 throughout, expf), the same tiling of
+// queries (64 rows of one head of one sequence per block of 128 threads), keys 32 at a time.
+// Thread t owns rows 4 (t / 8) .. + 3 of the tile; for S the keys t % 8 + 8 j (j < 4), for
+// O the dims t % 8 + 8 j (j < HD / 8). The 8 threads that share rows are adjacent lanes, so
+// row statistics are warp shuffles and P goes through shared memory within the warp only.
+#define BK32 32
+template <int HD>
+__device__ void flash_attention_f32(
+    const float* __restrict__ qkv, const float* __restrict__ qk, const int hidden,
+    float* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq)
+{
+    constexpr int LDQ = HD + 1;          // odd strides: conflict-free column reads
+    constexpr int LDP = BK32 + 1;
+    constexpr int DJ = HD / 8;           // output dims per thread
+    __shared__ float q_tile[BQ * LDQ];
+    __shared__ float k_tile[BK32 * LDQ];
+    __shared__ float v_tile[BK32 * HD];
+    __shared__ float p_tile[BQ * LDP];
+
+    const int tile = blockIdx.x, head = blockIdx.y;
+    const int* tile_seq = meta;
+    const int* tile_row0 = meta + n_tiles;
+    const int* q_start = meta + 2 * n_tiles;
+    const int* q_len = q_start + n_seq;
+    const int* k_len = q_len + n_seq;
+    const int seq = tile_seq[tile];
+    const int row0 = tile_row0[tile];
+    const int start = q_start[seq];
+    const int nq = min(BQ, q_len[seq] - row0);
+    const int nk = k_len[seq];
+    const size_t qk_stride = 2 * (size_t)hidden, v_stride = 3 * (size_t)hidden;
+    const float* q_src = qk + (size_t)(start + row0) * qk_stride + head * HD;
+    const float* k_src = qk + (size_t)start * qk_stride + hidden + head * HD;
+    const float* v_src = qkv + (size_t)start * v_stride + 2 * hidden + head * HD;
+    const int rows = threadIdx.x / 8 * 4, col = threadIdx.x % 8;
+
+    for (int i = threadIdx.x; i < BQ * HD / 4; i += THREADS) {
+        const int r = i / (HD / 4), c = i % (HD / 4) * 4;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (r < nq) x = *reinterpret_cast<const float4*>(q_src + (size_t)r * qk_stride + c);
+        float* d = q_tile + r * LDQ + c;
+        d[0] = x.x; d[1] = x.y; d[2] = x.z; d[3] = x.w;
+    }
+    float o[4][DJ];
+    #pragma unroll
+    for (int i = 0; i < 4; ++i)
+        #pragma unroll
+        for (int j = 0; j < DJ; ++j) o[i][j] = 0.f;
+    const float neg_inf = -__int_as_float(0x7f800000);
+    float m[4] = {neg_inf, neg_inf, neg_inf, neg_inf}, l[4] = {0.f, 0.f, 0.f, 0.f};
+
+    for (int k0 = 0; k0 < nk; k0 += BK32) {
+        __syncthreads();  // the previous tile's K, V are no longer read
+        for (int i = threadIdx.x; i < BK32 * HD / 4; i += THREADS) {
+            const int r = i / (HD / 4), c = i % (HD / 4) * 4;
+            float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
+            if (k0 + r < nk) {
+                kx = *reinterpret_cast<const float4*>(k_src + (size_t)(k0 + r) * qk_stride + c);
+                vx = *reinterpret_cast<const float4*>(v_src + (size_t)(k0 + r) * v_stride + c);
+            }
+            float* kd = k_tile + r * LDQ + c;
+            kd[0] = kx.x; kd[1] = kx.y; kd[2] = kx.z; kd[3] = kx.w;
+            *reinterpret_cast<float4*>(v_tile + r * HD + c) = vx;
+        }
+        __syncthreads();
+
+        float s[4][4];
+        #pragma unroll
+        for (int i = 0; i < 4; ++i)
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) s[i][j] = 0.f;
+        #pragma unroll 8
+        for (int d = 0; d < HD; ++d) {
+            float q[4], k[4];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) q[i] = q_tile[(rows + i) * LDQ + d];
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) k[j] = k_tile[(col + 8 * j) * LDQ + d];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i)
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) s[i][j] = fmaf(q[i], k[j], s[i][j]);
+        }
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            float mx = neg_inf;
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                if (k0 + col + 8 * j >= nk) s[i][j] = neg_inf;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 4));
+            const float m_new = fmaxf(m[i], mx);
+            const float alpha = expf(m[i] - m_new);
+            float sum = 0.f;
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float p = expf(s[i][j] - m_new);
+                p_tile[(rows + i) * LDP + col + 8 * j] = p;
+                sum += p;
+            }
+            sum += __shfl_xor_sync(0xffffffff, sum, 1);
+            sum += __shfl_xor_sync(0xffffffff, sum, 2);
+            sum += __shfl_xor_sync(0xffffffff, sum, 4);
+            l[i] = l[i] * alpha + sum;
+            m[i] = m_new;
+            #pragma unroll
+            for (int j = 0; j < DJ; ++j) o[i][j] *= alpha;
+        }
+        __syncwarp();
+        #pragma unroll 4
+        for (int k = 0; k < BK32; ++k) {
+            float p[4], v[DJ];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) p[i] = p_tile[(rows + i) * LDP + k];
+            #pragma unroll
+            for (int j = 0; j < DJ; ++j) v[j] = v_tile[k * HD + col + 8 * j];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i)
+                #pragma unroll
+                for (int j = 0; j < DJ; ++j) o[i][j] = fmaf(p[i], v[j], o[i][j]);
+        }
+        __syncwarp();  // P is rewritten by the next tile
+    }
+    #pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (rows + i >= nq) continue;
+        const float inv = 1.f / l[i];
+        float* dst = out + (size_t)(start + row0 + rows + i) * hidden + head * HD + col;
+        #pragma unroll
+        for (int j = 0; j < DJ; ++j) dst[8 * j] = o[i][j] * inv;
+    }
+}
+
+#define INSTANCE_F32(HD)                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_f32_hd##HD(                \
+        const float* qkv, int rows, int hidden, float* qk, const int* row_pos,                \
+        const float* rope_table, float scale) {                                              \
+        rope_qk<float, HD>(qkv, rows, hidden, qk, row_pos, rope_table, scale);               \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_f32_hd##HD(              \
+        const float* qkv, const float* qk, int hidden, float* out, const int* meta,           \
+        int n_tiles, int n_seq) {                                                            \
+        flash_attention_f32<HD>(qkv, qk, hidden, out, meta, n_tiles, n_seq);                 \
+    }
+
+INSTANCE_F32(16)
+INSTANCE_F32(32)
+INSTANCE_F32(64)

@@ -96,14 +96,13 @@ pub enum MatmulMode {
 #[serde(rename_all = "kebab-case")]
 pub enum AttentionKernel {
     /// esmfuzz's own composition of burn ops, each realising the plan (matmul mode,
-    /// softmax statistics): the stock path, and the only one FP32 uses.
+    /// softmax statistics): the stock path, and the FP32 reference's.
     #[default]
     Composed,
     /// Attention in one fused operation: on CUDA esmfuzz's varlen flash kernel
-    /// (`src/model/flash_attention.cu`: q, k rotated on load, f32 softmax statistics and
-    /// accumulation, tensor-core products on half operands), elsewhere burn's fused op (its
-    /// unfused fallback). For reduced policies only: the products on tensor cores would make
-    /// FP32 TF32.
+    /// (`src/model/flash_attention.cu`: q, k rotated once, f32 softmax statistics and
+    /// accumulation; tensor-core products on half operands, f32 FMA on f32 storage, so f32
+    /// stays true FP32), elsewhere burn's fused op (its unfused fallback).
     Fused,
 }
 
@@ -192,16 +191,6 @@ pub enum GemmUnavailable {
     NotLoaded(String),
 }
 
-/// A fused attention asked of a plan that cannot have it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FusedAttentionRefused {
-    #[error(
-        "fused attention is for reduced policies (tf32, f16, bf16, f16-mixed): its products run \
-         on tensor cores, so f32 would no longer be true FP32"
-    )]
-    Fp32,
-}
-
 /// A policy realised on a backend: what the model actually computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ComputePlan {
@@ -245,14 +234,11 @@ impl ComputePlan {
     }
 
     /// This plan with attention computed by `kernel` (see [`AttentionKernel::Fused`]).
-    pub fn with_attention(self, kernel: AttentionKernel) -> Result<Self, FusedAttentionRefused> {
-        if kernel == AttentionKernel::Fused && self.precision == Precision::F32 {
-            return Err(FusedAttentionRefused::Fp32);
-        }
-        Ok(Self {
+    pub fn with_attention(self, kernel: AttentionKernel) -> Self {
+        Self {
             attention: kernel,
             ..self
-        })
+        }
     }
 
     /// FP32 on `backend` with every reduction summed in another order
@@ -320,7 +306,8 @@ impl ComputePlan {
             AttentionKernel::Composed => "",
             AttentionKernel::Fused if self.backend == BackendKind::Cuda => {
                 "; attention: esmfuzz's varlen flash kernel (f32 softmax statistics and \
-                 accumulation; composed where the head dim has no kernel)"
+                 accumulation; tensor cores on half storage, f32 FMA on f32 storage; composed \
+                 where the head dim has no kernel)"
             }
             AttentionKernel::Fused => "; attention: burn's fused op (its unfused fallback)",
         };
@@ -352,20 +339,14 @@ mod tests {
     }
 
     #[test]
-    fn fused_attention_is_refused_for_f32_only() {
-        let plan = |p, b| ComputePlan {
-            gemm: Gemm::Burn,
-            ..ComputePlan::new(p, b)
-        };
-        let fused = |p, b| plan(p, b).with_attention(AttentionKernel::Fused);
+    fn every_policy_can_ask_for_fused_attention_and_nothing_else_changes() {
         for b in [BackendKind::Cpu, BackendKind::Cuda] {
-            assert_eq!(fused(Precision::F32, b), Err(FusedAttentionRefused::Fp32));
-            for p in [Precision::F16, Precision::Bf16, Precision::F16Mixed] {
-                let fused = fused(p, b).expect("fused runs for half policies");
+            for p in Precision::ALL {
+                let composed = ComputePlan::new(p, b);
+                let fused = composed.with_attention(AttentionKernel::Fused);
                 assert_eq!(fused.attention, AttentionKernel::Fused);
+                assert_eq!(fused.with_attention(AttentionKernel::Composed), composed);
             }
-            let composed = plan(Precision::F32, b).with_attention(AttentionKernel::Composed);
-            assert_eq!(composed.map(|p| p.attention), Ok(AttentionKernel::Composed));
         }
     }
 }
