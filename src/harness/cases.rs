@@ -127,11 +127,23 @@ pub fn check_against_reference<B: Backend>(
     tol: &Tolerances,
 ) -> Vec<Verdict> {
     let reference = run_case(models.reference, proteins, Layout::Padded);
-    let test = run_case(models.test, proteins, layout);
-    let hidden = models.reference.config.hidden_size;
-    let mut verdicts = judge_against(&test, &reference, proteins, hidden, tol);
+    check_against_states(models.test, &reference, proteins, layout, tol)
+}
+
+/// [`check_against_reference`] with the reference's padded states already computed (a
+/// reference run shared by many models under test, as `esmfuzz power` does).
+pub fn check_against_states<B: Backend>(
+    test_model: &Esm2<B>,
+    reference: &CaseStates,
+    proteins: &[Protein],
+    layout: Layout,
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let test = run_case(test_model, proteins, layout);
+    let hidden = test_model.config.hidden_size;
+    let mut verdicts = judge_against(&test, reference, proteins, hidden, tol);
     if layout == Layout::Packed {
-        let padded = run_case(models.test, proteins, Layout::Padded);
+        let padded = run_case(test_model, proteins, Layout::Padded);
         verdicts.push(packed_vs_padded(&test.last, &padded.last, tol));
     }
     verdicts

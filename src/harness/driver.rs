@@ -296,7 +296,7 @@ pub struct NoProteins {
 
 /// The generator seed of one family in a campaign seeded with `seed`: families draw
 /// different cases, each reproducible on its own.
-fn family_seed(seed: u64, family: &str) -> [u8; 32] {
+pub(super) fn family_seed(seed: u64, family: &str) -> [u8; 32] {
     // FNV-1a of the name: stable across platforms and Rust versions (unlike `Hash`).
     let name_hash = family.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
