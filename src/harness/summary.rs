@@ -113,11 +113,11 @@ impl TwinRatios {
         let all: Vec<f64> = twin.iter().map(|v| v.measured).collect();
         let mut finite: Vec<f64> = all.iter().copied().filter(|v| !v.is_nan()).collect();
         finite.sort_by(f64::total_cmp);
+        // Nearest rank: the smallest value with at least a fraction q of the values at or
+        // below it.
         let at = |q: f64| {
-            finite
-                .get(((finite.len().max(1) - 1) as f64 * q).ceil() as usize)
-                .copied()
-                .unwrap_or(f64::NAN)
+            let rank = (q * finite.len() as f64).ceil() as usize;
+            finite.get(rank.max(1) - 1).copied().unwrap_or(f64::NAN)
         };
         Some(Self {
             cases: twin.len(),
@@ -338,7 +338,7 @@ mod tests {
         let verdicts: Vec<Verdict> = (1..=20).map(|i| twin(i as f64 / 10.0)).collect();
         let r = TwinRatios::of(&verdicts).unwrap();
         assert_eq!((r.cases, r.bound), (20, 2.0));
-        assert_eq!((r.median, r.p95, r.max), (1.1, 1.9, 2.0));
+        assert_eq!((r.median, r.p95, r.max), (1.0, 1.9, 2.0));
         let mut with_nan = verdicts.clone();
         with_nan.push(twin(f64::NAN));
         assert!(TwinRatios::of(&with_nan).unwrap().max.is_nan());
