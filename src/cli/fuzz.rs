@@ -23,7 +23,7 @@ use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
 use esmfuzz::harness::summary::FamilyResult;
 use esmfuzz::harness::verdict::{Tolerances, Verdict, tightest};
 use esmfuzz::input::{NormaliseOptions, Protein};
-use esmfuzz::model::{FaultSet, Fp32Places, ModelSpec};
+use esmfuzz::model::{ComputePlan, FaultSet, Fp32Places, ModelSpec};
 use esmfuzz::named::Named;
 use esmfuzz::with_backend;
 
@@ -598,7 +598,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             ..header.clone()
         };
         // Both models built layer by layer from the file: host memory holds one layer.
-        let specs = [
+        let mut specs = vec![
             ModelSpec {
                 plan: ref_plan,
                 fp32_places: Fp32Places::none(),
@@ -610,13 +610,24 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                 faults: FaultSet::none(),
             },
         ];
-        let mut built = super::build_streamed::<B>(&args.model, &checkpoint, &specs, &device)?;
-        let test = built
-            .pop()
-            .unwrap_or_else(|| unreachable!("two specs, two models"));
-        let reference = built
-            .pop()
-            .unwrap_or_else(|| unreachable!("two specs, two models"));
+        // A variant (fused attention, another gemm, FP32 places) is also judged against its
+        // plain twin, case by case (`harness::properties::within_twin`).
+        let twin_plan = ComputePlan::new(args.policy.precision, backend);
+        let variant = plan != twin_plan || !places.is_empty();
+        if variant {
+            eprintln!("plain twin: {}", twin_plan.describe());
+            specs.push(ModelSpec {
+                plan: twin_plan,
+                fp32_places: Fp32Places::none(),
+                faults: FaultSet::none(),
+            });
+        }
+        let mut built =
+            super::build_streamed::<B>(&args.model, &checkpoint, &specs, &device)?.into_iter();
+        let (Some(reference), Some(test)) = (built.next(), built.next()) else {
+            unreachable!("two specs at least, one model each")
+        };
+        let twin = built.next();
         // FP32 summed in another order, sharing the reference's device tensors: the floor
         // the policy's errors are read against.
         let floor = reference.noise_floor();
@@ -624,6 +635,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             reference: &reference,
             test: &test,
             floor: floor.as_ref(),
+            twin: twin.as_ref(),
         };
         let bar = ProgressBar::new(spec.families.len() as u64);
         let mut observer = ProgressObserver {

@@ -15,6 +15,7 @@ mod merge;
 mod parity;
 mod plots;
 mod policy;
+mod power;
 mod report;
 mod synth;
 
@@ -102,6 +103,10 @@ pub enum Command {
     /// Another deployment's pooled embeddings of a FASTA file against this FP32 oracle:
     /// exit 1 when a record falls below the bound, with a diagnosis.
     Check(check::CheckArgs),
+    /// Detection power: how likely each property family is to catch a degradation of size e
+    /// (a layer's output scaled, weights perturbed, attention logits scaled, an intermediate
+    /// rounded to f16) at the CI and campaign case counts; a table and detection curves.
+    Power(power::PowerArgs),
     /// Join the reports of every shard of one campaign (`fuzz --shard I/N`) into one.
     Merge(merge::MergeArgs),
     /// Write a random-weight checkpoint of a published ESM-2 size (HF key names and
@@ -126,6 +131,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Synth(args) => synth::run(args),
         Command::Cases(args) => cases::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Power(args) => power::run(args),
         Command::Check(args) => check::run(args),
     }
 }

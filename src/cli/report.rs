@@ -146,6 +146,32 @@ pub fn read_report(dir: &Path) -> Result<SavedReport> {
     })
 }
 
+/// The variant's errors over its plain twin's, per family (empty for a plain policy).
+fn twin_section(c: &CampaignReport) -> String {
+    let families: Vec<_> = c
+        .families
+        .iter()
+        .filter_map(|f| Some((f, f.twin_ratios.as_ref()?)))
+        .collect();
+    if families.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## Errors against the plain twin\n\nPer case, the variant's relative L2 error against FP32 \
+         over its plain twin's (same precision, composed attention, default gemm, no FP32 places) \
+         on the same input, `e_variant / (e_twin + 5e-5)`, largest over the case's sequences; the \
+         property fails above the bound (`e_variant >= 2 e_twin + 1e-4`). A ratio outlier is a \
+         finding even when every absolute bound holds.\n\n| family | cases | median | p95 | max | bound |\n|---|---|---|---|---|---|\n",
+    );
+    for (f, r) in families {
+        md.push_str(&format!(
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {} |\n",
+            f.family, r.cases, r.median, r.p95, r.max, r.bound
+        ));
+    }
+    md
+}
+
 /// report.md: the verdict first, then a table of families, each family's metrics, and each
 /// failure with its shrunk input and where its error is born.
 fn markdown(report: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
@@ -215,6 +241,7 @@ fn markdown(report: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
             .unwrap_or_default();
         md.push_str(&format!("\n![{caption}]({name})\n"));
     }
+    md.push_str(&twin_section(c));
     for r in c.replayed_counterexamples.iter().filter(|r| !r.passed) {
         md.push_str(&format!(
             "\nReplayed counterexample `{}` **fails again**:\n```\n{}\n```\n",

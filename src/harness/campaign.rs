@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use super::cases::Models;
 use super::driver::{Observer, RunOptions, replay_seeds, run_family, run_proteins};
 use super::family::Family;
-use super::saved::{Replay, replay_counterexample, saved_files};
+use super::saved::{PolicyKey, Replay, replay_counterexample, saved_files};
 use super::strategies::GENERATOR_VERSION;
 use super::summary::FamilyResult;
 use super::verdict::{Selection, Tolerances};
@@ -163,7 +163,7 @@ pub fn run_campaign<B: Backend>(
         selection: Selection::all(),
         localise: true,
     };
-    let saved = saved_files(&spec.regressions, precision)?;
+    let saved = saved_files(&spec.regressions, PolicyKey::of(models.test))?;
     let mut report = CampaignReport {
         precision,
         seed: spec.seed,

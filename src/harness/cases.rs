@@ -5,7 +5,9 @@
 use burn::tensor::backend::Backend;
 
 use super::localise::{Localisation, localise};
-use super::properties::{against_reference, finite_layers, isolation, packed_vs_padded};
+use super::properties::{
+    against_reference, finite_layers, isolation, packed_vs_padded, within_twin,
+};
 use super::verdict::{PropertyId, Tolerances, Verdict};
 use crate::batch::{
     Batch, HostStates, LayerStates, Layout, PackedBatch, PaddedBatch, run_batch, sequence_states,
@@ -22,6 +24,11 @@ pub struct Models<'a, B: Backend> {
     /// judged against the reference on each family's tightest case, it shows what the
     /// metrics read when nothing but rounding order differs.
     pub floor: Option<&'a Esm2<B>>,
+    /// For a variant policy (fused attention, another gemm engine, FP32 places), its plain
+    /// twin: the same precision computed the stock way. Each case's error against FP32 is
+    /// then also judged against the twin's on the same input
+    /// ([`super::properties::within_twin`]).
+    pub twin: Option<&'a Esm2<B>>,
 }
 
 impl<'a, B: Backend> Models<'a, B> {
@@ -31,6 +38,7 @@ impl<'a, B: Backend> Models<'a, B> {
             reference,
             test,
             floor: None,
+            twin: None,
         }
     }
 }
@@ -127,14 +135,45 @@ pub fn check_against_reference<B: Backend>(
     tol: &Tolerances,
 ) -> Vec<Verdict> {
     let reference = run_case(models.reference, proteins, Layout::Padded);
-    let test = run_case(models.test, proteins, layout);
-    let hidden = models.reference.config.hidden_size;
-    let mut verdicts = judge_against(&test, &reference, proteins, hidden, tol);
-    if layout == Layout::Packed {
-        let padded = run_case(models.test, proteins, Layout::Padded);
-        verdicts.push(packed_vs_padded(&test.last, &padded.last, tol));
+    let (test, mut verdicts) = judge_states(models.test, &reference, proteins, layout, tol);
+    if let Some(twin) = models.twin {
+        // The twin laid out as the variant is: only the computation differs.
+        let twin = run_case(twin, proteins, layout);
+        let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+        verdicts.push(within_twin(&test.last, &twin.last, &reference.last, &names));
     }
     verdicts
+}
+
+/// [`check_against_reference`] with the reference's padded states already computed (a
+/// reference run shared by many models under test, as `esmfuzz power` does); no twin.
+pub fn check_against_states<B: Backend>(
+    test_model: &Esm2<B>,
+    reference: &CaseStates,
+    proteins: &[Protein],
+    layout: Layout,
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    judge_states(test_model, reference, proteins, layout, tol).1
+}
+
+/// Runs the policy under test on a case and judges it against the reference's states
+/// (properties 1-6, and 7 when packed); hands back its states too.
+fn judge_states<B: Backend>(
+    test_model: &Esm2<B>,
+    reference: &CaseStates,
+    proteins: &[Protein],
+    layout: Layout,
+    tol: &Tolerances,
+) -> (CaseStates, Vec<Verdict>) {
+    let test = run_case(test_model, proteins, layout);
+    let hidden = test_model.config.hidden_size;
+    let mut verdicts = judge_against(&test, reference, proteins, hidden, tol);
+    if layout == Layout::Packed {
+        let padded = run_case(test_model, proteins, Layout::Padded);
+        verdicts.push(packed_vs_padded(&test.last, &padded.last, tol));
+    }
+    (test, verdicts)
 }
 
 /// Properties 1-6 for states already computed: `test` (property 3 from its own run)

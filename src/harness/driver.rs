@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use super::cases::{Models, check_against_reference, localise_case};
 use super::family::{Check, Family, MIXED_BATCH_MAX};
 use super::localise::Localisation;
-use super::saved::{SeedsFile, counterexample_path, seeds_path};
+use super::saved::{PolicyKey, SeedsFile, counterexample_path, seeds_path};
 use super::summary::{CaseLog, FamilyFailure, FamilyResult};
 use super::verdict::{Selection, Tolerances, Verdict, failures};
 use crate::batch::Layout;
@@ -103,11 +103,13 @@ fn drive<B: Backend>(
 ) -> FamilyResult {
     let start = Instant::now();
     let policy = models.test.plan.precision;
+    // Files are keyed by the whole policy: a variant's never mix with its plain policy's.
+    let key = PolicyKey::of(models.test);
     let name = family.name();
     let seeds = options
         .regressions
         .as_deref()
-        .map(|dir| SeedsFile(seeds_path(dir, policy, family)));
+        .map(|dir| SeedsFile(seeds_path(dir, key.clone(), family)));
     let replayed_seeds = seeds.as_ref().map_or(0, |file| file.seeds().len());
     let config = Config {
         cases,
@@ -180,7 +182,7 @@ fn drive<B: Backend>(
                     .collect(),
             };
             let counterexample = options.regressions.as_deref().and_then(|dir| {
-                let path = counterexample_path(dir, policy, family);
+                let path = counterexample_path(dir, key.clone(), family);
                 match write_fasta(&path, &minimal) {
                     Ok(()) => Some(path),
                     Err(e) => {
@@ -305,7 +307,7 @@ pub struct NoProteins {
 
 /// The generator seed of one family in a campaign seeded with `seed`: families draw
 /// different cases, each reproducible on its own.
-fn family_seed(seed: u64, family: &str) -> [u8; 32] {
+pub(super) fn family_seed(seed: u64, family: &str) -> [u8; 32] {
     // FNV-1a of the name: stable across platforms and Rust versions (unlike `Hash`).
     let name_hash = family.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)

@@ -12,7 +12,8 @@
 //! - [`strategies`]: the generators of biologically plausible proteins;
 //! - [`reference`]: FP32 against the HF transformers reference, as verdicts;
 //! - [`deployment`]: the generated cases for other stacks, and a judge of their embeddings;
-//! - [`bisect`]: the smallest set of places a reduced policy must run in FP32.
+//! - [`bisect`]: the smallest set of places a reduced policy must run in FP32;
+//! - [`power`]: how likely each family is to catch a degradation of size e (mutation testing).
 
 pub mod bisect;
 pub mod campaign;
@@ -23,6 +24,7 @@ pub mod family;
 pub mod localise;
 pub mod matmul_check;
 pub mod metrics;
+pub mod power;
 pub mod properties;
 pub mod reference;
 pub mod saved;

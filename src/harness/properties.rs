@@ -229,6 +229,49 @@ pub fn packed_vs_padded(packed: &[Vec<f32>], padded: &[Vec<f32>], tol: &Toleranc
     )
 }
 
+/// The twin property's bound on the error ratio: FlashAttention's rule, a kernel's error
+/// within twice the reference implementation's in the same dtype.
+pub const TWIN_RATIO: f64 = 2.0;
+/// The small absolute term of the twin property, in relative L2: 1e-4, FP32's own bound
+/// (`Tolerances::for_precision(F32).relative_l2`) and 1/20 to 1/100 of f16's error on
+/// generated cases (2e-3..1e-2), so a twin that happens to be nearly exact on a case does not
+/// turn any rounding into a failure while a 2x worse variant still fails.
+pub const TWIN_ABS_L2: f64 = 1e-4;
+
+/// The twin property: per sequence, the variant's relative L2 error against FP32 over its
+/// plain twin's (same precision, composed attention, default gemm, no FP32 places) on the
+/// same input, regularised as `e_variant / (e_twin + TWIN_ABS_L2 / 2)`; it holds below
+/// [`TWIN_RATIO`], i.e. while `e_variant < 2 e_twin + TWIN_ABS_L2`. The measured value is
+/// the largest ratio of the case (NaN first), the detail names its sequence and both errors.
+pub fn within_twin(
+    test: &[Vec<f32>],
+    twin: &[Vec<f32>],
+    reference: &[Vec<f32>],
+    names: &[String],
+) -> Verdict {
+    let errors: Vec<(f64, f64)> = test
+        .iter()
+        .zip(twin)
+        .zip(reference)
+        .map(|((t, w), r)| (metrics::relative_l2(t, r), metrics::relative_l2(w, r)))
+        .collect();
+    let ratios: Vec<f64> = errors
+        .iter()
+        .map(|&(v, w)| v / (w + TWIN_ABS_L2 / 2.0))
+        .collect();
+    let (worst, at) = metrics::argmax(&ratios);
+    let (variant, plain) = errors.get(at).copied().unwrap_or((f64::NAN, f64::NAN));
+    Verdict::below(
+        PropertyId::TwinErrorRatio,
+        worst,
+        TWIN_RATIO,
+        format!(
+            "{}: variant {variant:.3e}, twin {plain:.3e} relative L2",
+            names.get(at).map_or("no sequence", String::as_str)
+        ),
+    )
+}
+
 /// Properties 1-6 of `test` states against `reference` states (one case, both complete).
 pub fn against_reference(
     test: &[Vec<f32>],
@@ -314,6 +357,29 @@ mod tests {
                 prop_assert!(!v.measured.is_nan() || !v.passed, "a NaN passed: {}", v);
             }
         }
+    }
+
+    #[test]
+    fn the_twin_property_fails_a_variant_twice_as_far_from_fp32_and_on_nan() {
+        let reference = vec![vec![1.0f32; 8], vec![2.0f32; 8]];
+        let off = |s: &[Vec<f32>], by: f32| -> Vec<Vec<f32>> {
+            s.iter()
+                .map(|r| r.iter().map(|v| v * (1.0 + by)).collect())
+                .collect()
+        };
+        let names = vec!["a".to_string(), "b".to_string()];
+        let twin = off(&reference, 1e-3);
+        assert!(within_twin(&off(&reference, 1.5e-3), &twin, &reference, &names).passed);
+        let worse = within_twin(&off(&reference, 3e-3), &twin, &reference, &names);
+        assert!(!worse.passed, "{worse}");
+        assert!((worse.measured - 3e-3 / 1.05e-3).abs() < 1e-3, "{worse}");
+        // An exact twin: only the absolute term is allowed.
+        let exact = within_twin(&off(&reference, 5e-5), &reference, &reference, &names);
+        assert!(exact.passed, "{exact}");
+        let mut nan = twin.clone();
+        nan[1][0] = f32::NAN;
+        let v = within_twin(&nan, &twin, &reference, &names);
+        assert!(!v.passed && v.detail.starts_with("b:"), "{v}");
     }
 
     #[test]

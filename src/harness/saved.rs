@@ -3,6 +3,11 @@
 //! `<regressions>/counterexamples/<policy>__<family>.fasta` (the shrunk input, replayed by
 //! [`replay_counterexample`] whatever the strategies become), so a failure saved by a test
 //! replays in every later campaign on any backend, and the other way round.
+//!
+//! `<policy>` is the whole policy ([`PolicyKey`]): a plain policy is its precision alone
+//! (`f16`, the names files had before variants existed), a variant adds what sets it apart
+//! (`f16+fused`, `f16+gemm=burn`, `f16+fp32=ffn.3,final-norm`), so a variant never writes
+//! into, or replays from, another policy's files.
 
 use std::any::Any;
 use std::fmt;
@@ -16,20 +21,93 @@ use super::cases::Models;
 use super::family::Family;
 use super::verdict::{Selection, Tolerances, Verdict, failures, tightest};
 use crate::input::{NormaliseOptions, read_fasta};
-use crate::model::Precision;
+use crate::model::{AttentionKernel, Esm2, Gemm, Precision};
+
+/// The whole policy a saved file belongs to: precision, attention kernel, gemm engine (when
+/// not the backend's default) and FP32 places. Its [`PolicyKey::stem`] names the files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyKey {
+    pub precision: Precision,
+    pub attention: AttentionKernel,
+    /// `None` for the backend's default engine ([`Gemm::default_for`]): a plain policy's
+    /// files are shared by every backend.
+    pub gemm: Option<Gemm>,
+    /// The FP32 places in their canonical form; `none` for a plain policy.
+    pub fp32_places: String,
+}
+
+impl PolicyKey {
+    /// The key of the policy `model` computes.
+    pub fn of<B: Backend>(model: &Esm2<B>) -> Self {
+        let plan = &model.plan;
+        Self {
+            precision: plan.precision,
+            attention: plan.attention,
+            gemm: (plan.gemm != Gemm::default_for(plan.backend)).then_some(plan.gemm),
+            fp32_places: model.fp32_places.to_string(),
+        }
+    }
+
+    /// Whether this is a plain policy: composed attention, the default engine, no FP32 place.
+    pub fn is_plain(&self) -> bool {
+        *self == PolicyKey::from(self.precision)
+    }
+
+    /// The policy part of a file name: the precision alone for a plain policy, else with
+    /// `+fused`, `+gemm=<engine>` and `+fp32=<places>` (`:` written `.`, which file
+    /// systems that refuse `:` accept).
+    pub fn stem(&self) -> String {
+        let mut stem = self.precision.name().to_string();
+        if self.attention != AttentionKernel::Composed {
+            stem.push('+');
+            stem.push_str(self.attention.name());
+        }
+        if let Some(gemm) = self.gemm {
+            stem.push_str("+gemm=");
+            stem.push_str(gemm.name());
+        }
+        if self.fp32_places != PolicyKey::from(self.precision).fp32_places {
+            stem.push_str("+fp32=");
+            stem.push_str(&self.fp32_places.replace(':', "."));
+        }
+        stem
+    }
+}
+
+/// The plain policy of a precision.
+impl From<Precision> for PolicyKey {
+    fn from(precision: Precision) -> Self {
+        Self {
+            precision,
+            attention: AttentionKernel::Composed,
+            gemm: None,
+            fp32_places: crate::model::Fp32Places::none().to_string(),
+        }
+    }
+}
+
+impl fmt::Display for PolicyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.stem())
+    }
+}
 
 /// The stem of a family's saved files for a policy: `<policy>__<family>`.
-pub fn saved_stem(policy: Precision, family: Family) -> String {
-    format!("{}__{}", policy.name(), family.name())
+pub fn saved_stem(policy: impl Into<PolicyKey>, family: Family) -> String {
+    format!("{}__{}", policy.into().stem(), family.name())
 }
 
 /// Where a family's proptest seeds persist.
-pub fn seeds_path(regressions: &Path, policy: Precision, family: Family) -> PathBuf {
+pub fn seeds_path(regressions: &Path, policy: impl Into<PolicyKey>, family: Family) -> PathBuf {
     regressions.join(format!("{}.txt", saved_stem(policy, family)))
 }
 
 /// Where a family's shrunk counterexample persists.
-pub fn counterexample_path(regressions: &Path, policy: Precision, family: Family) -> PathBuf {
+pub fn counterexample_path(
+    regressions: &Path,
+    policy: impl Into<PolicyKey>,
+    family: Family,
+) -> PathBuf {
     regressions
         .join("counterexamples")
         .join(format!("{}.fasta", saved_stem(policy, family)))
@@ -132,9 +210,13 @@ pub struct SavedFiles {
 }
 
 /// Lists the seeds and counterexamples saved for `policy` under `regressions` (nothing when
-/// the folder does not exist).
-pub fn saved_files(regressions: &Path, policy: Precision) -> std::io::Result<SavedFiles> {
-    let prefix = format!("{}__", policy.name());
+/// the folder does not exist). Another policy's files (a variant's, for a plain policy, and
+/// the other way round) are not listed.
+pub fn saved_files(
+    regressions: &Path,
+    policy: impl Into<PolicyKey>,
+) -> std::io::Result<SavedFiles> {
+    let prefix = format!("{}__", policy.into().stem());
     let mut saved = SavedFiles::default();
     let mut add = |dir: PathBuf, ext: &str, seeds: bool| -> std::io::Result<()> {
         let entries = match std::fs::read_dir(&dir) {
@@ -268,5 +350,41 @@ mod tests {
         assert_eq!(saved.unknown, vec![root.join("f16__nonsense.txt")]);
         let none = saved_files(&root.join("missing"), Precision::F16).unwrap();
         assert_eq!(none, SavedFiles::default());
+    }
+
+    #[test]
+    fn a_variant_s_stem_names_what_sets_it_apart_and_plain_stems_are_unchanged() {
+        let tiny = Family::Stratum(Stratum::Tiny);
+        assert_eq!(saved_stem(Precision::F16, tiny), "f16__stratum-tiny");
+        let plain = PolicyKey::from(Precision::F16Mixed);
+        assert!(plain.is_plain());
+        assert_eq!(plain.stem(), "f16-mixed");
+        let variant = PolicyKey {
+            attention: AttentionKernel::Fused,
+            gemm: Some(Gemm::Burn),
+            fp32_places: "attention:0-2,final-norm".into(),
+            ..PolicyKey::from(Precision::F16)
+        };
+        assert!(!variant.is_plain());
+        assert_eq!(
+            saved_stem(variant.clone(), tiny),
+            "f16+fused+gemm=burn+fp32=attention.0-2,final-norm__stratum-tiny"
+        );
+        // A plain policy's listing leaves the variant's files out, and the other way round.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(seeds_path(dir.path(), variant.clone(), tiny), "").unwrap();
+        std::fs::write(seeds_path(dir.path(), Precision::F16, tiny), "").unwrap();
+        let of_plain = saved_files(dir.path(), Precision::F16).unwrap();
+        let of_variant = saved_files(dir.path(), variant.clone()).unwrap();
+        assert_eq!(of_plain.families.len(), 1);
+        assert_eq!(of_variant.families.len(), 1);
+        assert_eq!(
+            of_plain.families[0].1,
+            Some(seeds_path(dir.path(), Precision::F16, tiny))
+        );
+        assert_eq!(
+            of_variant.families[0].1,
+            Some(seeds_path(dir.path(), variant, tiny))
+        );
     }
 }

@@ -85,6 +85,50 @@ pub fn summarise(verdicts: &[Verdict]) -> Vec<MetricSummary> {
         .collect()
 }
 
+/// The twin property's ratios over a family's model runs: a variant's error against FP32
+/// over its plain twin's ([`super::properties::within_twin`]), largest per case.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TwinRatios {
+    pub cases: usize,
+    /// The ratio above which the property fails.
+    pub bound: f64,
+    /// Median, 95th percentile and largest ratio; a NaN anywhere makes `max` NaN.
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub median: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub p95: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
+    pub max: f64,
+}
+
+impl TwinRatios {
+    /// The distribution of the twin verdicts among `verdicts`; `None` when there are none
+    /// (a plain policy has no twin).
+    pub fn of(verdicts: &[Verdict]) -> Option<Self> {
+        let twin: Vec<&Verdict> = verdicts
+            .iter()
+            .filter(|v| v.property == PropertyId::TwinErrorRatio)
+            .collect();
+        let first = twin.first()?;
+        let all: Vec<f64> = twin.iter().map(|v| v.measured).collect();
+        let mut finite: Vec<f64> = all.iter().copied().filter(|v| !v.is_nan()).collect();
+        finite.sort_by(f64::total_cmp);
+        // Nearest rank: the smallest value with at least a fraction q of the values at or
+        // below it.
+        let at = |q: f64| {
+            let rank = (q * finite.len() as f64).ceil() as usize;
+            finite.get(rank.max(1) - 1).copied().unwrap_or(f64::NAN)
+        };
+        Some(Self {
+            cases: twin.len(),
+            bound: first.threshold,
+            median: at(0.5),
+            p95: at(0.95),
+            max: metrics::max(&all),
+        })
+    }
+}
+
 /// One judged case's headline figures, for plots.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CasePoint {
@@ -129,6 +173,9 @@ pub struct FamilyResult {
     /// model or for families that do not compare with the reference.
     #[serde(default)]
     pub noise_floor: Vec<Verdict>,
+    /// For a variant policy, its errors over its plain twin's, case by case.
+    #[serde(default)]
+    pub twin_ratios: Option<TwinRatios>,
     pub seconds: f64,
 }
 
@@ -245,6 +292,7 @@ impl CaseLog {
             failure,
             localisation,
             metrics: summarise(&self.verdicts),
+            twin_ratios: TwinRatios::of(&self.verdicts),
             points: self.points,
             by_stratum,
             noise_floor,
@@ -282,6 +330,19 @@ mod tests {
         assert_eq!(summary.worst_used, f64::INFINITY);
         let clean = &summarise(&[case(0.999), case(0.995)].concat())[0];
         assert_eq!((clean.min, clean.max), (0.995, 0.999));
+    }
+
+    #[test]
+    fn twin_ratios_give_median_p95_and_a_nan_propagating_max() {
+        let twin = |r: f64| Verdict::below(PropertyId::TwinErrorRatio, r, 2.0, String::new());
+        let verdicts: Vec<Verdict> = (1..=20).map(|i| twin(i as f64 / 10.0)).collect();
+        let r = TwinRatios::of(&verdicts).unwrap();
+        assert_eq!((r.cases, r.bound), (20, 2.0));
+        assert_eq!((r.median, r.p95, r.max), (1.0, 1.9, 2.0));
+        let mut with_nan = verdicts.clone();
+        with_nan.push(twin(f64::NAN));
+        assert!(TwinRatios::of(&with_nan).unwrap().max.is_nan());
+        assert_eq!(TwinRatios::of(&case(0.99)), None, "no twin, no ratios");
     }
 
     #[test]

@@ -72,6 +72,9 @@ property_ids! {
     ReferenceTokenCosine,
     /// FP32 against HF transformers: max |diff| of the first tokens' states.
     ReferenceTokenMaxAbsDiff,
+    /// A variant's error against FP32 within twice its plain twin's on the same input, per
+    /// sequence (relative L2 of the token states; [`crate::harness::properties::within_twin`]).
+    TwinErrorRatio,
 }
 
 impl PropertyId {
@@ -123,6 +126,9 @@ impl PropertyId {
             PropertyId::ReferencePooledMaxAbsDiff => "HF reference: pooled max |diff|",
             PropertyId::ReferenceTokenCosine => "HF reference: first-token cosine min",
             PropertyId::ReferenceTokenMaxAbsDiff => "HF reference: first-token max |diff|",
+            PropertyId::TwinErrorRatio => {
+                "error vs FP32 over the plain twin's (relative L2 ratio, max over sequences)"
+            }
         }
     }
 }

@@ -339,6 +339,10 @@ impl<B: Backend> Esm2<B> {
             {
                 x = x.mul_scalar(factor);
             }
+            if self.faults.round_layer_output_to_f16 == Some(i) {
+                let dtype = x.dtype();
+                x = x.cast(DType::F16).cast(dtype);
+            }
             observe(Place::Ffn(i), &x);
         }
         x = self.emb_layer_norm_after.forward(x);

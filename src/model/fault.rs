@@ -26,6 +26,12 @@ pub struct FaultSet {
     /// Perturb one layer's weights (0-based layer index) by a relative amount: every weight
     /// w becomes w * (1 + eps * s) with a fixed pseudo-random sign s.
     pub perturb_layer_weights: Option<(usize, f32)>,
+    /// Multiply one layer's attention logits (0-based layer index) by a factor: its query
+    /// projection (weight and bias) is scaled, so `q k^T` is, whatever the attention kernel.
+    pub scale_attention_logits: Option<(usize, f32)>,
+    /// Round one layer's output (0-based layer index) to f16 and back: one intermediate
+    /// computed in half precision within an otherwise wider model.
+    pub round_layer_output_to_f16: Option<usize>,
     /// One weight of one layer's FFN (0-based layer index) is NaN, as in a corrupted
     /// checkpoint loaded with `--allow-nonfinite-weights`.
     pub nan_weight: Option<usize>,
@@ -46,6 +52,7 @@ impl FaultSet {
     /// Whether a fault changes the weights themselves.
     pub fn changes_weights(&self) -> bool {
         self.perturb_layer_weights.is_some()
+            || self.scale_attention_logits.is_some()
             || self.nan_weight.is_some()
             || self.zeroed_attention_head.is_some()
     }
@@ -55,6 +62,9 @@ impl FaultSet {
         let mut w = weights.clone();
         if let Some((layer, eps)) = self.perturb_layer_weights {
             w.perturb_layer(layer, eps);
+        }
+        if let Some((layer, factor)) = self.scale_attention_logits {
+            w.scale_queries(layer, factor);
         }
         if let Some(layer) = self.nan_weight {
             w.poison_layer(layer);
@@ -86,6 +96,12 @@ impl fmt::Display for FaultSet {
         }
         if let Some((layer, eps)) = self.perturb_layer_weights {
             parts.push(format!("perturb-layer-weights(layer {layer}, eps {eps})"));
+        }
+        if let Some((layer, factor)) = self.scale_attention_logits {
+            parts.push(format!("scale-attention-logits(layer {layer}, x{factor})"));
+        }
+        if let Some(layer) = self.round_layer_output_to_f16 {
+            parts.push(format!("round-layer-output-to-f16(layer {layer})"));
         }
         if let Some(layer) = self.nan_weight {
             parts.push(format!("nan-weight(layer {layer})"));

@@ -206,6 +206,16 @@ impl EsmWeights {
         }
     }
 
+    /// Multiplies layer `layer`'s query projection (weight and bias) by `factor`: its
+    /// attention logits `q k^T` scale by `factor` (the scale-attention-logits fault).
+    pub fn scale_queries(&mut self, layer: usize, factor: f32) {
+        if let Some(l) = self.layers.get_mut(layer) {
+            for t in [&mut l.q_proj.weight, &mut l.q_proj.bias] {
+                t.data.iter_mut().for_each(|w| *w *= factor);
+            }
+        }
+    }
+
     /// Sets one weight of layer `layer`'s `fc1` to NaN: the NaN-weight fault.
     pub fn poison_layer(&mut self, layer: usize) {
         if let Some(w) = self

@@ -304,3 +304,66 @@ fn fused_attention_is_as_close_to_fp32_as_the_composed_one() {
         }
     }
 }
+
+/// The twin property (issue 20): a variant whose error against FP32 is about 3x its plain
+/// twin's fails it while every absolute bound holds, and holds without that fault. The
+/// variant is f16 with fused attention; the fault scales layer 3's output by 1 + 1.5e-2
+/// (about 1.4e-2 relative L2 added to f16's own 4e-3..1e-2: the bound is 0.03).
+#[test]
+fn a_variant_3x_further_from_fp32_than_its_twin_fails_the_twin_property_only() {
+    use std::num::NonZeroU32;
+
+    use esmfuzz::harness::cases::Models;
+    use esmfuzz::harness::driver::{RunOptions, run_family};
+    use esmfuzz::harness::family::Family;
+    use esmfuzz::harness::strategies::Stratum;
+    use esmfuzz::harness::verdict::{PropertyId, Selection, Tolerances};
+
+    let plan = ComputePlan::new(Precision::F16, test_backend())
+        .with_attention(AttentionKernel::Fused)
+        .expect("fused attention runs for f16");
+    let variant = |faults| Esm2::<TestBackend>::new(weights(), plan, faults, &test_device());
+    let twin = crate::common::shared_model(Precision::F16);
+    let tol = Tolerances::for_precision(Precision::F16);
+    let options = RunOptions {
+        cases: NonZeroU32::new(4).expect("not zero"),
+        seed: Some(20),
+        regressions: None,
+        selection: Selection::all(),
+        localise: false,
+    };
+    let run = |test: &Esm2<TestBackend>| {
+        let models = Models {
+            twin: Some(twin),
+            ..crate::common::against_fp32(test)
+        };
+        run_family(
+            Family::Stratum(Stratum::Short),
+            models,
+            &tol,
+            &options,
+            &mut (),
+        )
+    };
+    let clean = run(&variant(FaultSet::none()));
+    let ratios = clean.twin_ratios.clone().expect("a twin was judged");
+    eprintln!("fused vs composed twin: {ratios:?}");
+    assert!(clean.passed, "{:?}", clean.failure);
+    assert!(ratios.cases >= 4 && ratios.max < 2.0, "{ratios:?}");
+
+    let worse = run(&variant(FaultSet {
+        scale_layer_output: Some((3, 1.015)),
+        ..FaultSet::none()
+    }));
+    let failure = worse
+        .failure
+        .expect("the 3x worse variant passed the twin property");
+    eprintln!("{}", failure.message);
+    let failed: Vec<PropertyId> = failure.verdicts.iter().map(|v| v.property).collect();
+    assert_eq!(
+        failed,
+        vec![PropertyId::TwinErrorRatio],
+        "only the twin property may fail: every absolute bound must hold"
+    );
+    assert!(failure.verdicts[0].measured > 2.0);
+}

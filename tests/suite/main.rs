@@ -20,6 +20,7 @@ mod loader_errors;
 mod localisation;
 mod numerical_stability;
 mod packed_equivalence;
+mod power;
 mod reader_fuzz;
 mod reference_parity;
 mod regression_replay;

@@ -9,11 +9,11 @@ use esmfuzz::harness::campaign::{CampaignSpec, run_campaign};
 use esmfuzz::harness::driver::{RunOptions, run_family};
 use esmfuzz::harness::family::Family;
 use esmfuzz::harness::saved::{
-    counterexample_path, replay_counterexample, saved_files, seeds_path,
+    PolicyKey, counterexample_path, replay_counterexample, saved_files, seeds_path,
 };
 use esmfuzz::harness::strategies::Stratum;
 use esmfuzz::harness::verdict::{Selection, Tolerances};
-use esmfuzz::model::{FaultSet, Precision};
+use esmfuzz::model::{AttentionKernel, ComputePlan, Esm2, FaultSet, Precision};
 
 use super::common;
 
@@ -136,6 +136,67 @@ fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
         &Selection::all(),
     );
     assert!(replay.passed, "{:?}", replay.failure);
+}
+
+#[test]
+fn a_fused_attention_failure_is_saved_under_its_own_name_and_a_plain_run_does_not_replay_it() {
+    let regressions = tempfile::tempdir().unwrap();
+    let dir = regressions.path();
+    let plan = ComputePlan::new(Precision::F16, common::test_backend())
+        .with_attention(AttentionKernel::Fused)
+        .expect("fused attention runs for f16");
+    let faults = FaultSet {
+        nan_weight: Some(0),
+        ..FaultSet::none()
+    };
+    let fused = Esm2::new(common::weights(), plan, faults, &common::test_device());
+    let tol = Tolerances::for_precision(Precision::F16);
+    let tiny = Family::Stratum(Stratum::Tiny);
+    let options = |cases| RunOptions {
+        cases: NonZeroU32::new(cases).expect("not zero"),
+        seed: Some(3),
+        regressions: Some(dir.to_path_buf()),
+        selection: Selection::all(),
+        localise: false,
+    };
+    let failed = run_family(
+        tiny,
+        common::against_fp32(&fused),
+        &tol,
+        &options(2),
+        &mut (),
+    );
+    assert!(!failed.passed, "the NaN weight was not caught");
+    let key = PolicyKey::of(&fused);
+    assert_eq!(key.stem(), "f16+fused");
+    assert!(seeds_path(dir, key.clone(), tiny).exists());
+    assert!(counterexample_path(dir, key.clone(), tiny).exists());
+    assert!(!seeds_path(dir, Precision::F16, tiny).exists());
+    assert!(!counterexample_path(dir, Precision::F16, tiny).exists());
+
+    // The plain policy neither lists nor replays the variant's files.
+    let plain = common::against_fp32(common::shared_model(Precision::F16));
+    let listed = saved_files(dir, Precision::F16).unwrap();
+    assert!(
+        listed.families.is_empty() && listed.unknown.is_empty(),
+        "{listed:?}"
+    );
+    let result = run_family(tiny, plain, &tol, &options(1), &mut ());
+    assert_eq!(
+        result.replayed_seeds, 0,
+        "the plain run replayed the variant's seed"
+    );
+    assert!(result.passed, "{:?}", result.failure);
+    // The variant replays its own.
+    let again = run_family(
+        tiny,
+        common::against_fp32(&fused),
+        &tol,
+        &options(1),
+        &mut (),
+    );
+    assert_eq!(again.replayed_seeds, 1);
+    assert_eq!(saved_files(dir, key).unwrap().families.len(), 1);
 }
 
 /// `families` without timings, as JSON.
