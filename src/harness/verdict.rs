@@ -72,6 +72,14 @@ property_ids! {
     ReferenceTokenCosine,
     /// FP32 against HF transformers: max |diff| of the first tokens' states.
     ReferenceTokenMaxAbsDiff,
+    /// The checkpoint's classifier: largest |p - p32| of any class probability.
+    ClassifierProbability,
+    /// The checkpoint's classifier: decisions changed beyond the margin from the boundary.
+    ClassifierDecisionFlip,
+    /// The checkpoint's contact head: largest |p - p32| of any contact probability.
+    ContactMaxAbsDiff,
+    /// The checkpoint's contact head: smallest overlap of the top-L/5 contact sets.
+    ContactTopOverlap,
 }
 
 impl PropertyId {
@@ -123,6 +131,10 @@ impl PropertyId {
             PropertyId::ReferencePooledMaxAbsDiff => "HF reference: pooled max |diff|",
             PropertyId::ReferenceTokenCosine => "HF reference: first-token cosine min",
             PropertyId::ReferenceTokenMaxAbsDiff => "HF reference: first-token max |diff|",
+            PropertyId::ClassifierProbability => "classifier max |p - p32|",
+            PropertyId::ClassifierDecisionFlip => "classifier decisions flipped beyond the margin",
+            PropertyId::ContactMaxAbsDiff => "contact map max |p - p32|",
+            PropertyId::ContactTopOverlap => "contact top-L/5 overlap (min over sequences)",
         }
     }
 }
@@ -137,7 +149,8 @@ impl PropertyId {
             | PropertyId::TokenCosineMin
             | PropertyId::BoundaryTokenCosine
             | PropertyId::ReferencePooledCosine
-            | PropertyId::ReferenceTokenCosine => Some(1.0),
+            | PropertyId::ReferenceTokenCosine
+            | PropertyId::ContactTopOverlap => Some(1.0),
             _ => None,
         }
     }
