@@ -12,7 +12,8 @@
 //! - [`metrics`]: comparisons in f64, total on NaN and Inf, and [`matmul_check`]: what a
 //!   policy's matrix product really computes, against f64;
 //! - [`strategies`]: the generators of biologically plausible proteins;
-//! - [`reference`]: FP32 against the HF transformers reference, as verdicts;
+//! - [`reference`]: FP32 against the HF transformers reference, as verdicts; [`outliers`]:
+//!   the records of a real FASTA furthest from FP32;
 //! - [`deployment`]: the generated cases for other stacks, and a judge of their embeddings;
 //! - [`bisect`]: the smallest set of places a reduced policy must run in FP32.
 
@@ -27,6 +28,7 @@ pub mod heads;
 pub mod localise;
 pub mod matmul_check;
 pub mod metrics;
+pub mod outliers;
 pub mod properties;
 pub mod reference;
 pub mod saved;

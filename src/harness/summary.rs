@@ -129,6 +129,9 @@ pub struct FamilyResult {
     /// model or for families that do not compare with the reference.
     #[serde(default)]
     pub noise_floor: Vec<Verdict>,
+    /// Real proteins (`fuzz --fasta`): the records furthest from FP32, localised.
+    #[serde(default)]
+    pub outliers: Option<super::outliers::Outliers>,
     pub seconds: f64,
 }
 
@@ -248,6 +251,7 @@ impl CaseLog {
             points: self.points,
             by_stratum,
             noise_floor,
+            outliers: None,
             seconds: start.elapsed().as_secs_f64(),
         }
     }

@@ -20,6 +20,7 @@ mod localisation;
 mod numerical_stability;
 mod packed_equivalence;
 mod reader_fuzz;
+mod real_outliers;
 mod reference_parity;
 mod regression_replay;
 mod statistical_validation;
