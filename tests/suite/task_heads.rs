@@ -265,3 +265,28 @@ fn nan_predictions_count_as_flipped_decisions() {
     println!("f16 + {faults}: {flips}");
     assert!(!flips.passed && flips.measured >= 1.0, "{flips}");
 }
+
+/// The figures behind the bounds, on the whole corpus (about 10 minutes on 2 cores):
+/// `cargo test --release --test suite task_heads::measure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_the_heads_on_the_whole_corpus() {
+    let corpus = common::corpus();
+    let short: Vec<Protein> = corpus
+        .iter()
+        .filter(|p| p.residues.len() <= 200)
+        .cloned()
+        .collect();
+    for precision in [Precision::F16, Precision::F16Mixed, Precision::Bf16] {
+        let mut verdicts = head_verdicts(precision, FaultSet::none(), corpus, Head::Classifier);
+        verdicts.extend(head_verdicts(
+            precision,
+            FaultSet::none(),
+            &short,
+            Head::Contact,
+        ));
+        for v in &verdicts {
+            println!("{precision} on the corpus: {v}");
+        }
+    }
+}
