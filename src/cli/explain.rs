@@ -1,15 +1,17 @@
 //! `esmfuzz explain`: where in the forward pass one FASTA record's error is born, for a
-//! policy against FP32.
+//! policy against FP32, ending with the pooled row as `embed` writes it; with `--against`,
+//! where a second policy diverges from the first, place by place.
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
 use esmfuzz::batch::Layout;
-use esmfuzz::harness::cases::{Models, localise_case};
+use esmfuzz::harness::cases::{Models, explain_case};
 use esmfuzz::harness::verdict::Tolerances;
 use esmfuzz::input::NormaliseOptions;
-use esmfuzz::model::{Esm2, FaultSet};
+use esmfuzz::model::{ComputePlan, Esm2, FaultSet, Fp32Places, Precision};
+use esmfuzz::named::Named;
 use esmfuzz::with_backend;
 
 use super::policy::{PolicyArgs, describe_policy};
@@ -30,6 +32,10 @@ pub struct ExplainArgs {
     /// Run the policy under test packed (varlen) instead of padded.
     #[arg(long)]
     pub packed: bool,
+    /// A second policy (plain, padded, same matrix-product engine) to compare with the one
+    /// under test, place by place and on the pooled row: where do the two diverge?
+    #[arg(long, value_parser = super::named::<Precision>())]
+    pub against: Option<Precision>,
     /// Also write the localisation as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -74,7 +80,7 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
     } else {
         Layout::Padded
     };
-    let localisation = with_backend!(backend, |B, device| {
+    let explanation = with_backend!(backend, |B, device| {
         let gemm = args.policy.gemm(backend)?;
         let reference = Esm2::<B>::new(
             &checkpoint.weights,
@@ -92,13 +98,30 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
             &device,
         );
         let models = Models::new(&reference, &test);
-        localise_case(
+        let against = match args.against {
+            Some(precision) => {
+                let plan = ComputePlan::new(precision, backend).with_gemm(gemm)?;
+                eprintln!("against: {}", describe_policy(&plan, &Fp32Places::none()));
+                Some(Esm2::<B>::new(
+                    &checkpoint.weights,
+                    plan,
+                    FaultSet::none(),
+                    &device,
+                ))
+            }
+            None => None,
+        };
+        let name = args.against.map(Named::name).unwrap_or_default();
+        explain_case(
             models,
-            std::slice::from_ref(protein),
+            against.as_ref().map(|m| (name, m)),
+            protein,
             layout,
             tol.relative_l2,
         )
     });
+    let localisation = &explanation.localisation;
+    let test_name = Named::name(args.policy.precision);
     println!(
         "{} ({} residues), {} {layout} against FP32 padded on {backend}:\n",
         protein.name,
@@ -106,8 +129,16 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         args.policy.precision
     );
     println!("{}", localisation.to_markdown());
+    println!("{}", explanation.pooled.to_markdown(test_name));
+    if let Some(divergence) = &explanation.divergence {
+        println!(
+            "{} against {} (both padded), relative L2 to FP32 per place:\n",
+            test_name, divergence.against
+        );
+        println!("{}", divergence.to_markdown(test_name, &explanation.pooled));
+    }
     if let Some(path) = &args.report {
-        write_report(path, &localisation)?;
+        write_report(path, &explanation)?;
     }
     Ok(if localisation.first_crossing.is_none() {
         Outcome::Passed

@@ -462,6 +462,21 @@ const DEFAULT_CASES: NonZeroU32 = NonZeroU32::new(8).expect("8 is not zero");
 const DEFAULT_REGRESSIONS: &str = "proptest-regressions";
 
 fn family_line(result: &FamilyResult) -> String {
+    let outliers = result.outliers.as_ref().map_or_else(String::new, |o| {
+        let worst = |list: &[esmfuzz::harness::outliers::RecordError]| {
+            list.first().map_or_else(String::new, |r| {
+                format!(
+                    "{} ({} aa, pooled 1 - cos {:.2e}, {:.1}x its stratum median)",
+                    r.name, r.residues, r.pooled_one_minus_cos, r.above_median
+                )
+            })
+        };
+        format!(
+            "\n  furthest from FP32: {}; furthest above the median: {} (report.md lists more)",
+            worst(&o.by_pooled_cosine),
+            worst(&o.above_median)
+        )
+    });
     format!(
         "{:<24} {} {} cases ({} runs, {} saved seeds) {:>7.1} s  tightest: {}",
         result.family,
@@ -475,7 +490,7 @@ fn family_line(result: &FamilyResult) -> String {
             .as_ref()
             .map(|v| v.to_string())
             .unwrap_or_default()
-    )
+    ) + &outliers
 }
 
 pub fn run(args: FuzzArgs) -> Result<Outcome> {

@@ -321,6 +321,9 @@ fn markdown(report: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
                 l.to_markdown()
             ));
         }
+        if let Some(o) = &f.outliers {
+            md.push_str(&format!("\n{}", o.to_markdown(&f.family)));
+        }
     }
     md
 }

@@ -4,16 +4,23 @@
 
 use burn::tensor::backend::Backend;
 
+use super::explanation::{Divergence, Explanation, PooledRow};
+use super::heads::{HeadTolerances, classifier_agreement, contact_agreement};
 use super::localise::{Localisation, localise};
 use super::properties::{
     against_reference, finite_layers, isolation, packed_vs_padded, within_twin,
 };
 use super::verdict::{PropertyId, Tolerances, Verdict};
 use crate::batch::{
-    Batch, HostStates, LayerStates, Layout, PackedBatch, PaddedBatch, run_batch, sequence_states,
+    Batch, Batching, HostStates, LayerStates, Layout, PackedBatch, PaddedBatch, pool_residues,
+    run_batch, sequence_states, token_states,
 };
 use crate::input::Protein;
-use crate::model::{Esm2, Place};
+use crate::model::heads::{
+    ClassifierHead, ClassifierWeights, ContactWeights, HeadWeights, class_probabilities,
+    predict_contacts,
+};
+use crate::model::{Esm2, Place, to_host};
 
 /// The models a family judges: the FP32 reference and the policy under test (which may be
 /// the same model, or carry injected faults), and optionally a noise-floor model.
@@ -104,6 +111,48 @@ pub fn localise_case<B: Backend>(
     let test = trace_case(models.test, proteins, layout);
     let hidden = models.reference.config.hidden_size;
     localise(&test, &reference, proteins, hidden, threshold)
+}
+
+/// `explain` for one protein: the localisation of the policy under test (laid out as
+/// `layout`) against FP32 padded, its pooled row against FP32's (what `embed` writes for the
+/// protein alone), and with `against` (a second policy, `against.0` its name, run padded)
+/// where the two diverge place by place.
+pub fn explain_case<B: Backend>(
+    models: Models<'_, B>,
+    against: Option<(&str, &Esm2<B>)>,
+    protein: &Protein,
+    layout: Layout,
+    threshold: f64,
+) -> Explanation {
+    let proteins = std::slice::from_ref(protein);
+    let hidden = models.reference.config.hidden_size;
+    let reference = trace_case(models.reference, proteins, Layout::Padded);
+    let test = trace_case(models.test, proteins, layout);
+    let pooled = |trace: &[(Place, Vec<Vec<f32>>)]| {
+        trace
+            .last()
+            .map(|(_, seqs)| pool_residues(&seqs[0], hidden))
+            .unwrap_or_default()
+    };
+    let fp32_pooled = pooled(&reference);
+    let test_pooled = pooled(&test);
+    let divergence = against.map(|(name, model)| {
+        let other = trace_case(model, proteins, Layout::Padded);
+        let other_pooled = pooled(&other);
+        Divergence::new(
+            name.to_string(),
+            &localise(&test, &reference, proteins, hidden, threshold),
+            &localise(&other, &reference, proteins, hidden, threshold),
+            &localise(&test, &other, proteins, hidden, threshold),
+            PooledRow::compare(&other_pooled, &fp32_pooled),
+            PooledRow::compare(&test_pooled, &other_pooled),
+        )
+    });
+    Explanation {
+        localisation: localise(&test, &reference, proteins, hidden, threshold),
+        pooled: PooledRow::compare(&test_pooled, &fp32_pooled),
+        divergence,
+    }
 }
 
 /// `proteins` as one batch of `layout`, records numbered in input order.
@@ -234,6 +283,80 @@ pub fn check_isolation<B: Backend>(
             &packed_rev.last[n - 1 - i],
             tol.isolation_abs,
             which(),
+        ));
+    }
+    verdicts
+}
+
+/// Class probabilities of `proteins`: the model's last states (padded batches of the
+/// backend's budget), their BOS rows through the checkpoint's classifier computed under the
+/// model's own plan, softmax in f64. One row per protein, in input order.
+pub fn classify<B: Backend>(
+    model: &Esm2<B>,
+    head: &ClassifierWeights,
+    proteins: &[Protein],
+) -> Vec<Vec<f64>> {
+    let hidden = model.config.hidden_size;
+    let budget = model
+        .plan
+        .backend
+        .default_token_budget(model.config.hidden_size);
+    let states = token_states(model, proteins, Batching::padded(budget));
+    let bos: Vec<&[f32]> = states.iter().map(|s| &s[..hidden]).collect();
+    ClassifierHead::<B>::new(head, &model.plan, model.device())
+        .logits(&bos)
+        .iter()
+        .map(|l| class_probabilities(l))
+        .collect()
+}
+
+/// The contact map of one protein of `n` residues, `[n, n]` row-major: every layer's
+/// attention probabilities under the model's plan (the protein alone, padded), trimmed of
+/// BOS and EOS by [`predict_contacts`].
+pub fn contacts<B: Backend>(model: &Esm2<B>, head: &ContactWeights, protein: &Protein) -> Vec<f32> {
+    let batch = one_batch(model, std::slice::from_ref(protein), Layout::Padded);
+    let t = protein.tokens().len();
+    let mut maps = Vec::with_capacity(head.channels() * t * t);
+    for layer in model.attention_maps(batch.input()) {
+        // One sequence padded alone: one group, one row, block_len >= t.
+        let probs = layer
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| unreachable!("a batch of one sequence has one group"));
+        let [_, heads, _, _] = probs.dims();
+        maps.extend(to_host(probs.slice([0..1, 0..heads, 0..t, 0..t])));
+    }
+    predict_contacts(head, &maps, t - 2)
+}
+
+/// The task-level properties for one case, on whichever heads the checkpoint carries: the
+/// classifier's probabilities and decisions, and each protein's contact map, of the policy
+/// under test against the FP32 reference. Empty when there is no head.
+pub fn check_heads<B: Backend>(
+    models: Models<'_, B>,
+    heads: &HeadWeights,
+    proteins: &[Protein],
+    tol: &HeadTolerances,
+) -> Vec<Verdict> {
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+    let mut verdicts = Vec::new();
+    if let Some(head) = &heads.classifier {
+        let test = classify(models.test, head, proteins);
+        let reference = classify(models.reference, head, proteins);
+        verdicts.extend(classifier_agreement(&test, &reference, &names, tol));
+    }
+    if let Some(head) = &heads.contact {
+        let maps = |model| {
+            proteins
+                .iter()
+                .map(|p| contacts(model, head, p))
+                .collect::<Vec<_>>()
+        };
+        verdicts.extend(contact_agreement(
+            &maps(models.test),
+            &maps(models.reference),
+            &names,
+            tol,
         ));
     }
     verdicts

@@ -13,9 +13,10 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, Test
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::cases::{Models, check_against_reference, localise_case};
+use super::cases::{Models, check_against_reference, judge_against, localise_case, run_case};
 use super::family::{Check, Family, MIXED_BATCH_MAX};
 use super::localise::Localisation;
+use super::outliers::{rank, record_errors};
 use super::saved::{PolicyKey, SeedsFile, counterexample_path, seeds_path};
 use super::summary::{CaseLog, FamilyFailure, FamilyResult};
 use super::verdict::{Selection, Tolerances, Verdict, failures};
@@ -252,18 +253,30 @@ pub fn run_proteins<B: Backend>(
         });
     }
     let start = Instant::now();
-    let mut order: Vec<&Protein> = proteins.iter().collect();
-    order.sort_by_key(|p| p.residues.len());
+    let mut order: Vec<usize> = (0..proteins.len()).collect();
+    order.sort_by_key(|&i| proteins[i].residues.len());
     let mut log = CaseLog::default();
     let mut failure: Option<FamilyFailure> = None;
     let mut runs = 0usize;
+    let hidden = models.reference.config.hidden_size;
+    let mut records = Vec::with_capacity(proteins.len());
     for chunk in order.chunks(MIXED_BATCH_MAX) {
-        let batch: Vec<Protein> = chunk.iter().map(|&p| p.clone()).collect();
+        let batch: Vec<Protein> = chunk.iter().map(|&i| proteins[i].clone()).collect();
         runs += 1;
-        let verdicts =
-            options
-                .selection
-                .keep(check_against_reference(models, &batch, Layout::Padded, tol));
+        // Properties 1-6 as `check_against_reference` judges a padded batch, and each
+        // record's own error for the outlier rankings.
+        let reference = run_case(models.reference, &batch, Layout::Padded);
+        let test = run_case(models.test, &batch, Layout::Padded);
+        let verdicts = options
+            .selection
+            .keep(judge_against(&test, &reference, &batch, hidden, tol));
+        records.extend(record_errors(
+            &test.last,
+            &reference.last,
+            &batch,
+            chunk,
+            hidden,
+        ));
         log.record(&batch, &verdicts);
         let failed: Vec<Verdict> = verdicts.iter().filter(|v| !v.passed).cloned().collect();
         if failure.is_none() && (!failed.is_empty() || verdicts.is_empty()) {
@@ -285,7 +298,15 @@ pub fn run_proteins<B: Backend>(
     };
     let policy = models.test.plan.precision;
     let noise_floor = log.noise_floor(failure.as_ref(), models, tol);
-    Ok(log.into_result(
+    let mut outliers = rank(records);
+    if options.localise {
+        for index in outliers.to_localise() {
+            let one = std::slice::from_ref(&proteins[index]);
+            let l = localise_case(models, one, Layout::Padded, tol.relative_l2);
+            outliers.set_localisation(index, &l);
+        }
+    }
+    let mut result = log.into_result(
         name.to_string(),
         policy,
         proteins.len() as u32,
@@ -295,7 +316,9 @@ pub fn run_proteins<B: Backend>(
         localisation,
         noise_floor,
         start,
-    ))
+    );
+    result.outliers = Some(outliers);
+    Ok(result)
 }
 
 /// A set of real proteins with none in it: judging it would pass on nothing.

@@ -176,6 +176,9 @@ pub struct FamilyResult {
     /// For a variant policy, its errors over its plain twin's, case by case.
     #[serde(default)]
     pub twin_ratios: Option<TwinRatios>,
+    /// Real proteins (`fuzz --fasta`): the records furthest from FP32, localised.
+    #[serde(default)]
+    pub outliers: Option<super::outliers::Outliers>,
     pub seconds: f64,
 }
 
@@ -296,6 +299,7 @@ impl CaseLog {
             points: self.points,
             by_stratum,
             noise_floor,
+            outliers: None,
             seconds: start.elapsed().as_secs_f64(),
         }
     }

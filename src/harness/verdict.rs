@@ -75,6 +75,14 @@ property_ids! {
     /// A variant's error against FP32 within twice its plain twin's on the same input, per
     /// sequence (relative L2 of the token states; [`crate::harness::properties::within_twin`]).
     TwinErrorRatio,
+    /// The checkpoint's classifier: largest |p - p32| of any class probability.
+    ClassifierProbability,
+    /// The checkpoint's classifier: decisions changed beyond the margin from the boundary.
+    ClassifierDecisionFlip,
+    /// The checkpoint's contact head: largest |p - p32| of any contact probability.
+    ContactMaxAbsDiff,
+    /// The checkpoint's contact head: smallest overlap of the top-L/5 contact sets.
+    ContactTopOverlap,
 }
 
 impl PropertyId {
@@ -129,6 +137,10 @@ impl PropertyId {
             PropertyId::TwinErrorRatio => {
                 "error vs FP32 over the plain twin's (relative L2 ratio, max over sequences)"
             }
+            PropertyId::ClassifierProbability => "classifier max |p - p32|",
+            PropertyId::ClassifierDecisionFlip => "classifier decisions flipped beyond the margin",
+            PropertyId::ContactMaxAbsDiff => "contact map max |p - p32|",
+            PropertyId::ContactTopOverlap => "contact top-L/5 overlap (min over sequences)",
         }
     }
 }
@@ -143,7 +155,8 @@ impl PropertyId {
             | PropertyId::TokenCosineMin
             | PropertyId::BoundaryTokenCosine
             | PropertyId::ReferencePooledCosine
-            | PropertyId::ReferenceTokenCosine => Some(1.0),
+            | PropertyId::ReferenceTokenCosine
+            | PropertyId::ContactTopOverlap => Some(1.0),
             _ => None,
         }
     }

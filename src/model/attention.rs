@@ -173,6 +173,31 @@ impl<B: Backend> SelfAttention<B> {
         self.fused() && uses_burn_fused_op(self.plan.backend)
     }
 
+    /// The attention probabilities of every group, computed as the composed path computes
+    /// them under this plan (also when the plan asks for fused attention, whose kernels
+    /// never materialise them): what HF's `output_attentions` returns.
+    ///
+    /// # Shapes
+    /// `x: [tokens, hidden]` (after the layer's LayerNorm) -> per group of `layout`
+    /// `[batch, heads, block_len, block_len]`, padding keys at probability 0
+    pub fn probabilities(
+        &self,
+        x: Tensor<B, 2>,
+        layout: &DeviceBlocks<B>,
+        rotary: &[RotaryTables<B>],
+    ) -> Vec<Tensor<B, 4>> {
+        let qkv = layout.extend_for_gather(self.qkv_proj.forward(x));
+        layout
+            .groups
+            .iter()
+            .zip(rotary)
+            .map(|(group, rot)| {
+                let (q, k, _) = self.heads_of_group(group, rot, &qkv, true);
+                self.composed_probs(group, q, k)
+            })
+            .collect()
+    }
+
     /// Attention within one group of equally long blocks.
     ///
     /// # Shapes
@@ -183,7 +208,38 @@ impl<B: Backend> SelfAttention<B> {
         rotary: &RotaryTables<B>,
         qkv: &Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        let plan = &self.plan;
+        let hidden = qkv.dims()[1] / 3;
+        let (batch, len) = (group.batch, group.block_len);
+        // The fused op scales by head_dim^-0.5 itself (after the rotation, which is linear).
+        let fused = self.burn_fused();
+        let (q, k, v) = self.heads_of_group(group, rotary, qkv, !fused);
+        if fused {
+            let mask = group
+                .key_padding
+                .clone()
+                .expand([batch, self.heads, len, len]);
+            let options = AttentionModuleOptions::default();
+            return burn::tensor::module::attention(q, k, v, Some(mask), None, options)
+                .swap_dims(1, 2)
+                .reshape([batch * len, hidden]);
+        }
+        let probs = self.composed_probs(group, q, k);
+        ops::matmul(&self.plan, probs, v)
+            .swap_dims(1, 2)
+            .reshape([batch * len, hidden])
+    }
+
+    /// One group's q (times `head_dim^-0.5` when `scale_q`) and k rotated, and v.
+    ///
+    /// # Shapes
+    /// `qkv: [tokens (+ 1), 3 hidden]` -> each `[batch, heads, block_len, head_dim]`
+    fn heads_of_group(
+        &self,
+        group: &DeviceGroup<B>,
+        rotary: &RotaryTables<B>,
+        qkv: &Tensor<B, 2>,
+        scale_q: bool,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let hidden = qkv.dims()[1] / 3;
         let (batch, len, heads) = (group.batch, group.block_len, self.heads);
         let head_dim = hidden / heads;
@@ -196,29 +252,29 @@ impl<B: Backend> SelfAttention<B> {
                 .reshape([batch, len, heads, head_dim])
                 .swap_dims(1, 2)
         };
-        // The fused op scales by head_dim^-0.5 itself (after the rotation, which is linear).
-        let q = if self.burn_fused() {
-            part(0)
-        } else {
+        let q = if scale_q {
             part(0).mul_scalar((head_dim as f64).powf(-0.5))
+        } else {
+            part(0)
         };
-        let q = rotary.apply(q);
-        let k = rotary.apply(part(1));
-        let v = part(2);
+        (rotary.apply(q), rotary.apply(part(1)), part(2))
+    }
 
+    /// `softmax(q k^T)` with padding keys masked, under the plan.
+    ///
+    /// # Shapes
+    /// `q, k: [batch, heads, block_len, head_dim]` -> `[batch, heads, block_len, block_len]`
+    fn composed_probs(
+        &self,
+        group: &DeviceGroup<B>,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        let [batch, heads, len, _head_dim] = q.dims();
+        let plan = &self.plan;
         let mask = group.key_padding.clone().expand([batch, heads, len, len]);
-        if self.burn_fused() {
-            let options = AttentionModuleOptions::default();
-            return burn::tensor::module::attention(q, k, v, Some(mask), None, options)
-                .swap_dims(1, 2)
-                .reshape([batch * len, hidden]);
-        }
-        // [batch, heads, len, len]
         let scores = ops::matmul(plan, q, k.swap_dims(2, 3));
         let scores = scores.mask_fill(mask, ops::mask_value(plan.dtype()));
-        let probs = ops::softmax_last(plan, scores, self.unshifted_fault);
-        ops::matmul(plan, probs, v)
-            .swap_dims(1, 2)
-            .reshape([batch * len, hidden])
+        ops::softmax_last(plan, scores, self.unshifted_fault)
     }
 }

@@ -212,6 +212,11 @@ impl<B: Backend> Esm2<B> {
             .collect())
     }
 
+    /// The device the model lives on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
     /// The noise-floor model of a plain, fault-free FP32 model: the same device tensors (no
     /// copy) with every reduction summed in another order ([`ComputePlan::reordered_f32`]);
     /// `None` for any other model.
@@ -245,7 +250,7 @@ impl<B: Backend> Esm2<B> {
     pub fn forward(&self, input: &ModelInput, repr_layers: &[usize]) -> EsmOutput<B> {
         let last = self.layers.len();
         let mut representations = BTreeMap::new();
-        self.run(input, |place, x| {
+        self.run(input, None, |place, x| {
             let index = match place {
                 Place::Embeddings => Some(0),
                 Place::Ffn(i) if i + 1 < last => Some(i + 1),
@@ -267,12 +272,31 @@ impl<B: Backend> Esm2<B> {
     /// `input.tokens: [tokens]` -> each state `[tokens, hidden]`
     pub fn trace(&self, input: &ModelInput) -> Vec<(Place, Tensor<B, 2>)> {
         let mut places = Vec::with_capacity(2 * self.layers.len() + 2);
-        self.run(input, |place, x| places.push((place, x.clone())));
+        self.run(input, None, |place, x| places.push((place, x.clone())));
         places
     }
 
+    /// Runs the model and returns every layer's attention probabilities, per group of the
+    /// layout the model uses for `input` (for a padded batch, one group whose rows are the
+    /// sequences in input order), as the composed attention computes them under this
+    /// model's plan (HF's `output_attentions`; the contact head reads them).
+    ///
+    /// # Shapes
+    /// `input.tokens: [tokens]` -> per layer, per group `[batch, heads, block_len, block_len]`
+    pub fn attention_maps(&self, input: &ModelInput) -> Vec<Vec<Tensor<B, 4>>> {
+        let mut maps = Vec::with_capacity(self.layers.len());
+        self.run(input, Some(&mut maps), |_, _| {});
+        maps
+    }
+
     /// The forward pass, showing `observe` the residual stream at every place.
-    fn run(&self, input: &ModelInput, mut observe: impl FnMut(Place, &Tensor<B, 2>)) {
+    /// With `maps`, each layer's attention probabilities are pushed there too.
+    fn run(
+        &self,
+        input: &ModelInput,
+        mut maps: Option<&mut Vec<Vec<Tensor<B, 4>>>>,
+        mut observe: impl FnMut(Place, &Tensor<B, 2>),
+    ) {
         let device = &self.device;
         let dtype = self.plan.dtype();
         let n_tokens = input.tokens.len();
@@ -331,6 +355,9 @@ impl<B: Backend> Esm2<B> {
                 rotary = Some((inv_freq, tables));
             }
             let rotary = rotary.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
+            if let Some(maps) = maps.as_deref_mut() {
+                maps.push(layer.attention_probabilities(x.clone(), &layout, rotary));
+            }
             let after_attention = layer.attention_block(x, &layout, rotary, seqs.as_ref());
             observe(Place::Attention(i), &after_attention);
             x = layer.ffn_block(after_attention);

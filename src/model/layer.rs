@@ -84,6 +84,21 @@ impl<B: Backend> EsmLayer<B> {
         x + self.self_attn.forward(h, layout, rotary, seqs).cast(dtype)
     }
 
+    /// The attention probabilities [`Self::attention_block`] computes on `x`, per group
+    /// ([`SelfAttention::probabilities`]).
+    ///
+    /// # Shapes
+    /// `x: [tokens, hidden]` -> per group `[batch, heads, block_len, block_len]`
+    pub fn attention_probabilities(
+        &self,
+        x: Tensor<B, 2>,
+        layout: &DeviceBlocks<B>,
+        rotary: &[RotaryTables<B>],
+    ) -> Vec<Tensor<B, 4>> {
+        let h = self.self_attn_layer_norm.forward(x);
+        self.self_attn.probabilities(h, layout, rotary)
+    }
+
     /// `x + fc2(gelu(fc1(LN(x))))`, the FFN in its weights' dtype.
     ///
     /// # Shapes

@@ -13,6 +13,7 @@ pub mod esm2;
 pub mod fault;
 pub mod flash;
 pub mod fp32_places;
+pub mod heads;
 pub mod host;
 pub mod layer;
 pub mod ops;

@@ -10,9 +10,11 @@
 //!   and Inf weights ([`build_streamed`]), the one way the CLI and the tests build models
 //!   from a file;
 //! - [`hub`]: `hf:<org>/<name>` weights in the Hugging Face cache; [`synth`] and
-//!   [`torch_zip`]: random-weight checkpoints written as HF does; `error`: [`LoadError`].
+//!   [`torch_zip`]: random-weight checkpoints written as HF does; `error`: [`LoadError`];
+//! - `heads`: the classifier and contact head, read on request ([`OpenCheckpoint::read_heads`]).
 
 mod error;
+mod heads;
 pub mod hub;
 mod keys;
 mod open;

@@ -294,6 +294,34 @@ impl OpenCheckpoint {
         })
     }
 
+    /// An ignored tensor (a head's) by the name it has once `esm.`, `encoder.` or
+    /// `encoder.sentence_encoder.` is stripped, widened to f32, with its stored key; `None`
+    /// when the file has no such tensor.
+    pub(super) fn read_ignored(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, HostTensor)>, LoadError> {
+        let stripped = |key: &str| {
+            let key = key.strip_prefix("esm.").unwrap_or(key);
+            let key = key.strip_prefix("encoder.sentence_encoder.").unwrap_or(key);
+            key.strip_prefix("encoder.").unwrap_or(key).to_string()
+        };
+        let Some(key) = self.file.ignored.iter().find(|k| stripped(k) == name) else {
+            return Ok(None);
+        };
+        let infos = self.source.infos();
+        let shape = infos.get(key).map(|i| i.shape.clone()).unwrap_or_default();
+        let data = self.source.read_f32(&self.file.path, key)?;
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(LoadError::TensorData {
+                path: self.file.path.clone(),
+                key: key.clone(),
+                detail: format!("{} values for shape {shape:?}", data.len()),
+            });
+        }
+        Ok(Some((key.clone(), HostTensor::new(shape, data))))
+    }
+
     /// Values in the backbone's tensors (`inv_freq` included).
     pub fn parameter_count(&self) -> usize {
         self.keys
