@@ -293,24 +293,6 @@ __device__ void flash_attention(
     }
 }
 
-#define INSTANCE(SUFFIX, T, HD)                                                              \
-    extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_##SUFFIX(                  \
-        const T* qkv, int rows, int hidden, T* qk, const int* row_pos,                        \
-        const float* rope_table, float scale) {                                              \
-        rope_qk<T, HD>(qkv, rows, hidden, qk, row_pos, rope_table, scale);                   \
-    }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_##SUFFIX(                \
-        const T* qkv, const T* qk, int hidden, T* out, const int* meta, int n_tiles,          \
-        int n_seq) {                                                                         \
-        flash_attention<T, HD>(qkv, qk, hidden, out, meta, n_tiles, n_seq);                  \
-    }
-
-INSTANCE(f16_hd16, __half, 16)
-INSTANCE(f16_hd32, __half, 32)
-INSTANCE(f16_hd64, __half, 64)
-INSTANCE(bf16_hd16, __nv_bfloat16, 16)
-INSTANCE(bf16_hd32, __nv_bfloat16, 32)
-INSTANCE(bf16_hd64, __nv_bfloat16, 64)
 
 // True FP32 attention (no tensor cores: FFMA in f32 throughout, expf), the same tiling of
 // queries (64 rows of one head of one sequence per block of 128 threads), keys 32 at a time.
@@ -448,18 +430,38 @@ __device__ void flash_attention_f32(
     }
 }
 
-#define INSTANCE_F32(HD)                                                                     \
-    extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_f32_hd##HD(                \
-        const float* qkv, int rows, int hidden, float* qk, const int* row_pos,                \
+// The flash body of a storage type: tensor cores for f16 and bf16, f32 FMA for f32.
+template <typename T, int HD> struct Flash {
+    static __device__ void run(const T* qkv, const T* qk, int hidden, T* out, const int* meta,
+                               int n_tiles, int n_seq) {
+        flash_attention<T, HD>(qkv, qk, hidden, out, meta, n_tiles, n_seq);
+    }
+};
+template <int HD> struct Flash<float, HD> {
+    static __device__ void run(const float* qkv, const float* qk, int hidden, float* out,
+                               const int* meta, int n_tiles, int n_seq) {
+        flash_attention_f32<HD>(qkv, qk, hidden, out, meta, n_tiles, n_seq);
+    }
+};
+
+#define INSTANCE(SUFFIX, T, HD)                                                              \
+    extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_##SUFFIX(                  \
+        const T* qkv, int rows, int hidden, T* qk, const int* row_pos,                        \
         const float* rope_table, float scale) {                                              \
-        rope_qk<float, HD>(qkv, rows, hidden, qk, row_pos, rope_table, scale);               \
+        rope_qk<T, HD>(qkv, rows, hidden, qk, row_pos, rope_table, scale);                   \
     }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_f32_hd##HD(              \
-        const float* qkv, const float* qk, int hidden, float* out, const int* meta,           \
-        int n_tiles, int n_seq) {                                                            \
-        flash_attention_f32<HD>(qkv, qk, hidden, out, meta, n_tiles, n_seq);                 \
+    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_##SUFFIX(                \
+        const T* qkv, const T* qk, int hidden, T* out, const int* meta, int n_tiles,          \
+        int n_seq) {                                                                         \
+        Flash<T, HD>::run(qkv, qk, hidden, out, meta, n_tiles, n_seq);                       \
     }
 
-INSTANCE_F32(16)
-INSTANCE_F32(32)
-INSTANCE_F32(64)
+INSTANCE(f16_hd16, __half, 16)
+INSTANCE(f16_hd32, __half, 32)
+INSTANCE(f16_hd64, __half, 64)
+INSTANCE(bf16_hd16, __nv_bfloat16, 16)
+INSTANCE(bf16_hd32, __nv_bfloat16, 32)
+INSTANCE(bf16_hd64, __nv_bfloat16, 64)
+INSTANCE(f32_hd16, float, 16)
+INSTANCE(f32_hd32, float, 32)
+INSTANCE(f32_hd64, float, 64)

@@ -269,7 +269,7 @@ fn nan_predictions_count_as_flipped_decisions() {
 /// The figures behind the bounds, on the whole corpus (about 10 minutes on 2 cores):
 /// `cargo test --release --test suite task_heads::measure -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a measurement, not a check: ~10 min on 2 cores; run with -- --ignored --nocapture"]
 fn measure_the_heads_on_the_whole_corpus() {
     let corpus = common::corpus();
     let short: Vec<Protein> = corpus

@@ -253,15 +253,20 @@ impl OpenCheckpoint {
             .keys
             .get(name)
             .unwrap_or_else(|| unreachable!("{name} is an expected tensor, checked when opened"));
+        self.read_key(key, shape.clone())
+    }
+
+    /// The stored tensor `key`, widened to f32, its value count checked against `shape`.
+    fn read_key(&self, key: &str, shape: Vec<usize>) -> Result<HostTensor, LoadError> {
         let data = self.source.read_f32(&self.file.path, key)?;
         if data.len() != shape.iter().product::<usize>() {
             return Err(LoadError::TensorData {
                 path: self.file.path.clone(),
-                key: key.clone(),
+                key: key.to_string(),
                 detail: format!("{} values for shape {shape:?}", data.len()),
             });
         }
-        Ok(HostTensor::new(shape.clone(), data))
+        Ok(HostTensor::new(shape, data))
     }
 
     fn linear(&self, prefix: &str) -> Result<LinearWeights, LoadError> {
@@ -311,15 +316,7 @@ impl OpenCheckpoint {
         };
         let infos = self.source.infos();
         let shape = infos.get(key).map(|i| i.shape.clone()).unwrap_or_default();
-        let data = self.source.read_f32(&self.file.path, key)?;
-        if data.len() != shape.iter().product::<usize>() {
-            return Err(LoadError::TensorData {
-                path: self.file.path.clone(),
-                key: key.clone(),
-                detail: format!("{} values for shape {shape:?}", data.len()),
-            });
-        }
-        Ok(Some((key.clone(), HostTensor::new(shape, data))))
+        Ok(Some((key.clone(), self.read_key(key, shape)?)))
     }
 
     /// Values in the backbone's tensors (`inv_freq` included).
