@@ -139,7 +139,7 @@ pub fn run(args: BisectArgs) -> Result<Outcome> {
     };
     let checkpoint = args.model.load()?;
     let backend = args.model.backend;
-    let tol = Tolerances::for_precision(args.precision);
+    let tol = Tolerances::for_policy(args.precision, backend);
     let reach_tol = args.reach.map(Tolerances::for_precision).unwrap_or(tol);
     let plan = ComputePlan::new(args.precision, backend);
     eprintln!("under test: {}", plan.describe());

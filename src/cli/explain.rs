@@ -74,7 +74,7 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
     let checkpoint = args.model.load()?;
     let places = args.policy.places(&checkpoint.weights.config)?;
     let backend = args.model.backend;
-    let tol = Tolerances::for_precision(args.policy.precision);
+    let tol = Tolerances::for_policy(args.policy.precision, backend);
     let layout = if args.packed {
         Layout::Packed
     } else {

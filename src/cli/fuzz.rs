@@ -602,7 +602,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     stop_on_signals(&stop)?;
     let report_path = out.join("report.json");
     let markdown_path = out.join("report.md");
-    let tol = Tolerances::for_precision(args.policy.precision);
+    let tol = Tolerances::for_policy(args.policy.precision, backend);
     let report = with_backend!(backend, |B, device| {
         eprintln!(
             "reference: {}\nunder test: {}",

@@ -82,7 +82,7 @@ pub fn run(args: PowerArgs) -> Result<Outcome> {
     spec.check(config.num_hidden_layers)?;
     let backend = args.model.backend;
     let gemm = args.policy.gemm(backend)?;
-    let tol = Tolerances::for_precision(args.policy.precision);
+    let tol = Tolerances::for_policy(args.policy.precision, backend);
     let (report, policy) = with_backend!(backend, |B, device| {
         let ref_plan = PolicyArgs::reference_plan(backend, gemm)?;
         let plan = args.policy.plan(backend, gemm)?;

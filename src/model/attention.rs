@@ -10,7 +10,7 @@ use super::blocks::{DeviceBlocks, DeviceGroup};
 use super::device::DeviceLinear;
 use super::flash::{self, SeqTable};
 use super::ops;
-use super::precision::{AttentionKernel, ComputePlan, Precision};
+use super::precision::{AttentionKernel, ComputePlan};
 use super::rotary::RotaryTables;
 use super::weights::{LayerWeights, LinearWeights};
 
@@ -158,12 +158,11 @@ impl<B: Backend> SelfAttention<B> {
         }
     }
 
-    /// Whether fused attention is asked for here: by the plan, and neither an FP32 place nor
-    /// the unshifted-softmax fault (which needs the composed softmax).
+    /// Whether fused attention is asked for here: by the plan (an FP32 place gets the
+    /// reference's composed plan), unless the unshifted-softmax fault needs the composed
+    /// softmax. f32 storage is fused too: the flash kernel's f32 body is true FP32.
     fn fused(&self) -> bool {
-        self.plan.attention == AttentionKernel::Fused
-            && self.plan.precision != Precision::F32
-            && !self.unshifted_fault
+        self.plan.attention == AttentionKernel::Fused && !self.unshifted_fault
     }
 
     /// Whether burn's fused attention op runs here: fused attention off CUDA (on CUDA it is
