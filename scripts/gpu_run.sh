@@ -2,6 +2,7 @@
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
 # STEP: matmul parity bench gemm torchbench hostsync longtail big fuzz devices fixtures suite bisect
+# sanitizer profile ordering
 # (default: matmul parity bench fuzz).
 # hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
 # ordering: embed with stream order vs host synchronisation, compared bit for bit.
@@ -14,7 +15,7 @@
 # BENCH_ATTENTION=composed,fused also times burn's fused (flash) attention for half policies.
 # Every step's device memory peak is printed (nvidia-smi sampled every 200 ms, whole card).
 # Everything written but log.txt comes back as OUT_DIR/bundle.tar.gz (BUNDLE=0: as it is).
-# suite: the integration suite on CUDA (gpu/suite.gz from WITH_SUITE=1 prepare_gpu.sh), every
+# suite: the integration suite on CUDA (gpu/suite.xz from WITH_SUITE=1 prepare_gpu.sh), every
 # module, the FP32 reference true FP32 on the GPU; SUITE_ARGS passes test filters
 # (e.g. "--skip reader_fuzz"); new failures' seeds are copied to OUT_DIR/proptest-regressions. Needs gpu/ from
 # scripts/prepare_gpu.sh. Everything printed goes to OUT_DIR/log.txt; JSON reports beside it.
@@ -36,7 +37,7 @@ steps=${*:-matmul parity bench fuzz}
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 log="$out/log.txt"
 bin=/tmp/esmfuzz
-gunzip -c gpu/esmfuzz.gz > "$bin" && chmod +x "$bin"
+xz -dc gpu/esmfuzz.xz > "$bin" && chmod +x "$bin"
 # The binary's defaults read ../shared beside the repository.
 [ -e ../shared ] || ln -s "$PWD/gpu/shared" ../shared
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$log" 2>&1
@@ -127,6 +128,27 @@ for step in $steps; do
         run env ESMFUZZ_CUBLAS_HOST_SYNC=1 "$bin" embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --precision f16 "${flag[@]}" --out "$out/order-host-$layout.npy"
         run python3 -c "import numpy as np, sys; a, b = (np.load(f'$out/order-{m}-$layout.npy') for m in ('stream', 'host')); same = a.tobytes() == b.tobytes(); print('$layout: stream-ordered', 'IDENTICAL to' if same else 'DIFFERS from', 'host-synchronised, max|diff|', float(np.abs(a - b).max())); sys.exit(0 if same else 1)"
       done ;;
+    sanitizer)
+      # compute-sanitizer on esmfuzz's own kernels and cuBLAS on cubecl's stream: 12 corpus
+      # records embedded (8M, fused attention, packed and padded) under memcheck (out-of-bounds,
+      # misaligned accesses, every kernel) and racecheck (shared-memory
+      # hazards, the flash kernels only), for each of SANITIZER_PRECISIONS (default f16,f32) and
+      # SANITIZER_LAYOUTS (default "packed padded").
+      cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
+      if [ -z "$cs" ]; then
+        echo "compute-sanitizer: not found on this machine" | tee -a "$log"; status=1
+      else
+        python3 -c "import sys; recs = open('../shared/corpus/uniprot_sprot196.fasta').read().split('>')[1:13]; sys.stdout.write(''.join('>' + r for r in recs))" > "$out/sanitizer.fasta"
+        for p in $(echo "${SANITIZER_PRECISIONS:-f16,f32}" | tr , ' '); do
+          for layout in ${SANITIZER_LAYOUTS:-packed padded}; do
+            flag=(); [ "$layout" = packed ] && flag=(--packed)
+            emb=("$bin" embed --backend cuda --fasta "$out/sanitizer.fasta" --precision "$p" --attention fused "${flag[@]}")
+            rm -f /tmp/sanitizer-*.npy
+            run timeout "${STEP_SECONDS_SANITIZER:-240}" "$cs" --tool memcheck --error-exitcode 3 "${emb[@]}" --out /tmp/sanitizer-memcheck.npy
+            run timeout "${STEP_SECONDS_SANITIZER:-240}" "$cs" --tool racecheck --racecheck-report all --kernel-name kns=esm_ --error-exitcode 3 "${emb[@]}" --out /tmp/sanitizer-racecheck.npy
+          done
+        done
+      fi ;;
     hostsync)
       # The same bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1,
       # the path before cubecl's stream was shared): what the round trips cost, same card.
@@ -162,7 +184,7 @@ for step in $steps; do
       ls -l "$dir" | tee -a "$log"
       run timeout "${STEP_SECONDS_BIG:-500}" "$bin" fuzz --backend cuda --weights "$dir" --precision "${BIG_PRECISION:-f16}" --cases "${BIG_CASES:-4}" --seed "${FUZZ_SEED:-1}" --max-stratum "${BIG_MAX_STRATUM:-long}" --out "$out/big-$preset" ;;
     suite)
-      gunzip -c gpu/suite.gz > /tmp/suite-cuda && chmod +x /tmp/suite-cuda
+      xz -dc gpu/suite.xz > /tmp/suite-cuda && chmod +x /tmp/suite-cuda
       # The suite was built elsewhere: point it at this checkout and the CUDA esmfuzz binary.
       # SUITE_MODULES="a b c": one run per module, each under STEP_SECONDS_SUITE_MODULE, so a
       # call that runs out of time still reports every module it reached.

@@ -101,7 +101,7 @@ pub fn pooled_batch<B: Backend>(model: &Esm2<B>, batch: &(impl Batch + ?Sized)) 
 }
 
 /// The batches of `proteins` under `batching`, built one at a time for `model` (padded rows
-/// rounded up to its backend's block multiple, so the model need not regroup them).
+/// rounded up to [`Esm2::padded_row_multiple`]).
 pub fn batches<'a, B: Backend>(
     model: &'a Esm2<B>,
     proteins: &'a [Protein],
@@ -119,7 +119,7 @@ pub fn batches<'a, B: Backend>(
             Layout::Padded => Box::new(PaddedBatch::with_len_multiple(
                 &seqs,
                 dropout,
-                model.plan.backend.block_multiple(),
+                model.padded_row_multiple(),
             )),
             Layout::Packed => Box::new(PackedBatch::new(&seqs, dropout)),
         }

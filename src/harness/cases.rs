@@ -11,6 +11,7 @@ use super::properties::{
     against_reference, finite_layers, isolation, packed_vs_padded, within_twin,
 };
 use super::verdict::{PropertyId, Tolerances, Verdict};
+use crate::backend::BackendKind;
 use crate::batch::{
     Batch, Batching, HostStates, LayerStates, Layout, PackedBatch, PaddedBatch, pool_residues,
     run_batch, sequence_states, token_states,
@@ -249,11 +250,22 @@ pub fn judge_against(
 /// Property 8 for one case: each sequence alone equals itself among batch-mates (padded,
 /// and packed in reverse order) within `tol.isolation_abs`, and a repeat of the batch is
 /// bit-identical. Only the policy under test runs.
+///
+/// On CUDA the repeat compares the second and third passes of the batch. A shape's first
+/// pass can differ from later ones in the last bits: cubecl autotunes kernels during it
+/// (burn-fusion's fused reductions among them: `cubecl-autotune.log` lists two candidates
+/// per LayerNorm key) and later passes run the winner. A saved f32 counterexample failed
+/// the repeat by 5.3e-6 on an H200 when it compared the first two passes, and held when it
+/// compared the second and third (the CUDA suite, `results/h200-s9/`). The steady state is
+/// what a deployment runs in, and what a race or an atomic reduction would break.
 pub fn check_isolation<B: Backend>(
     model: &Esm2<B>,
     proteins: &[Protein],
     tol: &Tolerances,
 ) -> Vec<Verdict> {
+    if model.plan.backend == BackendKind::Cuda {
+        run_case(model, proteins, Layout::Padded);
+    }
     let together = run_case(model, proteins, Layout::Padded);
     let again = run_case(model, proteins, Layout::Padded);
     let reversed: Vec<Protein> = proteins.iter().rev().cloned().collect();

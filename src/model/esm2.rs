@@ -212,6 +212,21 @@ impl<B: Backend> Esm2<B> {
             .collect())
     }
 
+    /// The multiple padded rows are rounded up to. Where the flash kernel attends (fused
+    /// attention on CUDA) it reads each sequence's own length, so rows keep the batch's
+    /// longest sequence, as torch pads them: rounding to 64 added up to 63 slots of work per
+    /// row to every product. Elsewhere the backend's block multiple
+    /// ([`crate::backend::BackendKind::block_multiple`]), so that the composed attention's
+    /// blocks need no gather. Either is correct for any layer (a layer that runs composed
+    /// rounds its blocks itself); this only decides which path pays for rounding.
+    pub fn padded_row_multiple(&self) -> usize {
+        if flash::runs_for(&self.plan, self.config.head_dim()) {
+            1
+        } else {
+            self.plan.backend.block_multiple()
+        }
+    }
+
     /// The device the model lives on.
     pub fn device(&self) -> &B::Device {
         &self.device

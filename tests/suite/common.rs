@@ -136,6 +136,20 @@ pub fn corpus() -> &'static Vec<Protein> {
     })
 }
 
+/// The FP32 reference's last-layer states of the corpus, `[n_i + 2, hidden]` each, padded
+/// batches of [`esmfuzz::backend::CPU_TOKEN_BUDGET`] tokens: computed once per test binary
+/// for every test that compares the corpus with HF transformers (states, classifier).
+pub fn fp32_corpus_states() -> &'static Vec<Vec<f32>> {
+    static S: OnceLock<Vec<Vec<f32>>> = OnceLock::new();
+    S.get_or_init(|| {
+        esmfuzz::batch::token_states(
+            shared_model(Precision::F32),
+            corpus(),
+            esmfuzz::batch::Batching::padded(esmfuzz::backend::CPU_TOKEN_BUDGET),
+        )
+    })
+}
+
 /// A model of `weights` under `precision` with `faults` on [`TestBackend`].
 pub fn model_with(
     weights: &EsmWeights,
@@ -236,7 +250,7 @@ pub fn check_family(
     let result = run_family(
         family,
         against_fp32(shared_model(precision)),
-        &Tolerances::for_precision(precision),
+        &Tolerances::for_policy(precision, test_backend()),
         &options,
         &mut PrintMargins,
     );

@@ -1,8 +1,6 @@
 //! The FP32 model is ESM-2: on the CPU it reproduces HF transformers' FP32 outputs for the
 //! real corpus, and the reduced policies' distance from it is measured and bounded.
 
-use std::sync::OnceLock;
-
 use esmfuzz::backend::CPU_TOKEN_BUDGET;
 use esmfuzz::batch::{Batching, token_states};
 use esmfuzz::harness::metrics::compare_states;
@@ -22,18 +20,6 @@ const F16_MIN_POOLED_COSINE: f64 = 0.9999;
 /// margin on the error (1 - cos) while catching a 10x degradation.
 const BF16_MIN_POOLED_COSINE: f64 = 0.999;
 
-/// FP32 last-layer states of the corpus, `[n_i + 2, hidden]` each, computed once.
-fn fp32_states() -> &'static Vec<Vec<f32>> {
-    static S: OnceLock<Vec<Vec<f32>>> = OnceLock::new();
-    S.get_or_init(|| {
-        token_states(
-            common::shared_model(Precision::F32),
-            common::corpus(),
-            Batching::padded(CPU_TOKEN_BUDGET),
-        )
-    })
-}
-
 fn parity(states: &[Vec<f32>]) -> ReferenceParity {
     let hidden = common::weights().config.hidden_size;
     let (pooled_shape, pooled) = common::read_npy_f32(&common::shared(REFERENCE_POOLED));
@@ -45,7 +31,7 @@ fn parity(states: &[Vec<f32>]) -> ReferenceParity {
 
 #[test]
 fn fp32_matches_the_hf_reference_pooled_and_per_token_for_every_corpus_sequence() {
-    let p = parity(fp32_states());
+    let p = parity(common::fp32_corpus_states());
     println!("FP32 vs HF: {p:?}");
     let failed: Vec<String> = p
         .verdicts()
@@ -64,7 +50,7 @@ fn fp32_matches_the_hf_reference_pooled_and_per_token_for_every_corpus_sequence(
 
 #[test]
 fn parity_with_the_hf_reference_fails_when_one_record_is_nan() {
-    let mut states = fp32_states().clone();
+    let mut states = common::fp32_corpus_states().clone();
     let hidden = common::weights().config.hidden_size;
     states[100][hidden + 3] = f32::NAN;
     assert!(!parity(&states).passed(), "a NaN record passed HF parity");
@@ -77,7 +63,7 @@ fn reduced_against_fp32(precision: Precision, min_pooled: f64) {
         common::corpus(),
         Batching::padded(CPU_TOKEN_BUDGET),
     );
-    let c = compare_states(&states, fp32_states(), hidden);
+    let c = compare_states(&states, common::fp32_corpus_states(), hidden);
     println!(
         "{precision} vs FP32 (cpu): pooled cosine min {:.8} (record {}), token cosine min {:.6} mean {:.8}, rel L2 {:.3e}, max|diff| {:.3e}, non-finite {}",
         c.pooled_cosine_min,

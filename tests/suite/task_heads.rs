@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use esmfuzz::batch::{Batching, token_states};
 use esmfuzz::harness::cases::{Models, check_heads, contacts};
 use esmfuzz::harness::heads::HeadTolerances;
 use esmfuzz::harness::strategies::{Stratum, protein};
@@ -86,7 +85,7 @@ fn fp32_classifier_logits_equal_hf_transformers_on_the_corpus() {
     let hidden = model.config.hidden_size;
     let (shape, want) = common::read_npy_f32(&fixture("classifier_logits.npy"));
     assert_eq!(shape, vec![common::corpus().len(), 2]);
-    let states = token_states(model, common::corpus(), Batching::padded(1024));
+    let states = common::fp32_corpus_states();
     let bos: Vec<&[f32]> = states.iter().map(|s| &s[..hidden]).collect();
     let head = ClassifierHead::<common::TestBackend>::new(
         heads().classifier.as_ref().expect("classifier"),
