@@ -136,18 +136,30 @@ pub fn corpus() -> &'static Vec<Protein> {
     })
 }
 
-/// The FP32 reference's last-layer states of the corpus, `[n_i + 2, hidden]` each, padded
-/// batches of [`esmfuzz::backend::CPU_TOKEN_BUDGET`] tokens: computed once per test binary
-/// for every test that compares the corpus with HF transformers (states, classifier).
-pub fn fp32_corpus_states() -> &'static Vec<Vec<f32>> {
-    static S: OnceLock<Vec<Vec<f32>>> = OnceLock::new();
-    S.get_or_init(|| {
+/// The last-layer states of the corpus under `precision` (the shared model of that policy),
+/// `[n_i + 2, hidden]` each, padded batches of [`esmfuzz::backend::CPU_TOKEN_BUDGET`] tokens:
+/// computed once per policy and test binary for every test that reads them (HF parity, the
+/// classifier, packed against padded, the reduced policies against FP32). A corpus pass is
+/// the suite's most expensive step on the CPU.
+pub fn corpus_states(precision: Precision) -> &'static Vec<Vec<f32>> {
+    static STATES: [OnceLock<Vec<Vec<f32>>>; Precision::ALL.len()] =
+        [const { OnceLock::new() }; Precision::ALL.len()];
+    let index = Precision::ALL
+        .iter()
+        .position(|&p| p == precision)
+        .unwrap_or_else(|| unreachable!("Precision::ALL lists every policy"));
+    STATES[index].get_or_init(|| {
         esmfuzz::batch::token_states(
-            shared_model(Precision::F32),
+            shared_model(precision),
             corpus(),
             esmfuzz::batch::Batching::padded(esmfuzz::backend::CPU_TOKEN_BUDGET),
         )
     })
+}
+
+/// The FP32 reference's corpus states ([`corpus_states`]).
+pub fn fp32_corpus_states() -> &'static Vec<Vec<f32>> {
+    corpus_states(Precision::F32)
 }
 
 /// A model of `weights` under `precision` with `faults` on [`TestBackend`].

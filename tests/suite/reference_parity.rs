@@ -1,8 +1,6 @@
 //! The FP32 model is ESM-2: on the CPU it reproduces HF transformers' FP32 outputs for the
 //! real corpus, and the reduced policies' distance from it is measured and bounded.
 
-use esmfuzz::backend::CPU_TOKEN_BUDGET;
-use esmfuzz::batch::{Batching, token_states};
 use esmfuzz::harness::metrics::compare_states;
 use esmfuzz::harness::reference::{
     REFERENCE_FIRST_TOKENS, REFERENCE_POOLED, ReferenceParity, compare_with_reference,
@@ -58,12 +56,8 @@ fn parity_with_the_hf_reference_fails_when_one_record_is_nan() {
 
 fn reduced_against_fp32(precision: Precision, min_pooled: f64) {
     let hidden = common::weights().config.hidden_size;
-    let states = token_states(
-        common::shared_model(precision),
-        common::corpus(),
-        Batching::padded(CPU_TOKEN_BUDGET),
-    );
-    let c = compare_states(&states, common::fp32_corpus_states(), hidden);
+    let states = common::corpus_states(precision);
+    let c = compare_states(states, common::fp32_corpus_states(), hidden);
     println!(
         "{precision} vs FP32 (cpu): pooled cosine min {:.8} (record {}), token cosine min {:.6} mean {:.8}, rel L2 {:.3e}, max|diff| {:.3e}, non-finite {}",
         c.pooled_cosine_min,
