@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench gemm torchbench hostsync longtail big fuzz devices fixtures suite bisect
-# sanitizer profile ordering
+# STEP: matmul parity bench gemm torchbench hostsync ordering profile longtail big fuzz devices
+# fixtures suite bisect sanitizer
 # (default: matmul parity bench fuzz).
 # hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
 # ordering: embed with stream order vs host synchronisation, compared bit for bit.
@@ -130,10 +130,10 @@ for step in $steps; do
       done ;;
     sanitizer)
       # compute-sanitizer on esmfuzz's own kernels and cuBLAS on cubecl's stream: 12 corpus
-      # records embedded (8M, fused attention, packed and padded) under memcheck (out-of-bounds,
-      # misaligned accesses, every kernel) and racecheck (shared-memory
-      # hazards, the flash kernels only), for each of SANITIZER_PRECISIONS (default f16,f32) and
-      # SANITIZER_LAYOUTS (default "packed padded").
+      # records embedded (8M, fused attention) under memcheck (out-of-bounds and misaligned
+      # accesses, every kernel) and racecheck (shared-memory hazards, the flash kernels only),
+      # for each of SANITIZER_PRECISIONS (default f16,f32) and SANITIZER_LAYOUTS (default
+      # "packed padded").
       cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
       if [ -z "$cs" ]; then
         echo "compute-sanitizer: not found on this machine" | tee -a "$log"; status=1
