@@ -10,6 +10,7 @@
 pub mod alphabet;
 pub mod backend;
 pub mod batch;
+pub mod deployment;
 pub mod harness;
 pub mod input;
 pub mod model;

@@ -15,9 +15,12 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use esmfuzz::backend::BackendKind;
-use esmfuzz::harness::campaign::{CampaignReport, CampaignSpec, Shard, run_campaign};
+use esmfuzz::harness::campaign::{
+    CampaignReport, CampaignSpec, InProcessRunner, Runner, Shard, run_campaign_with,
+};
 use esmfuzz::harness::cases::Models;
 use esmfuzz::harness::driver::Observer;
+use esmfuzz::harness::driver::RunOptions;
 use esmfuzz::harness::family::Family;
 use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
 use esmfuzz::harness::summary::FamilyResult;
@@ -83,10 +86,12 @@ pub struct FuzzArgs {
     /// finished families are kept, the others run. Writes to that folder.
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub deployment: super::fuzz_deployment::DeploymentArgs,
 }
 
 /// sha256 of a file, read in 8 MiB pieces.
-fn sha256_of(path: &Path) -> Result<String> {
+pub(super) fn sha256_of(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
     let mut file =
@@ -127,6 +132,7 @@ impl FuzzArgs {
             shard: _,
             devices: _,
             resume: _,
+            deployment: _,
         } = self;
         let mut args = vec![OsString::from("fuzz")];
         model.to_args(&mut args);
@@ -211,7 +217,7 @@ fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
 }
 
 /// A seed for a campaign nobody seeded: the clock's nanoseconds mixed with the process id.
-fn fresh_seed() -> u64 {
+pub(super) fn fresh_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -429,7 +435,7 @@ fn fasta_family_names(paths: &[PathBuf]) -> Vec<String> {
 /// Sets `stop` on SIGINT and SIGTERM (Ctrl-C, a scheduler's time limit), so the campaign
 /// ends at the next case boundary with its report marked incomplete; a second signal ends
 /// the process at once (exit 1).
-fn stop_on_signals(stop: &Arc<AtomicBool>) -> Result<()> {
+pub(super) fn stop_on_signals(stop: &Arc<AtomicBool>) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(stop))
@@ -495,39 +501,29 @@ fn family_line(result: &FamilyResult) -> String {
 
 pub fn run(args: FuzzArgs) -> Result<Outcome> {
     if !args.devices.is_empty() {
+        if args.deployment.endpoint.is_some() {
+            bail!(
+                "--devices runs our own model on several GPUs; a --deployment is one subject: drop --devices"
+            );
+        }
         return run_on_devices(&args);
     }
-    // Every input is checked before anything in the campaign folder is touched.
-    let (out, claim) = match (&args.resume, args.overwrite) {
-        (Some(dir), _) => (dir.clone(), Claim::Resume),
-        (None, true) => (args.out.clone(), Claim::Overwrite),
-        (None, false) => (args.out.clone(), Claim::NewCampaign),
-    };
-    campaign_dir::check(&out, claim)?;
-    let regressions = args.regressions_dir()?;
-    let stopped = args
-        .resume
-        .as_deref()
-        .map(|dir| stopped_campaign(dir, &args))
-        .transpose()?;
-    let cases = stopped
-        .as_ref()
-        .and_then(|s| NonZeroU32::new(s.campaign.cases_per_family))
-        .or(args.cases)
-        .unwrap_or(DEFAULT_CASES);
-    let mut real_proteins = Vec::with_capacity(args.fasta.len());
-    for (path, name) in args.fasta.iter().zip(fasta_family_names(&args.fasta)) {
-        real_proteins.push((name, read_proteins(path, NormaliseOptions::default())?));
+    let start = Start::of(&args)?;
+    if args.deployment.endpoint.is_some() {
+        return super::fuzz_deployment::run(&args, start);
     }
+    let Start {
+        out,
+        claim,
+        regressions,
+        stopped,
+        cases,
+        real_proteins,
+    } = start;
     let checkpoint = args.model.open()?;
     let digest = sha256_of(&checkpoint.file.path)?;
     let config = &checkpoint.config;
-    let model = ModelSize {
-        layers: config.num_hidden_layers,
-        hidden: config.hidden_size,
-        heads: config.num_attention_heads,
-        parameters: checkpoint.parameter_count(),
-    };
+    let model = ModelSize::of(&checkpoint);
     let places = args.policy.places(config)?;
     let backend = args.model.backend;
     // The default engine is settled only now that `open` has found CUDA (its probe loads
@@ -555,16 +551,6 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             .unwrap_or_default(),
         shard: args.shard,
     };
-    let planned = spec.planned();
-    if spec.families_owned() == 0 {
-        let shard = args.shard.map(|s| format!("{}/{}", s.index, s.count));
-        bail!(
-            "shard {} of a campaign of {} families runs no family: a campaign of nothing \
-             would pass on nothing; use fewer shards",
-            shard.unwrap_or_default(),
-            planned.len()
-        );
-    }
     let (esmfuzz_version, git_commit) = RunHeader::this_build();
     let header = RunHeader {
         esmfuzz_version,
@@ -579,31 +565,12 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         attention: args.policy.attention,
         gemm,
         reference_policy: ref_plan.describe(),
+        deployment: None,
     };
-    if let Some(stopped) = &stopped {
-        check_same_campaign(&out, stopped, &header, &planned, args.shard)?;
-    }
-    eprintln!("seed: {seed} (rerun with --seed {seed})");
-
-    // Now the folder is this run's: locked until it ends.
-    let _owned = campaign_dir::claim(&out, claim)?;
-    let lines_path = out.join(campaign_dir::CASES_FILE);
-    if stopped.is_some() {
-        repair_cases(&lines_path, &spec.completed)?;
-    }
-    let lines = std::fs::OpenOptions::new()
-        .create(true)
-        .append(stopped.is_some())
-        .write(true)
-        .truncate(stopped.is_none())
-        .open(&lines_path)
-        .with_context(|| format!("creating {}", lines_path.display()))?;
+    check_plan(&spec, &out, stopped.as_ref(), &header, args.shard)?;
     let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signals(&stop)?;
-    let report_path = out.join("report.json");
-    let markdown_path = out.join("report.md");
     let tol = Tolerances::for_policy(args.policy.precision, backend);
-    let report = with_backend!(backend, |B, device| {
+    with_backend!(backend, |B, device| {
         eprintln!(
             "reference: {}\nunder test: {}",
             header.reference_policy, header.policy
@@ -652,6 +619,179 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             floor: floor.as_ref(),
             twin: twin.as_ref(),
         };
+        let runner = InProcessRunner { models, tol };
+        let campaign = Campaign {
+            out: &out,
+            claim,
+            resumed: stopped.is_some(),
+            spec: &spec,
+            options: RunOptions::campaign(&spec),
+            stop: &stop,
+        };
+        campaign.run(&runner, header, &mut |_| {})
+    })
+}
+
+/// What every campaign checks and reads before it loads a model: the folder, the saved
+/// failures' folder, the stopped campaign to resume, the case count and the user's FASTA.
+pub(super) struct Start {
+    pub out: PathBuf,
+    pub claim: Claim,
+    pub regressions: PathBuf,
+    pub stopped: Option<SavedReport>,
+    pub cases: NonZeroU32,
+    pub real_proteins: Vec<(String, Vec<Protein>)>,
+}
+
+impl Start {
+    pub fn of(args: &FuzzArgs) -> Result<Self> {
+        // Every input is checked before anything in the campaign folder is touched.
+        let (out, claim) = match (&args.resume, args.overwrite) {
+            (Some(dir), _) => (dir.clone(), Claim::Resume),
+            (None, true) => (args.out.clone(), Claim::Overwrite),
+            (None, false) => (args.out.clone(), Claim::NewCampaign),
+        };
+        campaign_dir::check(&out, claim)?;
+        let regressions = args.regressions_dir()?;
+        let stopped = args
+            .resume
+            .as_deref()
+            .map(|dir| stopped_campaign(dir, args))
+            .transpose()?;
+        let cases = stopped
+            .as_ref()
+            .and_then(|s| NonZeroU32::new(s.campaign.cases_per_family))
+            .or(args.cases)
+            .unwrap_or(DEFAULT_CASES);
+        let mut real_proteins = Vec::with_capacity(args.fasta.len());
+        for (path, name) in args.fasta.iter().zip(fasta_family_names(&args.fasta)) {
+            real_proteins.push((name, read_proteins(path, NormaliseOptions::default())?));
+        }
+        Ok(Self {
+            out,
+            claim,
+            regressions,
+            stopped,
+            cases,
+            real_proteins,
+        })
+    }
+}
+
+impl ModelSize {
+    /// The size of the model in `checkpoint`.
+    pub fn of(checkpoint: &esmfuzz::model::checkpoint::OpenCheckpoint) -> Self {
+        let config = &checkpoint.config;
+        Self {
+            layers: config.num_hidden_layers,
+            hidden: config.hidden_size,
+            heads: config.num_attention_heads,
+            parameters: checkpoint.parameter_count(),
+        }
+    }
+}
+
+/// A plan that runs nothing is refused; a resumed campaign must be the one stopped.
+pub(super) fn check_plan(
+    spec: &CampaignSpec,
+    out: &Path,
+    stopped: Option<&SavedReport>,
+    header: &RunHeader,
+    shard: Option<Shard>,
+) -> Result<()> {
+    let planned = spec.planned();
+    if spec.families_owned() == 0 {
+        let shard = shard.map(|s| format!("{}/{}", s.index, s.count));
+        bail!(
+            "shard {} of a campaign of {} families runs no family: a campaign of nothing \
+             would pass on nothing; use fewer shards",
+            shard.unwrap_or_default(),
+            planned.len()
+        );
+    }
+    if let Some(stopped) = stopped {
+        check_same_campaign(out, stopped, header, &planned, shard)?;
+    }
+    eprintln!("seed: {} (rerun with --seed {})", spec.seed, spec.seed);
+    Ok(())
+}
+
+/// One campaign run into its folder: the folder claimed and locked, cases.jsonl streamed,
+/// report.json and report.md rewritten after each family, SIGINT and SIGTERM turned into a
+/// stop at the next case boundary (an incomplete report, exit 2).
+pub(super) struct Campaign<'a> {
+    pub out: &'a Path,
+    pub claim: Claim,
+    pub resumed: bool,
+    pub spec: &'a CampaignSpec,
+    pub options: RunOptions,
+    /// Set by SIGINT or SIGTERM once [`Campaign::run`] installs the handlers (a caller may
+    /// install them earlier and pass the same flag).
+    pub stop: &'a Arc<AtomicBool>,
+}
+
+/// A [`Campaign`] whose folder this run owns (locked until it is dropped).
+pub(super) struct Claimed<'a> {
+    campaign: Campaign<'a>,
+    _owned: campaign_dir::OwnedDir,
+}
+
+impl<'a> Campaign<'a> {
+    /// Takes the folder: the first write to it.
+    pub fn claim(self) -> Result<Claimed<'a>> {
+        let owned = campaign_dir::claim(self.out, self.claim)?;
+        Ok(Claimed {
+            campaign: self,
+            _owned: owned,
+        })
+    }
+
+    /// Claims the folder and runs the campaign ([`Claimed::run`]).
+    pub fn run(
+        self,
+        runner: &dyn Runner,
+        header: RunHeader,
+        refresh: &mut dyn FnMut(&mut RunHeader),
+    ) -> Result<Outcome> {
+        self.claim()?.run(runner, header, refresh)
+    }
+}
+
+impl Claimed<'_> {
+    /// Runs the campaign on `runner`; `refresh` updates the header before each report is
+    /// written (a deployment's call counts).
+    pub fn run(
+        self,
+        runner: &dyn Runner,
+        header: RunHeader,
+        refresh: &mut dyn FnMut(&mut RunHeader),
+    ) -> Result<Outcome> {
+        let Claimed {
+            campaign:
+                Campaign {
+                    out,
+                    claim: _,
+                    resumed,
+                    spec,
+                    options,
+                    stop,
+                },
+            _owned,
+        } = self;
+        let lines_path = out.join(campaign_dir::CASES_FILE);
+        if resumed {
+            repair_cases(&lines_path, &spec.completed)?;
+        }
+        let lines = std::fs::OpenOptions::new()
+            .create(true)
+            .append(resumed)
+            .write(true)
+            .truncate(!resumed)
+            .open(&lines_path)
+            .with_context(|| format!("creating {}", lines_path.display()))?;
+        stop_on_signals(stop)?;
+        let report_path = out.join("report.json");
+        let markdown_path = out.join("report.md");
         let bar = ProgressBar::new(spec.families.len() as u64);
         let mut observer = ProgressObserver {
             bar: bar.clone(),
@@ -659,8 +799,9 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             worst_used: 0.0,
             lines: std::io::BufWriter::new(lines),
             write_error: None,
-            stop: Arc::clone(&stop),
+            stop: Arc::clone(stop),
         };
+        let mut header = header;
         let mut printed = 0usize;
         let mut replays_printed = false;
         let mut write = |campaign: &CampaignReport| -> std::io::Result<()> {
@@ -668,6 +809,9 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                 for r in &campaign.replayed_counterexamples {
                     let verdict = if r.passed { "ok  " } else { "FAIL" };
                     bar.suspend(|| eprintln!("replay {verdict} {}", r.file.display()));
+                    if let Some(failure) = r.failure.as_ref().filter(|_| !r.passed) {
+                        bar.suspend(|| eprintln!("  {failure}"));
+                    }
                 }
                 for f in &campaign.replayed_seed_families {
                     bar.suspend(|| eprintln!("replay {}", family_line(f)));
@@ -695,42 +839,54 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
                 }
             }
             printed = campaign.families.len();
+            refresh(&mut header);
             FuzzReport::new(&header, campaign)
-                .write(&out)
+                .write(out)
                 .map_err(std::io::Error::other)
         };
-        let report = run_campaign(models, &tol, &spec, &mut observer, &mut write)?;
+        let report = run_campaign_with(runner, spec, options, &mut observer, &mut write)?;
         bar.finish_and_clear();
         if let Some(e) = observer.write_error {
             return Err(anyhow::Error::new(e).context(format!("writing {}", lines_path.display())));
         }
-        report
-    });
-    if stop.load(Ordering::Relaxed) {
-        bail!(
-            "stopped by a signal after {} of {} families; {} says incomplete; continue with \
-             `esmfuzz fuzz --resume {}` and the same arguments",
-            report.families.len(),
-            report.families_planned(),
+        if stop.load(Ordering::Relaxed) {
+            bail!(
+                "stopped by a signal after {} of {} families; {} says incomplete; continue with \
+                 `esmfuzz fuzz --resume {}` and the same arguments",
+                report.families.len(),
+                report.families_planned(),
+                markdown_path.display(),
+                out.display()
+            );
+        }
+        if !report.complete() {
+            bail!(
+                "stopped after {} of {} families: {}; {} says incomplete",
+                report.families.len(),
+                report.families_planned(),
+                runner
+                    .why_stopped()
+                    .unwrap_or_else(|| "the subject could not go on".into()),
+                markdown_path.display(),
+            );
+        }
+        eprintln!(
+            "seed {}: {}; report: {} (data: {})",
+            spec.seed,
+            if report.passed() {
+                "all held"
+            } else {
+                "FAILED"
+            },
             markdown_path.display(),
-            out.display()
+            report_path.display()
         );
-    }
-    eprintln!(
-        "seed {seed}: {}; report: {} (data: {})",
-        if report.passed() {
-            "all held"
+        Ok(if report.passed() {
+            Outcome::Passed
         } else {
-            "FAILED"
-        },
-        markdown_path.display(),
-        report_path.display()
-    );
-    Ok(if report.passed() {
-        Outcome::Passed
-    } else {
-        Outcome::Failed
-    })
+            Outcome::Failed
+        })
+    }
 }
 
 #[cfg(test)]

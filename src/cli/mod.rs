@@ -10,6 +10,7 @@ mod check;
 mod embed;
 mod explain;
 mod fuzz;
+mod fuzz_deployment;
 mod matmul_check;
 mod merge;
 mod parity;
@@ -17,6 +18,7 @@ mod plots;
 mod policy;
 mod power;
 mod report;
+mod serve;
 mod synth;
 
 use std::path::{Path, PathBuf};
@@ -116,6 +118,10 @@ pub enum Command {
     /// then the property families of the test suite, on any backend; exit 1 when a property
     /// fails (shrunk case written as FASTA).
     Fuzz(fuzz::FuzzArgs),
+    /// Our model behind the deployment protocol (docs/PROTOCOL.md): protocol 1 on
+    /// stdin/stdout, or HTTP with --listen (protocol 1 and the Open Inference Protocol), for
+    /// trying `fuzz --deployment` and as a template for your own adapter.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs a parsed command line.
@@ -133,6 +139,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Merge(args) => merge::run(args),
         Command::Power(args) => power::run(args),
         Command::Check(args) => check::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -15,8 +15,45 @@ use esmfuzz::model::{AttentionKernel, Fp32Places, Gemm};
 
 use super::write_report;
 
-/// Version of report.json's layout; bumped when a field changes meaning or goes.
-pub const REPORT_SCHEMA: u32 = 2;
+/// Version of report.json's layout; bumped when a field changes meaning or goes. 3 added
+/// `deployment` (campaigns against another team's deployment); schema 2 reads as 3 without it.
+pub const REPORT_SCHEMA: u32 = 3;
+
+/// Schemas this build reads: their fields mean what they mean in [`REPORT_SCHEMA`].
+const READABLE_SCHEMAS: [u64; 2] = [2, 3];
+
+/// What a campaign against a deployment ran on (`fuzz --deployment`): report.json's
+/// `deployment`, absent for our own model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentSection {
+    /// `process`, `http` or `oip`.
+    pub transport: String,
+    /// The command or URL (headers are not recorded: they may hold credentials).
+    pub endpoint: String,
+    /// The key its saved failures are kept under (`deployment=<name>__<family>`).
+    pub name: String,
+    /// The handshake as the deployment sent it (for OIP: made of its metadata and
+    /// `--weights`), extra keys included.
+    pub handshake: esmfuzz::deployment::protocol::Handshake,
+    /// How the oracle pools (`--pooling`).
+    pub pooling: String,
+    /// The precision whose bounds judge it (`--bound-of`, default from the handshake dtype).
+    pub bound_of: String,
+    /// Each case also judged against our own policy of that precision (`--twin-judge`).
+    pub twin_judge: bool,
+    /// What the identity probe measured before fuzzing.
+    pub identity: Vec<String>,
+    /// Calls, time in calls, time in the protocol on our side, refusals, failures.
+    pub calls: esmfuzz::deployment::CallStats,
+    /// Wall time of the campaign so far, seconds.
+    pub wall_seconds: f64,
+    /// Properties not judged, and why.
+    pub skipped: Vec<String>,
+    /// What a reader of the verdicts should know (e.g. a server that regroups batches).
+    pub notes: Vec<String>,
+    /// The last lines the deployment wrote to stderr.
+    pub stderr_tail: String,
+}
 
 /// The model's size, as report.json records it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -53,6 +90,9 @@ pub struct RunHeader {
     #[serde(default = "burn_gemm")]
     pub gemm: Gemm,
     pub reference_policy: String,
+    /// Set when the subject was another team's deployment.
+    #[serde(default)]
+    pub deployment: Option<DeploymentSection>,
 }
 
 /// The engine of reports written before `--gemm` existed.
@@ -132,7 +172,7 @@ pub fn read_report(dir: &Path) -> Result<SavedReport> {
     let value: serde_json::Value = serde_json::from_str(&text).with_context(not_a_report)?;
     // Another schema's fields may mean other things: refused, not rewritten as this one.
     match value.get("schema").and_then(serde_json::Value::as_u64) {
-        Some(schema) if schema == u64::from(REPORT_SCHEMA) => {}
+        Some(schema) if READABLE_SCHEMAS.contains(&schema) => {}
         Some(schema) => bail!(
             "{}: report schema {schema}; this esmfuzz {} reads schema {REPORT_SCHEMA} only",
             path.display(),
@@ -144,6 +184,57 @@ pub fn read_report(dir: &Path) -> Result<SavedReport> {
         header: RunHeader::deserialize(&value).with_context(not_a_report)?,
         campaign: CampaignReport::deserialize(&value).with_context(not_a_report)?,
     })
+}
+
+/// report.md's account of the deployment under test.
+fn deployment_section(d: &DeploymentSection) -> String {
+    let h = &d.handshake;
+    let c = &d.calls;
+    let outside = d.wall_seconds - c.seconds_in_calls;
+    let mut md = format!(
+        "## Deployment under test\n\n`{}` over {} ({} {}, {} layers x {}, max {} residues, max batch {}), saved failures under `deployment={}`; pooled as {}, bounds of {}{}.\n\n",
+        d.endpoint,
+        d.transport,
+        h.model,
+        h.dtype,
+        h.layers,
+        h.hidden,
+        h.max_residues,
+        h.max_batch,
+        d.name,
+        d.pooling,
+        d.bound_of,
+        if d.twin_judge {
+            ", each case also judged against our own policy of that precision (twin judge)"
+        } else {
+            ""
+        }
+    );
+    md.push_str(&format!(
+        "Calls: {} ({:.1} s inside calls, {:.2} s building and reading them here, {:.1} s elsewhere: the oracle and the harness, of {:.1} s), {} refusals, {} without a usable answer, {} restarts.\n\n",
+        c.calls, c.seconds_in_calls, c.protocol_seconds, outside.max(0.0), d.wall_seconds, c.refusals, c.broken, c.restarts
+    ));
+    for (title, lines) in [
+        ("Identity probe", &d.identity),
+        ("Not judged", &d.skipped),
+        ("Notes", &d.notes),
+        ("Call failures", &c.failures),
+    ] {
+        if !lines.is_empty() {
+            md.push_str(&format!("**{title}**:\n"));
+            for line in lines {
+                md.push_str(&format!("- {}\n", line.replace('\n', " ")));
+            }
+            md.push('\n');
+        }
+    }
+    if !d.stderr_tail.trim().is_empty() {
+        md.push_str(&format!(
+            "Its stderr ends:\n\n```\n{}\n```\n\n",
+            d.stderr_tail.trim_end()
+        ));
+    }
+    md
 }
 
 /// The variant's errors over its plain twin's, per family (empty for a plain policy).
@@ -217,6 +308,9 @@ fn markdown(report: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
             format!(", **{} file(s) naming no known family**", c.unreplayable.len())
         }
     ));
+    if let Some(d) = &r.deployment {
+        md.push_str(&deployment_section(d));
+    }
     md.push_str("| family | verdict | cases | model runs | tightest property | tolerance used | seconds |\n|---|---|---|---|---|---|---|\n");
     for f in c.replayed_seed_families.iter().chain(&c.families) {
         let (property, used) = f

@@ -7,11 +7,19 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 
 use super::cases::Models;
-use super::driver::{Observer, RunOptions, replay_seeds, run_family, run_proteins};
+use super::cases::Oracle;
+use super::driver::{
+    FamilySubject, NoProteins, Observer, RunOptions, replay_seeds, run_family, run_family_with,
+    run_proteins, run_real_with,
+};
 use super::family::Family;
-use super::saved::{PolicyKey, Replay, replay_counterexample, saved_files};
+use super::saved::{
+    PolicyKey, Replay, SubjectKey, replay_counterexample, replay_counterexample_with, saved_files,
+};
 use super::strategies::GENERATOR_VERSION;
+use super::subject::Subject;
 use super::summary::FamilyResult;
+use super::verdict::Verdict;
 use super::verdict::{Selection, Tolerances};
 use crate::input::{Protein, write_fasta};
 use crate::model::Precision;
@@ -144,6 +152,209 @@ impl CampaignReport {
     }
 }
 
+/// What a campaign runs its families on: our own model under a policy
+/// ([`InProcessRunner`]), or a deployment judged by the FP32 oracle (`crate::deployment`).
+/// Every method runs through the one family driver, so names, seeds and saved files are the
+/// same for both.
+pub trait Runner {
+    /// Whose saved files are replayed and written.
+    fn key(&self) -> SubjectKey;
+    /// The precision reports name.
+    fn precision(&self) -> Precision;
+    /// The tolerances cases are judged by.
+    fn tolerances(&self) -> Tolerances;
+    /// One family: its saved seeds, then `cases` new cases (0: the seeds only).
+    fn family(
+        &self,
+        family: Family,
+        cases: u32,
+        options: &RunOptions,
+        observer: &mut dyn Observer,
+    ) -> FamilyResult;
+    /// A saved counterexample through `family`'s check.
+    fn counterexample(&self, family: Family, path: &Path, selection: &Selection) -> Replay;
+    /// A user's proteins, every record once.
+    fn real(
+        &self,
+        name: &str,
+        proteins: &[Protein],
+        options: &RunOptions,
+        observer: &mut dyn Observer,
+    ) -> Result<FamilyResult, NoProteins>;
+    /// Why the runner cannot go on, once it cannot (a deployment given up).
+    fn why_stopped(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Any [`Subject`] judged against the FP32 oracle through the family's one check: what a
+/// deployment campaign runs (`fuzz --deployment`). No localisation or noise floor (they trace
+/// our own model); the observer also stops when the subject is exhausted.
+pub struct SubjectRunner<'a, B: Backend> {
+    pub oracle: Oracle<'a, B>,
+    pub subject: &'a dyn Subject,
+    /// Our own policy of the same precision, judged beside it (`--twin-judge`).
+    pub twin: Option<&'a dyn Subject>,
+    pub key: SubjectKey,
+    pub precision: Precision,
+    pub tol: Tolerances,
+}
+
+/// An observer that also asks to stop when the subject can take no further call.
+struct UntilExhausted<'a> {
+    inner: &'a mut dyn Observer,
+    subject: &'a dyn Subject,
+}
+
+impl Observer for UntilExhausted<'_> {
+    fn stop_requested(&self) -> bool {
+        self.inner.stop_requested() || self.subject.exhausted()
+    }
+    fn case_started(&mut self, family: Family, run: usize, proteins: &[Protein]) {
+        self.inner.case_started(family, run, proteins);
+    }
+    fn case_judged(
+        &mut self,
+        family: Family,
+        run: usize,
+        proteins: &[Protein],
+        verdicts: &[Verdict],
+    ) {
+        self.inner.case_judged(family, run, proteins, verdicts);
+    }
+}
+
+impl<B: Backend> SubjectRunner<'_, B> {
+    fn judge(&self, family: Family) -> impl Fn(&[Protein]) -> Vec<Verdict> + '_ {
+        move |proteins| {
+            family.judge_subject(self.oracle, self.subject, self.twin, proteins, &self.tol)
+        }
+    }
+}
+
+impl<B: Backend> Runner for SubjectRunner<'_, B> {
+    fn key(&self) -> SubjectKey {
+        self.key.clone()
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn tolerances(&self) -> Tolerances {
+        self.tol
+    }
+
+    fn family(
+        &self,
+        family: Family,
+        cases: u32,
+        options: &RunOptions,
+        observer: &mut dyn Observer,
+    ) -> FamilyResult {
+        let judge = self.judge(family);
+        let subject = FamilySubject {
+            key: self.key.clone(),
+            precision: self.precision,
+            judge: &judge,
+        };
+        let mut observer = UntilExhausted {
+            inner: observer,
+            subject: self.subject,
+        };
+        run_family_with(family, &subject, cases, options, &mut observer)
+    }
+
+    fn counterexample(&self, family: Family, path: &Path, selection: &Selection) -> Replay {
+        replay_counterexample_with(family, path, &self.judge(family), selection)
+    }
+
+    fn real(
+        &self,
+        name: &str,
+        proteins: &[Protein],
+        options: &RunOptions,
+        observer: &mut dyn Observer,
+    ) -> Result<FamilyResult, NoProteins> {
+        let family = Family::Mixed(crate::harness::strategies::Stratum::OverLength);
+        let judge = self.judge(family);
+        let mut observer = UntilExhausted {
+            inner: observer,
+            subject: self.subject,
+        };
+        run_real_with(
+            name,
+            proteins,
+            &judge,
+            self.precision,
+            options,
+            &mut observer,
+        )
+    }
+
+    fn why_stopped(&self) -> Option<String> {
+        self.subject
+            .exhausted()
+            .then(|| "the subject gave up (see the report's call failures)".to_string())
+    }
+}
+
+/// Our own model under a policy, against FP32 in the same process.
+pub struct InProcessRunner<'a, B: Backend> {
+    pub models: Models<'a, B>,
+    pub tol: Tolerances,
+}
+
+impl<B: Backend> Runner for InProcessRunner<'_, B> {
+    fn key(&self) -> SubjectKey {
+        PolicyKey::of(self.models.test).into()
+    }
+
+    fn precision(&self) -> Precision {
+        self.models.test.plan.precision
+    }
+
+    fn tolerances(&self) -> Tolerances {
+        self.tol
+    }
+
+    fn family(
+        &self,
+        family: Family,
+        cases: u32,
+        options: &RunOptions,
+        observer: &mut dyn Observer,
+    ) -> FamilyResult {
+        match NonZeroU32::new(cases) {
+            Some(cases) => run_family(
+                family,
+                self.models,
+                &self.tol,
+                &RunOptions {
+                    cases,
+                    ..options.clone()
+                },
+                observer,
+            ),
+            None => replay_seeds(family, self.models, &self.tol, options, observer),
+        }
+    }
+
+    fn counterexample(&self, family: Family, path: &Path, selection: &Selection) -> Replay {
+        replay_counterexample(family, path, self.models, &self.tol, selection)
+    }
+
+    fn real(
+        &self,
+        name: &str,
+        proteins: &[Protein],
+        options: &RunOptions,
+        _observer: &mut dyn Observer,
+    ) -> Result<FamilyResult, NoProteins> {
+        run_proteins(name, proteins, self.models, &self.tol, options)
+    }
+}
+
 /// Runs a campaign on `models`; `progress` sees the report after the replays and after each
 /// family, so a stopped run keeps what it found. When `observer` asks to stop, the family
 /// under way is discarded and no other is run (finished ones of a stopped run are still
@@ -155,22 +366,34 @@ pub fn run_campaign<B: Backend>(
     observer: &mut dyn Observer,
     progress: &mut dyn FnMut(&CampaignReport) -> std::io::Result<()>,
 ) -> std::io::Result<CampaignReport> {
-    let precision = models.test.plan.precision;
-    let options = RunOptions {
-        cases: spec.cases,
-        seed: Some(spec.seed),
-        regressions: Some(spec.regressions.clone()),
-        selection: Selection::all(),
-        localise: true,
-    };
-    let saved = saved_files(&spec.regressions, PolicyKey::of(models.test))?;
+    let runner = InProcessRunner { models, tol: *tol };
+    run_campaign_with(
+        &runner,
+        spec,
+        RunOptions::campaign(spec),
+        observer,
+        progress,
+    )
+}
+
+/// [`run_campaign`] on any [`Runner`], with `options` (cases, seed and regressions from the
+/// spec; selection, localisation and the shrink budget the caller's).
+pub fn run_campaign_with(
+    runner: &dyn Runner,
+    spec: &CampaignSpec,
+    options: RunOptions,
+    observer: &mut dyn Observer,
+    progress: &mut dyn FnMut(&CampaignReport) -> std::io::Result<()>,
+) -> std::io::Result<CampaignReport> {
+    let precision = runner.precision();
+    let saved = saved_files(&spec.regressions, runner.key())?;
     let mut report = CampaignReport {
         precision,
         seed: spec.seed,
         generator_version: GENERATOR_VERSION,
         cases_per_family: spec.cases.get(),
         regressions: spec.regressions.clone(),
-        tolerances: *tol,
+        tolerances: runner.tolerances(),
         replayed_counterexamples: Vec::new(),
         replayed_seed_families: Vec::new(),
         unreplayable: saved.unknown.clone(),
@@ -186,16 +409,14 @@ pub fn run_campaign<B: Backend>(
     }
     for (family, seeds, counterexample) in saved.families.iter().filter(|_| replays) {
         if let Some(path) = counterexample {
-            report.replayed_counterexamples.push(replay_counterexample(
+            report.replayed_counterexamples.push(runner.counterexample(
                 *family,
                 path,
-                models,
-                tol,
                 &options.selection,
             ));
         }
         if seeds.is_some() && !spec.families.contains(family) {
-            let result = replay_seeds(*family, models, tol, &options, observer);
+            let result = runner.family(*family, 0, &options, observer);
             if observer.stop_requested() {
                 break;
             }
@@ -226,11 +447,12 @@ pub fn run_campaign<B: Backend>(
             continue;
         } else {
             let result = match unit {
-                Unit::Generated(family) => run_family(family, models, tol, &options, observer),
-                Unit::Real(name, proteins) => {
-                    run_proteins(name, proteins, models, tol, &options)
-                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?
+                Unit::Generated(family) => {
+                    runner.family(family, spec.cases.get(), &options, observer)
                 }
+                Unit::Real(name, proteins) => runner
+                    .real(name, proteins, &options, observer)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
             };
             if observer.stop_requested() {
                 continue;
@@ -241,6 +463,21 @@ pub fn run_campaign<B: Backend>(
         progress(&report)?;
     }
     Ok(report)
+}
+
+impl RunOptions {
+    /// A campaign's options: its cases, seed and regressions folder, every property, errors
+    /// localised, the default shrink budget.
+    pub fn campaign(spec: &CampaignSpec) -> Self {
+        RunOptions {
+            cases: spec.cases,
+            seed: Some(spec.seed),
+            regressions: Some(spec.regressions.clone()),
+            selection: Selection::all(),
+            localise: true,
+            shrink: Default::default(),
+        }
+    }
 }
 
 /// One entry of a campaign's plan.

@@ -4,14 +4,16 @@
 
 use burn::tensor::backend::Backend;
 
+use super::deployment::Pooling;
 use super::explanation::{Divergence, Explanation, PooledRow};
 use super::heads::{HeadTolerances, classifier_agreement, contact_agreement};
 use super::localise::{Localisation, localise};
 use super::properties::{
-    against_reference, finite_layers, isolation, packed_vs_padded, within_twin,
+    against_reference, finite_layers, isolation, packed_vs_padded, pooled_against, rows_agree,
+    within_twin,
 };
+use super::subject::{CallError, InProcess, Subject, SubjectStates};
 use super::verdict::{PropertyId, Tolerances, Verdict};
-use crate::backend::BackendKind;
 use crate::batch::{
     Batch, Batching, HostStates, LayerStates, Layout, PackedBatch, PaddedBatch, pool_residues,
     run_batch, sequence_states, token_states,
@@ -184,15 +186,161 @@ pub fn check_against_reference<B: Backend>(
     layout: Layout,
     tol: &Tolerances,
 ) -> Vec<Verdict> {
-    let reference = run_case(models.reference, proteins, Layout::Padded);
-    let (test, mut verdicts) = judge_states(models.test, &reference, proteins, layout, tol);
-    if let Some(twin) = models.twin {
+    let twin = models.twin.map(InProcess);
+    against_oracle(
+        Oracle::of(models.reference),
+        &InProcess(models.test),
+        twin.as_ref().map(|t| t as &dyn Subject),
+        proteins,
+        layout,
+        tol,
+    )
+}
+
+/// The FP32 oracle a subject is judged against: our FP32 model on the same weights, run
+/// padded, its token states pooled as the subject pools.
+pub struct Oracle<'a, B: Backend> {
+    pub model: &'a Esm2<B>,
+    pub pooling: Pooling,
+}
+
+impl<'a, B: Backend> Oracle<'a, B> {
+    /// `model`, pooled over residues (BOS and EOS excluded).
+    pub fn of(model: &'a Esm2<B>) -> Self {
+        Self {
+            model,
+            pooling: Pooling::ResidueMean,
+        }
+    }
+}
+
+// By hand: a derive would require `B: Copy`.
+impl<B: Backend> Clone for Oracle<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Oracle<'_, B> {}
+
+/// Properties 1-6 of one case: `subject` runs it laid out as `layout` (where it chooses
+/// layouts) and is judged against the oracle run padded. A subject with token states gets
+/// the token properties (in-process: every layer's non-finite check too; packed: property 7
+/// against its own padded run); a remote one gets the pooled-row properties, and the token
+/// ones too when it sends tokens. With `twin`, each sequence's error is judged against the
+/// twin's on the same input. A call that fails is the case's failed verdict.
+pub fn against_oracle<B: Backend>(
+    oracle: Oracle<'_, B>,
+    subject: &dyn Subject,
+    twin: Option<&dyn Subject>,
+    proteins: &[Protein],
+    layout: Layout,
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let hidden = oracle.model.config.hidden_size;
+    let reference = run_case(oracle.model, proteins, Layout::Padded);
+    let test = match run_checked(subject, proteins, layout, hidden) {
+        Ok(states) => states,
+        Err(verdict) => return vec![verdict],
+    };
+    let caps = subject.capabilities();
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+    let mut verdicts = Vec::new();
+    if caps.remote {
+        let pooled: Vec<Vec<f32>> = reference
+            .last
+            .iter()
+            .map(|s| oracle.pooling.pool(s, hidden))
+            .collect();
+        verdicts.extend(pooled_against(&test.pooled, &pooled, &names, tol));
+        if let Some(last) = &test.last {
+            verdicts.extend(against_reference(
+                last,
+                &reference.last,
+                &names,
+                hidden,
+                tol,
+            ));
+        }
+        if let Some(twin) = twin {
+            match run_checked(twin, proteins, layout, hidden) {
+                Ok(t) => verdicts.push(within_twin(&test.pooled, &t.pooled, &pooled, &names)),
+                Err(verdict) => verdicts.push(verdict),
+            }
+        }
+        return verdicts;
+    }
+    let last = test.last.unwrap_or_default();
+    verdicts.extend(test.finite);
+    verdicts.extend(against_reference(
+        &last,
+        &reference.last,
+        &names,
+        hidden,
+        tol,
+    ));
+    if layout == Layout::Packed && caps.chooses_layout {
+        match run_checked(subject, proteins, Layout::Padded, hidden) {
+            Ok(padded) => verdicts.push(packed_vs_padded(
+                &last,
+                &padded.last.unwrap_or_default(),
+                tol,
+            )),
+            Err(verdict) => verdicts.push(verdict),
+        }
+    }
+    if let Some(twin) = twin {
         // The twin laid out as the variant is: only the computation differs.
-        let twin = run_case(twin, proteins, layout);
-        let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
-        verdicts.push(within_twin(&test.last, &twin.last, &reference.last, &names));
+        match run_checked(twin, proteins, layout, hidden) {
+            Ok(t) => verdicts.push(within_twin(
+                &last,
+                &t.last.unwrap_or_default(),
+                &reference.last,
+                &names,
+            )),
+            Err(verdict) => verdicts.push(verdict),
+        }
     }
     verdicts
+}
+
+/// `subject` run on `proteins`, its answer's shape checked before any metric reads it: one
+/// pooled row of `hidden` values per protein, and `[n + 2, hidden]` token states when sent.
+/// A call error or a wrong shape is the failed verdict returned.
+fn run_checked(
+    subject: &dyn Subject,
+    proteins: &[Protein],
+    layout: Layout,
+    hidden: usize,
+) -> Result<SubjectStates, Verdict> {
+    let states = subject.run(proteins, layout).map_err(|e| e.verdict())?;
+    let wrong = |what: String| {
+        Verdict::at_most(
+            PropertyId::Answered,
+            1.0,
+            0.0,
+            format!("{what} for {} proteins", proteins.len()),
+        )
+    };
+    if states.pooled.len() != proteins.len() {
+        return Err(wrong(format!("{} pooled rows", states.pooled.len())));
+    }
+    if let Some(at) = states.pooled.iter().position(|r| r.len() != hidden) {
+        return Err(wrong(format!(
+            "pooled row {at} of {} values, not {hidden},",
+            states.pooled[at].len()
+        )));
+    }
+    if let Some(last) = &states.last {
+        let bad = last.len() != proteins.len()
+            || last
+                .iter()
+                .zip(proteins)
+                .any(|(s, p)| s.len() != p.token_len() * hidden);
+        if bad {
+            return Err(wrong("token states of the wrong shape".into()));
+        }
+    }
+    Ok(states)
 }
 
 /// [`check_against_reference`] with the reference's padded states already computed (a
@@ -258,46 +406,157 @@ pub fn judge_against(
 /// the repeat by 5.3e-6 on an H200 when it compared the first two passes, and held when it
 /// compared the second and third (the CUDA suite, `results/h200-s9/`). The steady state is
 /// what a deployment runs in, and what a race or an atomic reduction would break.
-pub fn check_isolation<B: Backend>(
-    model: &Esm2<B>,
+///
+/// A remote subject lays out its batches itself and may run another kernel for another
+/// batch shape: each protein's pooled row alone is held against its row among the
+/// batch-mates within the policy's relative-L2 bound (a batch-mate may not move a row more
+/// than the precision may move it from FP32).
+pub fn check_isolation(
+    subject: &dyn Subject,
     proteins: &[Protein],
     tol: &Tolerances,
 ) -> Vec<Verdict> {
-    if model.plan.backend == BackendKind::Cuda {
-        run_case(model, proteins, Layout::Padded);
+    if subject.capabilities().remote {
+        return batch_mates(subject, proteins, tol);
     }
-    let together = run_case(model, proteins, Layout::Padded);
-    let again = run_case(model, proteins, Layout::Padded);
+    let run = |proteins: &[Protein], layout| {
+        subject
+            .run(proteins, layout)
+            .map(|s| (s.last.unwrap_or_default(), s.finite))
+            .map_err(|e| e.verdict())
+    };
+    let isolation_of = || -> Result<Vec<Verdict>, Verdict> {
+        if subject.first_pass_differs() {
+            run(proteins, Layout::Padded)?;
+        }
+        let (together, finite) = run(proteins, Layout::Padded)?;
+        let (again, _) = run(proteins, Layout::Padded)?;
+        let reversed: Vec<Protein> = proteins.iter().rev().cloned().collect();
+        let (packed_rev, _) = run(&reversed, Layout::Packed)?;
+        let n = proteins.len();
+        let mut verdicts: Vec<Verdict> = finite.into_iter().collect();
+        for i in 0..n {
+            let (alone, _) = run(&proteins[i..=i], Layout::Padded)?;
+            let which = || format!("sequence {i}");
+            verdicts.push(isolation(
+                PropertyId::RepeatBitIdentical,
+                &together[i],
+                &again[i],
+                0.0,
+                which(),
+            ));
+            verdicts.push(isolation(
+                PropertyId::AloneVsPadded,
+                &alone[0],
+                &together[i],
+                tol.isolation_abs,
+                which(),
+            ));
+            verdicts.push(isolation(
+                PropertyId::AloneVsPackedReversed,
+                &alone[0],
+                &packed_rev[n - 1 - i],
+                tol.isolation_abs,
+                which(),
+            ));
+        }
+        Ok(verdicts)
+    };
+    isolation_of().unwrap_or_else(|failed| vec![failed])
+}
+
+/// A remote subject's rows alone against among batch-mates (see [`check_isolation`]).
+fn batch_mates(subject: &dyn Subject, proteins: &[Protein], tol: &Tolerances) -> Vec<Verdict> {
+    let rows = |proteins: &[Protein]| subject.run(proteins, Layout::Padded).map(|s| s.pooled);
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+    let judged = || -> Result<Verdict, CallError> {
+        let together = rows(proteins)?;
+        let mut alone = Vec::with_capacity(proteins.len());
+        for p in proteins {
+            alone.extend(rows(std::slice::from_ref(p))?);
+        }
+        Ok(rows_agree(
+            PropertyId::AloneVsBatch,
+            &alone,
+            &together,
+            &names,
+            tol.relative_l2,
+        ))
+    };
+    vec![judged().unwrap_or_else(|e| e.verdict())]
+}
+
+/// Order within a batch: the batch and the same batch reversed give each protein the same
+/// pooled row, within the policy's relative-L2 bound for a remote subject (it may pick
+/// kernels by position) and `tol.isolation_abs` in max |diff| for our own model.
+pub fn check_order(subject: &dyn Subject, proteins: &[Protein], tol: &Tolerances) -> Vec<Verdict> {
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
     let reversed: Vec<Protein> = proteins.iter().rev().cloned().collect();
-    let packed_rev = run_case(model, &reversed, Layout::Packed);
-    let n = proteins.len();
-    let mut verdicts = vec![together.finite.clone()];
-    for i in 0..n {
-        let alone = run_case(model, &proteins[i..=i], Layout::Padded);
-        let which = || format!("sequence {i}");
-        verdicts.push(isolation(
-            PropertyId::RepeatBitIdentical,
-            &together.last[i],
-            &again.last[i],
+    let judged = || -> Result<Verdict, CallError> {
+        let forward = subject.run(proteins, Layout::Padded)?.pooled;
+        let mut backward = subject.run(&reversed, Layout::Padded)?.pooled;
+        backward.reverse();
+        if forward.len() != proteins.len() || backward.len() != proteins.len() {
+            return Err(CallError::Broken {
+                call: 0,
+                what: "the wrong number of rows".into(),
+                stderr_tail: String::new(),
+            });
+        }
+        Ok(if subject.capabilities().remote {
+            rows_agree(
+                PropertyId::OrderIndependent,
+                &forward,
+                &backward,
+                &names,
+                tol.relative_l2,
+            )
+        } else {
+            let diffs: Vec<f64> = forward
+                .iter()
+                .zip(&backward)
+                .map(|(a, b)| crate::harness::metrics::max_abs_diff(a, b))
+                .collect();
+            let (worst, at) = crate::harness::metrics::argmax(&diffs);
+            Verdict::at_most(
+                PropertyId::OrderIndependent,
+                worst,
+                tol.isolation_abs,
+                names.get(at).cloned().unwrap_or_default(),
+            )
+        })
+    };
+    vec![judged().unwrap_or_else(|e| e.verdict())]
+}
+
+/// Determinism: the same request twice gives bit-identical pooled rows (on CUDA in-process,
+/// after a first pass that may autotune; see [`check_isolation`]).
+pub fn check_determinism(subject: &dyn Subject, proteins: &[Protein]) -> Vec<Verdict> {
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+    let judged = || -> Result<Verdict, CallError> {
+        if subject.first_pass_differs() {
+            subject.run(proteins, Layout::Padded)?;
+        }
+        let first = subject.run(proteins, Layout::Padded)?.pooled;
+        let second = subject.run(proteins, Layout::Padded)?.pooled;
+        let diffs: Vec<f64> = first
+            .iter()
+            .zip(&second)
+            .map(|(a, b)| crate::harness::metrics::max_abs_diff(a, b))
+            .collect();
+        let (worst, at) = if diffs.len() == proteins.len() {
+            crate::harness::metrics::argmax(&diffs)
+        } else {
+            (f64::NAN, 0)
+        };
+        Ok(Verdict::at_most(
+            PropertyId::Deterministic,
+            worst,
             0.0,
-            which(),
-        ));
-        verdicts.push(isolation(
-            PropertyId::AloneVsPadded,
-            &alone.last[0],
-            &together.last[i],
-            tol.isolation_abs,
-            which(),
-        ));
-        verdicts.push(isolation(
-            PropertyId::AloneVsPackedReversed,
-            &alone.last[0],
-            &packed_rev.last[n - 1 - i],
-            tol.isolation_abs,
-            which(),
-        ));
-    }
-    verdicts
+            names.get(at).cloned().unwrap_or_default(),
+        ))
+    };
+    vec![judged().unwrap_or_else(|e| e.verdict())]
 }
 
 /// Class probabilities of `proteins`: the model's last states (padded batches of the

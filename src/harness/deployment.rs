@@ -63,10 +63,25 @@ pub enum Pooling {
     Bos,
 }
 
+impl crate::named::Named for Pooling {
+    const VALUES: &'static [Self] = &Pooling::ALL;
+    const WHAT: &'static str = "pooling";
+
+    /// The `--pooling` names: `residue-mean`, `all-mean`, `bos`.
+    fn name(self) -> &'static str {
+        match self {
+            Pooling::ResidueMean => "residue-mean",
+            Pooling::AllTokenMean => "all-mean",
+            Pooling::Bos => "bos",
+        }
+    }
+}
+
 impl Pooling {
     pub const ALL: [Pooling; 3] = [Pooling::ResidueMean, Pooling::AllTokenMean, Pooling::Bos];
 
-    fn pool(self, states: &[f32], hidden: usize) -> Vec<f32> {
+    /// The pooled row of one sequence's token states, `[n + 2, hidden]`.
+    pub fn pool(self, states: &[f32], hidden: usize) -> Vec<f32> {
         match self {
             Pooling::ResidueMean => pool_residues(states, hidden),
             Pooling::AllTokenMean => {

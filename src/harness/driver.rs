@@ -17,11 +17,12 @@ use super::cases::{Models, check_against_reference, judge_against, localise_case
 use super::family::{Check, Family, MIXED_BATCH_MAX};
 use super::localise::Localisation;
 use super::outliers::{rank, record_errors};
-use super::saved::{PolicyKey, SeedsFile, counterexample_path, seeds_path};
+use super::saved::{PolicyKey, SeedsFile, SubjectKey, counterexample_path, seeds_path};
 use super::summary::{CaseLog, FamilyFailure, FamilyResult};
 use super::verdict::{Selection, Tolerances, Verdict, failures};
 use crate::batch::Layout;
 use crate::input::{Protein, fasta_text, write_fasta};
+use crate::model::Precision;
 
 /// Shrink steps allowed per failure. Each step is a model run: enough to take a 50-residue
 /// case down to one residue (the stratum shrinks only after its residues), bounded in time.
@@ -44,6 +45,27 @@ pub struct RunOptions {
     /// Localise the error of the failing case, or of the tightest passing one (families
     /// that compare with FP32 only; two more model runs).
     pub localise: bool,
+    /// How long a failure may shrink.
+    pub shrink: ShrinkBudget,
+}
+
+/// How much shrinking a failure may cost: proptest's `max_shrink_iters` (each step is one
+/// case judged: model runs, or calls to a deployment) and `max_shrink_time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShrinkBudget {
+    /// Shrink steps, each one case judged.
+    pub calls: u32,
+    /// Wall time in milliseconds; 0 for no limit.
+    pub millis: u32,
+}
+
+impl Default for ShrinkBudget {
+    fn default() -> Self {
+        Self {
+            calls: MAX_SHRINK_ITERS,
+            millis: 0,
+        }
+    }
 }
 
 /// Watches a family run; every method has a do-nothing default.
@@ -103,9 +125,92 @@ fn drive<B: Backend>(
     observer: &mut dyn Observer,
 ) -> FamilyResult {
     let start = Instant::now();
-    let policy = models.test.plan.precision;
-    // Files are keyed by the whole policy: a variant's never mix with its plain policy's.
-    let key = PolicyKey::of(models.test);
+    let judge = |proteins: &[Protein]| family.judge(models, proteins, tol);
+    let subject = FamilySubject {
+        // Files are keyed by the whole policy: a variant's never mix with its plain policy's.
+        key: PolicyKey::of(models.test).into(),
+        precision: models.test.plan.precision,
+        judge: &judge,
+    };
+    let run = drive_cases(family, &subject, cases, options, &mut *observer);
+    let log = run.log;
+    let failure = run.failure;
+    // A stopped family is discarded: no more model runs for it.
+    let stopped = observer.stop_requested();
+    let localisation = match (options.localise && !stopped, family.check()) {
+        (true, Check::AgainstReference(layout)) => {
+            log.localise(failure.as_ref(), models, layout, tol)
+        }
+        _ => None,
+    };
+    let noise_floor = match family.check() {
+        Check::AgainstReference(_) if !stopped => log.noise_floor(failure.as_ref(), models, tol),
+        _ => Vec::new(),
+    };
+    log.into_result(
+        family.name(),
+        subject.precision,
+        cases,
+        run.runs,
+        run.replayed_seeds,
+        failure,
+        localisation,
+        noise_floor,
+        start,
+    )
+}
+
+/// What the driver needs of the model under test for one family: the key its saved files
+/// go under, the precision reports name, and the family's check on a case (which runs the
+/// models: in-process, or a deployment and the FP32 oracle).
+pub struct FamilySubject<'a> {
+    pub key: SubjectKey,
+    pub precision: Precision,
+    pub judge: &'a dyn Fn(&[Protein]) -> Vec<Verdict>,
+}
+
+/// Runs `family` through `subject.judge`: the family's saved seeds first, then `cases` new
+/// cases (none: replay only), shrinking and persisting a failure as [`run_family`] does. No
+/// localisation and no noise floor (they trace our own model); a subject that is
+/// [`Observer::stop_requested`] ends the family as a signal does.
+pub fn run_family_with(
+    family: Family,
+    subject: &FamilySubject<'_>,
+    cases: u32,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> FamilyResult {
+    let start = Instant::now();
+    let run = drive_cases(family, subject, cases, options, observer);
+    run.log.into_result(
+        family.name(),
+        subject.precision,
+        cases,
+        run.runs,
+        run.replayed_seeds,
+        run.failure,
+        None,
+        Vec::new(),
+        start,
+    )
+}
+
+/// What [`drive_cases`] found.
+struct CasesRun {
+    log: CaseLog,
+    failure: Option<FamilyFailure>,
+    runs: usize,
+    replayed_seeds: usize,
+}
+
+fn drive_cases(
+    family: Family,
+    subject: &FamilySubject<'_>,
+    cases: u32,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> CasesRun {
+    let key = &subject.key;
     let name = family.name();
     let seeds = options
         .regressions
@@ -115,7 +220,8 @@ fn drive<B: Backend>(
     let config = Config {
         cases,
         failure_persistence: seeds.map(|file| Box::new(file) as _),
-        max_shrink_iters: MAX_SHRINK_ITERS,
+        max_shrink_iters: options.shrink.calls,
+        max_shrink_time: options.shrink.millis,
         ..Config::default()
     };
     let mut runner = match options.seed {
@@ -133,6 +239,7 @@ fn drive<B: Backend>(
     // when it fails, so this is the shrunk case, and it need not be run again.
     let last_failed: RefCell<Option<(Vec<Protein>, Vec<Verdict>)>> = RefCell::new(None);
     let observer = RefCell::new(observer);
+    let judge = |proteins: &[Protein]| options.selection.keep((subject.judge)(proteins));
     let result = runner.run(&family.strategy(), |proteins| {
         // A rejected case runs no model; proptest gives up after its reject limit.
         if observer.borrow().stop_requested() {
@@ -144,7 +251,7 @@ fn drive<B: Backend>(
             *runs
         };
         observer.borrow_mut().case_started(family, run, &proteins);
-        let verdicts = options.selection.keep(family.judge(models, &proteins, tol));
+        let verdicts = judge(&proteins);
         observer
             .borrow_mut()
             .case_judged(family, run, &proteins, &verdicts);
@@ -175,12 +282,7 @@ fn drive<B: Backend>(
             // (judged again only if the last failing case is not the shrunk one).
             let verdicts: Vec<Verdict> = match last_failed.into_inner() {
                 Some((proteins, failed)) if proteins == minimal => failed,
-                _ => options
-                    .selection
-                    .keep(family.judge(models, &minimal, tol))
-                    .into_iter()
-                    .filter(|v| !v.passed)
-                    .collect(),
+                _ => judge(&minimal).into_iter().filter(|v| !v.passed).collect(),
             };
             let counterexample = options.regressions.as_deref().and_then(|dir| {
                 let path = counterexample_path(dir, key.clone(), family);
@@ -210,30 +312,12 @@ fn drive<B: Backend>(
             counterexample: None,
         }),
     };
-    let log = log.into_inner();
-    // A stopped family is discarded: no more model runs for it.
-    let stopped = observer.borrow().stop_requested();
-    let localisation = match (options.localise && !stopped, family.check()) {
-        (true, Check::AgainstReference(layout)) => {
-            log.localise(failure.as_ref(), models, layout, tol)
-        }
-        _ => None,
-    };
-    let noise_floor = match family.check() {
-        Check::AgainstReference(_) if !stopped => log.noise_floor(failure.as_ref(), models, tol),
-        _ => Vec::new(),
-    };
-    log.into_result(
-        name,
-        policy,
-        cases,
-        runs.into_inner(),
-        replayed_seeds,
+    CasesRun {
+        log: log.into_inner(),
         failure,
-        localisation,
-        noise_floor,
-        start,
-    )
+        runs: runs.into_inner(),
+        replayed_seeds,
+    }
 }
 
 /// Judges real proteins (a user's FASTA) against FP32: every record once, in padded batches
@@ -319,6 +403,68 @@ pub fn run_proteins<B: Backend>(
     );
     result.outliers = Some(outliers);
     Ok(result)
+}
+
+/// Judges real proteins through `judge` (the mixed-batch check on any subject): every record
+/// once, in batches of up to [`MIXED_BATCH_MAX`] records of similar length, shortest first.
+/// Nothing is generated, so nothing shrinks: the failure reported is the first failing
+/// batch. Stops between batches when the observer asks (the family is then discarded).
+pub fn run_real_with(
+    name: &str,
+    proteins: &[Protein],
+    judge: &dyn Fn(&[Protein]) -> Vec<Verdict>,
+    precision: Precision,
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<FamilyResult, NoProteins> {
+    if proteins.is_empty() {
+        return Err(NoProteins {
+            name: name.to_string(),
+        });
+    }
+    let start = Instant::now();
+    let mut order: Vec<usize> = (0..proteins.len()).collect();
+    order.sort_by_key(|&i| proteins[i].residues.len());
+    let mut log = CaseLog::default();
+    let mut failure: Option<FamilyFailure> = None;
+    let mut runs = 0usize;
+    // The family these cases are logged under (cases.jsonl names the FASTA family by the
+    // report's name; the observer sees the mixed check they run).
+    let family = Family::Mixed(crate::harness::strategies::Stratum::OverLength);
+    for chunk in order.chunks(MIXED_BATCH_MAX) {
+        if observer.stop_requested() {
+            break;
+        }
+        let batch: Vec<Protein> = chunk.iter().map(|&i| proteins[i].clone()).collect();
+        runs += 1;
+        observer.case_started(family, runs, &batch);
+        let verdicts = options.selection.keep(judge(&batch));
+        observer.case_judged(family, runs, &batch, &verdicts);
+        log.record(&batch, &verdicts);
+        let failed: Vec<Verdict> = verdicts.iter().filter(|v| !v.passed).cloned().collect();
+        if failure.is_none() && (!failed.is_empty() || verdicts.is_empty()) {
+            failure = Some(FamilyFailure {
+                message: failures(&verdicts)
+                    .unwrap_or_else(|| "none of the selected properties was judged".into()),
+                verdicts: failed,
+                minimal_fasta: fasta_text(&batch),
+                minimal: batch,
+                cases_to_failure: runs,
+                counterexample: None,
+            });
+        }
+    }
+    Ok(log.into_result(
+        name.to_string(),
+        precision,
+        proteins.len() as u32,
+        runs,
+        0,
+        failure,
+        None,
+        Vec::new(),
+        start,
+    ))
 }
 
 /// A set of real proteins with none in it: judging it would pass on nothing.

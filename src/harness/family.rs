@@ -10,8 +10,11 @@ use std::str::FromStr;
 use burn::tensor::backend::Backend;
 use proptest::strategy::{BoxedStrategy, Strategy};
 
-use super::cases::{Models, check_against_reference, check_isolation};
-use super::strategies::{Stratum, mixed_batch, protein, protein_up_to};
+use super::cases::{
+    Models, Oracle, against_oracle, check_determinism, check_isolation, check_order,
+};
+use super::strategies::{Stratum, mixed_batch, protein, protein_up_to, with_rare_residues};
+use super::subject::{InProcess, Subject};
 use super::verdict::{Tolerances, Verdict};
 use crate::batch::Layout;
 use crate::input::Protein;
@@ -37,6 +40,13 @@ pub enum Family {
     /// Mixed batches up to a stratum: each protein alone vs among batch-mates (padded, and
     /// packed in reverse order), and a repeat bit-identical; the policy under test only.
     Isolation(Stratum),
+    /// Mixed batches up to a stratum, and the same batch reversed: each protein's row does
+    /// not depend on its position; the subject only.
+    Order(Stratum),
+    /// Mixed batches up to a stratum sent twice: bit-identical rows; the subject only.
+    Determinism(Stratum),
+    /// One protein up to a stratum holding rare residue codes (X, B, Z, U, O), against FP32.
+    RareTokens(Stratum),
 }
 
 /// What a family compares.
@@ -46,6 +56,10 @@ pub enum Check {
     AgainstReference(Layout),
     /// Property 8 on the policy under test.
     Isolation,
+    /// Rows independent of their position in the batch.
+    Order,
+    /// The same batch twice, bit-identical.
+    Determinism,
 }
 
 impl Family {
@@ -59,9 +73,33 @@ impl Family {
                 Family::Mixed(s),
                 Family::Packed(s),
                 Family::Isolation(s),
+                Family::Order(s),
+                Family::Determinism(s),
+                Family::RareTokens(s),
             ]);
         }
         all
+    }
+
+    /// The families of a campaign against a deployment up to `max`: each stratum alone,
+    /// mixed batches, batch-mate independence, order and determinism (batches up to `long`),
+    /// and rare residues (up to `medium`). Packing is the deployment's own business: its
+    /// batches are judged as sent.
+    pub fn deployment_campaign(max: Stratum) -> Vec<Family> {
+        let mut families: Vec<Family> = Stratum::ALL
+            .into_iter()
+            .filter(|s| *s <= max)
+            .map(Family::Stratum)
+            .collect();
+        let mixed = max.min(Stratum::Long);
+        families.extend([
+            Family::Mixed(mixed),
+            Family::Isolation(mixed),
+            Family::Order(mixed),
+            Family::Determinism(mixed),
+            Family::RareTokens(max.min(Stratum::Medium)),
+        ]);
+        families
     }
 
     /// The families of a campaign up to `max`: each stratum alone, then mixed, packed and
@@ -90,17 +128,22 @@ impl Family {
             Family::Packed(s) => format!("packed-up-to-{s}"),
             Family::PackedWithLong => "packed-with-long".to_string(),
             Family::Isolation(s) => format!("isolation-up-to-{s}"),
+            Family::Order(s) => format!("order-up-to-{s}"),
+            Family::Determinism(s) => format!("determinism-up-to-{s}"),
+            Family::RareTokens(s) => format!("rare-tokens-up-to-{s}"),
         }
     }
 
     /// What the family compares.
     pub fn check(&self) -> Check {
         match self {
-            Family::Stratum(_) | Family::UpTo(_) | Family::Mixed(_) => {
+            Family::Stratum(_) | Family::UpTo(_) | Family::Mixed(_) | Family::RareTokens(_) => {
                 Check::AgainstReference(Layout::Padded)
             }
             Family::Packed(_) | Family::PackedWithLong => Check::AgainstReference(Layout::Packed),
             Family::Isolation(_) => Check::Isolation,
+            Family::Order(_) => Check::Order,
+            Family::Determinism(_) => Check::Determinism,
         }
     }
 
@@ -109,9 +152,12 @@ impl Family {
         match *self {
             Family::Stratum(s) => protein(s).prop_map(|p| vec![p]).boxed(),
             Family::UpTo(s) => protein_up_to(s).prop_map(|p| vec![p]).boxed(),
-            Family::Mixed(s) | Family::Packed(s) | Family::Isolation(s) => {
-                mixed_batch(s, MIXED_BATCH_MAX).boxed()
-            }
+            Family::Mixed(s)
+            | Family::Packed(s)
+            | Family::Isolation(s)
+            | Family::Order(s)
+            | Family::Determinism(s) => mixed_batch(s, MIXED_BATCH_MAX).boxed(),
+            Family::RareTokens(s) => with_rare_residues(s).prop_map(|p| vec![p]).boxed(),
             Family::PackedWithLong => {
                 let long = protein(Stratum::Long).prop_filter("over 400 residues", |p| {
                     p.residues.len() >= PACKED_LONG_MIN_RESIDUES
@@ -134,11 +180,34 @@ impl Family {
         proteins: &[Protein],
         tol: &Tolerances,
     ) -> Vec<Verdict> {
+        let test = InProcess(models.test);
+        let twin = models.twin.map(InProcess);
+        self.judge_subject(
+            Oracle::of(models.reference),
+            &test,
+            twin.as_ref().map(|t| t as &dyn Subject),
+            proteins,
+            tol,
+        )
+    }
+
+    /// Runs one case through `subject` (and the oracle, for checks against FP32) and judges
+    /// it: the one check of a family, whatever the subject is.
+    pub fn judge_subject<B: Backend>(
+        &self,
+        oracle: Oracle<'_, B>,
+        subject: &dyn Subject,
+        twin: Option<&dyn Subject>,
+        proteins: &[Protein],
+        tol: &Tolerances,
+    ) -> Vec<Verdict> {
         match self.check() {
             Check::AgainstReference(layout) => {
-                check_against_reference(models, proteins, layout, tol)
+                against_oracle(oracle, subject, twin, proteins, layout, tol)
             }
-            Check::Isolation => check_isolation(models.test, proteins, tol),
+            Check::Isolation => check_isolation(subject, proteins, tol),
+            Check::Order => check_order(subject, proteins, tol),
+            Check::Determinism => check_determinism(subject, proteins),
         }
     }
 }

@@ -35,5 +35,6 @@ pub mod properties;
 pub mod reference;
 pub mod saved;
 pub mod strategies;
+pub mod subject;
 pub mod summary;
 pub mod verdict;

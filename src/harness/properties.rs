@@ -272,6 +272,103 @@ pub fn within_twin(
     )
 }
 
+/// A deployment's pooled rows against the oracle's (one row per sequence, same width: the
+/// caller checks shapes first): no non-finite value, pooled cosine, relative L2 and norm
+/// ratio per row (the worst named), pooled norms within property 4's bounds, and property
+/// 5's statistics over the pooled values (each row read as one token). The cosine alone
+/// passes a stack that rescales every row; the relative L2 and the norm ratio do not.
+pub fn pooled_against(
+    test: &[Vec<f32>],
+    reference: &[Vec<f32>],
+    names: &[String],
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let name = |at: usize| {
+        names
+            .get(at)
+            .map_or("no sequence", String::as_str)
+            .to_string()
+    };
+    let bad: usize = test.iter().map(|row| metrics::count_non_finite(row)).sum();
+    let first_bad = test
+        .iter()
+        .position(|row| metrics::count_non_finite(row) > 0)
+        .map_or_else(String::new, |at| format!("first in {}", name(at)));
+    let per_row = |f: &dyn Fn(&[f32], &[f32]) -> f64| -> Vec<f64> {
+        test.iter().zip(reference).map(|(t, r)| f(t, r)).collect()
+    };
+    let cosines = per_row(&|t, r| metrics::cosine(t, r));
+    let l2 = per_row(&|t, r| metrics::relative_l2(t, r));
+    let ratio = per_row(&|t, r| (metrics::l2_norm(t) / metrics::l2_norm(r) - 1.0).abs());
+    let (cos, cos_at) = metrics::argmin(&cosines);
+    let (worst_l2, l2_at) = metrics::argmax(&l2);
+    let (worst_ratio, ratio_at) = metrics::argmax(&ratio);
+    let hidden = reference.first().map_or(1, Vec::len).max(1);
+    let norms: Vec<f64> = test.iter().map(|row| metrics::l2_norm(row)).collect();
+    let mut verdicts = vec![
+        Verdict::below(PropertyId::NonFinite, bad as f64, 0.5, first_bad),
+        Verdict::above(
+            PropertyId::PooledCosine,
+            cos,
+            tol.pooled_cosine,
+            name(cos_at),
+        ),
+        Verdict::below(
+            PropertyId::PooledRelativeL2,
+            worst_l2,
+            tol.relative_l2,
+            name(l2_at),
+        ),
+        Verdict::below(
+            PropertyId::PooledNormRatio,
+            worst_ratio,
+            tol.l2_norm_rel.max(tol.relative_l2),
+            name(ratio_at),
+        ),
+        Verdict::above(
+            PropertyId::PooledNormMin,
+            metrics::min(&norms),
+            tol.pooled_norm_min,
+            String::new(),
+        ),
+        Verdict::below(
+            PropertyId::PooledNormMax,
+            metrics::max(&norms),
+            tol.pooled_norm_max,
+            String::new(),
+        ),
+    ];
+    verdicts.extend(
+        statistics(test, reference, hidden, tol)
+            .into_iter()
+            .filter(|v| v.property != PropertyId::OutlierRelative),
+    );
+    verdicts
+}
+
+/// Two runs of the same proteins by a deployment (alone and among batch-mates, or in two
+/// orders) agree per row within `bound` in relative L2; the detail names the worst row.
+pub fn rows_agree(
+    property: PropertyId,
+    a: &[Vec<f32>],
+    b: &[Vec<f32>],
+    names: &[String],
+    bound: f64,
+) -> Verdict {
+    let l2: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| metrics::relative_l2(a, b))
+        .collect();
+    let (worst, at) = metrics::argmax(&l2);
+    Verdict::below(
+        property,
+        worst,
+        bound,
+        names.get(at).cloned().unwrap_or_default(),
+    )
+}
+
 /// Properties 1-6 of `test` states against `reference` states (one case, both complete).
 pub fn against_reference(
     test: &[Vec<f32>],

@@ -20,7 +20,7 @@ use proptest::test_runner::{FailurePersistence, PersistedSeed};
 use super::cases::Models;
 use super::family::Family;
 use super::verdict::{Selection, Tolerances, Verdict, failures, tightest};
-use crate::input::{NormaliseOptions, read_fasta};
+use crate::input::{NormaliseOptions, Protein, read_fasta};
 use crate::model::{AttentionKernel, Esm2, Gemm, Precision};
 
 /// The whole policy a saved file belongs to: precision, attention kernel, gemm engine (when
@@ -92,20 +92,86 @@ impl fmt::Display for PolicyKey {
     }
 }
 
-/// The stem of a family's saved files for a policy: `<policy>__<family>`.
-pub fn saved_stem(policy: impl Into<PolicyKey>, family: Family) -> String {
-    format!("{}__{}", policy.into().stem(), family.name())
+/// Whose saved files: one of our policies, or a deployment by the stable name its user gives
+/// (`--deployment-name`, else the handshake's model and dtype; never a port or a path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectKey {
+    Policy(PolicyKey),
+    Deployment(DeploymentName),
+}
+
+impl SubjectKey {
+    /// The subject part of a file name: the policy's stem, or `deployment=<name>`.
+    pub fn stem(&self) -> String {
+        match self {
+            SubjectKey::Policy(policy) => policy.stem(),
+            SubjectKey::Deployment(name) => format!("deployment={}", name.0),
+        }
+    }
+}
+
+impl From<PolicyKey> for SubjectKey {
+    fn from(policy: PolicyKey) -> Self {
+        SubjectKey::Policy(policy)
+    }
+}
+
+impl From<Precision> for SubjectKey {
+    fn from(precision: Precision) -> Self {
+        SubjectKey::Policy(precision.into())
+    }
+}
+
+impl From<DeploymentName> for SubjectKey {
+    fn from(name: DeploymentName) -> Self {
+        SubjectKey::Deployment(name)
+    }
+}
+
+/// A deployment's name in file names: letters, digits, `.`, `_` and `-` only, 1 to 100
+/// characters, so it is the same file on every file system.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeploymentName(String);
+
+impl DeploymentName {
+    /// `text` made file-name safe: every run of other characters becomes one `-`, leading and
+    /// trailing `-` and `.` dropped, cut at 100 characters; `None` when nothing is left.
+    pub fn sanitised(text: &str) -> Option<Self> {
+        let mut out = String::new();
+        for c in text.chars() {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                out.push(c);
+            } else if !out.ends_with('-') {
+                out.push('-');
+            }
+        }
+        let trimmed: String = out
+            .trim_matches(|c| c == '-' || c == '.')
+            .chars()
+            .take(100)
+            .collect();
+        (!trimmed.is_empty()).then_some(Self(trimmed))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The stem of a family's saved files for a subject: `<subject>__<family>`.
+pub fn saved_stem(subject: impl Into<SubjectKey>, family: Family) -> String {
+    format!("{}__{}", subject.into().stem(), family.name())
 }
 
 /// Where a family's proptest seeds persist.
-pub fn seeds_path(regressions: &Path, policy: impl Into<PolicyKey>, family: Family) -> PathBuf {
+pub fn seeds_path(regressions: &Path, policy: impl Into<SubjectKey>, family: Family) -> PathBuf {
     regressions.join(format!("{}.txt", saved_stem(policy, family)))
 }
 
 /// Where a family's shrunk counterexample persists.
 pub fn counterexample_path(
     regressions: &Path,
-    policy: impl Into<PolicyKey>,
+    policy: impl Into<SubjectKey>,
     family: Family,
 ) -> PathBuf {
     regressions
@@ -214,7 +280,7 @@ pub struct SavedFiles {
 /// the other way round) are not listed.
 pub fn saved_files(
     regressions: &Path,
-    policy: impl Into<PolicyKey>,
+    policy: impl Into<SubjectKey>,
 ) -> std::io::Result<SavedFiles> {
     let prefix = format!("{}__", policy.into().stem());
     let mut saved = SavedFiles::default();
@@ -275,6 +341,22 @@ pub fn replay_counterexample<B: Backend>(
     tol: &Tolerances,
     selection: &Selection,
 ) -> Replay {
+    replay_counterexample_with(
+        family,
+        path,
+        &|p: &[Protein]| family.judge(models, p, tol),
+        selection,
+    )
+}
+
+/// Replays a saved counterexample FASTA through `judge` (the family's check on whatever
+/// subject is under test) and `selection`.
+pub fn replay_counterexample_with(
+    family: Family,
+    path: &Path,
+    judge: &dyn Fn(&[Protein]) -> Vec<Verdict>,
+    selection: &Selection,
+) -> Replay {
     let proteins = match read_fasta(path, NormaliseOptions::default()) {
         Ok(p) => p,
         Err(e) => {
@@ -288,7 +370,7 @@ pub fn replay_counterexample<B: Backend>(
             };
         }
     };
-    let verdicts = selection.keep(family.judge(models, &proteins, tol));
+    let verdicts = selection.keep(judge(&proteins));
     let failure = if verdicts.is_empty() {
         Some("no selected property applies to this family: nothing was judged".to_string())
     } else {

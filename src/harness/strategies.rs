@@ -254,6 +254,31 @@ pub fn protein_up_to(max: Stratum) -> BoxedStrategy<Protein> {
         .boxed()
 }
 
+/// A protein up to `max` with 1 to 3 of its residues replaced by rare codes (X, B, Z, U,
+/// O): what a tokenizer or an embedding table must handle. Shrinks toward one rare residue
+/// in a short protein.
+pub fn with_rare_residues(max: Stratum) -> impl Strategy<Value = Protein> {
+    (
+        protein_up_to(max),
+        prop::collection::vec(
+            (
+                prop::sample::select(RARE.to_vec()),
+                any::<prop::sample::Index>(),
+            ),
+            1..=3,
+        ),
+    )
+        .prop_map(|(protein, rare)| {
+            let mut letters: Vec<char> = protein.letters().chars().collect();
+            for (code, at) in rare {
+                let i = at.index(letters.len());
+                letters[i] = code;
+            }
+            let letters: String = letters.into_iter().collect();
+            Protein::from_letters(&format!("{}-rare", protein.name), &letters)
+        })
+}
+
 /// A batch of 2..=`max_len` proteins mixing strata up to `max` (for packing and batch-mates).
 pub fn mixed_batch(max: Stratum, max_len: usize) -> impl Strategy<Value = Vec<Protein>> {
     prop::collection::vec(protein_up_to(max), 2..=max_len.max(2)).prop_map(|mut ps| {

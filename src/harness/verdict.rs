@@ -84,6 +84,23 @@ property_ids! {
     ContactMaxAbsDiff,
     /// The checkpoint's contact head: smallest overlap of the top-L/5 contact sets.
     ContactTopOverlap,
+    /// A deployment: the call got an answer of the right id, row count and width.
+    Answered,
+    /// A deployment: a standard protein within its `max_residues` was not refused.
+    Refusal,
+    /// A deployment: `||theirs - ours|| / ||ours||` of the pooled rows (max over sequences).
+    PooledRelativeL2,
+    /// A deployment: `| ||theirs|| / ||ours|| - 1 |` of the pooled rows (max over sequences).
+    PooledNormRatio,
+    /// A deployment: a protein's pooled row alone against among batch-mates (relative L2).
+    AloneVsBatch,
+    /// A deployment: a protein's pooled row in the batch against in the reversed batch.
+    OrderIndependent,
+    /// A deployment: the same request twice gives bit-identical rows.
+    Deterministic,
+    /// A deployment: a protein over 1,022 residues is refused or truncated to the first
+    /// 1,022, nothing else.
+    OverLengthHandled,
 }
 
 impl PropertyId {
@@ -142,6 +159,14 @@ impl PropertyId {
             PropertyId::ClassifierDecisionFlip => "classifier decisions flipped beyond the margin",
             PropertyId::ContactMaxAbsDiff => "contact map max |p - p32|",
             PropertyId::ContactTopOverlap => "contact top-L/5 overlap (min over sequences)",
+            PropertyId::Answered => "deployment answered (id, rows, width)",
+            PropertyId::Refusal => "standard protein within max_residues not refused",
+            PropertyId::PooledRelativeL2 => "pooled relative L2 (max over sequences)",
+            PropertyId::PooledNormRatio => "pooled norm ratio |r - 1| (max over sequences)",
+            PropertyId::AloneVsBatch => "alone vs with batch-mates (pooled relative L2)",
+            PropertyId::OrderIndependent => "batch vs reversed batch (pooled relative L2)",
+            PropertyId::Deterministic => "same request twice, max |diff|",
+            PropertyId::OverLengthHandled => "over-length input refused or truncated to 1,022",
         }
     }
 }

@@ -258,6 +258,7 @@ pub fn check_family(
         regressions: Some(regressions()),
         selection,
         localise: false,
+        shrink: Default::default(),
     };
     let result = run_family(
         family,

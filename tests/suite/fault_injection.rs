@@ -39,6 +39,7 @@ fn caught(
         regressions: None,
         selection: Selection::all(),
         localise: false,
+        shrink: Default::default(),
     };
     let result = run_family(
         family,
@@ -267,6 +268,7 @@ fn real_proteins_are_judged_once_each_and_a_fault_is_reported_on_the_shortest_ba
         regressions: None,
         selection: Selection::all(),
         localise: true,
+        shrink: Default::default(),
     };
     let faulty = common::model_with(
         common::weights(),

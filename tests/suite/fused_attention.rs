@@ -338,6 +338,7 @@ fn a_variant_3x_further_from_fp32_than_its_twin_fails_the_twin_property_only() {
         regressions: None,
         selection: Selection::all(),
         localise: false,
+        shrink: Default::default(),
     };
     let run = |test: &Esm2<TestBackend>| {
         let models = Models {

@@ -16,6 +16,7 @@ fn options() -> RunOptions {
         regressions: None,
         selection: Selection::all(),
         localise: true,
+        shrink: Default::default(),
     }
 }
 

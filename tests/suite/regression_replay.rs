@@ -95,6 +95,7 @@ fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
         regressions: Some(regressions.path().to_path_buf()),
         selection: Selection::all(),
         localise: false,
+        shrink: Default::default(),
     };
     let saved = run_family(tiny, models, &tol, &options, &mut ());
     assert!(!saved.passed, "the fault was not caught");
@@ -157,6 +158,7 @@ fn a_fused_attention_failure_is_saved_under_its_own_name_and_a_plain_run_does_no
         regressions: Some(dir.to_path_buf()),
         selection: Selection::all(),
         localise: false,
+        shrink: Default::default(),
     };
     let failed = run_family(
         tiny,
