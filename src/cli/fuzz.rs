@@ -86,8 +86,28 @@ pub struct FuzzArgs {
     /// finished families are kept, the others run. Writes to that folder.
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    /// Run only these families of the plan (names as report.md lists them, e.g.
+    /// stratum-tiny,isolation-up-to-short); the saved failures are still replayed first.
+    #[arg(long, value_delimiter = ',')]
+    pub families: Vec<String>,
     #[command(flatten)]
     pub deployment: super::fuzz_deployment::DeploymentArgs,
+}
+
+/// `plan` restricted to the families `--families` names (all when it names none); a name
+/// not in the plan is an error listing the plan.
+pub(super) fn select_families(plan: Vec<Family>, names: &[String]) -> Result<Vec<Family>> {
+    if names.is_empty() {
+        return Ok(plan);
+    }
+    let known: Vec<String> = plan.iter().map(Family::name).collect();
+    if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
+        bail!(
+            "--families: '{unknown}' is not a family of this campaign (with this --max-stratum): {}",
+            known.join(", ")
+        );
+    }
+    Ok(plan.into_iter().filter(|f| names.contains(&f.name())).collect())
 }
 
 /// sha256 of a file, read in 8 MiB pieces.
@@ -132,6 +152,7 @@ impl FuzzArgs {
             shard: _,
             devices: _,
             resume: _,
+            families,
             deployment: _,
         } = self;
         let mut args = vec![OsString::from("fuzz")];
@@ -152,6 +173,9 @@ impl FuzzArgs {
         for path in fasta {
             args.push("--fasta".into());
             args.push(path.into());
+        }
+        if !families.is_empty() {
+            args.extend(["--families", &families.join(",")].map(OsString::from));
         }
         args.extend(["--shard", &format!("{}/{}", shard.index, shard.count)].map(OsString::from));
         args.push("--out".into());
@@ -539,7 +563,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         .or(args.seed)
         .unwrap_or_else(fresh_seed);
     let spec = CampaignSpec {
-        families: Family::campaign(args.max_stratum),
+        families: select_families(Family::campaign(args.max_stratum), &args.families)?,
         cases,
         seed,
         regressions,
@@ -845,6 +869,9 @@ impl Claimed<'_> {
                 .map_err(std::io::Error::other)
         };
         let report = run_campaign_with(runner, spec, options, &mut observer, &mut write)?;
+        // Once more with the subject's last figures (a family discarded by a stop is not
+        // followed by a write of its own).
+        write(&report)?;
         bar.finish_and_clear();
         if let Some(e) = observer.write_error {
             return Err(anyhow::Error::new(e).context(format!("writing {}", lines_path.display())));

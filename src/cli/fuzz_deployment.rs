@@ -81,6 +81,9 @@ pub struct DeploymentArgs {
     /// OIP: the pooled output tensor's name (FP32 or FP16, [N, hidden]).
     #[arg(long, default_value = "pooled")]
     pub oip_output: String,
+    /// The largest response accepted, in bytes (larger ones are a failed call).
+    #[arg(long, default_value_t = MAX_RESPONSE_BYTES, hide = true)]
+    pub max_response_bytes: usize,
 }
 
 /// The largest response a deployment may send (64 sequences of a 3B model's 2,560 values
@@ -136,7 +139,10 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         .or(args.seed)
         .unwrap_or_else(fresh_seed);
     let spec = CampaignSpec {
-        families: Family::deployment_campaign(args.max_stratum),
+        families: super::fuzz::select_families(
+            Family::deployment_campaign(args.max_stratum),
+            &args.families,
+        )?,
         cases,
         seed,
         regressions,
@@ -189,14 +195,14 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         Endpoint::Process(argv) => Box::new(ChildProcess::new(
             argv.clone(),
             out.join(STDERR_LOG),
-            MAX_RESPONSE_BYTES,
+            d.max_response_bytes,
         )),
-        Endpoint::Http(url) => Box::new(HttpLines::new(url.clone(), headers, MAX_RESPONSE_BYTES)),
+        Endpoint::Http(url) => Box::new(HttpLines::new(url.clone(), headers, d.max_response_bytes)),
         Endpoint::Oip { base, model } => Box::new(Oip::new(
             base.clone(),
             model.clone(),
             headers,
-            MAX_RESPONSE_BYTES,
+            d.max_response_bytes,
             OipOptions {
                 input: d.oip_input.clone(),
                 output: d.oip_output.clone(),
@@ -235,6 +241,7 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         identity: Vec::new(),
         calls: deployment.stats(),
         wall_seconds: 0.0,
+        oracle_seconds: 0.0,
         skipped: skipped_properties(&deployment),
         notes: notes(&endpoint, &handshake),
         stderr_tail: String::new(),
@@ -269,9 +276,11 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         };
         let twin_model = built.next();
         let twin = twin_model.as_ref().map(InProcess);
+        let oracle_clock = std::cell::Cell::new(Duration::ZERO);
         let oracle = Oracle {
             model: &reference,
             pooling: d.pooling,
+            clock: Some(&oracle_clock),
         };
         section.identity = identity_probe(&deployment, oracle)?;
         let runner = SubjectRunner {
@@ -287,6 +296,7 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
             if let Some(s) = h.deployment.as_mut() {
                 s.calls = deployment.stats();
                 s.wall_seconds = started.elapsed().as_secs_f64();
+                s.oracle_seconds = oracle_clock.get().as_secs_f64();
                 s.stderr_tail = deployment.stderr_tail();
             }
         };

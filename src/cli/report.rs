@@ -45,8 +45,11 @@ pub struct DeploymentSection {
     pub identity: Vec<String>,
     /// Calls, time in calls, time in the protocol on our side, refusals, failures.
     pub calls: esmfuzz::deployment::CallStats,
-    /// Wall time of the campaign so far, seconds.
+    /// Wall time of the campaign so far, seconds (from the deployment's start).
     pub wall_seconds: f64,
+    /// Time in the FP32 oracle's runs, seconds.
+    #[serde(default)]
+    pub oracle_seconds: f64,
     /// Properties not judged, and why.
     pub skipped: Vec<String>,
     /// What a reader of the verdicts should know (e.g. a server that regroups batches).
@@ -190,7 +193,7 @@ pub fn read_report(dir: &Path) -> Result<SavedReport> {
 fn deployment_section(d: &DeploymentSection) -> String {
     let h = &d.handshake;
     let c = &d.calls;
-    let outside = d.wall_seconds - c.seconds_in_calls;
+    let outside = d.wall_seconds - c.seconds_in_calls - d.oracle_seconds;
     let mut md = format!(
         "## Deployment under test\n\n`{}` over {} ({} {}, {} layers x {}, max {} residues, max batch {}), saved failures under `deployment={}`; pooled as {}, bounds of {}{}.\n\n",
         d.endpoint,
@@ -211,8 +214,8 @@ fn deployment_section(d: &DeploymentSection) -> String {
         }
     );
     md.push_str(&format!(
-        "Calls: {} ({:.1} s inside calls, {:.2} s building and reading them here, {:.1} s elsewhere: the oracle and the harness, of {:.1} s), {} refusals, {} without a usable answer, {} restarts.\n\n",
-        c.calls, c.seconds_in_calls, c.protocol_seconds, outside.max(0.0), d.wall_seconds, c.refusals, c.broken, c.restarts
+        "Calls: {} ({:.1} s inside calls, {:.1} s in the FP32 oracle, {:.1} s elsewhere ({:.0}%; building and reading the calls {:.2} s), of {:.1} s), {} refusals, {} without a usable answer, {} restarts.\n\n",
+        c.calls, c.seconds_in_calls, d.oracle_seconds, outside.max(0.0), 100.0 * outside.max(0.0) / d.wall_seconds.max(1e-9), c.protocol_seconds, d.wall_seconds, c.refusals, c.broken, c.restarts
     ));
     for (title, lines) in [
         ("Identity probe", &d.identity),

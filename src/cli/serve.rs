@@ -55,7 +55,7 @@ pub struct ServeArgs {
     pub name: String,
     /// Deliberate faults, for tests: `scale-layer-output=E[@LAYER]`, `perturb-weights=E`,
     /// `scale-attention-logits=E`, `round-to-f16` (power's degradations, layer default the
-    /// last), `attention-leak` (packed batches attend across sequences) and
+    /// middle one, as `power`'s), `attention-leak` (packed batches attend across sequences) and
     /// `residue-pattern=PATTERN` (the last residue of every PATTERN read as X, as a
     /// tokenizer bug would).
     #[arg(long, hide = true)]
@@ -131,7 +131,7 @@ fn faults_of(degrades: &[Degrade], layers: usize) -> Result<FaultSet> {
                 e,
                 layer,
             } => {
-                let layer = layer.unwrap_or(layers.saturating_sub(1));
+                let layer = layer.unwrap_or(layers / 2);
                 if layer >= layers {
                     bail!("--degrade: layer {layer} of a {layers}-layer model");
                 }

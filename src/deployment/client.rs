@@ -14,8 +14,13 @@ use crate::batch::Layout;
 use crate::harness::subject::{CallError, Capabilities, Subject, SubjectStates};
 use crate::input::Protein;
 
-/// Calls in a row that got no answer at all before the run stops (incomplete, exit 2).
+/// Calls in a row that got no answer at all (the deployment, restarted, does not answer a
+/// healthy protein either) before the run stops (incomplete, exit 2).
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 3;
+
+/// The healthy protein a restarted deployment must embed before fuzzing goes on: a crash or
+/// hang on a case is then the case's failure (it shrinks), not the deployment's end.
+const HEALTH_PROBE: &str = "MKTAYIAKQRQISFVKSHFSRQ";
 
 /// How long calls may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,15 +149,12 @@ impl Deployment {
         }
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
-        let started = Instant::now();
         if state.needs_restart {
-            state.stats.restarts += 1;
-            let deadline = Instant::now() + self.timeouts.first_call;
-            match state.transport.hello(deadline, &self.stop) {
-                Ok(_) => state.needs_restart = false,
-                Err(e) => return Err(self.no_answer(state, 0, format!("restart failed: {e}"))),
+            if let Err(what) = self.restart(state) {
+                return Err(self.gave_no_answer(state, 0, what));
             }
         }
+        let started = Instant::now();
         let id = state.next_id;
         state.next_id += 1;
         let request = Request {
@@ -176,15 +178,25 @@ impl Deployment {
         let in_call = sent.elapsed();
         state.stats.calls += 1;
         state.stats.seconds_in_calls += in_call.as_secs_f64();
-        let checking = Instant::now();
+        let mut checking = Duration::ZERO;
         let result = match answer {
             Err(TransportError::Stopped) => Err(CallError::GaveUp {
                 what: "stopped by a signal".into(),
             }),
-            Err(e) => {
-                state.needs_restart |= e.needs_restart();
-                Err(self.no_answer(state, id, e.to_string()))
+            Err(e) if e.needs_restart() => {
+                // The case's failure if a restarted deployment answers a healthy request;
+                // else the deployment itself is gone, and after a few such calls the run
+                // stops.
+                let what = e.to_string();
+                match self.restart(state) {
+                    Ok(()) => Err(self.broken(state, id, what)),
+                    Err(restart) => {
+                        state.needs_restart = true;
+                        Err(self.gave_no_answer(state, id, format!("{what}; then {restart}")))
+                    }
+                }
             }
+            Err(e) => Err(self.broken(state, id, e.to_string())),
             Ok(response) => {
                 state.first_call_done = true;
                 state.consecutive_failures = 0;
@@ -193,33 +205,85 @@ impl Deployment {
                         state.stats.refusals += 1;
                         Err(CallError::Refused { call: id, message })
                     }
-                    Ok(embeddings) => self.checked(state, id, proteins, embeddings),
+                    Ok(embeddings) => {
+                        let at = Instant::now();
+                        let checked = self.checked(state, id, proteins, embeddings);
+                        checking = at.elapsed();
+                        checked
+                    }
                 }
             }
         };
-        state.stats.protocol_seconds += (built + checking.elapsed()).as_secs_f64();
+        state.stats.protocol_seconds += (built + checking).as_secs_f64();
         result
     }
 
-    /// A call without a usable answer: counted, the deployment's stderr quoted, and after
-    /// [`MAX_CONSECUTIVE_FAILURES`] in a row the deployment given up.
-    fn no_answer(&self, state: &mut State, id: u64, what: String) -> CallError {
+    /// Restarts the deployment (a child: stopped and spawned again) and checks that it
+    /// answers a healthy one-protein request.
+    fn restart(&self, state: &mut State) -> Result<(), String> {
+        let started = Instant::now();
+        let restarted = self.restart_untimed(state);
+        state.stats.seconds_in_calls += started.elapsed().as_secs_f64();
+        restarted
+    }
+
+    fn restart_untimed(&self, state: &mut State) -> Result<(), String> {
+        state.stats.restarts += 1;
+        let deadline = Instant::now() + self.timeouts.first_call;
+        let handshake = state
+            .transport
+            .hello(deadline, &self.stop)
+            .map_err(|e| format!("restarting it failed: {e}"))?;
+        if handshake.hidden != self.handshake.hidden || handshake.layers != self.handshake.layers {
+            return Err("it came back with another handshake".into());
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let probe = Request {
+            id,
+            sequences: vec![Sequence {
+                name: "health-probe".into(),
+                residues: HEALTH_PROBE.into(),
+            }],
+        };
+        let deadline = Instant::now() + self.timeouts.call;
+        match state.transport.call(&probe, deadline, &self.stop) {
+            Ok(r) if r.answer.as_ref().is_ok_and(|e| e.pooled.len() == 1) => {
+                state.needs_restart = false;
+                state.consecutive_failures = 0;
+                Ok(())
+            }
+            Ok(_) => Err("after a restart it did not embed a healthy protein".into()),
+            Err(e) => Err(format!("after a restart it did not answer a healthy protein: {e}")),
+        }
+    }
+
+    /// A call without a usable answer whose deployment still answers others: the case's
+    /// failure, counted, its stderr quoted.
+    fn broken(&self, state: &mut State, id: u64, what: String) -> CallError {
         state.stats.broken += 1;
-        state.consecutive_failures += 1;
-        let stderr_tail = state.transport.stderr_tail();
         let error = CallError::Broken {
             call: id,
             what,
-            stderr_tail,
+            stderr_tail: state.transport.stderr_tail(),
         };
         if state.stats.failures.len() < 20 {
             state.stats.failures.push(error.to_string());
         }
+        error
+    }
+
+    /// A call after which the deployment answers nothing, not even a healthy protein: after
+    /// [`MAX_CONSECUTIVE_FAILURES`] in a row the deployment is given up.
+    fn gave_no_answer(&self, state: &mut State, id: u64, what: String) -> CallError {
+        state.consecutive_failures += 1;
+        let error = self.broken(state, id, what);
         if state.consecutive_failures >= MAX_CONSECUTIVE_FAILURES {
             self.exhausted.store(true, Ordering::Relaxed);
             return CallError::GaveUp {
                 what: format!(
-                    "{MAX_CONSECUTIVE_FAILURES} calls in a row got no answer; the last: {error}"
+                    "{MAX_CONSECUTIVE_FAILURES} calls in a row got no answer, even to a healthy \
+                     protein after a restart; the last: {error}"
                 ),
             };
         }
@@ -236,17 +300,7 @@ impl Deployment {
     ) -> Result<SubjectStates, CallError> {
         let hidden = self.hidden;
         let pooled = split_flat_rows(embeddings.pooled, proteins.len(), hidden);
-        let mut broken = |what: String| {
-            state.stats.broken += 1;
-            if state.stats.failures.len() < 20 {
-                state.stats.failures.push(format!("call {id}: {what}"));
-            }
-            Err(CallError::Broken {
-                call: id,
-                what,
-                stderr_tail: state.transport.stderr_tail(),
-            })
-        };
+        let mut broken = |what: String| Err(self.broken(state, id, what));
         if pooled.len() != proteins.len() {
             return broken(format!(
                 "{} pooled rows for {} sequences",

@@ -417,7 +417,7 @@ pub fn run_campaign_with(
         }
         if seeds.is_some() && !spec.families.contains(family) {
             let result = runner.family(*family, 0, &options, observer);
-            if observer.stop_requested() {
+            if observer.stop_requested() || runner.why_stopped().is_some() {
                 break;
             }
             keep_counterexample(&result, &spec.out_dir);
@@ -443,7 +443,7 @@ pub fn run_campaign_with(
         if let Some(done) = spec.completed.iter().find(|r| &r.family == name) {
             report.resumed.push(done.family.clone());
             report.families.push(done.clone());
-        } else if observer.stop_requested() {
+        } else if observer.stop_requested() || runner.why_stopped().is_some() {
             continue;
         } else {
             let result = match unit {
@@ -454,7 +454,8 @@ pub fn run_campaign_with(
                     .real(name, proteins, &options, observer)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
             };
-            if observer.stop_requested() {
+            // A stopped family is discarded, whoever stopped it.
+            if observer.stop_requested() || runner.why_stopped().is_some() {
                 continue;
             }
             keep_counterexample(&result, &spec.out_dir);

@@ -202,6 +202,9 @@ pub fn check_against_reference<B: Backend>(
 pub struct Oracle<'a, B: Backend> {
     pub model: &'a Esm2<B>,
     pub pooling: Pooling,
+    /// Time spent in the oracle's runs, added up when given (a deployment campaign reports
+    /// where its time went).
+    pub clock: Option<&'a std::cell::Cell<std::time::Duration>>,
 }
 
 impl<'a, B: Backend> Oracle<'a, B> {
@@ -210,6 +213,7 @@ impl<'a, B: Backend> Oracle<'a, B> {
         Self {
             model,
             pooling: Pooling::ResidueMean,
+            clock: None,
         }
     }
 }
@@ -237,7 +241,11 @@ pub fn against_oracle<B: Backend>(
     tol: &Tolerances,
 ) -> Vec<Verdict> {
     let hidden = oracle.model.config.hidden_size;
+    let started = std::time::Instant::now();
     let reference = run_case(oracle.model, proteins, Layout::Padded);
+    if let Some(clock) = oracle.clock {
+        clock.set(clock.get() + started.elapsed());
+    }
     let test = match run_checked(subject, proteins, layout, hidden) {
         Ok(states) => states,
         Err(verdict) => return vec![verdict],
