@@ -55,19 +55,31 @@ def tokenize(residues):
 
 
 def patch_rotary_fp16(esm_module):
-    """Makes HF's RotaryEmbedding compute its angles in float16 (the deliberate fault)."""
+    """Makes HF's rotary embedding compute its angles (position * inv_freq) in float16, the
+    deliberate fault; HF computes them in float32. Handles transformers 5.x
+    (EsmRotaryEmbedding.forward(x, position_ids)) and 4.x (RotaryEmbedding's cached tables)."""
     import torch
+
+    if hasattr(esm_module, "EsmRotaryEmbedding"):
+        def forward(self, x, position_ids, layer_type=None):
+            inv_freq = self.inv_freq.to(device=x.device, dtype=torch.float16)
+            freqs = position_ids[..., None].to(torch.float16) * inv_freq  # fp16 angles
+            emb = torch.cat((freqs, freqs), dim=-1).float()
+            return emb.cos().to(dtype=x.dtype), emb.sin().to(dtype=x.dtype)
+
+        esm_module.EsmRotaryEmbedding.forward = forward
+        return
 
     def update(self, x, seq_dimension=2):
         seq_len = x.shape[seq_dimension]
         if seq_len != self._seq_len_cached or self._cos_cached is None or \
-                self._cos_cached.device != x.device or self._cos_cached.dtype != x.dtype:
+                self._cos_cached.device != x.device:
             self._seq_len_cached = seq_len
             t = torch.arange(seq_len, device=x.device, dtype=torch.float16)
             freqs = torch.outer(t, self.inv_freq.to(x.device, torch.float16))  # fp16 angles
             emb = torch.cat((freqs, freqs), dim=-1).float()
-            self._cos_cached = emb.cos()[None, None, :, :].to(x.dtype)
-            self._sin_cached = emb.sin()[None, None, :, :].to(x.dtype)
+            self._cos_cached = emb.cos()[None, None, :, :]
+            self._sin_cached = emb.sin()[None, None, :, :]
         return self._cos_cached, self._sin_cached
 
     esm_module.RotaryEmbedding._update_cos_sin_tables = update

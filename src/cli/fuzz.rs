@@ -107,7 +107,10 @@ pub(super) fn select_families(plan: Vec<Family>, names: &[String]) -> Result<Vec
             known.join(", ")
         );
     }
-    Ok(plan.into_iter().filter(|f| names.contains(&f.name())).collect())
+    Ok(plan
+        .into_iter()
+        .filter(|f| names.contains(&f.name()))
+        .collect())
 }
 
 /// sha256 of a file, read in 8 MiB pieces.
@@ -651,6 +654,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             spec: &spec,
             options: RunOptions::campaign(&spec),
             stop: &stop,
+            signals_installed: false,
         };
         campaign.run(&runner, header, &mut |_| {})
     })
@@ -749,9 +753,11 @@ pub(super) struct Campaign<'a> {
     pub resumed: bool,
     pub spec: &'a CampaignSpec,
     pub options: RunOptions,
-    /// Set by SIGINT or SIGTERM once [`Campaign::run`] installs the handlers (a caller may
-    /// install them earlier and pass the same flag).
+    /// Set by SIGINT or SIGTERM once the handlers are installed.
     pub stop: &'a Arc<AtomicBool>,
+    /// Whether the caller installed the handlers for `stop` already (a second installation
+    /// would read one signal as two, and exit at once).
+    pub signals_installed: bool,
 }
 
 /// A [`Campaign`] whose folder this run owns (locked until it is dropped).
@@ -799,6 +805,7 @@ impl Claimed<'_> {
                     spec,
                     options,
                     stop,
+                    signals_installed,
                 },
             _owned,
         } = self;
@@ -813,7 +820,9 @@ impl Claimed<'_> {
             .truncate(!resumed)
             .open(&lines_path)
             .with_context(|| format!("creating {}", lines_path.display()))?;
-        stop_on_signals(stop)?;
+        if !signals_installed {
+            stop_on_signals(stop)?;
+        }
         let report_path = out.join("report.json");
         let markdown_path = out.join("report.md");
         let bar = ProgressBar::new(spec.families.len() as u64);

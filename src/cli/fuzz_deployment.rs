@@ -188,6 +188,7 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         spec: &spec,
         options,
         stop: &stop,
+        signals_installed: true,
     }
     .claim()?;
     let started = Instant::now();

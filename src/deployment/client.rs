@@ -254,7 +254,9 @@ impl Deployment {
                 Ok(())
             }
             Ok(_) => Err("after a restart it did not embed a healthy protein".into()),
-            Err(e) => Err(format!("after a restart it did not answer a healthy protein: {e}")),
+            Err(e) => Err(format!(
+                "after a restart it did not answer a healthy protein: {e}"
+            )),
         }
     }
 

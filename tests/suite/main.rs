@@ -11,6 +11,7 @@ mod common;
 mod bisection;
 mod campaign_folder;
 mod cli_behaviour;
+mod deployment;
 mod device_memory;
 mod equivalence_by_stratum;
 mod explain_pooled;

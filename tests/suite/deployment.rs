@@ -1,0 +1,570 @@
+//! `fuzz --deployment` against real child processes and servers (issue 26): our own
+//! `esmfuzz serve`, faithful and with deliberate faults, over stdin/stdout, HTTP protocol 1
+//! and the Open Inference Protocol; and hostile deployments (`tests/fixtures/
+//! hostile_deployment.py`, a proxy to `esmfuzz serve` that misbehaves on batches holding a W)
+//! that must never break the harness. Servers are waited for by their readiness line, never
+//! by a fixed sleep; every child is killed and reaped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::binary::{self, Ran, s};
+use super::common;
+
+/// `esmfuzz serve` on the shared weights with `extra` flags, as a command line.
+fn serve_command(extra: &str) -> String {
+    format!(
+        "{} serve --weights {} {extra}",
+        common::esmfuzz_bin().display(),
+        common::weights_path().display()
+    )
+}
+
+/// A temporary campaign: its folder (not yet created) and a regressions folder.
+struct Campaign {
+    _dir: tempfile::TempDir,
+    out: PathBuf,
+    regressions: PathBuf,
+}
+
+impl Campaign {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let regressions = dir.path().join("regressions");
+        std::fs::create_dir(&regressions).expect("the regressions folder");
+        Self {
+            out: dir.path().join("out"),
+            regressions,
+            _dir: dir,
+        }
+    }
+
+    /// `fuzz --deployment DEPLOYMENT` with `extra` arguments into a fresh `--out` named
+    /// `run` inside the campaign's folder.
+    fn fuzz(&self, run: &str, deployment: &str, extra: &[&str]) -> (Ran, PathBuf) {
+        let out = self.out.with_file_name(run);
+        let weights = common::weights_path();
+        let mut args = vec![
+            "fuzz",
+            "--weights",
+            s(&weights),
+            "--deployment",
+            deployment,
+            "--regressions",
+            s(&self.regressions),
+            "--out",
+            s(&out),
+        ];
+        args.extend(extra);
+        (binary::run(&args, &[], None), out)
+    }
+}
+
+fn report(out: &Path) -> Value {
+    let text = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    serde_json::from_str(&text).expect("report.json is JSON")
+}
+
+/// The failed verdicts' property names of every family in a report.
+fn failed_properties(report: &Value) -> Vec<String> {
+    report["families"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| {
+            f["failure"]["verdicts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|v| v["property"].as_str().map(String::from))
+        .collect()
+}
+
+/// Files saved under `regressions` for a deployment, by name.
+fn saved(regressions: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(regressions.join("counterexamples"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn fuzz_against_esmfuzz_serve_holds_with_no_degradation() {
+    let c = Campaign::new();
+    let (ran, out) = c.fuzz(
+        "held",
+        &serve_command("--precision f16"),
+        &["--cases", "3", "--max-stratum", "short", "--seed", "11"],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let r = report(&out);
+    assert_eq!(r["complete"], true);
+    let families = r["families"].as_array().expect("families");
+    let names: Vec<&str> = families
+        .iter()
+        .filter_map(|f| f["family"].as_str())
+        .collect();
+    for expected in [
+        "stratum-tiny",
+        "stratum-short",
+        "mixed-up-to-short",
+        "isolation-up-to-short",
+        "order-up-to-short",
+        "determinism-up-to-short",
+        "rare-tokens-up-to-short",
+    ] {
+        assert!(names.contains(&expected), "{expected} ran: {names:?}");
+    }
+    assert!(
+        families.iter().all(|f| f["runs"].as_u64() >= Some(3)),
+        "every family ran its cases"
+    );
+    let d = &r["deployment"];
+    assert_eq!(d["handshake"]["dtype"], "float16");
+    assert_eq!(
+        d["bound_of"], "f16",
+        "the default bound follows the handshake's dtype"
+    );
+    assert!(d["calls"]["calls"].as_u64() > Some(20), "{d}");
+    assert!(
+        d["identity"][0]
+            .as_str()
+            .is_some_and(|l| l.contains("0.99")),
+        "{d}"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(
+        md.contains("## Deployment under test") && md.contains("Not judged"),
+        "{md}"
+    );
+    assert!(
+        saved(&c.regressions).is_empty(),
+        "nothing failed, nothing saved"
+    );
+}
+
+/// A fault in a deployment: a campaign fails on `families` with `property`, shrinks, saves
+/// the counterexample under the deployment's name, and the next campaign replays it before
+/// it generates anything and fails on it; the fault-free deployment passes the replay.
+fn fails_shrinks_saves_and_replays(
+    faulty: &str,
+    fixed: &str,
+    families: &str,
+    cases: &str,
+    extra: &[&str],
+    property: &str,
+) -> (Campaign, Value) {
+    let c = Campaign::new();
+    let mut args = vec![
+        "--families",
+        families,
+        "--seed",
+        "5",
+        "--shrink-calls",
+        "256",
+        "--cases",
+        cases,
+    ];
+    args.extend(extra);
+    let (ran, out) = c.fuzz("found", faulty, &args);
+    assert_eq!(ran.code, 1, "the fault is found: {}", ran.stderr);
+    let found = report(&out);
+    assert!(
+        failed_properties(&found).iter().any(|p| p == property),
+        "{property} caught it: {:?}",
+        failed_properties(&found)
+    );
+    let files = saved(&c.regressions);
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("deployment=") && f.ends_with(&format!("__{families}.fasta"))),
+        "the shrunk case is saved under the deployment's name: {files:?}"
+    );
+    // The next run replays it first: its first judged case is the saved one, and it fails.
+    let mut again = vec!["--families", families, "--seed", "6", "--cases", "1"];
+    again.extend(extra);
+    let (ran, out) = c.fuzz("replayed", faulty, &again);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    let replay_at = ran
+        .stderr
+        .find("replay FAIL")
+        .expect("a failed replay is printed");
+    let first_case = ran.stderr.find(" run 1 at ").unwrap_or(usize::MAX);
+    assert!(
+        replay_at < first_case,
+        "replayed before any generated case:\n{}",
+        ran.stderr
+    );
+    let replayed = report(&out);
+    assert_eq!(replayed["replayed_counterexamples"][0]["passed"], false);
+    // The deployment fixed: the saved case passes.
+    let (ran, _) = c.fuzz("fixed", fixed, &again);
+    assert_eq!(
+        ran.code, 0,
+        "the shrunk case passes on the fault-free deployment: {}",
+        ran.stderr
+    );
+    (c, found)
+}
+
+#[test]
+fn a_layer_scaled_by_1_1_at_f16_fails_shrinks_saves_and_replays_first() {
+    fails_shrinks_saves_and_replays(
+        &serve_command("--precision f16 --degrade scale-layer-output=0.1"),
+        &serve_command("--precision f16"),
+        "stratum-short",
+        "8",
+        &["--max-stratum", "short"],
+        "pooled-relative-l2",
+    );
+}
+
+#[test]
+fn a_batch_mate_leak_in_packed_serve_fails_shrinks_saves_and_replays_first() {
+    fails_shrinks_saves_and_replays(
+        &serve_command("--precision f32 --packed --degrade attention-leak"),
+        &serve_command("--precision f32 --packed"),
+        "isolation-up-to-short",
+        "8",
+        &["--max-stratum", "short", "--bound-of", "f32"],
+        "alone-vs-batch",
+    );
+}
+
+#[test]
+fn a_residue_pattern_fault_shrinks_to_at_most_twice_the_shortest_trigger() {
+    let (_c, found) = fails_shrinks_saves_and_replays(
+        &serve_command("--precision f32 --degrade residue-pattern=LL"),
+        &serve_command("--precision f32"),
+        "mixed-up-to-short",
+        "16",
+        &["--max-stratum", "short", "--bound-of", "f32"],
+        "pooled-relative-l2",
+    );
+    let fasta = found["families"][0]["failure"]["minimal_fasta"]
+        .as_str()
+        .expect("a shrunk counterexample");
+    let sequences: Vec<&str> = fasta.lines().filter(|l| !l.starts_with('>')).collect();
+    let triggering: Vec<&str> = sequences
+        .iter()
+        .copied()
+        .filter(|s| s.contains("LL"))
+        .collect();
+    assert!(
+        !triggering.is_empty(),
+        "the shrunk batch holds the pattern: {fasta}"
+    );
+    // The shortest protein that triggers it is LL itself: 2 residues.
+    assert!(
+        triggering.iter().all(|s| s.len() <= 4),
+        "shrunk to at most 2x the shortest trigger: {fasta}"
+    );
+}
+
+/// `esmfuzz serve --listen 127.0.0.1:0` with `extra` flags: the child and its address, once
+/// it has printed it (its readiness line).
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(extra: &str) -> Self {
+        let weights = common::weights_path();
+        let mut child = Command::new(common::esmfuzz_bin())
+            .args(["serve", "--weights", s(&weights), "--listen", "127.0.0.1:0"])
+            .args(extra.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("esmfuzz serve starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let address = match rx.recv_timeout(binary::HANG) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("esmfuzz serve --listen printed no address");
+            }
+        };
+        Self { child, address }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_fault_is_found_over_http_protocol_1_and_over_the_open_inference_protocol() {
+    let server = Server::start("--precision f16 --degrade scale-layer-output=0.1");
+    for (run, deployment) in [
+        ("http", format!("http://{}/", server.address)),
+        ("oip", format!("oip://{}/esm2", server.address)),
+    ] {
+        let c = Campaign::new();
+        let (ran, out) = c.fuzz(
+            run,
+            &deployment,
+            &[
+                "--families",
+                "stratum-short",
+                "--max-stratum",
+                "short",
+                "--cases",
+                "6",
+                "--seed",
+                "5",
+                "--bound-of",
+                "f16",
+            ],
+        );
+        assert_eq!(ran.code, 1, "{run}: {}", ran.stderr);
+        let r = report(&out);
+        assert_eq!(r["deployment"]["transport"], run);
+        assert!(
+            failed_properties(&r).contains(&"pooled-relative-l2".to_string()),
+            "{run}"
+        );
+        if run == "oip" {
+            assert!(
+                r["deployment"]["handshake"]["oip_metadata"]["outputs"].is_array(),
+                "metadata recorded"
+            );
+            assert!(
+                r["deployment"]["notes"][0]
+                    .as_str()
+                    .is_some_and(|n| n.contains("regroup"))
+            );
+        }
+    }
+}
+
+/// A hostile deployment (`mode` of the fixture) proxying `esmfuzz serve`; its pids (proxy
+/// and serve) are written to `pids` so the test can see they are gone.
+fn hostile(mode: &str, pids: &Path) -> String {
+    let fixture = common::repo().join("tests/fixtures/hostile_deployment.py");
+    format!(
+        "python3 {} {mode} {} -- {}",
+        fixture.display(),
+        pids.display(),
+        serve_command("--precision f32")
+    )
+}
+
+/// Every pid listed in `pids` has exited (and been reaped: no zombie left).
+fn assert_all_gone(pids: &Path) {
+    let text = std::fs::read_to_string(pids).unwrap_or_default();
+    let until = Instant::now() + Duration::from_secs(15);
+    for pid in text.split_whitespace() {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        while proc.exists() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !proc.exists(),
+            "process {pid} outlived the run (or is a zombie)"
+        );
+    }
+}
+
+/// Runs the hostile `mode` on a small campaign and returns the run and its report.
+fn run_hostile(mode: &str, extra: &[&str]) -> (Ran, Option<Value>) {
+    let c = Campaign::new();
+    let pids = c.regressions.with_file_name("pids");
+    let mut args = vec![
+        "--families",
+        "mixed-up-to-short",
+        "--max-stratum",
+        "short",
+        "--cases",
+        "4",
+        "--seed",
+        "3",
+        "--bound-of",
+        "f32",
+        "--shrink-calls",
+        "6",
+        "--call-timeout",
+        "2",
+    ];
+    args.extend(extra);
+    let (ran, out) = c.fuzz(mode, &hostile(mode, &pids), &args);
+    assert!(!ran.stderr.contains("panicked"), "{mode}: {}", ran.stderr);
+    assert_all_gone(&pids);
+    let report = out.join("report.json").exists().then(|| report(&out));
+    (ran, report)
+}
+
+#[test]
+fn a_deployment_that_crashes_hangs_or_answers_wrongly_gets_a_verdict_naming_the_call() {
+    for (mode, what) in [
+        ("crash", "exited"),
+        ("hang", "no answer within"),
+        ("wrong-id", "has id"),
+        ("rows", "pooled rows for"),
+        ("width", "values, --weights' hidden size is 320"),
+        ("garbage", "not protocol 1"),
+        ("stray", "not protocol 1"),
+        ("oversize", "over"),
+    ] {
+        let extra: &[&str] = if mode == "oversize" {
+            &["--max-response-bytes", "1000000"]
+        } else {
+            &[]
+        };
+        let (ran, report) = run_hostile(mode, extra);
+        assert_eq!(
+            ran.code, 1,
+            "{mode}: a case the deployment failed is exit 1: {}",
+            ran.stderr
+        );
+        let report = report.expect("a report");
+        let failure = &report["families"][0]["failure"];
+        let message = failure["verdicts"][0]["detail"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(
+            failure["verdicts"][0]["property"], "answered",
+            "{mode}: {failure}"
+        );
+        assert!(
+            message.contains("call ") && message.contains(what),
+            "{mode}: {message}"
+        );
+        assert!(
+            failure["minimal_fasta"]
+                .as_str()
+                .is_some_and(|f| f.contains('W')),
+            "{mode}: shrunk to a case holding the trigger"
+        );
+        if mode == "crash" {
+            assert!(
+                message.contains("hostile crash"),
+                "the stderr tail is quoted: {message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn non_finite_rows_from_python_json_are_judged_non_finite() {
+    let (ran, report) = run_hostile("nan", &[]);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(failed_properties(&report.expect("a report")).contains(&"non-finite".to_string()));
+}
+
+#[test]
+fn a_deployment_that_answers_nothing_three_times_stops_the_run_incomplete() {
+    let (ran, report) = run_hostile("always-crash", &[]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("gave up"), "{}", ran.stderr);
+    let report = report.expect("the report stays");
+    assert_eq!(report["complete"], false);
+    assert!(
+        report["deployment"]["calls"]["failures"]
+            .as_array()
+            .is_some_and(|f| f.len() >= 3)
+    );
+}
+
+#[test]
+fn a_handshake_that_disagrees_with_the_weights_or_another_pooling_stops_before_fuzzing() {
+    let (ran, _) = run_hostile("handshake-hidden", &[]);
+    assert_eq!(ran.code, 2);
+    assert!(
+        ran.stderr.contains("does not run these weights"),
+        "{}",
+        ran.stderr
+    );
+    let c = Campaign::new();
+    let (ran, out) = c.fuzz(
+        "bos",
+        &serve_command("--precision f32 --pooling bos"),
+        &["--cases", "1"],
+    );
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("identity probe") && ran.stderr.contains("bos"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!out.join("cases.jsonl").exists(), "nothing was fuzzed");
+}
+
+#[test]
+fn sigint_during_a_hung_call_stops_at_once_incomplete_and_leaves_no_child() {
+    let c = Campaign::new();
+    let pids = c.regressions.with_file_name("pids");
+    let out = c.out.clone();
+    let weights = common::weights_path();
+    let deployment = hostile("hang", &pids);
+    let args = [
+        "fuzz",
+        "--weights",
+        s(&weights),
+        "--deployment",
+        &deployment,
+        "--regressions",
+        s(&c.regressions),
+        "--out",
+        s(&out),
+        "--families",
+        "mixed-up-to-short",
+        "--max-stratum",
+        "short",
+        "--cases",
+        "8",
+        "--seed",
+        "3",
+        "--bound-of",
+        "f32",
+        "--call-timeout",
+        "600",
+    ];
+    let child = binary::spawn(&args);
+    // Ready when the deployment says it is hanging.
+    let log = out.join("deployment-stderr.log");
+    let until = Instant::now() + binary::HANG;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("hostile hang")
+    {
+        assert!(Instant::now() < until, "the hang never came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let ran = binary::wait(child, &args);
+    assert!(
+        sent.elapsed() < Duration::from_secs(15),
+        "stopped within seconds, not at the call timeout"
+    );
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert_eq!(report(&out)["complete"], false);
+    assert_all_gone(&pids);
+}
