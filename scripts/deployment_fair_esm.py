@@ -9,8 +9,11 @@ the checkpoint is a local fair-esm .pt (e.g. esm2_t6_8M_UR50D.pt).
 Each request is one padded batch from fair-esm's own alphabet and batch converter; the pooled
 row is the mean over residues (BOS, EOS and padding excluded) of the last representation
 (after emb_layer_norm_after), in float32. --dtype float16/bfloat16 is `model.half()` /
-`model.to(torch.bfloat16)`, as fair-esm's README does it: note that fair-esm's
-RotaryEmbedding then computes its angles in that dtype (its inv_freq buffer is cast too).
+`model.to(torch.bfloat16)`, as fair-esm users do it. Note that fair-esm's RotaryEmbedding
+then computes positions and angles in that dtype (its inv_freq buffer is cast too): in
+bfloat16 the positions above 256 round (8 significant bits), and very long proteins come out
+wrong (esmfuzz's very-long stratum fails, results/deployment-cpu/README.md).
+--rotary-fp32 is the fix: inv_freq kept in float32, RoPE applied in float32, cast back.
 
 The model is built from the state dict (layers and width from the tensors, heads from the
 file's cfg/args, else --heads), so the file's name need not start with "esm2" and no
@@ -43,7 +46,25 @@ def parse_args(argv=None):
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--tokens", action="store_true")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--rotary-fp32", action="store_true",
+                   help="compute rotary angles in float32 (fixes fair-esm's bf16 positions)")
     return p.parse_args(argv)
+
+
+def patch_rotary_fp32(model, torch):
+    """fair-esm's rotary with float32 positions, angles and products (cast back to q's dtype)."""
+    import esm.rotary_embedding as rotary
+
+    def forward(self, q, k):
+        cos, sin = self._update_cos_sin_tables(k, seq_dimension=-2)
+        return (rotary.apply_rotary_pos_emb(q.float(), cos, sin).to(q.dtype),
+                rotary.apply_rotary_pos_emb(k.float(), cos, sin).to(k.dtype))
+
+    rotary.RotaryEmbedding.forward = forward
+    for layer in model.layers:
+        rot = layer.self_attn.rot_emb
+        rot.inv_freq = rot.inv_freq.float()
+        rot._seq_len_cached = None
 
 
 def build(model_file, heads):
@@ -58,7 +79,8 @@ def build(model_file, heads):
             if k.startswith(prefix):
                 k = k[len(prefix):]
                 break
-        state[k] = v
+        if not k.startswith("lm_head."):  # lm_head.weight is tied to embed_tokens.weight:
+            state[k] = v                      # never let an unused head overwrite it
     layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k)))
     width = state["embed_tokens.weight"].shape[1]
     token_dropout = True
@@ -74,7 +96,7 @@ def build(model_file, heads):
     model = ESM2(num_layers=layers, embed_dim=width, attention_heads=heads, alphabet=alphabet,
                  token_dropout=token_dropout)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("contact_head.")]
+    missing = [k for k in missing if not k.startswith(("contact_head.", "lm_head."))]  # unused heads
     if missing:
         raise SystemExit(f"deployment_fair_esm: tensors missing from {model_file}: {missing[:8]}")
     if unexpected:
@@ -100,6 +122,8 @@ class FairEmbedder:
             model = model.half()
         elif a.dtype == "bfloat16":
             model = model.to(torch.bfloat16)
+        if a.rotary_fp32:
+            patch_rotary_fp32(model, torch)
         self.model = model
         self.converter = self.alphabet.get_batch_converter()
         self.versions = {"torch": torch.__version__, "fair_esm": esm.__version__}
@@ -120,7 +144,7 @@ class FairEmbedder:
             "tokens": a.tokens,
             "pooling": a.pooling,
             "device": a.device,
-            "stack": "fair-esm ESM2 padded batch",
+            "stack": "fair-esm ESM2 padded batch" + (", rotary fp32" if a.rotary_fp32 else ""),
             **self.versions,
         }
 
@@ -148,11 +172,12 @@ class FairEmbedder:
 
 def main():
     a = parse_args()
+    out = hf.claim_stdout()
     embedder = FairEmbedder(a)
     if a.listen:
-        hf.serve_http(embedder, a.listen)
+        hf.serve_http(embedder, a.listen, out)
     else:
-        hf.serve_stdio(embedder)
+        hf.serve_stdio(embedder, out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ computed in float16, as a careless port would, instead of in float32.
 import argparse
 import base64
 import json
+import os
 import sys
 import time
 
@@ -30,7 +31,8 @@ CLS, PAD, EOS, UNK = 0, 1, 2, 3
 
 
 def log(*parts):
-    print("deployment_hf:", *parts, file=sys.stderr, flush=True)
+    name = sys.argv[0].rsplit("/", 1)[-1].removesuffix(".py") or "deployment_hf"
+    print(f"{name}:", *parts, file=sys.stderr, flush=True)
 
 
 def parse_args(argv=None):
@@ -116,7 +118,9 @@ class Embedder:
         a = self.a
         return {
             "protocol": 1,
-            "model": "hf-" + a.model.rstrip("/").split("/")[-1],
+            # The fault names itself, so its saved failures are kept apart from the clean run's.
+            "model": "hf-" + a.model.rstrip("/").split("/")[-1]
+                     + ("-rotary-fp16" if a.rotary_fp16 else ""),
             "hidden": self.config.hidden_size,
             "layers": self.config.num_hidden_layers,
             "dtype": a.dtype,
@@ -199,15 +203,25 @@ def answer(embedder, line):
         return json.dumps({"id": rid, "error": f"{type(e).__name__}: {e}"})
 
 
-def serve_stdio(embedder):
+def claim_stdout():
+    """The protocol's stdout, kept for protocol lines alone: file descriptor 1 is pointed at
+    stderr, so whatever a library prints (Python or C) lands in the log, not in the protocol."""
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
+def serve_stdio(embedder, out):
     for line in sys.stdin:
         if line.strip():
-            sys.stdout.write(answer(embedder, line) + "\n")
-            sys.stdout.flush()
+            out.write(answer(embedder, line) + "\n")
+            out.flush()
     log("stdin closed: exiting")
 
 
-def serve_http(embedder, address):
+def serve_http(embedder, address, out):
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Handler(BaseHTTPRequestHandler):
@@ -232,7 +246,7 @@ def serve_http(embedder, address):
     host, _, port = address.rpartition(":")
     server = HTTPServer((host or "127.0.0.1", int(port)), Handler)  # one call at a time
     bound = f"{server.server_address[0]}:{server.server_address[1]}"
-    print(f"listening on http://{bound}", flush=True)
+    print(f"listening on http://{bound}", file=out, flush=True)
     log(f"serving protocol 1 on http://{bound}/")
     try:
         server.serve_forever()
@@ -242,11 +256,12 @@ def serve_http(embedder, address):
 
 def main():
     a = parse_args()
+    out = claim_stdout()
     embedder = Embedder(a)
     if a.listen:
-        serve_http(embedder, a.listen)
+        serve_http(embedder, a.listen, out)
     else:
-        serve_stdio(embedder)
+        serve_stdio(embedder, out)
 
 
 if __name__ == "__main__":

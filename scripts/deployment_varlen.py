@@ -155,11 +155,12 @@ def main():
         fail(f"--kernel {kernel}: varlen or sdpa-loop")
     a = hf.parse_args(argv)
     a.kernel = kernel
+    out = hf.claim_stdout()
     embedder = PackedEmbedder(a)
     if a.listen:
-        hf.serve_http(embedder, a.listen)
+        hf.serve_http(embedder, a.listen, out)
     else:
-        hf.serve_stdio(embedder)
+        hf.serve_stdio(embedder, out)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ class EsmForwarder(MLModel):
         rid, self.next_id = self.next_id, self.next_id + 1
         request = {"id": rid, "sequences": [{"name": f"oip-{rid}-{k}", "residues": s}
                                             for k, s in enumerate(strings)]}
+        print(f"oip_forwarder: OIP request {payload.id} -> protocol-1 call {rid}, "
+              f"{len(strings)} sequences", file=sys.stderr, flush=True)
         reply = await asyncio.to_thread(post_line, self.url, request)
         if "error" in reply:
             raise InferenceError(f"the deployment refused: {reply['error']}")
@@ -146,28 +148,41 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
     # MLServer logs to stdout: send it to our stderr, keep our stdout for the address line.
-    child = subprocess.Popen([a.mlserver, "start", repo], env=env, cwd=repo,
-                             stdout=sys.stderr, stderr=sys.stderr, start_new_session=True)
+    def die_with_parent():  # Linux: SIGTERM to MLServer if this launcher is SIGKILLed
+        try:
+            import ctypes
 
-    def stop(*_):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+    child = subprocess.Popen([a.mlserver, "start", repo], env=env, cwd=repo,
+                             stdout=sys.stderr, stderr=sys.stderr, start_new_session=True,
+                             preexec_fn=die_with_parent)
+
+    # The handler only records the signal: the main loop below stops the child (waiting on a
+    # Popen inside a handler that interrupted another wait on it would deadlock).
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+
+    def finish(message=None):
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGTERM)
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
+            deadline = time.time() + 10
+            while child.poll() is None and time.time() < deadline:
+                time.sleep(0.1)
+            if child.poll() is None:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
         shutil.rmtree(repo, ignore_errors=True)
-        sys.exit(0)
+        sys.exit(message or 0)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     ready = f"http://127.0.0.1:{ports[0]}/v2/models/{a.name}/ready"
     deadline = time.time() + a.ready_timeout
-    while True:
+    while not stopping:
         if child.poll() is not None:
-            shutil.rmtree(repo, ignore_errors=True)
-            sys.exit(f"oip_forwarder: mlserver exited ({child.returncode}) before it was ready")
+            finish(f"oip_forwarder: mlserver exited ({child.returncode}) before it was ready")
         try:
             with urllib.request.urlopen(ready, timeout=2) as r:
                 if r.status == 200:
@@ -175,14 +190,18 @@ def main():
         except OSError:
             pass
         if time.time() > deadline:
-            stop()
+            finish(f"oip_forwarder: {ready} not ready after {a.ready_timeout} s")
         time.sleep(0.2)
-    print(f"listening on http://127.0.0.1:{ports[0]}", flush=True)
-    print(f"oip_forwarder: OIP model '{a.name}' at http://127.0.0.1:{ports[0]}/v2/models/"
-          f"{a.name} -> {a.forward} (hidden {hidden}, adaptive batch {a.adaptive_batch})",
-          file=sys.stderr, flush=True)
-    child.wait()
-    stop()
+    if not stopping:
+        print(f"listening on http://127.0.0.1:{ports[0]}", flush=True)
+        print(f"oip_forwarder: OIP model '{a.name}' at http://127.0.0.1:{ports[0]}/v2/models/"
+              f"{a.name} -> {a.forward} (hidden {hidden}, adaptive batch {a.adaptive_batch})",
+              file=sys.stderr, flush=True)
+    while not stopping and child.poll() is None:
+        time.sleep(0.2)
+    if not stopping:
+        finish(f"oip_forwarder: mlserver exited ({child.returncode})")
+    finish()
 
 
 if __name__ == "__main__":

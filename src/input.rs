@@ -83,6 +83,9 @@ pub struct Protein {
     pub residues: Vec<u32>,
     /// Residues before truncation (equal to `residues.len()` unless truncated).
     pub original_len: usize,
+    /// The residues truncation cut off (empty unless truncated): kept so that a deployment
+    /// can be sent the whole protein and a counterexample saved whole.
+    pub cut: Vec<u32>,
 }
 
 impl Protein {
@@ -108,6 +111,16 @@ impl Protein {
         alphabet::with_special_tokens(&self.residues)
     }
 
+    /// Every residue as letters, those truncation cut off included (what a deployment is
+    /// sent, and what a saved counterexample holds).
+    pub fn full_letters(&self) -> String {
+        self.residues
+            .iter()
+            .chain(&self.cut)
+            .map(|&id| alphabet::residue_char(id).unwrap_or('?'))
+            .collect()
+    }
+
     /// The residues as letters.
     pub fn letters(&self) -> String {
         self.residues
@@ -120,7 +133,7 @@ impl Protein {
 /// Prints as a FASTA record, so a failing case can be pasted into a file and replayed.
 impl fmt::Debug for Protein {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, ">{}\n{}", self.name, self.letters())
+        write!(f, ">{}\n{}", self.name, self.full_letters())
     }
 }
 
@@ -178,11 +191,12 @@ pub fn normalise(
         });
     }
     let original_len = residues.len();
-    residues.truncate(MAX_RESIDUES);
+    let cut = residues.split_off(original_len.min(MAX_RESIDUES));
     Ok(Protein {
         name: record.to_string(),
         residues,
         original_len,
+        cut,
     })
 }
 

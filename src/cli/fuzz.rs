@@ -333,14 +333,34 @@ fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<SavedReport> {
             path.display()
         )
     };
-    if campaign.precision != args.policy.precision {
+    // A deployment's campaign is judged by the bounds its handshake (or --bound-of) picks,
+    // checked once the deployment answers; the policy flags do not apply to it.
+    let ours = args.deployment.endpoint.is_none();
+    if ours && campaign.precision != args.policy.precision {
         return Err(mismatch(
             "policy",
             campaign.precision.to_string(),
             args.policy.precision.to_string(),
         ));
     }
-    if header.attention != args.policy.attention {
+    if header.deployment.is_some() != !ours {
+        return Err(mismatch(
+            "subject",
+            if header.deployment.is_some() {
+                "a deployment"
+            } else {
+                "esmfuzz's own model"
+            }
+            .into(),
+            if ours {
+                "esmfuzz's own model"
+            } else {
+                "a deployment"
+            }
+            .into(),
+        ));
+    }
+    if ours && header.attention != args.policy.attention {
         return Err(mismatch(
             "attention kernel",
             header.attention.to_string(),

@@ -230,6 +230,30 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         None => DeploymentName::sanitised(&format!("{}-{}", handshake.model, handshake.dtype)),
     }
     .context("the handshake's model and dtype make no file name: pass --deployment-name")?;
+    if let Some(stopped) = &stopped
+        && stopped.campaign.precision != precision
+    {
+        bail!(
+            "{}: the stopped campaign was judged with {} bounds, this deployment's with {}; \
+             resume with the same --bound-of",
+            out.display(),
+            stopped.campaign.precision.name(),
+            precision.name()
+        );
+    }
+    if let Some(theirs) = stopped
+        .as_ref()
+        .and_then(|s| s.header.deployment.as_ref())
+        .filter(|d| d.name != name.as_str())
+    {
+        bail!(
+            "{}: the stopped campaign fuzzed deployment {}, this one is {}; resume with the same \
+             --deployment-name",
+            out.display(),
+            theirs.name,
+            name.as_str()
+        );
+    }
     let tol = Tolerances::for_precision(precision);
     let mut section = DeploymentSection {
         transport: endpoint.kind().into(),

@@ -163,7 +163,7 @@ impl Deployment {
                 .iter()
                 .map(|p| Sequence {
                     name: p.name.clone(),
-                    residues: p.letters(),
+                    residues: p.full_letters(),
                 })
                 .collect(),
         };

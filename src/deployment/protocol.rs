@@ -374,7 +374,7 @@ mod tests {
         let e = parse_response(r#"{"id": 5, "pooled": [["x"]]}"#).unwrap_err();
         assert!(e.to_string().contains("id 5"), "{e}");
         let e = parse_response(
-            r#"{"id": 5, "tokens_b64": "AAAA", "pooled": [[1]], "token_shapes": [[2, 2]]}"#,
+            r#"{"id": 5, "tokens_b64": "AAAAAA==", "pooled": [[1]], "token_shapes": [[2, 2]]}"#,
         )
         .unwrap_err();
         assert!(e.to_string().contains("token_shapes"), "{e}");

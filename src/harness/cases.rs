@@ -567,6 +567,62 @@ pub fn check_determinism(subject: &dyn Subject, proteins: &[Protein]) -> Vec<Ver
     vec![judged().unwrap_or_else(|e| e.verdict())]
 }
 
+/// An over-length protein (over 1,022 residues, sent whole to a deployment): a refusal
+/// passes, named; an answer passes when it is the embedding of the first 1,022 residues (the
+/// pooled-row properties against the oracle on those); anything else fails.
+pub fn check_over_length<B: Backend>(
+    oracle: Oracle<'_, B>,
+    subject: &dyn Subject,
+    proteins: &[Protein],
+    tol: &Tolerances,
+) -> Vec<Verdict> {
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+    let named = |passed: bool, detail: String| Verdict {
+        passed,
+        ..Verdict::at_most(
+            PropertyId::OverLengthHandled,
+            if passed { 0.0 } else { 1.0 },
+            0.0,
+            detail,
+        )
+    };
+    let hidden = oracle.model.config.hidden_size;
+    match subject.run(proteins, Layout::Padded) {
+        Err(CallError::Refused { message, .. }) => {
+            vec![named(
+                true,
+                format!("refused: {}", message.chars().take(120).collect::<String>()),
+            )]
+        }
+        Err(e) => vec![e.verdict()],
+        Ok(states)
+            if states.pooled.len() != proteins.len()
+                || states.pooled.iter().any(|r| r.len() != hidden) =>
+        {
+            vec![named(false, "rows of the wrong shape".into())]
+        }
+        Ok(states) => {
+            let reference = run_case(oracle.model, proteins, Layout::Padded);
+            let pooled: Vec<Vec<f32>> = reference
+                .last
+                .iter()
+                .map(|s| oracle.pooling.pool(s, hidden))
+                .collect();
+            let mut verdicts = pooled_against(&states.pooled, &pooled, &names, tol);
+            let truncated = verdicts.iter().all(|v| v.passed);
+            verdicts.push(named(
+                truncated,
+                if truncated {
+                    "truncated to the first 1,022 residues".into()
+                } else {
+                    "neither refused nor the embedding of the first 1,022 residues".into()
+                },
+            ));
+            verdicts
+        }
+    }
+}
+
 /// Class probabilities of `proteins`: the model's last states (padded batches of the
 /// backend's budget), their BOS rows through the checkpoint's classifier computed under the
 /// model's own plan, softmax in f64. One row per protein, in input order.

@@ -12,8 +12,11 @@ use proptest::strategy::{BoxedStrategy, Strategy};
 
 use super::cases::{
     Models, Oracle, against_oracle, check_determinism, check_isolation, check_order,
+    check_over_length,
 };
-use super::strategies::{Stratum, mixed_batch, protein, protein_up_to, with_rare_residues};
+use super::strategies::{
+    Stratum, mixed_batch, over_length_input, protein, protein_up_to, with_rare_residues,
+};
 use super::subject::{InProcess, Subject};
 use super::verdict::{Tolerances, Verdict};
 use crate::batch::Layout;
@@ -47,6 +50,9 @@ pub enum Family {
     Determinism(Stratum),
     /// One protein up to a stratum holding rare residue codes (X, B, Z, U, O), against FP32.
     RareTokens(Stratum),
+    /// One protein of 1,023 to 2,000 residues, sent whole: refused, or embedded as its first
+    /// 1,022 residues (against FP32 on those), and nothing else.
+    OverLengthInput,
 }
 
 /// What a family compares.
@@ -60,12 +66,14 @@ pub enum Check {
     Order,
     /// The same batch twice, bit-identical.
     Determinism,
+    /// Refused, or truncated to the first 1,022 residues.
+    OverLength,
 }
 
 impl Family {
     /// Every family, for every stratum: what a saved file name can refer to.
     pub fn catalogue() -> Vec<Family> {
-        let mut all = vec![Family::PackedWithLong];
+        let mut all = vec![Family::PackedWithLong, Family::OverLengthInput];
         for s in Stratum::ALL {
             all.extend([
                 Family::Stratum(s),
@@ -98,6 +106,7 @@ impl Family {
             Family::Order(mixed),
             Family::Determinism(mixed),
             Family::RareTokens(max.min(Stratum::Medium)),
+            Family::OverLengthInput,
         ]);
         families
     }
@@ -131,6 +140,7 @@ impl Family {
             Family::Order(s) => format!("order-up-to-{s}"),
             Family::Determinism(s) => format!("determinism-up-to-{s}"),
             Family::RareTokens(s) => format!("rare-tokens-up-to-{s}"),
+            Family::OverLengthInput => "over-length-input".to_string(),
         }
     }
 
@@ -144,6 +154,7 @@ impl Family {
             Family::Isolation(_) => Check::Isolation,
             Family::Order(_) => Check::Order,
             Family::Determinism(_) => Check::Determinism,
+            Family::OverLengthInput => Check::OverLength,
         }
     }
 
@@ -158,6 +169,7 @@ impl Family {
             | Family::Order(s)
             | Family::Determinism(s) => mixed_batch(s, MIXED_BATCH_MAX).boxed(),
             Family::RareTokens(s) => with_rare_residues(s).prop_map(|p| vec![p]).boxed(),
+            Family::OverLengthInput => over_length_input().prop_map(|p| vec![p]).boxed(),
             Family::PackedWithLong => {
                 let long = protein(Stratum::Long).prop_filter("over 400 residues", |p| {
                     p.residues.len() >= PACKED_LONG_MIN_RESIDUES
@@ -208,6 +220,7 @@ impl Family {
             Check::Isolation => check_isolation(subject, proteins, tol),
             Check::Order => check_order(subject, proteins, tol),
             Check::Determinism => check_determinism(subject, proteins),
+            Check::OverLength => check_over_length(oracle, subject, proteins, tol),
         }
     }
 }

@@ -411,6 +411,50 @@ mod tests {
     }
 
     #[test]
+    fn deployment_names_are_file_safe_and_stems_never_clash_with_policies() {
+        let name = DeploymentName::sanitised("HF EsmModel (esm2_t33) @ float16 / v2").unwrap();
+        assert_eq!(name.as_str(), "HF-EsmModel-esm2_t33-float16-v2");
+        assert!(
+            DeploymentName::sanitised(" / :: ").is_none(),
+            "nothing file-safe is left"
+        );
+        assert_eq!(
+            DeploymentName::sanitised(&"a".repeat(300))
+                .unwrap()
+                .as_str()
+                .len(),
+            100
+        );
+        let stem = saved_stem(name, Family::Stratum(Stratum::Tiny));
+        assert_eq!(
+            stem,
+            "deployment=HF-EsmModel-esm2_t33-float16-v2__stratum-tiny"
+        );
+        // A policy's listing never picks up a deployment's files, nor the other way round.
+        let dir = tempfile::tempdir().unwrap();
+        let deployment = DeploymentName::sanitised("f16").unwrap();
+        std::fs::write(
+            seeds_path(
+                dir.path(),
+                deployment.clone(),
+                Family::Stratum(Stratum::Tiny),
+            ),
+            "",
+        )
+        .unwrap();
+        assert!(
+            saved_files(dir.path(), Precision::F16)
+                .unwrap()
+                .families
+                .is_empty()
+        );
+        assert_eq!(
+            saved_files(dir.path(), deployment).unwrap().families.len(),
+            1
+        );
+    }
+
+    #[test]
     fn saved_files_pair_seeds_with_counterexamples_and_flag_unknown_names() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();

@@ -279,6 +279,18 @@ pub fn with_rare_residues(max: Stratum) -> impl Strategy<Value = Protein> {
         })
 }
 
+/// Residues of an over-length input a deployment must refuse or truncate.
+pub const OVER_LENGTH_INPUT: std::ops::RangeInclusive<usize> = 1023..=2000;
+
+/// A protein of [`OVER_LENGTH_INPUT`] residues (background residues only; the [`Protein`]
+/// keeps its first 1,022 and the rest in [`Protein::cut`]). Shrinks toward 1,023 residues.
+pub fn over_length_input() -> impl Strategy<Value = Protein> {
+    prop::collection::vec(residue(), OVER_LENGTH_INPUT).prop_map(|letters| {
+        let letters: String = letters.into_iter().collect();
+        Protein::from_letters(&format!("over-length-{}", letters.len()), &letters)
+    })
+}
+
 /// A batch of 2..=`max_len` proteins mixing strata up to `max` (for packing and batch-mates).
 pub fn mixed_batch(max: Stratum, max_len: usize) -> impl Strategy<Value = Vec<Protein>> {
     prop::collection::vec(protein_up_to(max), 2..=max_len.max(2)).prop_map(|mut ps| {

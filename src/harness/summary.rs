@@ -323,6 +323,7 @@ mod tests {
             name: format!("p{residues}"),
             residues: vec![5; residues],
             original_len: residues,
+            cut: Vec::new(),
         }]
     }
 

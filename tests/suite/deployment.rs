@@ -152,6 +152,37 @@ fn fuzz_against_esmfuzz_serve_holds_with_no_degradation() {
     );
 }
 
+#[test]
+fn the_twin_judge_holds_a_faithful_f16_deployment_to_our_own_f16_error() {
+    let c = Campaign::new();
+    let (ran, out) = c.fuzz(
+        "twin",
+        &serve_command("--precision f16"),
+        &[
+            "--families",
+            "stratum-short",
+            "--max-stratum",
+            "short",
+            "--cases",
+            "3",
+            "--seed",
+            "11",
+            "--twin-judge",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let r = report(&out);
+    assert_eq!(r["deployment"]["twin_judge"], true);
+    let judged = r["families"][0]["metrics"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["property"] == "twin-error-ratio"));
+    assert!(
+        judged,
+        "every case judged against our own f16: {}",
+        r["families"][0]
+    );
+}
+
 /// A fault in a deployment: a campaign fails on `families` with `property`, shrinks, saves
 /// the counterexample under the deployment's name, and the next campaign replays it before
 /// it generates anything and fails on it; the fault-free deployment passes the replay.
