@@ -15,3 +15,4 @@ pub mod input;
 pub mod model;
 pub mod named;
 pub mod npy;
+pub mod safe_file;

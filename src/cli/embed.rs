@@ -51,7 +51,14 @@ pub struct EmbedArgs {
 }
 
 pub fn run(args: EmbedArgs) -> Result<Outcome> {
-    check_outputs(&[Some(&args.out)], Some(&args.model), &[Some(&args.fasta)])?;
+    // OUT.partial is written too: it must be no input either.
+    let partial = partial_path(&args.out);
+    check_outputs(
+        &[Some(&args.out), Some(&partial)],
+        Some(&args.model),
+        &[Some(&args.fasta)],
+    )?;
+    NpyRowWriter::preflight(&args.out)?;
     let proteins = read_proteins(
         &args.fasta,
         NormaliseOptions {
@@ -116,7 +123,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
                     row[at],
                     alone.finite.detail,
                     args.out.display(),
-                    partial_path(&args.out).display()
+                    partial.display()
                 );
             }
             Ok(writer.write_row(i, &row)?)

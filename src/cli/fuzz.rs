@@ -408,6 +408,12 @@ fn repair_cases(path: &Path, finished: &[FamilyResult]) -> Result<()> {
     Ok(())
 }
 
+/// The files a campaign of `planned` families may write besides its reports: a shrunk
+/// counterexample `<family>.fasta` per family (listed in the folder's manifest).
+fn counterexample_names(planned: &[String]) -> Vec<String> {
+    planned.iter().map(|f| format!("{f}.fasta")).collect()
+}
+
 /// `fasta-<file stem>` for each FASTA file, made unique: a stem seen before gets `-2`, `-3`,
 /// ... (two files `d1/x.fasta`, `d2/x.fasta` are `fasta-x` and `fasta-x-2`).
 fn fasta_family_names(paths: &[PathBuf]) -> Vec<String> {
@@ -586,7 +592,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     eprintln!("seed: {seed} (rerun with --seed {seed})");
 
     // Now the folder is this run's: locked until it ends.
-    let _owned = campaign_dir::claim(&out, claim)?;
+    let _owned = campaign_dir::claim(&out, claim, &counterexample_names(&planned))?;
     let lines_path = out.join(campaign_dir::CASES_FILE);
     if stopped.is_some() {
         repair_cases(&lines_path, &spec.completed)?;

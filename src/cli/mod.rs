@@ -419,12 +419,21 @@ fn write_report(path: &Path, report: &impl Serialize) -> Result<()> {
 
 /// Writes `bytes` to a new file beside `path` and renames it onto `path` once complete, so a
 /// run that stops part way leaves the old file (or none), never half of one. A symlink at
-/// `path` is followed: the file it names is replaced.
+/// `path` is followed: the file it names is replaced, the link stays. A device node, FIFO or
+/// socket (`/dev/stdout`) is written in place, never replaced.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use esmfuzz::safe_file::{Target, resolve_target, write_in_place};
     use std::io::Write;
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let target = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let target = match resolve_target(path) {
+        Target::Special(p) => {
+            return write_in_place(&p, bytes)
+                .with_context(|| format!("writing {}", path.display()));
+        }
+        Target::Folder(_) => bail!("{}: is a folder; name a file", path.display()),
+        Target::Absent(p) | Target::Regular(p) => p,
+    };
     let name = target
         .file_name()
         .with_context(|| format!("{}: names no file", path.display()))?;
@@ -489,6 +498,14 @@ fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
             "{}: the output would overwrite an input ({}); choose another path",
             out.display(),
             input.display()
+        );
+    }
+    let landing = esmfuzz::safe_file::resolve_target(out);
+    if campaign_dir::campaign_file(out) || campaign_dir::campaign_file(landing.path()) {
+        bail!(
+            "{}: is a file of the campaign in its folder; writing it would break the campaign \
+             (it could no longer be resumed or merged): choose another path",
+            out.display()
         );
     }
     let dir = match out.parent() {
