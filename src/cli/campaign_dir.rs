@@ -287,6 +287,28 @@ fn remove_campaign(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How many whole lines of `path` (a campaign's `cases.jsonl`) each family has; a torn
+/// last line and lines that are not case records are not counted ([`repair_cases`] deals
+/// with them). A missing file has none.
+pub fn lines_per_family(path: &Path) -> Result<std::collections::HashMap<String, usize>> {
+    let mut counts = std::collections::HashMap::new();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(counts),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |l| l + 1);
+    for line in bytes[..whole].split(|&b| b == b'\n') {
+        let family = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("family")?.as_str().map(str::to_string));
+        if let Some(family) = family {
+            *counts.entry(family).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}
+
 /// What [`repair_cases`] did to a stopped campaign's `cases.jsonl`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Repair {
