@@ -412,6 +412,19 @@ fn check_same_campaign(
     Ok(())
 }
 
+/// `fuzz --fasta` reads a file twice (its records, then its sha256 for `--resume`): a pipe
+/// or device would give its records once and hash nothing, so it is refused by name.
+fn require_regular_fasta(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => bail!(
+            "--fasta {}: not a regular file (a pipe or device); fuzz keeps each FASTA file's \
+             sha256 for --resume, so it needs a file: save the stream to one first",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// A resumed campaign's `--fasta` files must hold what the stopped one judged, byte for
 /// byte (by sha256): a file of the same name with other records would be taken for finished
 /// and its records never judged. A report that kept no digests (an older esmfuzz) cannot
@@ -690,6 +703,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let mut real_proteins = Vec::with_capacity(args.fasta.len());
     let mut fasta_sha256 = std::collections::BTreeMap::new();
     for (path, name) in args.fasta.iter().zip(fasta_family_names(&args.fasta)) {
+        require_regular_fasta(path)?;
         let proteins = read_proteins(path, NormaliseOptions::default())?;
         fasta_sha256.insert(name.clone(), sha256_of(path)?);
         real_proteins.push((name, proteins));

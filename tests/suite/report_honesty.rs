@@ -191,3 +191,96 @@ fn a_second_signal_exits_2_and_says_what_state_the_folder_is_in() {
     );
     assert_eq!(report(&out)["complete"], false);
 }
+
+/// Four short corpus records as a FASTA file in `dir`, with the FP32 oracle's pooled rows.
+fn four_records_and_rows(dir: &Path) -> (PathBuf, Vec<Vec<f32>>) {
+    use esmfuzz::batch::{Batching, pool_residues, token_states};
+    let proteins: Vec<esmfuzz::input::Protein> = common::corpus()
+        .iter()
+        .filter(|p| p.residues.len() < 60)
+        .take(4)
+        .cloned()
+        .collect();
+    let path = dir.join("four.fasta");
+    esmfuzz::input::write_fasta(&path, &proteins).unwrap();
+    let hidden = common::weights().config.hidden_size;
+    let rows = token_states(
+        common::shared_model(esmfuzz::model::Precision::F32),
+        &proteins,
+        Batching::padded(1024),
+    )
+    .iter()
+    .map(|s| pool_residues(s, hidden))
+    .collect();
+    (path, rows)
+}
+
+fn write_rows(path: &Path, rows: &[Vec<f32>]) {
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let array = ndarray::Array2::from_shape_vec((rows.len(), rows[0].len()), flat).unwrap();
+    ndarray_npy::write_npy(path, &array).unwrap();
+}
+
+#[test]
+fn check_says_what_the_bound_in_force_cannot_see_and_points_to_f32() {
+    let work = tempfile::tempdir().unwrap();
+    let (fasta, rows) = four_records_and_rows(work.path());
+    let scaled: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| r.iter().map(|v| v * 1.02).collect())
+        .collect();
+    let npy = work.path().join("x1.02.npy");
+    write_rows(&npy, &scaled);
+    let args = ["check", "--fasta", s(&fasta), "--embeddings", s(&npy)];
+    let ran = esmfuzz(&args);
+    // x1.02 is inside f16's relative-L2 bound of 0.03: it passes, and the output says so.
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout
+            .contains("what --bound-of f16 can see: rows rescaled by x0.9700..x1.0300"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("--bound-of f32 sees rescales"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("results/check-power/README.md"),
+        "{}",
+        ran.stdout
+    );
+    let ran = esmfuzz(&[&args[..], &["--bound-of", "f32"]].concat());
+    assert_eq!(ran.code, 1, "f32's net catches x1.02: {}", ran.stdout);
+}
+
+#[test]
+fn check_diagnoses_zeroed_rows_as_zero_rows_not_a_length_limit_or_pooling() {
+    let work = tempfile::tempdir().unwrap();
+    let (fasta, rows) = four_records_and_rows(work.path());
+    let hidden = rows[0].len();
+    let mut one = rows.clone();
+    one[3] = vec![0.0; hidden];
+    let all = vec![vec![0.0f32; hidden]; rows.len()];
+    for (name, theirs, says) in [
+        ("one", one, "1 row(s) are all zeros (row 4"),
+        ("all", all, "4 row(s) are all zeros"),
+    ] {
+        let npy = work.path().join(format!("{name}.npy"));
+        write_rows(&npy, &theirs);
+        let ran = esmfuzz(&["check", "--fasta", s(&fasta), "--embeddings", s(&npy)]);
+        assert_eq!(ran.code, 1, "{}", ran.stdout);
+        assert!(ran.stdout.contains(says), "{name}: {}", ran.stdout);
+        assert!(
+            !ran.stdout.contains("length limit"),
+            "{name}: {}",
+            ran.stdout
+        );
+        assert!(
+            !ran.stdout.contains("BOS-token pooling"),
+            "{name}: {}",
+            ran.stdout
+        );
+    }
+}
