@@ -434,3 +434,103 @@ fn an_interrupted_synth_leaves_no_checkpoint_under_its_final_name() {
     assert!(!out.join("model.safetensors").exists());
     assert!(!out.join("config.json").exists());
 }
+
+/// `power` on the tiny fixture model, one family, `extra` after.
+fn power_args<'a>(tiny: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "power",
+        "--weights",
+        s(tiny),
+        "--precision",
+        "f32",
+        "--families",
+        "stratum-tiny",
+        "--out",
+        s(out),
+    ];
+    args.extend(extra);
+    args
+}
+
+#[test]
+fn power_checks_its_arguments_and_outputs_before_creating_out() {
+    let work = tempfile::tempdir().unwrap();
+    let tiny = tiny();
+    let out = work.path().join("power");
+    let ran = esmfuzz(&power_args(&tiny, &out, &["--layer", "9"]));
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("layer 9 does not exist"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        !out.exists(),
+        "--out created before the arguments were checked"
+    );
+    // An output that cannot be written is found before the work, not after it.
+    std::fs::create_dir_all(out.join("detection.svg")).unwrap();
+    let started = Instant::now();
+    let ran = esmfuzz(&power_args(
+        &tiny,
+        &out,
+        &["--trials", "50", "--counts", "64"],
+    ));
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("detection.svg"), "{}", ran.stderr);
+    assert!(!out.join("power.json").exists());
+    assert!(started.elapsed() < Duration::from_secs(10), "it ran first");
+}
+
+#[test]
+fn power_writes_as_it_goes_and_a_signal_leaves_a_report_marked_incomplete() {
+    let work = tempfile::tempdir().unwrap();
+    let tiny = tiny();
+    let out = work.path().join("power");
+    let args = power_args(
+        &tiny,
+        &out,
+        &[
+            "--sizes",
+            "1e-4,1e-3,1e-2,3e-2,1e-1,3e-1,1,3",
+            "--trials",
+            "40",
+            "--counts",
+            "100",
+        ],
+    );
+    let child = Running::spawn(&args);
+    let json = out.join("power.json");
+    let done = |path: &Path| -> u64 {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["cells_done"].as_u64())
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    while done(&json) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no cell written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let ran = child.wait(&args);
+    assert_ne!(ran.code, 0, "{}", ran.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["complete"], false);
+    assert!(report["cells_done"].as_u64().unwrap() >= 1);
+    assert!(
+        report["cells_done"].as_u64() < report["cells_planned"].as_u64(),
+        "{report}"
+    );
+    let md = std::fs::read_to_string(out.join("power.md")).unwrap();
+    assert!(md.starts_with("**incomplete:"), "{md}");
+}
