@@ -27,7 +27,9 @@ pub struct PowerArgs {
     /// the model's code, held to FP32 noise; f16 etc.: under that policy's own error).
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// Families (those that compare with FP32), comma-separated.
+    /// Families, comma-separated: those that compare with FP32, and the isolation families
+    /// (the policy against itself: only a degradation that couples sequences, such as
+    /// leak-across-sequences, can move them).
     #[arg(
         long,
         value_delimiter = ',',
