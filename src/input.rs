@@ -220,7 +220,7 @@ pub fn normalise(
 }
 
 /// Reads and normalises every record of a FASTA file, in file order. The file is streamed
-/// (a pipe or `/dev/stdin` works; nothing is sought), and bounded: a line of more than
+/// (a pipe works; nothing is sought; `-` and `/dev/stdin` read standard input), and bounded: a line of more than
 /// [`MAX_LINE_BYTES`], a header of more than [`MAX_HEADER_BYTES`] or a record of more than
 /// [`MAX_RECORD_RESIDUES`] residues is an error naming its line.
 pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>, InputError> {
@@ -229,11 +229,17 @@ pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>
             path: path.to_path_buf(),
         });
     }
-    let file = File::open(path).map_err(|source| InputError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+    // Standard input is read as it is, not opened again through /proc (which would block
+    // on a FIFO whose writer has finished).
+    let source: Box<dyn Read> = if path == Path::new("-") || path == Path::new("/dev/stdin") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(File::open(path).map_err(|source| InputError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?)
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, source);
     let malformed = |line: usize, detail: String| InputError::Malformed {
         path: path.to_path_buf(),
         line,
