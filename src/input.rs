@@ -98,6 +98,24 @@ pub fn escaped(text: &str) -> String {
         .collect()
 }
 
+/// How much [`read_fasta`] reads before it calls a file hostile or mistaken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastaLimits {
+    /// The longest line, in bytes ([`MAX_LINE_BYTES`] by default).
+    pub max_line_bytes: usize,
+    /// The most residues of one record before normalisation ([`MAX_RECORD_RESIDUES`]).
+    pub max_record_residues: usize,
+}
+
+impl Default for FastaLimits {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: MAX_LINE_BYTES,
+            max_record_residues: MAX_RECORD_RESIDUES,
+        }
+    }
+}
+
 /// How strictly to read residues.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NormaliseOptions {
@@ -105,6 +123,8 @@ pub struct NormaliseOptions {
     pub map_unknown_to_x: bool,
     /// Keep the gap tokens `-` and `.` (in the ESM-2 vocabulary, but not residues).
     pub allow_gap_tokens: bool,
+    /// The reader's caps (used by [`read_fasta`], not by [`normalise`]).
+    pub limits: FastaLimits,
 }
 
 /// One normalised protein: its name and residue token ids (BOS/EOS not included).
@@ -221,8 +241,9 @@ pub fn normalise(
 
 /// Reads and normalises every record of a FASTA file, in file order. The file is streamed
 /// (a pipe works; nothing is sought; `-` and `/dev/stdin` read standard input), and bounded: a line of more than
-/// [`MAX_LINE_BYTES`], a header of more than [`MAX_HEADER_BYTES`] or a record of more than
-/// [`MAX_RECORD_RESIDUES`] residues is an error naming its line.
+/// `options.limits.max_line_bytes` ([`MAX_LINE_BYTES`] by default), a header of more than
+/// [`MAX_HEADER_BYTES`] or a record of more than `options.limits.max_record_residues`
+/// ([`MAX_RECORD_RESIDUES`]) residues is an error naming its line.
 pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>, InputError> {
     if path.is_dir() {
         return Err(InputError::Folder {
@@ -240,6 +261,10 @@ pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>
         })?)
     };
     let mut reader = BufReader::with_capacity(1 << 16, source);
+    let FastaLimits {
+        max_line_bytes: max_line,
+        max_record_residues: max_residues,
+    } = options.limits;
     let malformed = |line: usize, detail: String| InputError::Malformed {
         path: path.to_path_buf(),
         line,
@@ -263,7 +288,7 @@ pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>
     loop {
         line.clear();
         let got = (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
+            .take(max_line as u64 + 1)
             .read_until(b'\n', &mut line)
             .map_err(|source| InputError::Read {
                 path: path.to_path_buf(),
@@ -286,13 +311,13 @@ pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>
                 line.drain(..UTF8_BOM.len());
             }
         }
-        if line.len() > MAX_LINE_BYTES && !line.ends_with(b"\n") {
+        if line.len() > max_line && !line.ends_with(b"\n") {
             return Err(malformed(
                 number,
                 format!(
-                    "longer than {} MiB without a newline; not a FASTA text file (a FASTA \
-                     line holds a header or up to a few thousand residues)",
-                    MAX_LINE_BYTES >> 20
+                    "longer than {max_line} bytes without a newline; not a FASTA text file (a \
+                     FASTA line holds a header or up to a few thousand residues; \
+                     --max-line-bytes raises the cap)"
                 ),
             ));
         }
@@ -334,12 +359,13 @@ pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>
                 ));
             };
             let residues = text.iter().filter(|b| !b.is_ascii_whitespace()).count();
-            if body.len() + residues > MAX_RECORD_RESIDUES {
+            if body.len() + residues > max_residues {
                 return Err(malformed(
                     number,
                     format!(
-                        "record '{}' holds more than {MAX_RECORD_RESIDUES} residues; not a \
-                         protein the model can read (it reads 1022)",
+                        "record '{}' holds more than {max_residues} residues; not a protein \
+                         the model can read (it reads 1022; --max-record-residues raises the \
+                         cap)",
                         escaped(name)
                     ),
                 ));
@@ -505,7 +531,10 @@ mod tests {
         // /dev/zero never ends: refused after MAX_LINE_BYTES, in bounded memory.
         let err = read_fasta(Path::new("/dev/zero"), NormaliseOptions::default()).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("line 1") && msg.contains("16 MiB"), "{msg}");
+        assert!(
+            msg.contains("line 1") && msg.contains("16777216 bytes"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -537,6 +566,25 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let proteins = read_fasta(&path, NormaliseOptions::default()).unwrap();
         assert_eq!(proteins[0].original_len, MAX_RECORD_RESIDUES);
+        // The caps are the caller's: lowered, the same file is refused.
+        let low = NormaliseOptions {
+            limits: FastaLimits {
+                max_record_residues: 1000,
+                max_line_bytes: MAX_LINE_BYTES,
+            },
+            ..NormaliseOptions::default()
+        };
+        let msg = read_fasta(&path, low).unwrap_err().to_string();
+        assert!(msg.contains("more than 1000 residues"), "{msg}");
+        let short_lines = NormaliseOptions {
+            limits: FastaLimits {
+                max_line_bytes: 100,
+                ..FastaLimits::default()
+            },
+            ..NormaliseOptions::default()
+        };
+        let msg = read_fasta(&path, short_lines).unwrap_err().to_string();
+        assert!(msg.contains("line 2: longer than 100 bytes"), "{msg}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ use super::{ModelArgs, Outcome, check_outputs, named, read_proteins, write_repor
 pub struct BisectArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// Reduced policy to repair.
     #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
     pub precision: Precision,
@@ -127,7 +129,10 @@ pub fn run(args: BisectArgs) -> Result<Outcome> {
     )?;
     let mut real = Vec::new();
     for path in &args.fasta {
-        real.extend(read_proteins(path, NormaliseOptions::default())?);
+        real.extend(read_proteins(
+            path,
+            args.fasta_limits.options(NormaliseOptions::default()),
+        )?);
     }
     let bisect_cases = cases(&args, args.seed, &real)?;
     // Fresh generated cases; the FASTA records (if any) are judged again.

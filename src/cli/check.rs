@@ -20,6 +20,8 @@ use super::{ModelArgs, Outcome, check_outputs, named, read_unique_proteins, writ
 pub struct CheckArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// The proteins they embedded (e.g. from `esmfuzz cases`), in the order of their rows.
     #[arg(long)]
     pub fasta: PathBuf,
@@ -40,7 +42,10 @@ pub fn run(args: CheckArgs) -> Result<Outcome> {
     let mut inputs: Vec<Option<&std::path::Path>> = vec![Some(&args.fasta)];
     inputs.extend(args.embeddings.iter().map(|p| Some(p.as_path())));
     check_outputs(&[args.report.as_deref()], Some(&args.model), &inputs)?;
-    let proteins = read_unique_proteins(&args.fasta, NormaliseOptions::default())?;
+    let proteins = read_unique_proteins(
+        &args.fasta,
+        args.fasta_limits.options(NormaliseOptions::default()),
+    )?;
     let hidden = args.model.config_only()?.hidden_size;
     // Every file's header is read and its shape checked before any payload is read, and
     // every payload before the weights load and the oracle runs (minutes on a large corpus).

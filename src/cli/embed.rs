@@ -21,6 +21,8 @@ use super::{ModelArgs, Outcome, check_outputs, progress, read_proteins, warn_if_
 pub struct EmbedArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// Input FASTA.
     #[arg(long)]
     pub fasta: PathBuf,
@@ -61,10 +63,11 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
     NpyRowWriter::preflight(&args.out)?;
     let proteins = read_proteins(
         &args.fasta,
-        NormaliseOptions {
+        args.fasta_limits.options(NormaliseOptions {
             map_unknown_to_x: args.map_unknown_to_x,
             allow_gap_tokens: args.allow_gap_tokens,
-        },
+            ..NormaliseOptions::default()
+        }),
     )?;
     let checkpoint = args.model.open()?;
     let hidden = checkpoint.config.hidden_size;

@@ -21,6 +21,8 @@ use super::{ModelArgs, Outcome, check_outputs, read_proteins, write_report};
 pub struct ExplainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// FASTA file holding the record.
     #[arg(long)]
     pub fasta: PathBuf,
@@ -47,7 +49,10 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         Some(&args.model),
         &[Some(&args.fasta)],
     )?;
-    let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
+    let proteins = read_proteins(
+        &args.fasta,
+        args.fasta_limits.options(NormaliseOptions::default()),
+    )?;
     let numbers: Vec<usize> = proteins
         .iter()
         .enumerate()

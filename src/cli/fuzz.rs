@@ -37,6 +37,8 @@ pub struct FuzzArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
+    #[command(flatten)]
     pub policy: PolicyArgs,
     /// New cases per family (at least 1; default 8, or with --resume the stopped
     /// campaign's).
@@ -116,6 +118,7 @@ impl FuzzArgs {
         // Every field named: a new flag that is not passed on does not compile.
         let Self {
             model,
+            fasta_limits,
             policy,
             cases,
             max_stratum,
@@ -130,6 +133,7 @@ impl FuzzArgs {
         } = self;
         let mut args = vec![OsString::from("fuzz")];
         model.to_args(&mut args);
+        fasta_limits.to_args(&mut args);
         policy.to_args(&mut args);
         if let Some(cases) = cases {
             args.extend(["--cases", &cases.to_string()].map(OsString::from));
@@ -704,7 +708,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let mut fasta_sha256 = std::collections::BTreeMap::new();
     for (path, name) in args.fasta.iter().zip(fasta_family_names(&args.fasta)) {
         require_regular_fasta(path)?;
-        let proteins = read_proteins(path, NormaliseOptions::default())?;
+        let proteins = read_proteins(path, args.fasta_limits.options(NormaliseOptions::default()))?;
         fasta_sha256.insert(name.clone(), sha256_of(path)?);
         real_proteins.push((name, proteins));
     }
@@ -973,6 +977,8 @@ mod tests {
             "saved",
             "--fasta",
             "a.fasta,b.fasta",
+            "--max-record-residues",
+            "5000",
             "--devices",
             "0,1",
             "--out",

@@ -352,6 +352,59 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The FASTA reader's caps, as flags: a file without newlines or a runaway record is an
+/// error naming its line instead of filling memory.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct FastaLimitArgs {
+    /// Longest FASTA line read, in bytes (a longer one, such as a file without newlines, is
+    /// an error).
+    #[arg(long, default_value_t = input::MAX_LINE_BYTES, value_parser = positive_usize)]
+    pub max_line_bytes: usize,
+    /// Most residues one FASTA record may hold before it is read (the model reads the first
+    /// 1022; a longer record is an error).
+    #[arg(long, default_value_t = input::MAX_RECORD_RESIDUES, value_parser = positive_usize)]
+    pub max_record_residues: usize,
+}
+
+impl FastaLimitArgs {
+    /// `options` with these caps.
+    fn options(&self, options: NormaliseOptions) -> NormaliseOptions {
+        NormaliseOptions {
+            limits: input::FastaLimits {
+                max_line_bytes: self.max_line_bytes,
+                max_record_residues: self.max_record_residues,
+            },
+            ..options
+        }
+    }
+
+    /// These flags again, as a command line gives them.
+    fn to_args(&self, args: &mut Vec<std::ffi::OsString>) {
+        let Self {
+            max_line_bytes,
+            max_record_residues,
+        } = self;
+        args.extend(
+            [
+                "--max-line-bytes".to_string(),
+                max_line_bytes.to_string(),
+                "--max-record-residues".to_string(),
+                max_record_residues.to_string(),
+            ]
+            .map(Into::into),
+        );
+    }
+}
+
+/// A count of at least 1.
+fn positive_usize(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Reads proteins, warning about each truncated record.
 fn read_proteins(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>> {
     check_shared_default(path)?;

@@ -9,6 +9,7 @@ mod binary;
 mod common;
 
 mod bisection;
+mod bounded_input;
 mod campaign_folder;
 mod cli_behaviour;
 mod device_memory;
