@@ -354,7 +354,7 @@ fn peak_rss() -> Option<u64> {
 
 /// The FASTA reader's caps, as flags: a file without newlines or a runaway record is an
 /// error naming its line instead of filling memory.
-#[derive(Args, Debug, Clone, Copy)]
+#[derive(Args, Debug, Clone)]
 pub struct FastaLimitArgs {
     /// Longest FASTA line read, in bytes (a longer one, such as a file without newlines, is
     /// an error).
