@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::Write;
 use std::num::NonZeroU32;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -180,8 +181,8 @@ fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let exe = std::env::current_exe().context("finding the esmfuzz executable")?;
     // Installed before any child starts: a Ctrl-C is forwarded to the shards, not lost.
-    let stop = Arc::new(AtomicBool::new(false));
-    forward_signals(&stop)?;
+    let signals = Arc::new(AtomicUsize::new(0));
+    forward_signals(&signals)?;
     let count = args.devices.len();
     let shard_dirs: Vec<PathBuf> = (0..count)
         .map(|i| args.out.join(format!("shard-{i}")))
@@ -189,21 +190,24 @@ fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
     let mut children: Vec<(String, std::process::Child)> = Vec::with_capacity(count);
     for (i, (device, dir)) in args.devices.iter().zip(&shard_dirs).enumerate() {
         let shard = Shard { index: i, count };
+        // A process group of its own: a terminal's Ctrl-C reaches the parent only, which
+        // forwards it once per signal (a second stops the shards at once).
         let started = std::process::Command::new(&exe)
             .args(args.shard_args(seed, shard, dir))
             .env("CUDA_VISIBLE_DEVICES", device)
+            .process_group(0)
             .spawn();
         match started {
             Ok(child) => children.push((device.clone(), child)),
             Err(e) => {
                 // The shards already started are stopped and waited for, not left running.
-                stop.store(true, Ordering::SeqCst);
-                let _ = wait_for_shards(children, &stop);
+                signals.fetch_add(1, Ordering::SeqCst);
+                let _ = wait_for_shards(children, &signals);
                 return Err(e).with_context(|| format!("starting the shard for device {device}"));
             }
         }
     }
-    if wait_for_shards(children, &stop)? == ShardsEnd::Stopped {
+    if wait_for_shards(children, &signals)? == ShardsEnd::Stopped {
         let resume: Vec<String> = shard_dirs
             .iter()
             .map(|d| format!("esmfuzz fuzz --resume {} ...", d.display()))
@@ -229,13 +233,19 @@ fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
     })
 }
 
-/// Sets `stop` on SIGINT and SIGTERM in the `--devices` parent ([`wait_for_shards`] forwards
-/// them); the shards, in the same process group, may get a terminal's Ctrl-C themselves too.
-fn forward_signals(stop: &Arc<AtomicBool>) -> Result<()> {
+/// Counts SIGINT and SIGTERM in the `--devices` parent; [`wait_for_shards`] forwards each to
+/// the shards (which run in their own process group and get no terminal signal themselves).
+fn forward_signals(signals: &Arc<AtomicUsize>) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(stop))
-            .context("installing the SIGINT/SIGTERM handlers")?;
+        let signals = Arc::clone(signals);
+        // SAFETY: the handler only increments an atomic: async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(signal, move || {
+                signals.fetch_add(1, Ordering::SeqCst);
+            })
+        }
+        .context("installing the SIGINT/SIGTERM handlers")?;
     }
     Ok(())
 }
@@ -578,19 +588,20 @@ enum ShardsEnd {
     Stopped,
 }
 
-/// Waits for every shard child, polling; on SIGINT or SIGTERM (`stop` set) forwards SIGINT
-/// to each child still running (it stops at its next case boundary, its report marked
-/// incomplete) and goes on waiting, so no child outlives the parent. A child that exits
-/// other than 0 or 1 outside a stop is an error naming its device, once all have ended.
+/// Waits for every shard child, polling; for each SIGINT or SIGTERM counted in `signals`
+/// forwards one SIGINT to each child still running (the first stops it at its next case
+/// boundary, its report marked incomplete; a second at once) and goes on waiting, so no
+/// child outlives the parent. A child that exits other than 0 or 1 outside a stop is an
+/// error naming its device, once all have ended.
 fn wait_for_shards(
     mut children: Vec<(String, std::process::Child)>,
-    stop: &AtomicBool,
+    signals: &AtomicUsize,
 ) -> Result<ShardsEnd> {
-    let mut forwarded = false;
+    let mut forwarded = 0usize;
     let mut broken: Option<String> = None;
     while !children.is_empty() {
-        if stop.load(Ordering::SeqCst) && !forwarded {
-            forwarded = true;
+        if signals.load(Ordering::SeqCst) > forwarded {
+            forwarded += 1;
             for (_, child) in &children {
                 if let Ok(pid) = i32::try_from(child.id()) {
                     // SAFETY: kill(2) on a child of this process that has not been reaped.
@@ -619,7 +630,7 @@ fn wait_for_shards(
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
-    if forwarded {
+    if forwarded > 0 {
         return Ok(ShardsEnd::Stopped);
     }
     match broken {
@@ -1014,11 +1025,11 @@ mod tests {
         };
         let children = vec![("0".to_string(), spawn()), ("1".to_string(), spawn())];
         let pids: Vec<u32> = children.iter().map(|(_, c)| c.id()).collect();
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicUsize::new(0));
         let setter = Arc::clone(&stop);
         let timer = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(300));
-            setter.store(true, Ordering::SeqCst);
+            setter.fetch_add(1, Ordering::SeqCst);
         });
         let started = std::time::Instant::now();
         assert_eq!(
@@ -1043,7 +1054,7 @@ mod tests {
             .args(["-c", "exit 3"])
             .spawn()
             .unwrap();
-        let e = wait_for_shards(vec![("7".into(), broke)], &AtomicBool::new(false)).unwrap_err();
+        let e = wait_for_shards(vec![("7".into(), broke)], &AtomicUsize::new(0)).unwrap_err();
         assert!(e.to_string().contains("device 7"), "{e}");
     }
 
