@@ -63,15 +63,19 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         bail!(
             "{}: records {first} and {second} share the id '{}'; give every record its own id",
             args.fasta.display(),
-            args.record
+            esmfuzz::input::escaped(&args.record)
         );
     }
     let Some(protein) = proteins.iter().find(|p| p.name == args.record) else {
-        let known: Vec<&str> = proteins.iter().take(5).map(|p| p.name.as_str()).collect();
+        let known: Vec<String> = proteins
+            .iter()
+            .take(5)
+            .map(|p| esmfuzz::input::escaped(&p.name))
+            .collect();
         bail!(
             "{}: no record '{}' among its {} records (the first: {})",
             args.fasta.display(),
-            args.record,
+            esmfuzz::input::escaped(&args.record),
             proteins.len(),
             known.join(", ")
         );

@@ -427,8 +427,9 @@ fn read_unique_proteins(path: &Path, options: NormaliseOptions) -> Result<Vec<Pr
     let proteins = read_proteins(path, options)?;
     if let Some((first, second, name)) = input::first_duplicate_name(&proteins) {
         bail!(
-            "{}: records {first} and {second} share the id '{name}'; give every record its own id",
-            path.display()
+            "{}: records {first} and {second} share the id '{}'; give every record its own id",
+            path.display(),
+            input::escaped(name)
         );
     }
     Ok(proteins)

@@ -95,10 +95,12 @@ impl SafetensorsFile {
             .map_err(|e| format(format!("header is not a JSON object: {e}")))?;
         let data_start = 8 + header_len;
         let mut tensors = BTreeMap::new();
-        for (name, value) in raw {
-            if name == "__metadata__" {
+        for (key, value) in raw {
+            if key == "__metadata__" {
                 continue;
             }
+            // The name as messages show it (control bytes escaped); the key as stored.
+            let name = crate::input::escaped(&key);
             let entry: RawEntry = serde_json::from_value(value)
                 .map_err(|e| format(format!("tensor '{name}': {e}")))?;
             let [rel_start, rel_end] = entry.data_offsets;
@@ -143,7 +145,7 @@ impl SafetensorsFile {
                 )));
             }
             tensors.insert(
-                name,
+                key,
                 TensorEntry {
                     dtype: entry.dtype,
                     shape: entry.shape,
