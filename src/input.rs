@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::alphabet::{self, MAX_RESIDUES};
@@ -17,7 +17,8 @@ use crate::alphabet::{self, MAX_RESIDUES};
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     #[error(
-        "record '{record}': character '{found}' at residue position {position} is not in the ESM-2 alphabet (pass --map-unknown-to-x to read it as X)"
+        "record '{}': character '{}' at residue position {position} is not in the ESM-2 alphabet (pass --map-unknown-to-x to read it as X)",
+        escaped(record), escaped(&found.to_string())
     )]
     UnknownResidue {
         record: String,
@@ -25,7 +26,8 @@ pub enum InputError {
         found: char,
     },
     #[error(
-        "record '{record}': '{found}' at residue position {position} is a gap token of the ESM-2 vocabulary, not a residue (pass --allow-gap-tokens to embed it as a gap, or --map-unknown-to-x to read it as X)"
+        "record '{}': '{found}' at residue position {position} is a gap token of the ESM-2 vocabulary, not a residue (pass --allow-gap-tokens to embed it as a gap, or --map-unknown-to-x to read it as X)",
+        escaped(record)
     )]
     GapToken {
         record: String,
@@ -33,10 +35,14 @@ pub enum InputError {
         found: char,
     },
     #[error(
-        "record '{record}': stop codon '*' at residue position {position} inside the sequence (only a trailing '*' is stripped)"
+        "record '{}': stop codon '*' at residue position {position} inside the sequence (only a trailing '*' is stripped)",
+        escaped(record)
     )]
     InternalStop { record: String, position: usize },
-    #[error("record '{record}': the sequence is empty after normalisation")]
+    #[error(
+        "record '{}': the sequence is empty after normalisation",
+        escaped(record)
+    )]
     Empty { record: String },
     #[error("{path}: cannot open FASTA file")]
     Open {
@@ -44,13 +50,18 @@ pub enum InputError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: malformed FASTA at record {record_number} (after '{previous}')")]
-    Fasta {
+    #[error("{path}: cannot read FASTA at line {line}")]
+    Read {
         path: PathBuf,
-        record_number: usize,
-        previous: String,
+        line: usize,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{path}: line {line}: {detail}")]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        detail: String,
     },
     #[error("{path}: {error}")]
     InFile {
@@ -65,6 +76,46 @@ pub enum InputError {
     Gzip { path: PathBuf },
 }
 
+/// The longest line [`read_fasta`] reads: 16 MiB (a file without newlines, such as
+/// `/dev/zero`, is refused after that many bytes instead of filling memory).
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+/// The most residues one record may hold before normalisation (the model reads 1022; more is
+/// truncated with a warning, far more is not a protein).
+pub const MAX_RECORD_RESIDUES: usize = 100_000;
+/// The longest header line ('>' and the description).
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// `text` with control characters, NUL bytes and quotes escaped, for messages.
+pub fn escaped(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() || c == '\'' || c == '\\' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// How much [`read_fasta`] reads before it calls a file hostile or mistaken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastaLimits {
+    /// The longest line, in bytes ([`MAX_LINE_BYTES`] by default).
+    pub max_line_bytes: usize,
+    /// The most residues of one record before normalisation ([`MAX_RECORD_RESIDUES`]).
+    pub max_record_residues: usize,
+}
+
+impl Default for FastaLimits {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: MAX_LINE_BYTES,
+            max_record_residues: MAX_RECORD_RESIDUES,
+        }
+    }
+}
+
 /// How strictly to read residues.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NormaliseOptions {
@@ -72,6 +123,8 @@ pub struct NormaliseOptions {
     pub map_unknown_to_x: bool,
     /// Keep the gap tokens `-` and `.` (in the ESM-2 vocabulary, but not residues).
     pub allow_gap_tokens: bool,
+    /// The reader's caps (used by [`read_fasta`], not by [`normalise`]).
+    pub limits: FastaLimits,
 }
 
 /// One normalised protein: its name and residue token ids (BOS/EOS not included).
@@ -200,52 +253,141 @@ pub fn normalise(
     })
 }
 
-/// Reads and normalises every record of a FASTA file, in file order.
+/// Reads and normalises every record of a FASTA file, in file order. The file is streamed
+/// (a pipe works; nothing is sought; `-` and `/dev/stdin` read standard input), and bounded: a line of more than
+/// `options.limits.max_line_bytes` ([`MAX_LINE_BYTES`] by default), a header of more than
+/// [`MAX_HEADER_BYTES`] or a record of more than `options.limits.max_record_residues`
+/// ([`MAX_RECORD_RESIDUES`]) residues is an error naming its line.
 pub fn read_fasta(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>, InputError> {
     if path.is_dir() {
         return Err(InputError::Folder {
             path: path.to_path_buf(),
         });
     }
-    let open = |source| InputError::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = File::open(path).map_err(open)?;
-    let mut magic = [0u8; 2];
-    let n = file.read(&mut magic).map_err(open)?;
-    if n == 2 && magic == [0x1f, 0x8b] {
-        return Err(InputError::Gzip {
+    // Standard input is read as it is, not opened again through /proc (which would block
+    // on a FIFO whose writer has finished).
+    let source: Box<dyn Read> = if path == Path::new("-") || path == Path::new("/dev/stdin") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(File::open(path).map_err(|source| InputError::Open {
             path: path.to_path_buf(),
-        });
-    }
-    // A UTF-8 byte order mark (some Windows editors write one) is not part of the first
-    // record's '>' line: skip it.
-    let mut bom = [0u8; 3];
-    file.seek(SeekFrom::Start(0)).map_err(open)?;
-    let n = file.read(&mut bom).map_err(open)?;
-    let start = if n == 3 && bom == UTF8_BOM { 3 } else { 0 };
-    file.seek(SeekFrom::Start(start)).map_err(open)?;
-    let mut reader = noodles_fasta::io::Reader::new(BufReader::new(file));
-    let mut proteins: Vec<Protein> = Vec::new();
-    for (index, result) in reader.records().enumerate() {
-        let record = result.map_err(|source| InputError::Fasta {
-            path: path.to_path_buf(),
-            record_number: index + 1,
-            previous: proteins
-                .last()
-                .map_or_else(|| "start of file".to_string(), |p| p.name.clone()),
             source,
-        })?;
-        let name = String::from_utf8_lossy(record.name()).into_owned();
-        let protein = normalise(&name, record.sequence().as_ref(), options).map_err(|e| {
-            InputError::InFile {
+        })?)
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, source);
+    let FastaLimits {
+        max_line_bytes: max_line,
+        max_record_residues: max_residues,
+    } = options.limits;
+    let malformed = |line: usize, detail: String| InputError::Malformed {
+        path: path.to_path_buf(),
+        line,
+        detail,
+    };
+    let mut proteins: Vec<Protein> = Vec::new();
+    // The record being read: its name and residue bytes.
+    let mut current: Option<(String, Vec<u8>)> = None;
+    let finish = |record: Option<(String, Vec<u8>)>, proteins: &mut Vec<Protein>| {
+        if let Some((name, body)) = record {
+            let protein = normalise(&name, &body, options).map_err(|e| InputError::InFile {
                 path: path.to_path_buf(),
                 error: Box::new(e),
+            })?;
+            proteins.push(protein);
+        }
+        Ok::<(), InputError>(())
+    };
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        let got = (&mut reader)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|source| InputError::Read {
+                path: path.to_path_buf(),
+                line: number + 1,
+                source,
+            })?;
+        if got == 0 {
+            break;
+        }
+        number += 1;
+        if number == 1 {
+            if line.starts_with(&[0x1f, 0x8b]) {
+                return Err(InputError::Gzip {
+                    path: path.to_path_buf(),
+                });
             }
-        })?;
-        proteins.push(protein);
+            // A UTF-8 byte order mark (some Windows editors write one) is not part of the
+            // first record's '>' line.
+            if line.starts_with(&UTF8_BOM) {
+                line.drain(..UTF8_BOM.len());
+            }
+        }
+        if line.len() > max_line && !line.ends_with(b"\n") {
+            return Err(malformed(
+                number,
+                format!(
+                    "longer than {max_line} bytes without a newline; not a FASTA text file (a \
+                     FASTA line holds a header or up to a few thousand residues; \
+                     --max-line-bytes raises the cap)"
+                ),
+            ));
+        }
+        let text = line.trim_ascii();
+        if let Some(header) = text.strip_prefix(b">") {
+            if header.len() + 1 > MAX_HEADER_BYTES {
+                return Err(malformed(
+                    number,
+                    format!(
+                        "a header of {} bytes; at most {} KiB is read",
+                        header.len() + 1,
+                        MAX_HEADER_BYTES >> 10
+                    ),
+                ));
+            }
+            finish(current.take(), &mut proteins)?;
+            let name = header
+                .split(|b| b.is_ascii_whitespace())
+                .next()
+                .unwrap_or_default();
+            if name.is_empty() {
+                return Err(malformed(
+                    number,
+                    "a '>' header with no record name after it".into(),
+                ));
+            }
+            current = Some((String::from_utf8_lossy(name).into_owned(), Vec::new()));
+        } else if text.is_empty() {
+            continue;
+        } else {
+            let Some((name, body)) = current.as_mut() else {
+                let start: String = String::from_utf8_lossy(&text[..text.len().min(20)]).into();
+                return Err(malformed(
+                    number,
+                    format!(
+                        "'{}' before the first header; a FASTA record starts with a '>' line",
+                        escaped(&start)
+                    ),
+                ));
+            };
+            let residues = text.iter().filter(|b| !b.is_ascii_whitespace()).count();
+            if body.len() + residues > max_residues {
+                return Err(malformed(
+                    number,
+                    format!(
+                        "record '{}' holds more than {max_residues} residues; not a protein \
+                         the model can read (it reads 1022; --max-record-residues raises the \
+                         cap)",
+                        escaped(name)
+                    ),
+                ));
+            }
+            body.extend(text.iter().filter(|b| !b.is_ascii_whitespace()));
+        }
     }
+    finish(current.take(), &mut proteins)?;
     if proteins.is_empty() {
         return Err(InputError::NoRecords {
             path: path.to_path_buf(),
@@ -396,6 +538,107 @@ mod tests {
         assert_eq!(proteins.len(), 3);
         assert_eq!(first_duplicate_name(&proteins), Some((1, 3, "a")));
         assert_eq!(first_duplicate_name(&proteins[..2]), None);
+    }
+
+    #[test]
+    fn a_file_without_newlines_is_refused_after_the_line_cap_not_read_to_the_end() {
+        // /dev/zero never ends: refused after MAX_LINE_BYTES, in bounded memory.
+        let err = read_fasta(Path::new("/dev/zero"), NormaliseOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("line 1") && msg.contains("16777216 bytes"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_record_over_the_residue_cap_and_a_header_over_the_header_cap_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.fasta");
+        let line = "A".repeat(60);
+        let mut text = ">big\n".to_string();
+        for _ in 0..(MAX_RECORD_RESIDUES / 60 + 1) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        std::fs::write(&path, &text).unwrap();
+        let msg = read_fasta(&path, NormaliseOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("more than 100000 residues") && msg.contains("'big'"),
+            "{msg}"
+        );
+        std::fs::write(&path, format!(">{}\nMK\n", "h".repeat(MAX_HEADER_BYTES))).unwrap();
+        let msg = read_fasta(&path, NormaliseOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 1: a header of"), "{msg}");
+        // At the caps exactly: read.
+        let mut text = ">ok\n".to_string();
+        text.push_str(&"A".repeat(MAX_RECORD_RESIDUES));
+        std::fs::write(&path, &text).unwrap();
+        let proteins = read_fasta(&path, NormaliseOptions::default()).unwrap();
+        assert_eq!(proteins[0].original_len, MAX_RECORD_RESIDUES);
+        // The caps are the caller's: lowered, the same file is refused.
+        let low = NormaliseOptions {
+            limits: FastaLimits {
+                max_record_residues: 1000,
+                max_line_bytes: MAX_LINE_BYTES,
+            },
+            ..NormaliseOptions::default()
+        };
+        let msg = read_fasta(&path, low).unwrap_err().to_string();
+        assert!(msg.contains("more than 1000 residues"), "{msg}");
+        let short_lines = NormaliseOptions {
+            limits: FastaLimits {
+                max_line_bytes: 100,
+                ..FastaLimits::default()
+            },
+            ..NormaliseOptions::default()
+        };
+        let msg = read_fasta(&path, short_lines).unwrap_err().to_string();
+        assert!(msg.contains("line 2: longer than 100 bytes"), "{msg}");
+    }
+
+    #[test]
+    fn fasta_from_a_pipe_is_streamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("in.fasta");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let writer_path = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            std::fs::write(&writer_path, b">a\nMKV\n>b\nLL\n").unwrap();
+        });
+        let proteins = read_fasta(&fifo, NormaliseOptions::default()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(proteins.len(), 2);
+        assert_eq!(proteins[1].letters(), "LL");
+    }
+
+    #[test]
+    fn messages_name_the_line_and_escape_nul_and_control_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.fasta");
+        std::fs::write(&path, b"MKV\n>a\nMK\n").unwrap();
+        let msg = read_fasta(&path, NormaliseOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 1") && msg.contains("before the first header"),
+            "{msg}"
+        );
+        std::fs::write(&path, b">a\x00b\x1b\nMK\x00V\n").unwrap();
+        let msg = read_fasta(&path, NormaliseOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains('\0') && !msg.contains('\x1b'), "{msg:?}");
+        assert!(
+            msg.contains("a\\u{0}b\\u{1b}") && msg.contains("'\\u{0}'"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod input;
 pub mod model;
 pub mod named;
 pub mod npy;
+pub mod safe_file;

@@ -2,6 +2,11 @@
 //! last row is in: rows go to `<target>.partial` (header and a NaN-filled body first, so a
 //! run that stops early leaves a valid file whose unfinished rows are NaN), which
 //! [`NpyRowWriter::finish`] renames onto the target. (ndarray-npy writes whole arrays only.)
+//! The target is resolved first ([`crate::safe_file::resolve_target`]): a symlink is
+//! followed (the file it names is replaced, the link stays), anything but a regular file is
+//! refused. The `.partial` file is opened without following a symlink, refused when it holds
+//! something other than an earlier run's `.npy`, and locked while a run writes it: a second
+//! run on the same output fails at once instead of mixing its rows into the first's.
 //!
 //! And a reader of float arrays that checks the header (magic, version, dtype, shape) and
 //! the file's size against the shape before it reads the payload, so a hostile or mistaken
@@ -10,6 +15,8 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use crate::safe_file::{Target, open_no_follow, resolve_target, still_named};
 
 /// The largest header [`NpyFile::open`] reads. numpy's own reader refuses headers over
 /// 10,000 bytes unless told otherwise; a `[records, hidden]` header is under 128.
@@ -32,6 +39,8 @@ pub enum NpyError {
     },
     #[error("{path}: {detail}")]
     Format { path: PathBuf, detail: String },
+    #[error("{path}: {detail}")]
+    Refused { path: PathBuf, detail: String },
 }
 
 impl NpyError {
@@ -50,7 +59,18 @@ impl NpyError {
     }
 }
 
+/// Why an output that exists but is not a regular file is refused.
+const NOT_REGULAR: &str = "is not a regular file (a device node, FIFO or socket); embed writes \
+                           a regular .npy file, filled in as batches finish: name a file";
+/// Why a `.partial` holding something else is refused.
+const NOT_A_PARTIAL: &str = "exists and is not a partial .npy of an earlier run; esmfuzz would \
+                             overwrite it: move it away or choose another --out";
+/// Why a `.partial` another run holds is refused.
+const BUSY: &str = "another esmfuzz run is writing this output now; wait for it to end or \
+                    choose another --out";
+
 /// A `[rows, cols]` little-endian f32 `.npy` file written row by row, in any order.
+#[derive(Debug)]
 pub struct NpyRowWriter {
     file: File,
     /// The `.partial` file being written.
@@ -62,9 +82,10 @@ pub struct NpyRowWriter {
     written: Vec<bool>,
 }
 
-/// Where rows of `target` are written until the run completes: `<target>.partial`.
+/// Where rows of `target` are written until the run completes: `<target>.partial`, beside
+/// the file a symlink at `target` names (the rename must stay on its file system).
 pub fn partial_path(target: &Path) -> PathBuf {
-    let mut name = target.as_os_str().to_owned();
+    let mut name = resolve_target(target).path().as_os_str().to_owned();
     name.push(".partial");
     PathBuf::from(name)
 }
@@ -88,11 +109,89 @@ pub fn npy_header(shape: &[usize]) -> Vec<u8> {
 }
 
 impl NpyRowWriter {
-    /// Creates `<target>.partial` with every value NaN; `target` is not touched.
+    /// The checks of [`NpyRowWriter::create`] that need no write: whether `target` and its
+    /// `.partial` may be written, and no other run holds them. For a refusal before the
+    /// weights load; `create` checks again.
+    pub fn preflight(target: &Path) -> Result<(), NpyError> {
+        let refused = |path: &Path, detail: &str| NpyError::Refused {
+            path: path.to_path_buf(),
+            detail: detail.to_string(),
+        };
+        let target = match resolve_target(target) {
+            Target::Absent(p) | Target::Regular(p) => p,
+            Target::Special(p) => return Err(refused(&p, NOT_REGULAR)),
+            Target::Folder(p) => return Err(refused(&p, "is a folder; name a .npy file")),
+        };
+        let path = partial_path(&target);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(_) => return Ok(()),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(refused(
+                &path,
+                "is a symlink; esmfuzz does not write through it (remove the link)",
+            ));
+        }
+        if !meta.is_file() {
+            return Err(refused(&path, "is not a regular file; move it away"));
+        }
+        let mut file = File::open(&path).map_err(NpyError::read(&path))?;
+        let mut magic = [0u8; 6];
+        let got = read_up_to(&mut file, &mut magic).map_err(NpyError::read(&path))?;
+        if got > 0 && magic[..got] != b"\x93NUMPY"[..got] {
+            return Err(refused(&path, NOT_A_PARTIAL));
+        }
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock_shared() {
+            return Err(refused(&path, BUSY));
+        }
+        Ok(())
+    }
+
+    /// Creates `<target>.partial` with every value NaN; `target` is not touched. Refused: a
+    /// target that exists and is not a regular file (a device node, a FIFO, a folder), a
+    /// `.partial` that is a symlink, not a regular file or not an `.npy` (a file of the
+    /// user's under that name), and one another run holds locked.
     pub fn create(target: &Path, rows: usize, cols: usize) -> Result<Self, NpyError> {
-        let path = partial_path(target);
+        let refused = |path: &Path, detail: &str| NpyError::Refused {
+            path: path.to_path_buf(),
+            detail: detail.to_string(),
+        };
+        let target = match resolve_target(target) {
+            Target::Absent(p) | Target::Regular(p) => p,
+            Target::Special(p) => {
+                return Err(refused(&p, NOT_REGULAR));
+            }
+            Target::Folder(p) => return Err(refused(&p, "is a folder; name a .npy file")),
+        };
+        let path = partial_path(&target);
         let err = NpyError::write(&path);
-        let mut file = File::create(&path).map_err(&err)?;
+        let mut file = open_no_follow(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => refused(&path, &e.to_string()),
+            _ => err(e),
+        })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(refused(&path, BUSY));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+        }
+        // The file may have been renamed onto its target by a run that held it until now.
+        if !still_named(&file, &path) {
+            return Err(refused(
+                &path,
+                "another esmfuzz run finished writing this output while this one started; \
+                 run again",
+            ));
+        }
+        let mut magic = [0u8; 6];
+        let got = read_up_to(&mut file, &mut magic).map_err(&err)?;
+        if got > 0 && magic[..got] != b"\x93NUMPY"[..got] {
+            return Err(refused(&path, NOT_A_PARTIAL));
+        }
+        file.set_len(0).map_err(&err)?;
+        file.seek(SeekFrom::Start(0)).map_err(&err)?;
         let header = npy_header(&[rows, cols]);
         file.write_all(&header).map_err(&err)?;
         let nan_row: Vec<u8> = std::iter::repeat_n(f32::NAN.to_le_bytes(), cols)
@@ -106,7 +205,7 @@ impl NpyRowWriter {
         Ok(Self {
             file,
             path,
-            target: target.to_path_buf(),
+            target,
             header_len: header.len() as u64,
             rows,
             cols,
@@ -141,6 +240,15 @@ impl NpyRowWriter {
             ))));
         }
         self.file.sync_all().map_err(&err)?;
+        if !still_named(&self.file, &self.path) {
+            return Err(NpyError::Refused {
+                path: self.path.clone(),
+                detail: "was moved or replaced while this run wrote it; nothing was renamed \
+                         onto the output"
+                    .into(),
+            });
+        }
+        // Renamed while the lock is held: a run waiting on it finds the name gone.
         std::fs::rename(&self.path, &self.target).map_err(&err)?;
         Ok(self.target)
     }
@@ -431,6 +539,75 @@ mod tests {
         let a: ndarray::Array2<f32> = ndarray_npy::read_npy(&path).unwrap();
         assert_eq!(a.as_slice().unwrap(), &[1.0, 2.0]);
         assert!(!partial_path(&path).exists());
+    }
+
+    #[test]
+    fn a_partial_path_that_is_an_input_or_a_link_is_refused_and_left_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.npy");
+        // A user's file (here, weights) under the partial name: refused, bytes kept.
+        std::fs::write(partial_path(&out), b"PK\x03\x04 weights").unwrap();
+        let e = NpyRowWriter::create(&out, 1, 1).unwrap_err().to_string();
+        assert!(e.contains("not a partial .npy"), "{e}");
+        assert_eq!(
+            std::fs::read(partial_path(&out)).unwrap(),
+            b"PK\x03\x04 weights"
+        );
+        // A symlink planted there: refused, its target untouched.
+        std::fs::remove_file(partial_path(&out)).unwrap();
+        let precious = dir.path().join("precious");
+        std::fs::write(&precious, b"keep").unwrap();
+        std::os::unix::fs::symlink(&precious, partial_path(&out)).unwrap();
+        let e = NpyRowWriter::create(&out, 1, 1).unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
+        assert_eq!(std::fs::read(&precious).unwrap(), b"keep");
+        // An earlier run's partial .npy is taken over.
+        std::fs::remove_file(partial_path(&out)).unwrap();
+        drop(NpyRowWriter::create(&out, 2, 1).unwrap());
+        let mut w = NpyRowWriter::create(&out, 1, 1).unwrap();
+        w.write_row(0, &[3.0]).unwrap();
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_output_is_followed_and_the_link_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.npy");
+        std::fs::write(&real, b"old").unwrap();
+        let link = dir.path().join("link.npy");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut w = NpyRowWriter::create(&link, 1, 1).unwrap();
+        w.write_row(0, &[7.0]).unwrap();
+        w.finish().unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        let a: ndarray::Array2<f32> = ndarray_npy::read_npy(&real).unwrap();
+        assert_eq!(a.as_slice().unwrap(), &[7.0]);
+    }
+
+    #[test]
+    fn an_output_that_is_not_a_regular_file_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out.npy");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates a node.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = NpyRowWriter::create(&fifo, 1, 1).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(!std::fs::symlink_metadata(&fifo).unwrap().is_file());
+        assert!(!partial_path(&fifo).exists());
+    }
+
+    #[test]
+    fn a_second_writer_of_one_output_fails_while_the_first_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("x.npy");
+        let mut first = NpyRowWriter::create(&out, 1, 1).unwrap();
+        let e = NpyRowWriter::create(&out, 1, 1).unwrap_err().to_string();
+        assert!(e.contains("another esmfuzz run is writing"), "{e}");
+        first.write_row(0, &[1.0]).unwrap();
+        first.finish().unwrap();
+        let a: ndarray::Array2<f32> = ndarray_npy::read_npy(&out).unwrap();
+        assert_eq!(a.as_slice().unwrap(), &[1.0]);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use super::{DEFAULT_CORPUS, ModelArgs, Outcome, named, read_proteins, token_coun
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// Sequences to embed (their lengths are what matters).
     #[arg(long, default_value = DEFAULT_CORPUS)]
     pub fasta: PathBuf,
@@ -305,7 +307,10 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         &[Some(&args.fasta), args.torch.as_deref()],
     )?;
     super::check_random_weights_fit(&args.model, args.synthetic && !args.plan_only)?;
-    let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
+    let proteins = read_proteins(
+        &args.fasta,
+        args.fasta_limits.options(NormaliseOptions::default()),
+    )?;
     let (plans, refused) = timed_plans(&args)?;
     let torch = args
         .torch

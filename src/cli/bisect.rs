@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use serde::Serialize;
 
+use esmfuzz::backend::BackendKind;
 use esmfuzz::harness::bisect::{
     BisectSpec, Bisection, Trial, UsedBound, bisect_precision, judge_places,
 };
@@ -23,6 +24,8 @@ use super::{ModelArgs, Outcome, check_outputs, named, read_proteins, write_repor
 pub struct BisectArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// Reduced policy to repair.
     #[arg(long, value_parser = named::<Precision>(), default_value = "f16")]
     pub precision: Precision,
@@ -126,7 +129,10 @@ pub fn run(args: BisectArgs) -> Result<Outcome> {
     )?;
     let mut real = Vec::new();
     for path in &args.fasta {
-        real.extend(read_proteins(path, NormaliseOptions::default())?);
+        real.extend(read_proteins(
+            path,
+            args.fasta_limits.options(NormaliseOptions::default()),
+        )?);
     }
     let bisect_cases = cases(&args, args.seed, &real)?;
     // Fresh generated cases; the FASTA records (if any) are judged again.
@@ -140,7 +146,7 @@ pub fn run(args: BisectArgs) -> Result<Outcome> {
     let checkpoint = args.model.load()?;
     let backend = args.model.backend;
     let tol = Tolerances::for_policy(args.precision, backend);
-    let reach_tol = args.reach.map(Tolerances::for_precision).unwrap_or(tol);
+    let reach_tol = reach_tolerances(args.reach, backend).unwrap_or(tol);
     let plan = ComputePlan::new(args.precision, backend);
     eprintln!("under test: {}", plan.describe());
     let (tolerances, bound, bisection, confirmation) = with_backend!(backend, |B, device| {
@@ -247,4 +253,30 @@ pub fn run(args: BisectArgs) -> Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+/// The tolerances a `--reach` policy is judged by: that plain precision's own on this
+/// backend ([`Tolerances::for_policy`], e.g. CUDA's f32 packed bound), nothing of the policy
+/// under test.
+fn reach_tolerances(reach: Option<Precision>, backend: BackendKind) -> Option<Tolerances> {
+    reach.map(|r| Tolerances::for_policy(r, backend))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reached_policy_is_judged_by_its_own_backend_tolerances() {
+        // On CUDA f32's packed bound is its isolation bound (cuBLAS picks kernels by shape);
+        // the bare precision's would fail plain f32 packed there.
+        let tol = reach_tolerances(Some(Precision::F32), BackendKind::Cuda).unwrap();
+        let policy = Tolerances::for_policy(Precision::F32, BackendKind::Cuda);
+        assert_eq!(tol.packed_abs, policy.packed_abs);
+        assert_ne!(
+            tol.packed_abs,
+            Tolerances::for_precision(Precision::F32).packed_abs
+        );
+        assert!(reach_tolerances(None, BackendKind::Cpu).is_none());
+    }
 }

@@ -20,6 +20,8 @@ use super::{ModelArgs, Outcome, check_outputs, named, read_unique_proteins, writ
 pub struct CheckArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// The proteins they embedded (e.g. from `esmfuzz cases`), in the order of their rows.
     #[arg(long)]
     pub fasta: PathBuf,
@@ -40,7 +42,10 @@ pub fn run(args: CheckArgs) -> Result<Outcome> {
     let mut inputs: Vec<Option<&std::path::Path>> = vec![Some(&args.fasta)];
     inputs.extend(args.embeddings.iter().map(|p| Some(p.as_path())));
     check_outputs(&[args.report.as_deref()], Some(&args.model), &inputs)?;
-    let proteins = read_unique_proteins(&args.fasta, NormaliseOptions::default())?;
+    let proteins = read_unique_proteins(
+        &args.fasta,
+        args.fasta_limits.options(NormaliseOptions::default()),
+    )?;
     let hidden = args.model.config_only()?.hidden_size;
     // Every file's header is read and its shape checked before any payload is read, and
     // every payload before the weights load and the oracle runs (minutes on a large corpus).
@@ -74,16 +79,25 @@ pub fn run(args: CheckArgs) -> Result<Outcome> {
         token_states(&model, &proteins, Batching::padded(budget))
     });
     let bounds = DeploymentBounds::of(&Tolerances::for_precision(args.bound_of));
+    let reach = BoundReach::of(args.bound_of, &bounds);
     let mut checks = Vec::with_capacity(embeddings.len());
     for (path, theirs) in &embeddings {
-        let check = check_pooled(&proteins, &states, theirs, hidden, bounds);
+        let check = diagnose_zero_rows(
+            check_pooled(&proteins, &states, theirs, hidden, bounds),
+            &proteins,
+            &states,
+            theirs,
+            hidden,
+        );
         println!("{}:", path.display());
         print_check(&check);
         checks.push(CheckedFile {
             embeddings: path.clone(),
             check,
+            bound_reach: reach.clone(),
         });
     }
+    println!("{}", reach.describe());
     if let Some(path) = &args.report {
         write_report(path, &checks)?;
     }
@@ -99,6 +113,112 @@ pub fn run(args: CheckArgs) -> Result<Outcome> {
 struct CheckedFile {
     embeddings: PathBuf,
     check: DeploymentCheck,
+    /// What the bound in force can and cannot see.
+    bound_reach: BoundReach,
+}
+
+/// Where measured detection of `check` per bound is kept (uniform rescales and random
+/// errors of each size, by `scripts/check_power.sh`).
+const MEASURED: &str = "results/check-power/README.md";
+
+/// What a `--bound-of` can and cannot see, from its own bounds: a record passes while its
+/// cosine and relative L2 are inside them, so a pipeline that rescales every row by less
+/// than the relative-L2 bound, or adds an error smaller than it, passes unseen.
+#[derive(Debug, Clone, serde::Serialize)]
+struct BoundReach {
+    bound_of: Precision,
+    /// A uniform rescale x(1 +- this) of every row passes (relative L2 = |s - 1|).
+    rescale_unseen_within: f64,
+    /// An error of up to this fraction of a row's norm passes (the relative-L2 bound).
+    error_unseen_below: f64,
+    /// The same two for `--bound-of f32`, the tightest net.
+    f32_rescale_unseen_within: f64,
+    measured: &'static str,
+}
+
+impl BoundReach {
+    fn of(bound_of: Precision, bounds: &DeploymentBounds) -> Self {
+        let f32_bounds = DeploymentBounds::of(&Tolerances::for_precision(Precision::F32));
+        Self {
+            bound_of,
+            rescale_unseen_within: bounds.relative_l2.min(bounds.norm_ratio),
+            error_unseen_below: bounds.relative_l2,
+            f32_rescale_unseen_within: f32_bounds.relative_l2.min(f32_bounds.norm_ratio),
+            measured: MEASURED,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let r = self.rescale_unseen_within;
+        let mut text = format!(
+            "what --bound-of {} can see: rows rescaled by x{:.4}..x{:.4}, or off by less than \
+             {:.2e} of their norm, pass unseen (detection measured per bound: {})",
+            self.bound_of,
+            1.0 - r,
+            1.0 + r,
+            self.error_unseen_below,
+            self.measured
+        );
+        if self.bound_of != Precision::F32 {
+            text.push_str(&format!(
+                "; for a tighter net, --bound-of f32 sees rescales beyond x(1 +- {:.1e})",
+                self.f32_rescale_unseen_within
+            ));
+        }
+        text
+    }
+}
+
+/// A row of all zeros is a row nobody wrote (a skipped or crashed batch), not a length limit
+/// or a pooling convention: said so first, and the rest of the rows diagnosed without them.
+fn diagnose_zero_rows(
+    mut check: DeploymentCheck,
+    proteins: &[esmfuzz::input::Protein],
+    states: &[Vec<f32>],
+    theirs: &[Vec<f32>],
+    hidden: usize,
+) -> DeploymentCheck {
+    let zero: Vec<usize> = theirs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.iter().all(|&v| v == 0.0))
+        .map(|(i, _)| i)
+        .collect();
+    if zero.is_empty() {
+        return check;
+    }
+    let named: Vec<String> = zero
+        .iter()
+        .take(5)
+        .map(|&i| {
+            format!(
+                "{} ('{}')",
+                i + 1,
+                esmfuzz::input::escaped(&proteins[i].name)
+            )
+        })
+        .collect();
+    let line = format!(
+        "{} row(s) are all zeros (row {}{}): rows that were never written (a skipped or \
+         crashed batch, an unfilled output), not a numerical error",
+        zero.len(),
+        named.join(", "),
+        if zero.len() > 5 { ", ..." } else { "" }
+    );
+    let keep: Vec<usize> = (0..theirs.len()).filter(|i| !zero.contains(i)).collect();
+    if keep.is_empty() {
+        check.diagnosis = vec![line];
+        check.pooling_detected = None;
+        return check;
+    }
+    let pick = |i: &usize| (proteins[*i].clone(), states[*i].clone(), theirs[*i].clone());
+    let (p, (o, t)): (Vec<_>, (Vec<_>, Vec<_>)) =
+        keep.iter().map(pick).map(|(p, o, t)| (p, (o, t))).unzip();
+    let rest = check_pooled(&p, &o, &t, hidden, check.bounds);
+    check.diagnosis = std::iter::once(line).chain(rest.diagnosis).collect();
+    check.pooling_detected = rest.pooling_detected;
+    check.median_cosine_by_pooling = rest.median_cosine_by_pooling;
+    check
 }
 
 fn print_check(c: &DeploymentCheck) {
@@ -135,7 +255,7 @@ fn print_check(c: &DeploymentCheck) {
         let broke: Vec<String> = f.broke.iter().map(|x| x.describe(b)).collect();
         println!(
             "  FAIL {} ({} residues): cosine {:.6}, relative L2 {:.3e}, norm ratio {:.4} (breaks {})",
-            f.name,
+            esmfuzz::input::escaped(&f.name),
             f.residues,
             f.cosine,
             f.relative_l2,
@@ -146,7 +266,11 @@ fn print_check(c: &DeploymentCheck) {
     if let Some(w) = &c.worst_passing {
         println!(
             "  worst passing: {} ({} residues), cosine {:.6}, relative L2 {:.3e}, norm ratio {:.4}",
-            w.name, w.residues, w.cosine, w.relative_l2, w.norm_ratio
+            esmfuzz::input::escaped(&w.name),
+            w.residues,
+            w.cosine,
+            w.relative_l2,
+            w.norm_ratio
         );
     }
 }

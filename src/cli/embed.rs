@@ -21,6 +21,8 @@ use super::{ModelArgs, Outcome, check_outputs, progress, read_proteins, warn_if_
 pub struct EmbedArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// Input FASTA.
     #[arg(long)]
     pub fasta: PathBuf,
@@ -51,13 +53,21 @@ pub struct EmbedArgs {
 }
 
 pub fn run(args: EmbedArgs) -> Result<Outcome> {
-    check_outputs(&[Some(&args.out)], Some(&args.model), &[Some(&args.fasta)])?;
+    // OUT.partial is written too: it must be no input either.
+    let partial = partial_path(&args.out);
+    check_outputs(
+        &[Some(&args.out), Some(&partial)],
+        Some(&args.model),
+        &[Some(&args.fasta)],
+    )?;
+    NpyRowWriter::preflight(&args.out)?;
     let proteins = read_proteins(
         &args.fasta,
-        NormaliseOptions {
+        args.fasta_limits.options(NormaliseOptions {
             map_unknown_to_x: args.map_unknown_to_x,
             allow_gap_tokens: args.allow_gap_tokens,
-        },
+            ..NormaliseOptions::default()
+        }),
     )?;
     let checkpoint = args.model.open()?;
     let hidden = checkpoint.config.hidden_size;
@@ -116,7 +126,7 @@ pub fn run(args: EmbedArgs) -> Result<Outcome> {
                     row[at],
                     alone.finite.detail,
                     args.out.display(),
-                    partial_path(&args.out).display()
+                    partial.display()
                 );
             }
             Ok(writer.write_row(i, &row)?)

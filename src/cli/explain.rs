@@ -21,6 +21,8 @@ use super::{ModelArgs, Outcome, check_outputs, read_proteins, write_report};
 pub struct ExplainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// FASTA file holding the record.
     #[arg(long)]
     pub fasta: PathBuf,
@@ -47,7 +49,10 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         Some(&args.model),
         &[Some(&args.fasta)],
     )?;
-    let proteins = read_proteins(&args.fasta, NormaliseOptions::default())?;
+    let proteins = read_proteins(
+        &args.fasta,
+        args.fasta_limits.options(NormaliseOptions::default()),
+    )?;
     let numbers: Vec<usize> = proteins
         .iter()
         .enumerate()
@@ -58,15 +63,19 @@ pub fn run(args: ExplainArgs) -> Result<Outcome> {
         bail!(
             "{}: records {first} and {second} share the id '{}'; give every record its own id",
             args.fasta.display(),
-            args.record
+            esmfuzz::input::escaped(&args.record)
         );
     }
     let Some(protein) = proteins.iter().find(|p| p.name == args.record) else {
-        let known: Vec<&str> = proteins.iter().take(5).map(|p| p.name.as_str()).collect();
+        let known: Vec<String> = proteins
+            .iter()
+            .take(5)
+            .map(|p| esmfuzz::input::escaped(&p.name))
+            .collect();
         bail!(
             "{}: no record '{}' among its {} records (the first: {})",
             args.fasta.display(),
-            args.record,
+            esmfuzz::input::escaped(&args.record),
             proteins.len(),
             known.join(", ")
         );

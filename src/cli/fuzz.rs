@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::Write;
 use std::num::NonZeroU32;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -39,6 +40,8 @@ use super::{ModelArgs, Outcome, named, read_proteins};
 pub struct FuzzArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// New cases per family (at least 1; default 8, or with --resume the stopped
@@ -144,6 +147,7 @@ impl FuzzArgs {
         // Every field named: a new flag that is not passed on does not compile.
         let Self {
             model,
+            fasta_limits,
             policy,
             cases,
             max_stratum,
@@ -160,6 +164,7 @@ impl FuzzArgs {
         } = self;
         let mut args = vec![OsString::from("fuzz")];
         model.to_args(&mut args);
+        fasta_limits.to_args(&mut args);
         policy.to_args(&mut args);
         if let Some(cases) = cases {
             args.extend(["--cases", &cases.to_string()].map(OsString::from));
@@ -208,39 +213,74 @@ fn run_on_devices(args: &FuzzArgs) -> Result<Outcome> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let exe = std::env::current_exe().context("finding the esmfuzz executable")?;
+    // Installed before any child starts: a Ctrl-C is forwarded to the shards, not lost.
+    let signals = Arc::new(AtomicUsize::new(0));
+    forward_signals(&signals)?;
     let count = args.devices.len();
     let shard_dirs: Vec<PathBuf> = (0..count)
         .map(|i| args.out.join(format!("shard-{i}")))
         .collect();
-    let children: Vec<(String, std::process::Child)> = args
-        .devices
-        .iter()
-        .zip(&shard_dirs)
-        .enumerate()
-        .map(|(i, (device, dir))| {
-            let shard = Shard { index: i, count };
-            let child = std::process::Command::new(&exe)
-                .args(args.shard_args(seed, shard, dir))
-                .env("CUDA_VISIBLE_DEVICES", device)
-                .spawn()
-                .with_context(|| format!("starting the shard for device {device}"))?;
-            Ok((device.clone(), child))
-        })
-        .collect::<Result<_>>()?;
-    for (device, mut child) in children {
-        let status = child
-            .wait()
-            .with_context(|| format!("waiting for device {device}"))?;
-        // 0: held, 1: a property failed (the merge reports it); anything else broke.
-        if !matches!(status.code(), Some(0 | 1)) {
-            anyhow::bail!("the shard on device {device} stopped with {status}");
+    let mut children: Vec<(String, std::process::Child)> = Vec::with_capacity(count);
+    for (i, (device, dir)) in args.devices.iter().zip(&shard_dirs).enumerate() {
+        let shard = Shard { index: i, count };
+        // A process group of its own: a terminal's Ctrl-C reaches the parent only, which
+        // forwards it once per signal (a second stops the shards at once).
+        let started = std::process::Command::new(&exe)
+            .args(args.shard_args(seed, shard, dir))
+            .env("CUDA_VISIBLE_DEVICES", device)
+            .process_group(0)
+            .spawn();
+        match started {
+            Ok(child) => children.push((device.clone(), child)),
+            Err(e) => {
+                // The shards already started are stopped and waited for, not left running.
+                signals.fetch_add(1, Ordering::SeqCst);
+                let _ = wait_for_shards(children, &signals);
+                return Err(e).with_context(|| format!("starting the shard for device {device}"));
+            }
         }
+    }
+    if wait_for_shards(children, &signals)? == ShardsEnd::Stopped {
+        let resume: Vec<String> = shard_dirs
+            .iter()
+            .map(|d| format!("esmfuzz fuzz --resume {} ...", d.display()))
+            .collect();
+        bail!(
+            "stopped by a signal: every shard was told to stop and has ended; the campaign is \
+             incomplete and {} holds no merged report (each shard's report says incomplete). \
+             Continue each shard with the same arguments ({}), then `esmfuzz merge {} --out {}`",
+            args.out.display(),
+            resume.join("; "),
+            shard_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            args.out.display()
+        );
     }
     super::merge::run(super::merge::MergeArgs {
         shards: shard_dirs,
         out: args.out.clone(),
         overwrite: args.overwrite,
     })
+}
+
+/// Counts SIGINT and SIGTERM in the `--devices` parent; [`wait_for_shards`] forwards each to
+/// the shards (which run in their own process group and get no terminal signal themselves).
+fn forward_signals(signals: &Arc<AtomicUsize>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for signal in [SIGINT, SIGTERM] {
+        let signals = Arc::clone(signals);
+        // SAFETY: the handler only increments an atomic: async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(signal, move || {
+                signals.fetch_add(1, Ordering::SeqCst);
+            })
+        }
+        .context("installing the SIGINT/SIGTERM handlers")?;
+    }
+    Ok(())
 }
 
 /// A seed for a campaign nobody seeded: the clock's nanoseconds mixed with the process id.
@@ -343,7 +383,7 @@ fn stopped_campaign(dir: &Path, args: &FuzzArgs) -> Result<SavedReport> {
             args.policy.precision.to_string(),
         ));
     }
-    if header.deployment.is_some() != !ours {
+    if header.deployment.is_some() == ours {
         return Err(mismatch(
             "subject",
             if header.deployment.is_some() {
@@ -439,6 +479,77 @@ fn check_same_campaign(
     Ok(())
 }
 
+/// `fuzz --fasta` reads a file twice (its records, then its sha256 for `--resume`): a pipe
+/// or device would give its records once and hash nothing, so it is refused by name.
+fn require_regular_fasta(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() && !m.is_dir() => bail!(
+            "--fasta {}: not a regular file (a pipe or device); fuzz keeps each FASTA file's \
+             sha256 for --resume, so it needs a file: save the stream to one first",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A resumed campaign's `--fasta` files must hold what the stopped one judged, byte for
+/// byte (by sha256): a file of the same name with other records would be taken for finished
+/// and its records never judged. A report that kept no digests (an older esmfuzz) cannot
+/// tell, and is refused when it has FASTA families.
+fn check_same_fasta(dir: &Path, stopped: &SavedReport, ours: &RunHeader) -> Result<()> {
+    let path = dir.join("report.json");
+    let theirs = &stopped.header.fasta_sha256;
+    if ours.fasta_sha256.is_empty() || theirs == &ours.fasta_sha256 {
+        return Ok(());
+    }
+    if theirs.is_empty() {
+        bail!(
+            "{}: the stopped campaign's report keeps no digest of its --fasta files (written \
+             by an older esmfuzz), so whether these are the files it judged cannot be told; \
+             start a new campaign",
+            path.display()
+        );
+    }
+    for (family, digest) in &ours.fasta_sha256 {
+        let was = theirs.get(family).map_or("none", String::as_str);
+        if was != digest {
+            bail!(
+                "{}: family {family}: the stopped campaign judged a FASTA file with sha256 \
+                 {was}, this one has {digest} (same name, other content); resume with the \
+                 same files, or start a new campaign",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A stopped campaign's `cases.jsonl` must hold a line for every run of every finished
+/// family (a line per judged case, as the report counts them): one that lost them (a
+/// truncated or replaced file) would be resumed into a log that says less than was judged.
+/// A family of real proteins (`fasta-*`) may have none (their cases are not logged).
+fn check_finished_cases(path: &Path, finished: &[FamilyResult]) -> Result<()> {
+    if finished.is_empty() {
+        return Ok(());
+    }
+    let counts = campaign_dir::lines_per_family(path)?;
+    for family in finished {
+        let lines = counts.get(&family.family).copied().unwrap_or(0);
+        let logged_elsewhere = family.family.starts_with("fasta-") && lines == 0;
+        if lines != family.runs && !logged_elsewhere {
+            bail!(
+                "{}: holds {lines} line(s) of finished family {}, whose report counts {} \
+                 judged case(s); the log no longer matches the campaign, so a resume would \
+                 report less than was judged: restore the file, or start a new campaign",
+                path.display(),
+                family.family,
+                family.runs
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A stopped campaign's `cases.jsonl` made to agree with the families it `finished`
 /// ([`campaign_dir::repair_cases`]), saying what was cut.
 fn repair_cases(path: &Path, finished: &[FamilyResult]) -> Result<()> {
@@ -461,6 +572,12 @@ fn repair_cases(path: &Path, finished: &[FamilyResult]) -> Result<()> {
     Ok(())
 }
 
+/// The files a campaign of `planned` families may write besides its reports: a shrunk
+/// counterexample `<family>.fasta` per family (listed in the folder's manifest).
+fn counterexample_names(planned: &[String]) -> Vec<String> {
+    planned.iter().map(|f| format!("{f}.fasta")).collect()
+}
+
 /// `fasta-<file stem>` for each FASTA file, made unique: a stem seen before gets `-2`, `-3`,
 /// ... (two files `d1/x.fasta`, `d2/x.fasta` are `fasta-x` and `fasta-x-2`).
 fn fasta_family_names(paths: &[PathBuf]) -> Vec<String> {
@@ -481,15 +598,98 @@ fn fasta_family_names(paths: &[PathBuf]) -> Vec<String> {
 
 /// Sets `stop` on SIGINT and SIGTERM (Ctrl-C, a scheduler's time limit), so the campaign
 /// ends at the next case boundary with its report marked incomplete; a second signal ends
-/// the process at once (exit 1).
-pub(super) fn stop_on_signals(stop: &Arc<AtomicBool>) -> Result<()> {
+/// the process at once with exit 2 (not 1, which means a property failed), saying what
+/// state `out` is left in.
+pub(super) fn stop_on_signals(stop: &Arc<AtomicBool>, out: &Path) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
+    let message: Arc<Vec<u8>> = Arc::new(second_signal_message(out).into_bytes());
     for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(stop))
-            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(stop)))
-            .context("installing the SIGINT/SIGTERM handlers")?;
+        let stop = Arc::clone(stop);
+        let message = Arc::clone(&message);
+        // SAFETY: the handler only swaps an atomic, writes a prepared buffer with write(2)
+        // and calls _exit(2): all async-signal-safe; it allocates and locks nothing.
+        unsafe {
+            signal_hook::low_level::register(signal, move || {
+                if stop.swap(true, Ordering::SeqCst) {
+                    libc::write(2, message.as_ptr().cast(), message.len());
+                    signal_hook::low_level::exit(2);
+                }
+            })
+        }
+        .context("installing the SIGINT/SIGTERM handlers")?;
     }
     Ok(())
+}
+
+/// What a second signal prints before the process ends at once.
+fn second_signal_message(out: &Path) -> String {
+    format!(
+        "\nesmfuzz: a second signal: stopped at once, mid-family (exit 2). {dir}: report.md and \
+         report.json hold the families finished before and say incomplete; the family under \
+         way is lost and cases.jsonl may end in a cut line (a resume removes it and that \
+         family's lines). Continue with `esmfuzz fuzz --resume {dir}` and the same arguments.\n",
+        dir = out.display()
+    )
+}
+
+/// How the shard children of `fuzz --devices` ended.
+#[derive(Debug, PartialEq, Eq)]
+enum ShardsEnd {
+    /// Every child exited 0 or 1 (held, or a property failed: the merge reports it).
+    Finished,
+    /// A signal came: it was forwarded to every child still running, and each was waited for.
+    Stopped,
+}
+
+/// Waits for every shard child, polling; for each SIGINT or SIGTERM counted in `signals`
+/// forwards one SIGINT to each child still running (the first stops it at its next case
+/// boundary, its report marked incomplete; a second at once) and goes on waiting, so no
+/// child outlives the parent. A child that exits other than 0 or 1 outside a stop is an
+/// error naming its device, once all have ended.
+fn wait_for_shards(
+    mut children: Vec<(String, std::process::Child)>,
+    signals: &AtomicUsize,
+) -> Result<ShardsEnd> {
+    let mut forwarded = 0usize;
+    let mut broken: Option<String> = None;
+    while !children.is_empty() {
+        if signals.load(Ordering::SeqCst) > forwarded {
+            forwarded += 1;
+            for (_, child) in &children {
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    // SAFETY: kill(2) on a child of this process that has not been reaped.
+                    unsafe { libc::kill(pid, libc::SIGINT) };
+                }
+            }
+        }
+        let mut still = Vec::with_capacity(children.len());
+        for (device, mut child) in children {
+            match child
+                .try_wait()
+                .with_context(|| format!("waiting for device {device}"))?
+            {
+                Some(status) => {
+                    if !matches!(status.code(), Some(0 | 1)) && broken.is_none() {
+                        broken = Some(format!(
+                            "the shard on device {device} stopped with {status}"
+                        ));
+                    }
+                }
+                None => still.push((device, child)),
+            }
+        }
+        children = still;
+        if !children.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    if forwarded > 0 {
+        return Ok(ShardsEnd::Stopped);
+    }
+    match broken {
+        Some(message) => bail!(message),
+        None => Ok(ShardsEnd::Finished),
+    }
 }
 
 impl FuzzArgs {
@@ -566,6 +766,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         stopped,
         cases,
         real_proteins,
+        fasta_sha256,
     } = start;
     let checkpoint = args.model.open()?;
     let digest = sha256_of(&checkpoint.file.path)?;
@@ -613,6 +814,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
         gemm,
         reference_policy: ref_plan.describe(),
         deployment: None,
+        fasta_sha256,
     };
     check_plan(&spec, &out, stopped.as_ref(), &header, args.shard)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -689,6 +891,8 @@ pub(super) struct Start {
     pub stopped: Option<SavedReport>,
     pub cases: NonZeroU32,
     pub real_proteins: Vec<(String, Vec<Protein>)>,
+    /// sha256 of each `--fasta` file, by family name.
+    pub fasta_sha256: std::collections::BTreeMap<String, String>,
 }
 
 impl Start {
@@ -712,8 +916,13 @@ impl Start {
             .or(args.cases)
             .unwrap_or(DEFAULT_CASES);
         let mut real_proteins = Vec::with_capacity(args.fasta.len());
+        let mut fasta_sha256 = std::collections::BTreeMap::new();
         for (path, name) in args.fasta.iter().zip(fasta_family_names(&args.fasta)) {
-            real_proteins.push((name, read_proteins(path, NormaliseOptions::default())?));
+            require_regular_fasta(path)?;
+            let options = args.fasta_limits.options(NormaliseOptions::default());
+            let proteins = read_proteins(path, options)?;
+            fasta_sha256.insert(name.clone(), sha256_of(path)?);
+            real_proteins.push((name, proteins));
         }
         Ok(Self {
             out,
@@ -722,6 +931,7 @@ impl Start {
             stopped,
             cases,
             real_proteins,
+            fasta_sha256,
         })
     }
 }
@@ -759,6 +969,11 @@ pub(super) fn check_plan(
     }
     if let Some(stopped) = stopped {
         check_same_campaign(out, stopped, header, &planned, shard)?;
+        check_same_fasta(out, stopped, header)?;
+        check_finished_cases(
+            &out.join(campaign_dir::CASES_FILE),
+            &stopped.campaign.families,
+        )?;
     }
     eprintln!("seed: {} (rerun with --seed {})", spec.seed, spec.seed);
     Ok(())
@@ -789,7 +1004,9 @@ pub(super) struct Claimed<'a> {
 impl<'a> Campaign<'a> {
     /// Takes the folder: the first write to it.
     pub fn claim(self) -> Result<Claimed<'a>> {
-        let owned = campaign_dir::claim(self.out, self.claim)?;
+        let mut files = counterexample_names(&self.spec.planned());
+        files.push(super::fuzz_deployment::STDERR_LOG.to_string());
+        let owned = campaign_dir::claim(self.out, self.claim, &files)?;
         Ok(Claimed {
             campaign: self,
             _owned: owned,
@@ -841,7 +1058,7 @@ impl Claimed<'_> {
             .open(&lines_path)
             .with_context(|| format!("creating {}", lines_path.display()))?;
         if !signals_installed {
-            stop_on_signals(stop)?;
+            stop_on_signals(stop, out)?;
         }
         let report_path = out.join("report.json");
         let markdown_path = out.join("report.md");
@@ -990,6 +1207,8 @@ mod tests {
             "saved",
             "--fasta",
             "a.fasta,b.fasta",
+            "--max-record-residues",
+            "5000",
             "--devices",
             "0,1",
             "--out",
@@ -1008,6 +1227,54 @@ mod tests {
             ..given
         };
         assert_eq!(format!("{child:?}"), format!("{expected:?}"));
+    }
+
+    #[test]
+    fn a_signal_to_the_devices_parent_is_forwarded_to_every_shard_and_each_is_waited_for() {
+        // Two children that end on SIGINT (sh's trap), else after about 5 s, standing in
+        // for shards: without the forwarding they end on their own and no stop is seen.
+        let spawn = || {
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "trap 'exit 0' INT; i=0; while [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done",
+                ])
+                .spawn()
+                .unwrap()
+        };
+        let children = vec![("0".to_string(), spawn()), ("1".to_string(), spawn())];
+        let pids: Vec<u32> = children.iter().map(|(_, c)| c.id()).collect();
+        let stop = Arc::new(AtomicUsize::new(0));
+        let setter = Arc::clone(&stop);
+        let timer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            setter.fetch_add(1, Ordering::SeqCst);
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(
+            wait_for_shards(children, &stop).unwrap(),
+            ShardsEnd::Stopped
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "the shards ended on their own after {:?}, not on the forwarded signal",
+            started.elapsed()
+        );
+        timer.join().unwrap();
+        for pid in pids {
+            // Reaped: no such process any more.
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "pid {pid} left"
+            );
+        }
+        // Without a signal, a shard that broke (exit 3) is an error naming its device.
+        let broke = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let e = wait_for_shards(vec![("7".into(), broke)], &AtomicUsize::new(0)).unwrap_err();
+        assert!(e.to_string().contains("device 7"), "{e}");
     }
 
     #[test]

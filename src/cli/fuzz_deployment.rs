@@ -126,6 +126,7 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         stopped,
         cases,
         real_proteins,
+        fasta_sha256,
     } = start;
     let checkpoint = args.model.open()?;
     let digest = sha256_of(&checkpoint.file.path)?;
@@ -169,10 +170,11 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         gemm,
         reference_policy: ref_plan.describe(),
         deployment: None,
+        fasta_sha256,
     };
     check_plan(&spec, &out, stopped.as_ref(), &header, args.shard)?;
     let stop = Arc::new(AtomicBool::new(false));
-    stop_on_signals(&stop)?;
+    stop_on_signals(&stop, &out)?;
     let options = RunOptions {
         shrink: ShrinkBudget {
             calls: d.shrink_calls,
@@ -516,7 +518,8 @@ fn identity_probe<B: burn::tensor::backend::Backend>(
             detected.name()
         );
     }
-    if !(worst > IDENTITY_COSINE) {
+    // NaN fails too: a NaN cosine is no match.
+    if worst.is_nan() || worst <= IDENTITY_COSINE {
         let diagnosis = if check.diagnosis.is_empty() {
             "no known pipeline fault explains it".to_string()
         } else {

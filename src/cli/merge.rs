@@ -77,7 +77,7 @@ pub fn run(args: MergeArgs) -> Result<Outcome> {
         Some(i) => anyhow!("{}: {e}", args.shards[i].display()),
         None => anyhow!(e),
     })?;
-    let _owned = campaign_dir::claim(&args.out, claim)?;
+    let _owned = campaign_dir::claim(&args.out, claim, &[])?;
     let devices: Vec<&str> = headers.iter().map(|h| h.device.as_str()).collect();
     let (esmfuzz_version, git_commit) = RunHeader::this_build();
     let header = RunHeader {

@@ -359,6 +359,59 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The FASTA reader's caps, as flags: a file without newlines or a runaway record is an
+/// error naming its line instead of filling memory.
+#[derive(Args, Debug, Clone)]
+pub struct FastaLimitArgs {
+    /// Longest FASTA line read, in bytes (a longer one, such as a file without newlines, is
+    /// an error).
+    #[arg(long, default_value_t = input::MAX_LINE_BYTES, value_parser = positive_usize)]
+    pub max_line_bytes: usize,
+    /// Most residues one FASTA record may hold before it is read (the model reads the first
+    /// 1022; a longer record is an error).
+    #[arg(long, default_value_t = input::MAX_RECORD_RESIDUES, value_parser = positive_usize)]
+    pub max_record_residues: usize,
+}
+
+impl FastaLimitArgs {
+    /// `options` with these caps.
+    fn options(&self, options: NormaliseOptions) -> NormaliseOptions {
+        NormaliseOptions {
+            limits: input::FastaLimits {
+                max_line_bytes: self.max_line_bytes,
+                max_record_residues: self.max_record_residues,
+            },
+            ..options
+        }
+    }
+
+    /// These flags again, as a command line gives them.
+    fn to_args(&self, args: &mut Vec<std::ffi::OsString>) {
+        let Self {
+            max_line_bytes,
+            max_record_residues,
+        } = self;
+        args.extend(
+            [
+                "--max-line-bytes".to_string(),
+                max_line_bytes.to_string(),
+                "--max-record-residues".to_string(),
+                max_record_residues.to_string(),
+            ]
+            .map(Into::into),
+        );
+    }
+}
+
+/// A count of at least 1.
+fn positive_usize(text: &str) -> std::result::Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Reads proteins, warning about each truncated record.
 fn read_proteins(path: &Path, options: NormaliseOptions) -> Result<Vec<Protein>> {
     check_shared_default(path)?;
@@ -381,8 +434,9 @@ fn read_unique_proteins(path: &Path, options: NormaliseOptions) -> Result<Vec<Pr
     let proteins = read_proteins(path, options)?;
     if let Some((first, second, name)) = input::first_duplicate_name(&proteins) {
         bail!(
-            "{}: records {first} and {second} share the id '{name}'; give every record its own id",
-            path.display()
+            "{}: records {first} and {second} share the id '{}'; give every record its own id",
+            path.display(),
+            input::escaped(name)
         );
     }
     Ok(proteins)
@@ -426,12 +480,21 @@ fn write_report(path: &Path, report: &impl Serialize) -> Result<()> {
 
 /// Writes `bytes` to a new file beside `path` and renames it onto `path` once complete, so a
 /// run that stops part way leaves the old file (or none), never half of one. A symlink at
-/// `path` is followed: the file it names is replaced.
+/// `path` is followed: the file it names is replaced, the link stays. A device node, FIFO or
+/// socket (`/dev/stdout`) is written in place, never replaced.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use esmfuzz::safe_file::{Target, resolve_target, write_in_place};
     use std::io::Write;
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let target = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let target = match resolve_target(path) {
+        Target::Special(p) => {
+            return write_in_place(&p, bytes)
+                .with_context(|| format!("writing {}", path.display()));
+        }
+        Target::Folder(_) => bail!("{}: is a folder; name a file", path.display()),
+        Target::Absent(p) | Target::Regular(p) => p,
+    };
     let name = target
         .file_name()
         .with_context(|| format!("{}: names no file", path.display()))?;
@@ -496,6 +559,14 @@ fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
             "{}: the output would overwrite an input ({}); choose another path",
             out.display(),
             input.display()
+        );
+    }
+    let landing = esmfuzz::safe_file::resolve_target(out);
+    if campaign_dir::campaign_file(out) || campaign_dir::campaign_file(landing.path()) {
+        bail!(
+            "{}: is a file of the campaign in its folder; writing it would break the campaign \
+             (it could no longer be resumed or merged): choose another path",
+            out.display()
         );
     }
     let dir = match out.parent() {

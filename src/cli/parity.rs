@@ -26,6 +26,8 @@ use super::{DEFAULT_SHARED, ModelArgs, Outcome, named, read_proteins, token_coun
 pub struct ParityArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub fasta_limits: super::FastaLimitArgs,
     /// The corpus whose reference outputs are given (default: the shared corpus).
     #[arg(long)]
     pub fasta: Option<PathBuf>,
@@ -116,7 +118,10 @@ pub fn run(args: ParityArgs) -> Result<Outcome> {
         Some(&args.model),
         &[Some(&fasta), Some(&pooled_path), Some(&first_path)],
     )?;
-    let proteins = read_proteins(&fasta, NormaliseOptions::default())?;
+    let proteins = read_proteins(
+        &fasta,
+        args.fasta_limits.options(NormaliseOptions::default()),
+    )?;
     let (_, pooled_ref) = read_reference(&pooled_path, 2)?;
     let (first_shape, first_ref) = read_reference(&first_path, 3)?;
     let checkpoint = args.model.load()?;

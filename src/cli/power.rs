@@ -5,19 +5,19 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use plotters::prelude::*;
 
 use esmfuzz::harness::family::Family;
 use esmfuzz::harness::power::{
-    DETECTED, Degradation, PowerCell, PowerReport, PowerSpec, run_power,
+    DETECTED, Degradation, PowerCell, PowerReport, PowerSpec, run_power, smallest_detected,
 };
 use esmfuzz::harness::verdict::Tolerances;
 use esmfuzz::model::{Esm2, FaultSet};
 use esmfuzz::with_backend;
 
 use super::policy::{PolicyArgs, describe_policy};
-use super::{ModelArgs, Outcome, named, write_atomically, write_report};
+use super::{ModelArgs, Outcome, check_outputs, named, write_atomically, write_report};
 
 #[derive(clap::Args, Debug)]
 pub struct PowerArgs {
@@ -27,7 +27,9 @@ pub struct PowerArgs {
     /// the model's code, held to FP32 noise; f16 etc.: under that policy's own error).
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// Families (those that compare with FP32), comma-separated.
+    /// Families, comma-separated: those that compare with FP32, and the isolation families
+    /// (the policy against itself: only a degradation that couples sequences, such as
+    /// leak-across-sequences, can move them).
     #[arg(
         long,
         value_delimiter = ',',
@@ -64,12 +66,9 @@ pub struct PowerArgs {
 }
 
 pub fn run(args: PowerArgs) -> Result<Outcome> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let checkpoint = args.model.load()?;
-    let weights = &checkpoint.weights;
-    let config = &weights.config;
-    let places = args.policy.places(config)?;
+    // Every argument is checked, and the weights read, before --out is touched.
+    let config = args.model.config_only()?;
+    let places = args.policy.places(&config)?;
     let spec = PowerSpec {
         families: args.families.clone(),
         degradations: args.degradations.clone(),
@@ -80,55 +79,205 @@ pub fn run(args: PowerArgs) -> Result<Outcome> {
         layer: args.layer.unwrap_or(config.num_hidden_layers / 2),
     };
     spec.check(config.num_hidden_layers)?;
+    let outputs = PowerOutputs::new(&args.out);
+    outputs.check(&args.model)?;
+    let checkpoint = args.model.load()?;
+    let weights = &checkpoint.weights;
     let backend = args.model.backend;
     let gemm = args.policy.gemm(backend)?;
     let tol = Tolerances::for_policy(args.policy.precision, backend);
-    let (report, policy) = with_backend!(backend, |B, device| {
-        let ref_plan = PolicyArgs::reference_plan(backend, gemm)?;
-        let plan = args.policy.plan(backend, gemm)?;
-        esmfuzz::model::flash::preflight(&plan, config)?;
-        let policy = describe_policy(&plan, &places);
+    let ref_plan = PolicyArgs::reference_plan(backend, gemm)?;
+    let plan = args.policy.plan(backend, gemm)?;
+    esmfuzz::model::flash::preflight(&plan, &weights.config)?;
+    let policy = describe_policy(&plan, &places);
+    let planned = spec.families.len()
+        * (spec
+            .degradations
+            .iter()
+            .map(|d| if d.is_sized() { spec.sizes.len() } else { 1 })
+            .sum::<usize>()
+            + 1);
+    // Written now, before the first cell, so an output that cannot be written is found
+    // before minutes of work; then again after every cell.
+    let mut sofar = SoFar {
+        outputs: &outputs,
+        spec: &spec,
+        tol,
+        policy: policy.clone(),
+        backend,
+        weights: checkpoint.file.path.clone(),
+        planned,
+        baseline: Vec::new(),
+        cells: Vec::new(),
+        started: std::time::Instant::now(),
+        write_error: None,
+    };
+    sofar.write()?;
+    let report = with_backend!(backend, |B, device| {
         eprintln!(
             "reference: {}\nunder test: {policy}\n{} families x {} degradation cells x {} trials, up to {} cases each",
             ref_plan.describe(),
             spec.families.len(),
-            spec.degradations
-                .iter()
-                .map(|d| if d.is_sized() { spec.sizes.len() } else { 1 })
-                .sum::<usize>()
-                + 1,
+            planned / spec.families.len().max(1),
             spec.trials,
             spec.counts.iter().max().copied().unwrap_or(0)
         );
         let reference = Esm2::<B>::new(weights, ref_plan, FaultSet::none(), &device);
         let mut build =
             |faults: FaultSet| Esm2::<B>::mixed(weights, plan, places.clone(), faults, &device);
-        let mut progress = |cell: &PowerCell, seconds: f64| eprintln!("{}", line(cell, seconds));
-        let report = run_power(&reference, &mut build, &tol, &spec, &mut progress)?;
-        (report, policy)
+        let mut progress = |cell: &PowerCell, seconds: f64| {
+            eprintln!("{}", line(cell, seconds));
+            sofar.add(cell.clone());
+        };
+        run_power(&reference, &mut build, &tol, &spec, &mut progress)?
     });
-    let json = args.out.join("power.json");
-    write_report(
-        &json,
-        &serde_json::json!({
-            "policy": policy,
-            "backend": backend,
-            "weights": checkpoint.file.path,
-            "report": report,
-        }),
-    )?;
-    let svg = args.out.join("detection.svg");
-    draw(&svg, &report, &policy)?;
-    let md = args.out.join("power.md");
-    write_atomically(&md, markdown(&report, &policy).as_bytes())?;
+    if let Some(e) = &sofar.write_error {
+        eprintln!("warning: writing the partial report failed during the run: {e:#}");
+    }
+    let written = outputs.write(&report, &policy, backend, &checkpoint.file.path, None);
+    if let Err(e) = written {
+        // The work is not lost with the output: the table goes to stdout.
+        println!("{}", markdown(&report, &policy));
+        return Err(e.context("writing the power report (its table is printed above)"));
+    }
     eprintln!(
         "{:.0} s; table: {} (data: {}, curves: {})",
         report.seconds,
-        md.display(),
-        json.display(),
-        svg.display()
+        outputs.md.display(),
+        outputs.json.display(),
+        outputs.svg.display()
     );
     Ok(Outcome::Passed)
+}
+
+/// The three files `power` writes in `--out`.
+struct PowerOutputs {
+    dir: PathBuf,
+    json: PathBuf,
+    md: PathBuf,
+    svg: PathBuf,
+}
+
+impl PowerOutputs {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            json: dir.join("power.json"),
+            md: dir.join("power.md"),
+            svg: dir.join("detection.svg"),
+        }
+    }
+
+    /// Touching nothing: `--out` is a folder or nothing yet, and none of the files is an
+    /// input or a campaign's.
+    fn check(&self, model: &ModelArgs) -> Result<()> {
+        if self.dir.exists() && !self.dir.is_dir() {
+            bail!(
+                "{}: not a folder; name a folder for power.json, power.md and detection.svg",
+                self.dir.display()
+            );
+        }
+        if self.dir.is_dir() {
+            check_outputs(
+                &[Some(&self.json), Some(&self.md), Some(&self.svg)],
+                Some(model),
+                &[],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes `power.json` and `power.md` (and the curves when complete); `progress` is
+    /// `Some((done, planned))` for a report written while the run goes.
+    fn write(
+        &self,
+        report: &PowerReport,
+        policy: &str,
+        backend: esmfuzz::backend::BackendKind,
+        weights: &Path,
+        progress: Option<(usize, usize)>,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let (done, planned) = progress.unwrap_or((report.baseline.len() + report.cells.len(), 0));
+        write_report(
+            &self.json,
+            &serde_json::json!({
+                "policy": policy,
+                "backend": backend,
+                "weights": weights,
+                "complete": progress.is_none(),
+                "cells_done": done,
+                "cells_planned": if progress.is_some() { planned } else { done },
+                "report": report,
+            }),
+        )?;
+        let mut md = markdown(report, policy);
+        if progress.is_some() {
+            md = format!(
+                "**incomplete: {done} of {planned} cells measured** (the run was stopped or is \
+                 still going; rerun the same command for the rest)\n\n{md}"
+            );
+        } else {
+            draw(&self.svg, report, policy)?;
+        }
+        write_atomically(&self.md, md.as_bytes())
+    }
+}
+
+/// The cells measured so far, written after each one.
+struct SoFar<'a> {
+    outputs: &'a PowerOutputs,
+    spec: &'a PowerSpec,
+    tol: Tolerances,
+    policy: String,
+    backend: esmfuzz::backend::BackendKind,
+    weights: PathBuf,
+    planned: usize,
+    baseline: Vec<PowerCell>,
+    cells: Vec<PowerCell>,
+    started: std::time::Instant,
+    write_error: Option<anyhow::Error>,
+}
+
+impl SoFar<'_> {
+    fn add(&mut self, cell: PowerCell) {
+        if cell.degradation.is_none() {
+            self.baseline.push(cell);
+        } else {
+            self.cells.push(cell);
+        }
+        if let Err(e) = self.write() {
+            eprintln!("warning: {e:#}");
+            self.write_error.get_or_insert(e);
+        }
+    }
+
+    fn write(&self) -> Result<()> {
+        let mut sizes = self.spec.sizes.clone();
+        sizes.sort_by(f64::total_cmp);
+        sizes.dedup();
+        let report = PowerReport {
+            layer: self.spec.layer,
+            trials: self.spec.trials,
+            counts: self.spec.counts.clone(),
+            seed: self.spec.seed,
+            sizes,
+            tolerances: self.tol,
+            baseline: self.baseline.clone(),
+            cells: self.cells.clone(),
+            smallest: smallest_detected(&self.cells, self.spec),
+            seconds: self.started.elapsed().as_secs_f64(),
+        };
+        let done = self.baseline.len() + self.cells.len();
+        self.outputs.write(
+            &report,
+            &self.policy,
+            self.backend,
+            &self.weights,
+            Some((done, self.planned)),
+        )
+    }
 }
 
 /// What a cell is: `family, degradation e`.

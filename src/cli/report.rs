@@ -96,6 +96,11 @@ pub struct RunHeader {
     /// Set when the subject was another team's deployment.
     #[serde(default)]
     pub deployment: Option<DeploymentSection>,
+    /// sha256 of each `--fasta` file, by family name: a resume must judge the same records
+    /// (a file of the same name but other content is another campaign). Empty in reports
+    /// written before it was kept.
+    #[serde(default)]
+    pub fasta_sha256: std::collections::BTreeMap<String, String>,
 }
 
 /// The engine of reports written before `--gemm` existed.

@@ -149,10 +149,10 @@ impl Deployment {
         }
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
-        if state.needs_restart {
-            if let Err(what) = self.restart(state) {
-                return Err(self.gave_no_answer(state, 0, what));
-            }
+        if state.needs_restart
+            && let Err(what) = self.restart(state)
+        {
+            return Err(self.gave_no_answer(state, 0, what));
         }
         let started = Instant::now();
         let id = state.next_id;

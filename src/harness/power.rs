@@ -16,7 +16,7 @@ use burn::tensor::backend::Backend;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-use super::cases::{CaseStates, check_against_states, run_case};
+use super::cases::{CaseStates, Models, check_against_states, run_case};
 use super::driver::family_seed;
 use super::family::{Check, Family};
 use super::verdict::{PropertyId, Tolerances, tightest};
@@ -41,14 +41,18 @@ pub enum Degradation {
     /// One layer's output rounded to f16 and back (no size: one f16 rounding, relative
     /// 2^-11 per value). A no-op where that output is f16 already.
     RoundToF16,
+    /// Attention of packed batches leaks across sequences (no size; every layer): what the
+    /// isolation and packed families exist to catch.
+    LeakAcrossSequences,
 }
 
 impl Degradation {
-    pub const ALL: [Degradation; 4] = [
+    pub const ALL: [Degradation; 5] = [
         Degradation::ScaleLayerOutput,
         Degradation::PerturbWeights,
         Degradation::ScaleAttentionLogits,
         Degradation::RoundToF16,
+        Degradation::LeakAcrossSequences,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,12 +61,16 @@ impl Degradation {
             Degradation::PerturbWeights => "perturb-weights",
             Degradation::ScaleAttentionLogits => "scale-attention-logits",
             Degradation::RoundToF16 => "round-to-f16",
+            Degradation::LeakAcrossSequences => "leak-across-sequences",
         }
     }
 
     /// Whether the degradation has a size e.
     pub fn is_sized(self) -> bool {
-        self != Degradation::RoundToF16
+        !matches!(
+            self,
+            Degradation::RoundToF16 | Degradation::LeakAcrossSequences
+        )
     }
 
     /// The faults of this degradation of size `e` in layer `layer` (0-based).
@@ -85,6 +93,10 @@ impl Degradation {
                 round_layer_output_to_f16: Some(layer),
                 ..FaultSet::none()
             },
+            Degradation::LeakAcrossSequences => FaultSet {
+                attention_leaks_across_sequences: true,
+                ..FaultSet::none()
+            },
         }
     }
 }
@@ -103,7 +115,9 @@ crate::impl_named!(Degradation);
 /// What a power measurement runs.
 #[derive(Debug, Clone)]
 pub struct PowerSpec {
-    /// Families that compare with FP32 ([`Check::AgainstReference`]).
+    /// Families: those that compare with FP32 ([`Check::AgainstReference`]) and the
+    /// isolation families ([`Check::Isolation`]: the policy against itself, alone and among
+    /// batch-mates, which only degradations that couple sequences can move).
     pub families: Vec<Family>,
     pub degradations: Vec<Degradation>,
     /// Sizes e of the sized degradations.
@@ -243,13 +257,6 @@ impl PowerSpec {
                 layers,
             });
         }
-        if let Some(f) = self
-            .families
-            .iter()
-            .find(|f| !matches!(f.check(), Check::AgainstReference(_)))
-        {
-            return Err(PowerError::NotAgainstReference(f.name()));
-        }
         Ok(())
     }
 
@@ -278,15 +285,20 @@ impl PowerSpec {
 /// The cases of one family's trials, with the FP32 reference's states computed on demand.
 struct Trials {
     family: Family,
-    layout: Layout,
+    /// The layout judged against FP32 with a cached reference; `None` for families whose
+    /// check runs whole (isolation, order, determinism, over-length).
+    layout: Option<Layout>,
     cases: Vec<Vec<Vec<Protein>>>,
     reference: Vec<Vec<Option<CaseStates>>>,
 }
 
 impl Trials {
     fn generate(family: Family, spec: &PowerSpec) -> Result<Self, PowerError> {
-        let Check::AgainstReference(layout) = family.check() else {
-            return Err(PowerError::NotAgainstReference(family.name()));
+        let layout = match family.check() {
+            Check::AgainstReference(layout) => Some(layout),
+            // Judged whole by the family's check (isolation, order, determinism need no
+            // reference; over-length runs its own).
+            Check::Isolation | Check::Order | Check::Determinism | Check::OverLength => None,
         };
         let strategy = family.strategy();
         let n = spec.max_cases();
@@ -337,9 +349,23 @@ impl Trials {
         for (t, cases) in self.cases.iter().enumerate() {
             let mut failed_at = None;
             for (i, proteins) in cases.iter().enumerate() {
-                let states = self.reference[t][i]
-                    .get_or_insert_with(|| run_case(reference, proteins, Layout::Padded));
-                let verdicts = check_against_states(test, states, proteins, self.layout, tol);
+                let verdicts = match self.layout {
+                    Some(layout) => {
+                        let states = self.reference[t][i]
+                            .get_or_insert_with(|| run_case(reference, proteins, Layout::Padded));
+                        check_against_states(test, states, proteins, layout, tol)
+                    }
+                    None => self.family.judge(
+                        Models {
+                            reference,
+                            test,
+                            floor: None,
+                            twin: None,
+                        },
+                        proteins,
+                        tol,
+                    ),
+                };
                 cases_judged += 1;
                 if let Some(v) = verdicts.iter().find(|v| !v.passed) {
                     *caught_by.entry(v.property).or_default() += 1;
@@ -552,10 +578,10 @@ mod tests {
             bad(|s| s.layer = 6),
             PowerError::NoSuchLayer { .. }
         ));
-        assert!(matches!(
-            bad(|s| s.families = vec![Family::Isolation(Stratum::Tiny)]),
-            PowerError::NotAgainstReference(_)
-        ));
+        // Isolation families are measured too (against the policy itself).
+        let mut isolation = spec();
+        isolation.families = vec![Family::Isolation(Stratum::Tiny)];
+        isolation.check(6).unwrap();
     }
 
     #[test]

@@ -54,3 +54,47 @@ fn an_fp32_held_policy_detects_a_1e_3_layer_scaling_and_raises_no_false_alarm() 
     }
     assert!(report.smallest.iter().all(|s| s.count != 4 || s.detected));
 }
+
+#[test]
+fn power_measures_the_isolation_family_which_sees_a_leak_across_sequences_and_not_a_scaling() {
+    let spec = PowerSpec {
+        families: vec![Family::Isolation(Stratum::Tiny)],
+        degradations: vec![
+            Degradation::LeakAcrossSequences,
+            Degradation::ScaleLayerOutput,
+        ],
+        sizes: vec![1e-1],
+        trials: 3,
+        counts: vec![2],
+        seed: 5,
+        layer: 3,
+    };
+    let plan = ComputePlan::new(Precision::F32, common::test_backend());
+    let weights = common::weights();
+    let device = common::test_device();
+    let mut build = |faults| Esm2::new(weights, plan, faults, &device);
+    let report = run_power(
+        common::shared_model(Precision::F32),
+        &mut build,
+        &Tolerances::for_precision(Precision::F32),
+        &spec,
+        &mut |_, _| {},
+    )
+    .expect("isolation families are measured");
+    assert_eq!(
+        report.baseline[0].detection_at(2),
+        Some(0.0),
+        "a false alarm"
+    );
+    let of = |d| {
+        report
+            .cells
+            .iter()
+            .find(|c| c.degradation == Some(d))
+            .and_then(|c| c.detection_at(2))
+    };
+    // Isolation compares the policy with itself: a leak between packed batch-mates is what
+    // it sees; a layer scaled alike alone and batched is invisible to it, and says so.
+    assert_eq!(of(Degradation::LeakAcrossSequences), Some(1.0));
+    assert_eq!(of(Degradation::ScaleLayerOutput), Some(0.0));
+}

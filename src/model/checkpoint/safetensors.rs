@@ -95,32 +95,57 @@ impl SafetensorsFile {
             .map_err(|e| format(format!("header is not a JSON object: {e}")))?;
         let data_start = 8 + header_len;
         let mut tensors = BTreeMap::new();
-        for (name, value) in raw {
-            if name == "__metadata__" {
+        for (key, value) in raw {
+            if key == "__metadata__" {
                 continue;
             }
+            // The name as messages show it (control bytes escaped); the key as stored.
+            let name = crate::input::escaped(&key);
             let entry: RawEntry = serde_json::from_value(value)
                 .map_err(|e| format(format!("tensor '{name}': {e}")))?;
-            let [start, end] = entry.data_offsets;
+            let [rel_start, rel_end] = entry.data_offsets;
             let bytes = dtype_bytes(&entry.dtype)
                 .ok_or_else(|| format(format!("tensor '{name}': unknown dtype {}", entry.dtype)))?;
+            let claimed = format!("{} {:?}", entry.dtype, entry.shape);
             let expected = entry
                 .shape
                 .iter()
-                .try_fold(bytes as u64, |acc, &d| acc.checked_mul(d as u64));
-            let (Some(start), Some(end)) =
-                (data_start.checked_add(start), data_start.checked_add(end))
-            else {
+                .try_fold(bytes as u64, |acc, &d| acc.checked_mul(d as u64))
+                .ok_or_else(|| {
+                    format(format!(
+                        "tensor '{name}': the header claims {claimed}, more bytes than a file \
+                         can address"
+                    ))
+                })?;
+            if rel_end < rel_start {
+                return Err(format(format!(
+                    "tensor '{name}': data_offsets [{rel_start}, {rel_end}] run backwards"
+                )));
+            }
+            let span = rel_end - rel_start;
+            if expected != span {
+                return Err(format(format!(
+                    "tensor '{name}': the header claims {claimed}, which is {expected} bytes \
+                     ({bytes} per value), but its data_offsets [{rel_start}, {rel_end}] span \
+                     {span} bytes; the shape or the dtype is wrong"
+                )));
+            }
+            let data_len = file_len - data_start;
+            let (Some(start), Some(end)) = (
+                data_start.checked_add(rel_start),
+                data_start.checked_add(rel_end),
+            ) else {
                 return Err(format(format!("tensor '{name}': offsets overflow")));
             };
-            if end < start || end > file_len || expected != Some(end - start) {
+            if rel_end > data_len {
                 return Err(format(format!(
-                    "tensor '{name}' ({} {:?}) claims bytes {}..{} of a {file_len}-byte file",
-                    entry.dtype, entry.shape, start, end
+                    "tensor '{name}' ({claimed}, {expected} bytes) claims data bytes \
+                     {rel_start}..{rel_end}, but the file holds {data_len} bytes of data \
+                     after its header (truncated?)"
                 )));
             }
             tensors.insert(
-                name,
+                key,
                 TensorEntry {
                     dtype: entry.dtype,
                     shape: entry.shape,
@@ -223,5 +248,42 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let e = SafetensorsFile::open(&path).err().unwrap().to_string();
         assert!(e.contains("claims"), "{e}");
+    }
+
+    #[test]
+    fn a_header_that_lies_about_shape_or_dtype_names_the_tensor_and_both_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        // Shape [3] of F32 is 12 bytes; the offsets span 8.
+        let path = write(
+            dir.path(),
+            r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+            &[0u8; 8],
+        );
+        let e = SafetensorsFile::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("tensor 'w'")
+                && e.contains("F32 [3], which is 12 bytes")
+                && e.contains("span 8 bytes"),
+            "{e}"
+        );
+        // F16 claimed over F32 data: 4 bytes claimed, 8 spanned.
+        let path = write(
+            dir.path(),
+            r#"{"w":{"dtype":"F16","shape":[2],"data_offsets":[0,8]}}"#,
+            &[0u8; 8],
+        );
+        let e = SafetensorsFile::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("which is 4 bytes") && e.contains("span 8"),
+            "{e}"
+        );
+        // Consistent, but past the end of the data: the data's size is named.
+        let path = write(
+            dir.path(),
+            r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+            &[0u8; 8],
+        );
+        let e = SafetensorsFile::open(&path).err().unwrap().to_string();
+        assert!(e.contains("holds 8 bytes of data"), "{e}");
     }
 }

@@ -192,7 +192,9 @@ impl SynthFormat {
 }
 
 /// Writes `config.json` and the checkpoint for `config` into `dir` (created if need be);
-/// returns the checkpoint's path.
+/// returns the checkpoint's path. Both are written as `<name>.partial` and renamed into place
+/// once complete, so a run that stops part way leaves no truncated checkpoint under its final
+/// name; a `.partial` that is a symlink or not a regular file is refused, not written through.
 pub fn write_checkpoint(
     config: &EsmConfig,
     dtype: StoredDtype,
@@ -201,16 +203,44 @@ pub fn write_checkpoint(
     dir: &Path,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
+    let path = dir.join(format.file_name());
+    let config_path = dir.join("config.json");
+    let (partial, config_partial) = (partial_beside(&path)?, partial_beside(&config_path)?);
+    match format {
+        SynthFormat::Safetensors => write_safetensors(config, dtype, seed, &partial)?,
+        SynthFormat::TorchBin => write_torch_bin(config, dtype, seed, &partial)?,
+    }
     std::fs::write(
-        dir.join("config.json"),
+        &config_partial,
         serde_json::to_string_pretty(config).map_err(std::io::Error::other)?,
     )?;
-    let path = dir.join(format.file_name());
-    match format {
-        SynthFormat::Safetensors => write_safetensors(config, dtype, seed, &path)?,
-        SynthFormat::TorchBin => write_torch_bin(config, dtype, seed, &path)?,
-    }
+    File::open(&partial)?.sync_all()?;
+    std::fs::rename(&partial, &path)?;
+    std::fs::rename(&config_partial, &config_path)?;
     Ok(path)
+}
+
+/// `<path>.partial`, cleared of an earlier run's leftover; a symlink or anything but a
+/// regular file there is an error (it would be written through).
+fn partial_beside(path: &Path) -> std::io::Result<PathBuf> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".partial");
+    let partial = PathBuf::from(name);
+    match std::fs::symlink_metadata(&partial) {
+        Ok(m) if m.is_file() => std::fs::remove_file(&partial)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: is a symlink or not a regular file; esmfuzz does not write through it \
+                     (remove it)",
+                    partial.display()
+                ),
+            ));
+        }
+        Err(_) => {}
+    }
+    Ok(partial)
 }
 
 /// Each tensor's values as `dtype` bytes, in chunks of about 1 MiB handed to `write`.
