@@ -48,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--tokens", action="store_true", help="also send every token's last state")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
     p.add_argument("--rotary-fp16", action="store_true", help=argparse.SUPPRESS)
+    # Deliberately WRONG (a test fault): no attention_mask, so padded batch-mates' pad tokens
+    # are attended to. One protein alone (the identity probe) is unaffected.
+    p.add_argument("--no-attention-mask", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -120,7 +123,8 @@ class Embedder:
             "protocol": 1,
             # The fault names itself, so its saved failures are kept apart from the clean run's.
             "model": "hf-" + a.model.rstrip("/").split("/")[-1]
-                     + ("-rotary-fp16" if a.rotary_fp16 else ""),
+                     + ("-rotary-fp16" if a.rotary_fp16 else "")
+                     + ("-no-mask" if a.no_attention_mask else ""),
             "hidden": self.config.hidden_size,
             "layers": self.config.num_hidden_layers,
             "dtype": a.dtype,
@@ -133,6 +137,7 @@ class Embedder:
             "stack": "transformers.EsmModel padded batch",
             **self.versions,
             **({"fault": "rotary-fp16"} if a.rotary_fp16 else {}),
+            **({"fault": "no-attention-mask"} if a.no_attention_mask else {}),
         }
 
     def embed(self, residues_list):
@@ -146,8 +151,8 @@ class Embedder:
             ids[row, : len(s)] = torch.tensor(s)
             mask[row, : len(s)] = 1
         with torch.inference_mode():
-            out = self.model(input_ids=ids.to(self.a.device),
-                             attention_mask=mask.to(self.a.device))
+            given_mask = None if self.a.no_attention_mask else mask.to(self.a.device)
+            out = self.model(input_ids=ids.to(self.a.device), attention_mask=given_mask)
             states = out.last_hidden_state.float().cpu()
         pooled, tokens = [], []
         for row, s in enumerate(seqs):
