@@ -319,7 +319,7 @@ impl Observer for ProgressObserver {
         self.stop.load(Ordering::Relaxed)
     }
 
-    fn case_started(&mut self, family: Family, run: usize, proteins: &[Protein]) {
+    fn case_started(&mut self, family: &str, run: usize, proteins: &[Protein]) {
         let lens: Vec<usize> = proteins.iter().map(|p| p.residues.len()).collect();
         let msg = format!(
             "{family}: run {run} at {:.1} s, lengths {lens:?}; worst so far {:.1}% of a tolerance",
@@ -333,13 +333,13 @@ impl Observer for ProgressObserver {
         }
     }
 
-    fn case_judged(&mut self, family: Family, run: usize, proteins: &[Protein], v: &[Verdict]) {
+    fn case_judged(&mut self, family: &str, run: usize, proteins: &[Protein], v: &[Verdict]) {
         let tightest = tightest(v);
         if let Some(t) = tightest {
             self.worst_used = self.worst_used.max(t.used_or_infinite());
         }
         let line = CaseLine {
-            family: family.name(),
+            family: family.to_string(),
             run,
             lengths: proteins.iter().map(|p| p.residues.len()).collect(),
             passed: v.iter().all(|v| v.passed),

@@ -210,12 +210,12 @@ impl Observer for UntilExhausted<'_> {
     fn stop_requested(&self) -> bool {
         self.inner.stop_requested() || self.subject.exhausted()
     }
-    fn case_started(&mut self, family: Family, run: usize, proteins: &[Protein]) {
+    fn case_started(&mut self, family: &str, run: usize, proteins: &[Protein]) {
         self.inner.case_started(family, run, proteins);
     }
     fn case_judged(
         &mut self,
-        family: Family,
+        family: &str,
         run: usize,
         proteins: &[Protein],
         verdicts: &[Verdict],
@@ -349,9 +349,9 @@ impl<B: Backend> Runner for InProcessRunner<'_, B> {
         name: &str,
         proteins: &[Protein],
         options: &RunOptions,
-        _observer: &mut dyn Observer,
+        observer: &mut dyn Observer,
     ) -> Result<FamilyResult, NoProteins> {
-        run_proteins(name, proteins, self.models, &self.tol, options)
+        run_proteins(name, proteins, self.models, &self.tol, options, observer)
     }
 }
 

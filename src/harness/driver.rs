@@ -75,12 +75,13 @@ pub trait Observer {
     fn stop_requested(&self) -> bool {
         false
     }
-    /// A model run is about to start (generated, replayed and shrinking cases alike).
-    fn case_started(&mut self, _family: Family, _run: usize, _proteins: &[Protein]) {}
+    /// A model run is about to start (generated, replayed and shrinking cases alike); the
+    /// family by its name (a generated family's, or `fasta-<stem>` for a user's proteins).
+    fn case_started(&mut self, _family: &str, _run: usize, _proteins: &[Protein]) {}
     /// A case has been judged.
     fn case_judged(
         &mut self,
-        _family: Family,
+        _family: &str,
         _run: usize,
         _proteins: &[Protein],
         _verdicts: &[Verdict],
@@ -250,11 +251,11 @@ fn drive_cases(
             *runs += 1;
             *runs
         };
-        observer.borrow_mut().case_started(family, run, &proteins);
+        observer.borrow_mut().case_started(&name, run, &proteins);
         let verdicts = judge(&proteins);
         observer
             .borrow_mut()
-            .case_judged(family, run, &proteins, &verdicts);
+            .case_judged(&name, run, &proteins, &verdicts);
         log.borrow_mut().record(&proteins, &verdicts);
         if verdicts.is_empty() {
             return Err(TestCaseError::fail(format!(
@@ -330,6 +331,7 @@ pub fn run_proteins<B: Backend>(
     models: Models<'_, B>,
     tol: &Tolerances,
     options: &RunOptions,
+    observer: &mut dyn Observer,
 ) -> Result<FamilyResult, NoProteins> {
     if proteins.is_empty() {
         return Err(NoProteins {
@@ -345,8 +347,13 @@ pub fn run_proteins<B: Backend>(
     let hidden = models.reference.config.hidden_size;
     let mut records = Vec::with_capacity(proteins.len());
     for chunk in order.chunks(MIXED_BATCH_MAX) {
+        // A stop (a signal) ends the family between batches; the campaign discards it.
+        if observer.stop_requested() {
+            break;
+        }
         let batch: Vec<Protein> = chunk.iter().map(|&i| proteins[i].clone()).collect();
         runs += 1;
+        observer.case_started(name, runs, &batch);
         // Properties 1-6 as `check_against_reference` judges a padded batch, and each
         // record's own error for the outlier rankings.
         let reference = run_case(models.reference, &batch, Layout::Padded);
@@ -361,6 +368,7 @@ pub fn run_proteins<B: Backend>(
             chunk,
             hidden,
         ));
+        observer.case_judged(name, runs, &batch, &verdicts);
         log.record(&batch, &verdicts);
         let failed: Vec<Verdict> = verdicts.iter().filter(|v| !v.passed).cloned().collect();
         if failure.is_none() && (!failed.is_empty() || verdicts.is_empty()) {
@@ -375,7 +383,9 @@ pub fn run_proteins<B: Backend>(
             });
         }
     }
-    let localisation = if options.localise {
+    // A stopped family is discarded: no more model runs for it.
+    let stopped = observer.stop_requested();
+    let localisation = if options.localise && !stopped {
         log.localise(failure.as_ref(), models, Layout::Padded, tol)
     } else {
         None
@@ -428,18 +438,15 @@ pub fn run_real_with(
     let mut log = CaseLog::default();
     let mut failure: Option<FamilyFailure> = None;
     let mut runs = 0usize;
-    // The family these cases are logged under (cases.jsonl names the FASTA family by the
-    // report's name; the observer sees the mixed check they run).
-    let family = Family::Mixed(crate::harness::strategies::Stratum::OverLength);
     for chunk in order.chunks(MIXED_BATCH_MAX) {
         if observer.stop_requested() {
             break;
         }
         let batch: Vec<Protein> = chunk.iter().map(|&i| proteins[i].clone()).collect();
         runs += 1;
-        observer.case_started(family, runs, &batch);
+        observer.case_started(name, runs, &batch);
         let verdicts = options.selection.keep(judge(&batch));
-        observer.case_judged(family, runs, &batch, &verdicts);
+        observer.case_judged(name, runs, &batch, &verdicts);
         log.record(&batch, &verdicts);
         let failed: Vec<Verdict> = verdicts.iter().filter(|v| !v.passed).cloned().collect();
         if failure.is_none() && (!failed.is_empty() || verdicts.is_empty()) {

@@ -236,7 +236,7 @@ pub fn cases(default: u32) -> NonZeroU32 {
 pub struct PrintMargins;
 
 impl Observer for PrintMargins {
-    fn case_judged(&mut self, family: Family, run: usize, proteins: &[Protein], v: &[Verdict]) {
+    fn case_judged(&mut self, family: &str, run: usize, proteins: &[Protein], v: &[Verdict]) {
         let lens: Vec<usize> = proteins.iter().map(|p| p.residues.len()).collect();
         let worst = tightest(v).map(|v| v.to_string()).unwrap_or_default();
         println!("{family} run {run} {lens:?}: smallest margin: {worst}");

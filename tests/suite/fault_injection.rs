@@ -284,6 +284,7 @@ fn real_proteins_are_judged_once_each_and_a_fault_is_reported_on_the_shortest_ba
         common::against_fp32(&faulty),
         &tol,
         &options,
+        &mut (),
     )
     .expect("six proteins");
     assert_eq!((result.cases, result.runs), (6, 2));
@@ -297,6 +298,7 @@ fn real_proteins_are_judged_once_each_and_a_fault_is_reported_on_the_shortest_ba
         common::against_fp32(common::shared_model(Precision::F16)),
         &Tolerances::for_precision(Precision::F16),
         &options,
+        &mut (),
     )
     .expect("six proteins");
     assert!(clean.passed, "{:?}", clean.failure.map(|f| f.message));
@@ -306,6 +308,7 @@ fn real_proteins_are_judged_once_each_and_a_fault_is_reported_on_the_shortest_ba
         common::against_fp32(&faulty),
         &tol,
         &options,
+        &mut (),
     );
     assert!(none.is_err(), "zero proteins never pass");
 }

@@ -31,6 +31,7 @@ fn real_proteins_list_their_worst_records_with_where_the_error_is_born() {
         common::against_fp32(test),
         &tol,
         &options(),
+        &mut (),
     )
     .expect("12 proteins");
     let o = result.outliers.expect("real proteins are ranked");
@@ -65,6 +66,7 @@ fn a_perturbed_layer_is_where_the_worst_record_is_localised() {
         common::against_fp32(&test),
         &tol,
         &options(),
+        &mut (),
     )
     .expect("6 proteins");
     let o = result.outliers.expect("ranked");

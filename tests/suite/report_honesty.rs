@@ -284,3 +284,105 @@ fn check_diagnoses_zeroed_rows_as_zero_rows_not_a_length_limit_or_pooling() {
         );
     }
 }
+
+/// `n` short records (10 to 40 residues) as a FASTA file at `path`.
+fn many_records(path: &Path, n: usize) {
+    let residues = "ACDEFGHIKLMNPQRSTVWY".as_bytes();
+    let mut text = String::new();
+    for i in 0..n {
+        let len = 10 + i % 31;
+        let seq: String = (0..len)
+            .map(|j| residues[(i * 7 + j * 13) % residues.len()] as char)
+            .collect();
+        text.push_str(&format!(">r{i}\n{seq}\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn cases_of_fasta_families_are_in_cases_jsonl() {
+    let (work, regressions, tiny) = workspace();
+    let fasta = work.path().join("mine.fasta");
+    many_records(&fasta, 10);
+    let out = work.path().join("campaign");
+    let ran = esmfuzz(&fuzz(
+        &tiny,
+        &regressions,
+        &[
+            "--cases",
+            "1",
+            "--fasta",
+            s(&fasta),
+            "--families",
+            "stratum-tiny",
+            "--out",
+            s(&out),
+        ],
+    ));
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let lines = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
+    let fasta_lines = lines
+        .lines()
+        .filter(|l| l.contains(r#""family":"fasta-mine""#))
+        .count();
+    // 10 records in batches of up to 4: 3 judged cases.
+    assert_eq!(fasta_lines, 3, "{lines}");
+}
+
+#[test]
+fn sigint_inside_a_2000_record_fasta_family_stops_within_5_s() {
+    let (work, regressions, _) = workspace();
+    let fasta = work.path().join("proteome.fasta");
+    many_records(&fasta, 2000);
+    let out = work.path().join("campaign");
+    // The real 8M model: its 500 batches take far longer than 5 s on these machines, so
+    // only a stop between batches ends the family in time.
+    let weights = common::weights_path();
+    let args = fuzz(
+        &weights,
+        &regressions,
+        &[
+            "--cases",
+            "1",
+            "--fasta",
+            s(&fasta),
+            "--families",
+            "stratum-tiny",
+            "--out",
+            s(&out),
+        ],
+    );
+    let child = binary::spawn(&args);
+    let pid = child.id();
+    let started = Instant::now();
+    // Ready once the FASTA family has judged a case.
+    while !std::fs::read_to_string(out.join("cases.jsonl"))
+        .unwrap_or_default()
+        .contains("fasta-proteome")
+    {
+        assert!(
+            started.elapsed() < binary::HANG,
+            "the FASTA family never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent = Instant::now();
+    kill("-INT", pid);
+    let ran = binary::wait(child, &args);
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "stopped {:?} after SIGINT",
+        sent.elapsed()
+    );
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    let r = report(&out);
+    assert_eq!(r["complete"], false);
+    assert!(
+        r["families"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["family"] != "fasta-proteome"),
+        "the family under way is discarded"
+    );
+}
