@@ -339,50 +339,23 @@ pub fn run_proteins<B: Backend>(
         });
     }
     let start = Instant::now();
-    let mut order: Vec<usize> = (0..proteins.len()).collect();
-    order.sort_by_key(|&i| proteins[i].residues.len());
-    let mut log = CaseLog::default();
-    let mut failure: Option<FamilyFailure> = None;
-    let mut runs = 0usize;
     let hidden = models.reference.config.hidden_size;
     let mut records = Vec::with_capacity(proteins.len());
-    for chunk in order.chunks(MIXED_BATCH_MAX) {
-        // A stop (a signal) ends the family between batches; the campaign discards it.
-        if observer.stop_requested() {
-            break;
-        }
-        let batch: Vec<Protein> = chunk.iter().map(|&i| proteins[i].clone()).collect();
-        runs += 1;
-        observer.case_started(name, runs, &batch);
-        // Properties 1-6 as `check_against_reference` judges a padded batch, and each
-        // record's own error for the outlier rankings.
-        let reference = run_case(models.reference, &batch, Layout::Padded);
-        let test = run_case(models.test, &batch, Layout::Padded);
-        let verdicts = options
-            .selection
-            .keep(judge_against(&test, &reference, &batch, hidden, tol));
-        records.extend(record_errors(
-            &test.last,
-            &reference.last,
-            &batch,
-            chunk,
-            hidden,
-        ));
-        observer.case_judged(name, runs, &batch, &verdicts);
-        log.record(&batch, &verdicts);
-        let failed: Vec<Verdict> = verdicts.iter().filter(|v| !v.passed).cloned().collect();
-        if failure.is_none() && (!failed.is_empty() || verdicts.is_empty()) {
-            failure = Some(FamilyFailure {
-                message: failures(&verdicts)
-                    .unwrap_or_else(|| "none of the selected properties was judged".into()),
-                verdicts: failed,
-                minimal_fasta: fasta_text(&batch),
-                minimal: batch,
-                cases_to_failure: runs,
-                counterexample: None,
-            });
-        }
-    }
+    // Properties 1-6 as `check_against_reference` judges a padded batch, and each record's
+    // own error for the outlier rankings.
+    let RealBatches { log, failure, runs } =
+        judge_batches(name, proteins, options, observer, &mut |chunk, batch| {
+            let reference = run_case(models.reference, batch, Layout::Padded);
+            let test = run_case(models.test, batch, Layout::Padded);
+            records.extend(record_errors(
+                &test.last,
+                &reference.last,
+                batch,
+                chunk,
+                hidden,
+            ));
+            judge_against(&test, &reference, batch, hidden, tol)
+        });
     // A stopped family is discarded: no more model runs for it.
     let stopped = observer.stop_requested();
     let localisation = if options.localise && !stopped {
@@ -433,19 +406,58 @@ pub fn run_real_with(
         });
     }
     let start = Instant::now();
+    let RealBatches { log, failure, runs } =
+        judge_batches(name, proteins, options, observer, &mut |_, batch| {
+            judge(batch)
+        });
+    Ok(log.into_result(
+        name.to_string(),
+        precision,
+        proteins.len() as u32,
+        runs,
+        0,
+        failure,
+        None,
+        Vec::new(),
+        start,
+    ))
+}
+
+/// A batch's check, given the batch's indices into the proteins and the batch.
+type BatchJudge<'a> = dyn FnMut(&[usize], &[Protein]) -> Vec<Verdict> + 'a;
+
+/// What [`judge_batches`] found.
+struct RealBatches {
+    log: CaseLog,
+    failure: Option<FamilyFailure>,
+    runs: usize,
+}
+
+/// Every record of `proteins` once, in batches of up to [`MIXED_BATCH_MAX`] records of
+/// similar length (shortest first), each judged by `judge` (given the batch's indices into
+/// `proteins`) and seen by `observer`; the failure is the first failing batch. Stops between
+/// batches when the observer asks.
+fn judge_batches(
+    name: &str,
+    proteins: &[Protein],
+    options: &RunOptions,
+    observer: &mut dyn Observer,
+    judge: &mut BatchJudge<'_>,
+) -> RealBatches {
     let mut order: Vec<usize> = (0..proteins.len()).collect();
     order.sort_by_key(|&i| proteins[i].residues.len());
     let mut log = CaseLog::default();
     let mut failure: Option<FamilyFailure> = None;
     let mut runs = 0usize;
     for chunk in order.chunks(MIXED_BATCH_MAX) {
+        // A stop (a signal) ends the family between batches; the campaign discards it.
         if observer.stop_requested() {
             break;
         }
         let batch: Vec<Protein> = chunk.iter().map(|&i| proteins[i].clone()).collect();
         runs += 1;
         observer.case_started(name, runs, &batch);
-        let verdicts = options.selection.keep(judge(&batch));
+        let verdicts = options.selection.keep(judge(chunk, &batch));
         observer.case_judged(name, runs, &batch, &verdicts);
         log.record(&batch, &verdicts);
         let failed: Vec<Verdict> = verdicts.iter().filter(|v| !v.passed).cloned().collect();
@@ -461,17 +473,7 @@ pub fn run_real_with(
             });
         }
     }
-    Ok(log.into_result(
-        name.to_string(),
-        precision,
-        proteins.len() as u32,
-        runs,
-        0,
-        failure,
-        None,
-        Vec::new(),
-        start,
-    ))
+    RealBatches { log, failure, runs }
 }
 
 /// A set of real proteins with none in it: judging it would pass on nothing.
