@@ -599,3 +599,105 @@ fn sigint_during_a_hung_call_stops_at_once_incomplete_and_leaves_no_child() {
     assert_eq!(report(&out)["complete"], false);
     assert_all_gone(&pids);
 }
+
+/// A child started with piped stdout, killed and reaped when dropped; [`Guarded::address`]
+/// waits for its `listening on http://ADDR` line.
+struct Guarded(Child);
+
+impl Guarded {
+    fn address(&mut self) -> Option<String> {
+        let stdout = self.0.stdout.take()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        rx.recv_timeout(binary::HANG).ok()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SIGTERM first: the forwarder stops MLServer's workers on it.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_real_third_party_oip_server_mlserver_is_fuzzed_through_oip() {
+    // Installed by the test's script; skipped, saying why, only where it cannot install.
+    let install = Command::new("bash")
+        .arg(common::repo().join("scripts/install_mlserver.sh"))
+        .current_dir(common::repo())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("bash runs");
+    if !install.status.success() {
+        eprintln!(
+            "SKIPPED: MLServer could not be installed here: {}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        return;
+    }
+    let python = common::repo().join(String::from_utf8_lossy(&install.stdout).trim());
+    let server = Server::start("--precision f16 --degrade scale-layer-output=0.1");
+    let mut mlserver = Guarded(
+        Command::new(&python)
+            .arg(common::repo().join("scripts/oip_forwarder.py"))
+            .args([
+                "--forward",
+                &format!("http://{}/", server.address),
+                "--port",
+                "0",
+                "--name",
+                "esm2",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the MLServer launcher starts"),
+    );
+    let address = mlserver
+        .address()
+        .expect("MLServer printed its address once ready");
+    let c = Campaign::new();
+    let (ran, out) = c.fuzz(
+        "mlserver",
+        &format!("oip://{address}/esm2"),
+        &[
+            "--families",
+            "stratum-short",
+            "--max-stratum",
+            "short",
+            "--cases",
+            "6",
+            "--seed",
+            "5",
+            "--bound-of",
+            "f16",
+        ],
+    );
+    assert_eq!(
+        ran.code, 1,
+        "the fault behind MLServer is found: {}",
+        ran.stderr
+    );
+    let r = report(&out);
+    assert_eq!(r["deployment"]["transport"], "oip");
+    assert!(
+        r["deployment"]["handshake"]["oip_metadata"]["platform"].is_string(),
+        "{}",
+        r["deployment"]
+    );
+    assert!(failed_properties(&r).contains(&"pooled-relative-l2".to_string()));
+}
