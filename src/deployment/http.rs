@@ -209,6 +209,7 @@ impl Transport for Oip {
     /// handshake of it (dtype from the output tensor's datatype).
     fn hello(&mut self, deadline: Instant, stop: &AtomicBool) -> Result<Handshake, TransportError> {
         let ready = self.url("/ready");
+        let waiting = deadline.saturating_duration_since(Instant::now());
         let last_error = loop {
             let client = self.client.clone();
             let url = ready.clone();
@@ -216,6 +217,9 @@ impl Transport for Oip {
             match on_thread(until, stop, move || client.send("GET", &url, None)) {
                 Ok(_) => break None,
                 Err(TransportError::Stopped) => return Err(TransportError::Stopped),
+                Err(TransportError::Timeout(_)) if Instant::now() >= deadline => {
+                    break Some(TransportError::Timeout(waiting));
+                }
                 Err(e) if Instant::now() >= deadline => break Some(e),
                 // Not up yet: poll again shortly (readiness, not a fixed wait).
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
