@@ -99,7 +99,7 @@ pub struct FuzzArgs {
 
 /// `plan` restricted to the families `--families` names (all when it names none); a name
 /// not in the plan is an error listing the plan.
-pub(super) fn select_families(plan: Vec<Family>, names: &[String]) -> Result<Vec<Family>> {
+fn select_families(plan: Vec<Family>, names: &[String]) -> Result<Vec<Family>> {
     if names.is_empty() {
         return Ok(plan);
     }
@@ -759,15 +759,13 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     if args.deployment.endpoint.is_some() {
         return super::fuzz_deployment::run(&args, start);
     }
-    let Start {
+    let Planned {
+        spec,
         out,
         claim,
-        regressions,
         stopped,
-        cases,
-        real_proteins,
         fasta_sha256,
-    } = start;
+    } = start.plan(Family::campaign(args.max_stratum), &args)?;
     let checkpoint = args.model.open()?;
     let digest = sha256_of(&checkpoint.file.path)?;
     let config = &checkpoint.config;
@@ -781,24 +779,6 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     let plan = args.policy.plan(backend, gemm)?;
     esmfuzz::model::flash::preflight(&plan, &checkpoint.config)?;
     let policy = describe_policy(&plan, &places);
-    let seed = stopped
-        .as_ref()
-        .map(|s| s.campaign.seed)
-        .or(args.seed)
-        .unwrap_or_else(fresh_seed);
-    let spec = CampaignSpec {
-        families: select_families(Family::campaign(args.max_stratum), &args.families)?,
-        cases,
-        seed,
-        regressions,
-        out_dir: out.clone(),
-        real_proteins,
-        completed: stopped
-            .as_ref()
-            .map(|s| s.campaign.families.clone())
-            .unwrap_or_default(),
-        shard: args.shard,
-    };
     let (esmfuzz_version, git_commit) = RunHeader::this_build();
     let header = RunHeader {
         esmfuzz_version,
@@ -895,7 +875,55 @@ pub(super) struct Start {
     pub fasta_sha256: std::collections::BTreeMap<String, String>,
 }
 
+/// A [`Start`] made into the campaign's plan: what runs, and where.
+pub(super) struct Planned {
+    pub spec: CampaignSpec,
+    pub out: PathBuf,
+    pub claim: Claim,
+    pub stopped: Option<SavedReport>,
+    pub fasta_sha256: std::collections::BTreeMap<String, String>,
+}
+
 impl Start {
+    /// The campaign of `families` (narrowed by `--families`) with the stopped campaign's seed
+    /// and finished families when resumed, else `--seed` or a fresh one.
+    pub fn plan(self, families: Vec<Family>, args: &FuzzArgs) -> Result<Planned> {
+        let Start {
+            out,
+            claim,
+            regressions,
+            stopped,
+            cases,
+            real_proteins,
+            fasta_sha256,
+        } = self;
+        let seed = stopped
+            .as_ref()
+            .map(|s| s.campaign.seed)
+            .or(args.seed)
+            .unwrap_or_else(fresh_seed);
+        let spec = CampaignSpec {
+            families: select_families(families, &args.families)?,
+            cases,
+            seed,
+            regressions,
+            out_dir: out.clone(),
+            real_proteins,
+            completed: stopped
+                .as_ref()
+                .map(|s| s.campaign.families.clone())
+                .unwrap_or_default(),
+            shard: args.shard,
+        };
+        Ok(Planned {
+            spec,
+            out,
+            claim,
+            stopped,
+            fasta_sha256,
+        })
+    }
+
     pub fn of(args: &FuzzArgs) -> Result<Self> {
         // Every input is checked before anything in the campaign folder is touched.
         let (out, claim) = match (&args.resume, args.overwrite) {
@@ -1115,9 +1143,11 @@ impl Claimed<'_> {
                 .map_err(std::io::Error::other)
         };
         let report = run_campaign_with(runner, spec, options, &mut observer, &mut write)?;
-        // Once more with the subject's last figures (a family discarded by a stop is not
-        // followed by a write of its own).
-        write(&report)?;
+        // A family discarded by a stop is not followed by a write of its own: once more, with
+        // the subject's last figures.
+        if !report.complete() {
+            write(&report)?;
+        }
         bar.finish_and_clear();
         if let Some(e) = observer.write_error {
             return Err(anyhow::Error::new(e).context(format!("writing {}", lines_path.display())));

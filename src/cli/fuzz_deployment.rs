@@ -14,8 +14,8 @@ use esmfuzz::deployment::http::{HttpLines, Oip, OipOptions};
 use esmfuzz::deployment::protocol::{Handshake, PROTOCOL_VERSION};
 use esmfuzz::deployment::transport::Transport;
 use esmfuzz::deployment::{Deployment, Endpoint, Timeouts};
-use esmfuzz::harness::campaign::{CampaignSpec, SubjectRunner};
-use esmfuzz::harness::cases::{Oracle, run_case};
+use esmfuzz::harness::campaign::SubjectRunner;
+use esmfuzz::harness::cases::Oracle;
 use esmfuzz::harness::deployment::{DeploymentBounds, Pooling, check_pooled, generate_cases};
 use esmfuzz::harness::driver::{MAX_SHRINK_ITERS, RunOptions, ShrinkBudget};
 use esmfuzz::harness::family::Family;
@@ -27,7 +27,7 @@ use esmfuzz::model::{AttentionKernel, ComputePlan, FaultSet, Fp32Places, ModelSp
 use esmfuzz::named::Named;
 use esmfuzz::with_backend;
 
-use super::fuzz::{Campaign, FuzzArgs, Start, check_plan, fresh_seed, sha256_of, stop_on_signals};
+use super::fuzz::{Campaign, FuzzArgs, Planned, Start, check_plan, sha256_of, stop_on_signals};
 use super::policy::PolicyArgs;
 use super::report::{DeploymentSection, ModelSize, RunHeader};
 use super::{Outcome, named};
@@ -119,42 +119,19 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
     {
         bail!("--deployment-name '{name}': use letters, digits, '.', '_' and '-' (it names files)");
     }
-    let Start {
+    let Planned {
+        spec,
         out,
         claim,
-        regressions,
         stopped,
-        cases,
-        real_proteins,
         fasta_sha256,
-    } = start;
+    } = start.plan(Family::deployment_campaign(args.max_stratum), args)?;
     let checkpoint = args.model.open()?;
     let digest = sha256_of(&checkpoint.file.path)?;
     let config = checkpoint.config.clone();
     let backend = args.model.backend;
     let gemm = args.policy.gemm(backend)?;
     let ref_plan = PolicyArgs::reference_plan(backend, gemm)?;
-    let seed = stopped
-        .as_ref()
-        .map(|s| s.campaign.seed)
-        .or(args.seed)
-        .unwrap_or_else(fresh_seed);
-    let spec = CampaignSpec {
-        families: super::fuzz::select_families(
-            Family::deployment_campaign(args.max_stratum),
-            &args.families,
-        )?,
-        cases,
-        seed,
-        regressions,
-        out_dir: out.clone(),
-        real_proteins,
-        completed: stopped
-            .as_ref()
-            .map(|s| s.campaign.families.clone())
-            .unwrap_or_default(),
-        shard: args.shard,
-    };
     let (esmfuzz_version, git_commit) = RunHeader::this_build();
     let mut header = RunHeader {
         esmfuzz_version,
@@ -445,14 +422,7 @@ fn identity_probe<B: burn::tensor::backend::Backend>(
     }
     let oracle_states: Vec<Vec<f32>> = probes
         .iter()
-        .flat_map(|p| {
-            run_case(
-                oracle.model,
-                std::slice::from_ref(p),
-                esmfuzz::batch::Layout::Padded,
-            )
-            .last
-        })
+        .flat_map(|p| oracle.run(std::slice::from_ref(p)).last)
         .collect();
     let ours: Vec<Vec<f32>> = oracle_states
         .iter()

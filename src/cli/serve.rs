@@ -3,7 +3,7 @@
 //! the Open Inference Protocol's endpoints). A hidden `--degrade` builds a deliberately
 //! faulty deployment for tests and for measuring what `fuzz --deployment` detects.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read as _, Write};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -416,8 +416,6 @@ fn serve_http<B: Backend>(
     }
     Ok(())
 }
-
-use std::io::Read as _;
 
 /// The status and body for one HTTP request.
 fn route<B: Backend>(

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 
 use super::cases::Models;
-use super::cases::Oracle;
+use super::cases::{Oracle, against_oracle};
 use super::driver::{
     FamilySubject, NoProteins, Observer, RunOptions, replay_seeds, run_family, run_family_with,
     run_proteins, run_real_with,
@@ -21,6 +21,7 @@ use super::subject::Subject;
 use super::summary::FamilyResult;
 use super::verdict::Verdict;
 use super::verdict::{Selection, Tolerances};
+use crate::batch::Layout;
 use crate::input::{Protein, write_fasta};
 use crate::model::Precision;
 
@@ -276,8 +277,17 @@ impl<B: Backend> Runner for SubjectRunner<'_, B> {
         options: &RunOptions,
         observer: &mut dyn Observer,
     ) -> Result<FamilyResult, NoProteins> {
-        let family = Family::Mixed(crate::harness::strategies::Stratum::OverLength);
-        let judge = self.judge(family);
+        // A user's records are judged as a padded mixed batch is, against the oracle.
+        let judge = |batch: &[Protein]| {
+            against_oracle(
+                self.oracle,
+                self.subject,
+                self.twin,
+                batch,
+                Layout::Padded,
+                &self.tol,
+            )
+        };
         let mut observer = UntilExhausted {
             inner: observer,
             subject: self.subject,

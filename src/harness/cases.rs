@@ -10,7 +10,7 @@ use super::heads::{HeadTolerances, classifier_agreement, contact_agreement};
 use super::localise::{Localisation, localise};
 use super::properties::{
     against_reference, finite_layers, isolation, packed_vs_padded, pooled_against, rows_agree,
-    within_twin,
+    rows_identical_within, within_twin,
 };
 use super::subject::{CallError, InProcess, Subject, SubjectStates};
 use super::verdict::{PropertyId, Tolerances, Verdict};
@@ -208,6 +208,27 @@ pub struct Oracle<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Oracle<'a, B> {
+    /// The oracle's padded FP32 states of `proteins` as one batch, its time added to the
+    /// clock.
+    pub fn run(&self, proteins: &[Protein]) -> CaseStates {
+        let started = std::time::Instant::now();
+        let states = run_case(self.model, proteins, Layout::Padded);
+        if let Some(clock) = self.clock {
+            clock.set(clock.get() + started.elapsed());
+        }
+        states
+    }
+
+    /// The pooled rows of `states`, pooled as the subject pools.
+    pub fn pooled(&self, states: &CaseStates) -> Vec<Vec<f32>> {
+        let hidden = self.model.config.hidden_size;
+        states
+            .last
+            .iter()
+            .map(|s| self.pooling.pool(s, hidden))
+            .collect()
+    }
+
     /// `model`, pooled over residues (BOS and EOS excluded).
     pub fn of(model: &'a Esm2<B>) -> Self {
         Self {
@@ -241,11 +262,7 @@ pub fn against_oracle<B: Backend>(
     tol: &Tolerances,
 ) -> Vec<Verdict> {
     let hidden = oracle.model.config.hidden_size;
-    let started = std::time::Instant::now();
-    let reference = run_case(oracle.model, proteins, Layout::Padded);
-    if let Some(clock) = oracle.clock {
-        clock.set(clock.get() + started.elapsed());
-    }
+    let reference = oracle.run(proteins);
     let test = match run_checked(subject, proteins, layout, hidden) {
         Ok(states) => states,
         Err(verdict) => return vec![verdict],
@@ -254,11 +271,7 @@ pub fn against_oracle<B: Backend>(
     let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
     let mut verdicts = Vec::new();
     if caps.remote {
-        let pooled: Vec<Vec<f32>> = reference
-            .last
-            .iter()
-            .map(|s| oracle.pooling.pool(s, hidden))
-            .collect();
+        let pooled = oracle.pooled(&reference);
         verdicts.extend(pooled_against(&test.pooled, &pooled, &names, tol));
         if let Some(last) = &test.last {
             verdicts.extend(against_reference(
@@ -504,13 +517,6 @@ pub fn check_order(subject: &dyn Subject, proteins: &[Protein], tol: &Tolerances
         let forward = subject.run(proteins, Layout::Padded)?.pooled;
         let mut backward = subject.run(&reversed, Layout::Padded)?.pooled;
         backward.reverse();
-        if forward.len() != proteins.len() || backward.len() != proteins.len() {
-            return Err(CallError::Broken {
-                call: 0,
-                what: "the wrong number of rows".into(),
-                stderr_tail: String::new(),
-            });
-        }
         Ok(if subject.capabilities().remote {
             rows_agree(
                 PropertyId::OrderIndependent,
@@ -520,17 +526,12 @@ pub fn check_order(subject: &dyn Subject, proteins: &[Protein], tol: &Tolerances
                 tol.relative_l2,
             )
         } else {
-            let diffs: Vec<f64> = forward
-                .iter()
-                .zip(&backward)
-                .map(|(a, b)| crate::harness::metrics::max_abs_diff(a, b))
-                .collect();
-            let (worst, at) = crate::harness::metrics::argmax(&diffs);
-            Verdict::at_most(
+            rows_identical_within(
                 PropertyId::OrderIndependent,
-                worst,
+                &forward,
+                &backward,
+                &names,
                 tol.isolation_abs,
-                names.get(at).cloned().unwrap_or_default(),
             )
         })
     };
@@ -547,21 +548,12 @@ pub fn check_determinism(subject: &dyn Subject, proteins: &[Protein]) -> Vec<Ver
         }
         let first = subject.run(proteins, Layout::Padded)?.pooled;
         let second = subject.run(proteins, Layout::Padded)?.pooled;
-        let diffs: Vec<f64> = first
-            .iter()
-            .zip(&second)
-            .map(|(a, b)| crate::harness::metrics::max_abs_diff(a, b))
-            .collect();
-        let (worst, at) = if diffs.len() == proteins.len() {
-            crate::harness::metrics::argmax(&diffs)
-        } else {
-            (f64::NAN, 0)
-        };
-        Ok(Verdict::at_most(
+        Ok(rows_identical_within(
             PropertyId::Deterministic,
-            worst,
+            &first,
+            &second,
+            &names,
             0.0,
-            names.get(at).cloned().unwrap_or_default(),
         ))
     };
     vec![judged().unwrap_or_else(|e| e.verdict())]
@@ -602,12 +594,7 @@ pub fn check_over_length<B: Backend>(
             vec![named(false, "rows of the wrong shape".into())]
         }
         Ok(states) => {
-            let reference = run_case(oracle.model, proteins, Layout::Padded);
-            let pooled: Vec<Vec<f32>> = reference
-                .last
-                .iter()
-                .map(|s| oracle.pooling.pool(s, hidden))
-                .collect();
+            let pooled = oracle.pooled(&oracle.run(proteins));
             let mut verdicts = pooled_against(&states.pooled, &pooled, &names, tol);
             let truncated = verdicts.iter().all(|v| v.passed);
             verdicts.push(named(

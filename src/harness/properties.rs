@@ -355,18 +355,41 @@ pub fn rows_agree(
     names: &[String],
     bound: f64,
 ) -> Verdict {
-    let l2: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .map(|(a, b)| metrics::relative_l2(a, b))
-        .collect();
-    let (worst, at) = metrics::argmax(&l2);
+    let (worst, at) = worst_row(a, b, metrics::relative_l2);
     Verdict::below(
         property,
         worst,
         bound,
         names.get(at).cloned().unwrap_or_default(),
     )
+}
+
+/// Two runs of the same proteins give each row the same values within `threshold` in max
+/// |diff| (0: bit-identical); the detail names the worst row.
+pub fn rows_identical_within(
+    property: PropertyId,
+    a: &[Vec<f32>],
+    b: &[Vec<f32>],
+    names: &[String],
+    threshold: f64,
+) -> Verdict {
+    let (worst, at) = worst_row(a, b, metrics::max_abs_diff);
+    Verdict::at_most(
+        property,
+        worst,
+        threshold,
+        names.get(at).cloned().unwrap_or_default(),
+    )
+}
+
+/// The largest `distance` between paired rows and its row; NaN when the runs hold different
+/// numbers of rows (nothing to pair is no agreement).
+fn worst_row(a: &[Vec<f32>], b: &[Vec<f32>], distance: fn(&[f32], &[f32]) -> f64) -> (f64, usize) {
+    if a.len() != b.len() {
+        return (f64::NAN, 0);
+    }
+    let d: Vec<f64> = a.iter().zip(b).map(|(a, b)| distance(a, b)).collect();
+    metrics::argmax(&d)
 }
 
 /// Properties 1-6 of `test` states against `reference` states (one case, both complete).

@@ -302,51 +302,49 @@ fn a_residue_pattern_fault_shrinks_to_at_most_twice_the_shortest_trigger() {
     );
 }
 
-/// `esmfuzz serve --listen 127.0.0.1:0` with `extra` flags: the child and its address, once
-/// it has printed it (its readiness line).
+/// `esmfuzz serve --listen 127.0.0.1:0` with `extra` flags: the child (killed and reaped
+/// when dropped) and its address, once it has printed it (its readiness line).
 struct Server {
-    child: Child,
+    _child: Guarded,
     address: String,
 }
 
 impl Server {
     fn start(extra: &str) -> Self {
         let weights = common::weights_path();
-        let mut child = Command::new(common::esmfuzz_bin())
-            .args(["serve", "--weights", s(&weights), "--listen", "127.0.0.1:0"])
-            .args(extra.split_whitespace())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("esmfuzz serve starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(a) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(a.to_string());
-                }
-            }
-        });
-        let address = match rx.recv_timeout(binary::HANG) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("esmfuzz serve --listen printed no address");
-            }
-        };
-        Self { child, address }
+        let mut child = Guarded(
+            Command::new(common::esmfuzz_bin())
+                .args(["serve", "--weights", s(&weights), "--listen", "127.0.0.1:0"])
+                .args(extra.split_whitespace())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("esmfuzz serve starts"),
+        );
+        let address = child
+            .address()
+            .expect("esmfuzz serve --listen printed its address");
+        Self {
+            _child: child,
+            address,
+        }
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The campaign that finds a layer scaled by 1.1 behind a server: stratum-short, f16 bounds.
+const FIND_SCALED_LAYER: &[&str] = &[
+    "--families",
+    "stratum-short",
+    "--max-stratum",
+    "short",
+    "--cases",
+    "6",
+    "--seed",
+    "5",
+    "--bound-of",
+    "f16",
+];
 
 #[test]
 fn a_fault_is_found_over_http_protocol_1_and_over_the_open_inference_protocol() {
@@ -356,22 +354,7 @@ fn a_fault_is_found_over_http_protocol_1_and_over_the_open_inference_protocol() 
         ("oip", format!("oip://{}/esm2", server.address)),
     ] {
         let c = Campaign::new();
-        let (ran, out) = c.fuzz(
-            run,
-            &deployment,
-            &[
-                "--families",
-                "stratum-short",
-                "--max-stratum",
-                "short",
-                "--cases",
-                "6",
-                "--seed",
-                "5",
-                "--bound-of",
-                "f16",
-            ],
-        );
+        let (ran, out) = c.fuzz(run, &deployment, FIND_SCALED_LAYER);
         assert_eq!(ran.code, 1, "{run}: {}", ran.stderr);
         let r = report(&out);
         assert_eq!(r["deployment"]["transport"], run);
@@ -505,6 +488,33 @@ fn non_finite_rows_from_python_json_are_judged_non_finite() {
     let (ran, report) = run_hostile("nan", &[]);
     assert_eq!(ran.code, 1, "{}", ran.stderr);
     assert!(failed_properties(&report.expect("a report")).contains(&"non-finite".to_string()));
+}
+
+#[test]
+fn answers_that_differ_by_a_millionth_between_two_identical_requests_fail_determinism() {
+    let c = Campaign::new();
+    let pids = c.regressions.with_file_name("pids");
+    let (ran, out) = c.fuzz(
+        "jitter",
+        &hostile("jitter", &pids),
+        &[
+            "--families",
+            "determinism-up-to-short",
+            "--max-stratum",
+            "short",
+            "--cases",
+            "8",
+            "--seed",
+            "3",
+            "--bound-of",
+            "f32",
+            "--shrink-calls",
+            "16",
+        ],
+    );
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    assert!(failed_properties(&report(&out)).contains(&"deterministic".to_string()));
+    assert_all_gone(&pids);
 }
 
 #[test]
@@ -674,18 +684,7 @@ fn a_real_third_party_oip_server_mlserver_is_fuzzed_through_oip() {
     let (ran, out) = c.fuzz(
         "mlserver",
         &format!("oip://{address}/esm2"),
-        &[
-            "--families",
-            "stratum-short",
-            "--max-stratum",
-            "short",
-            "--cases",
-            "6",
-            "--seed",
-            "5",
-            "--bound-of",
-            "f16",
-        ],
+        FIND_SCALED_LAYER,
     );
     assert_eq!(
         ran.code, 1,
