@@ -601,8 +601,13 @@ fn fasta_family_names(paths: &[PathBuf]) -> Vec<String> {
 /// the process at once with exit 2 (not 1, which means a property failed), saying what
 /// state `out` is left in.
 pub(super) fn stop_on_signals(stop: &Arc<AtomicBool>, out: &Path) -> Result<()> {
+    stop_on_signals_saying(stop, second_signal_message(out))
+}
+
+/// [`stop_on_signals`] for any command: a second signal prints `second` and exits 2.
+pub(super) fn stop_on_signals_saying(stop: &Arc<AtomicBool>, second: String) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let message: Arc<Vec<u8>> = Arc::new(second_signal_message(out).into_bytes());
+    let message: Arc<Vec<u8>> = Arc::new(second.into_bytes());
     for signal in [SIGINT, SIGTERM] {
         let stop = Arc::clone(stop);
         let message = Arc::clone(&message);

@@ -46,10 +46,6 @@ pub struct DeploymentArgs {
     /// digits, '.', '_', '-'); default: the handshake's model and dtype.
     #[arg(long, requires = "endpoint")]
     pub deployment_name: Option<String>,
-    /// How the deployment pools its rows (the oracle pools the same way): residue-mean
-    /// (BOS and EOS excluded), all-mean, bos.
-    #[arg(long, value_parser = named::<Pooling>(), default_value = "residue-mean")]
-    pub pooling: Pooling,
     /// Judge with the bounds of this precision (default: the handshake's dtype).
     #[arg(long, value_parser = named::<Precision>(), requires = "endpoint")]
     pub bound_of: Option<Precision>,
@@ -57,18 +53,29 @@ pub struct DeploymentArgs {
     /// same case (within 2x plus 1e-4 relative L2).
     #[arg(long, requires = "endpoint")]
     pub twin_judge: bool,
-    /// Seconds one call may take.
-    #[arg(long, default_value_t = 120)]
-    pub call_timeout: u64,
-    /// Seconds the handshake and the first call may take (a deployment may compile first).
-    #[arg(long, default_value_t = 600)]
-    pub first_call_timeout: u64,
     /// Calls a failure may spend shrinking (each shrink step is one case judged).
     #[arg(long, default_value_t = MAX_SHRINK_ITERS)]
     pub shrink_calls: u32,
     /// Seconds a failure may spend shrinking.
     #[arg(long, default_value_t = 600)]
     pub shrink_seconds: u32,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// How to reach and read a deployment (`fuzz --deployment` and `power --deployment`).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct ConnectArgs {
+    /// How the deployment pools its rows (the oracle pools the same way): residue-mean
+    /// (BOS and EOS excluded), all-mean, bos.
+    #[arg(long, value_parser = named::<Pooling>(), default_value = "residue-mean")]
+    pub pooling: Pooling,
+    /// Seconds one call may take.
+    #[arg(long, default_value_t = 120)]
+    pub call_timeout: u64,
+    /// Seconds the handshake and the first call may take (a deployment may compile first).
+    #[arg(long, default_value_t = 600)]
+    pub first_call_timeout: u64,
     /// An HTTP header for every request, 'Name: value' (repeatable; e.g. authorisation).
     #[arg(long = "header")]
     pub headers: Vec<String>,
@@ -86,6 +93,63 @@ pub struct DeploymentArgs {
     pub max_response_bytes: usize,
 }
 
+impl ConnectArgs {
+    /// The `--header` values as (name, value) pairs.
+    pub fn headers(&self) -> Result<Vec<(String, String)>> {
+        self.headers
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .filter(|(k, _)| !k.is_empty())
+                    .with_context(|| format!("--header '{h}': expected 'Name: value'"))
+            })
+            .collect()
+    }
+
+    /// Starts (or reaches) the deployment at `endpoint` and shakes hands with it: a child
+    /// process's stderr goes to `stderr_log`; `shape` is `--weights`'s (hidden, layers).
+    pub fn start(
+        &self,
+        endpoint: &Endpoint,
+        headers: Vec<(String, String)>,
+        stderr_log: std::path::PathBuf,
+        shape: (usize, usize),
+        stop: Arc<AtomicBool>,
+    ) -> Result<Deployment> {
+        let transport: Box<dyn Transport> = match endpoint {
+            Endpoint::Process(argv) => Box::new(ChildProcess::new(
+                argv.clone(),
+                stderr_log,
+                self.max_response_bytes,
+            )),
+            Endpoint::Http(url) => Box::new(HttpLines::new(
+                url.clone(),
+                headers,
+                self.max_response_bytes,
+            )),
+            Endpoint::Oip { base, model } => Box::new(Oip::new(
+                base.clone(),
+                model.clone(),
+                headers,
+                self.max_response_bytes,
+                OipOptions {
+                    input: self.oip_input.clone(),
+                    output: self.oip_output.clone(),
+                    n1: self.oip_shape == "n1",
+                    ..OipOptions::default()
+                },
+                shape,
+            )),
+        };
+        let timeouts = Timeouts {
+            call: Duration::from_secs(self.call_timeout.max(1)),
+            first_call: Duration::from_secs(self.first_call_timeout.max(1)),
+        };
+        Ok(Deployment::start(transport, timeouts, shape.0, stop)?)
+    }
+}
+
 /// The largest response a deployment may send (64 sequences of a 3B model's 2,560 values
 /// are about 2 MB as JSON; token states of a full batch far more).
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
@@ -101,16 +165,7 @@ const IDENTITY_COSINE: f64 = 0.9;
 pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
     let d = &args.deployment;
     let endpoint: Endpoint = d.endpoint.as_deref().unwrap_or_default().parse()?;
-    let headers = d
-        .headers
-        .iter()
-        .map(|h| {
-            h.split_once(':')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .filter(|(k, _)| !k.is_empty())
-                .with_context(|| format!("--header '{h}': expected 'Name: value'"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let headers = d.connect.headers()?;
     if !headers.is_empty() && matches!(endpoint, Endpoint::Process(_)) {
         bail!("--header is for http:// and oip:// deployments, not a child process");
     }
@@ -171,33 +226,14 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
     }
     .claim()?;
     let started = Instant::now();
-    let transport: Box<dyn Transport> = match &endpoint {
-        Endpoint::Process(argv) => Box::new(ChildProcess::new(
-            argv.clone(),
-            out.join(STDERR_LOG),
-            d.max_response_bytes,
-        )),
-        Endpoint::Http(url) => Box::new(HttpLines::new(url.clone(), headers, d.max_response_bytes)),
-        Endpoint::Oip { base, model } => Box::new(Oip::new(
-            base.clone(),
-            model.clone(),
-            headers,
-            d.max_response_bytes,
-            OipOptions {
-                input: d.oip_input.clone(),
-                output: d.oip_output.clone(),
-                n1: d.oip_shape == "n1",
-                ..OipOptions::default()
-            },
-            (config.hidden_size, config.num_hidden_layers),
-        )),
-    };
-    let timeouts = Timeouts {
-        call: Duration::from_secs(d.call_timeout.max(1)),
-        first_call: Duration::from_secs(d.first_call_timeout.max(1)),
-    };
     eprintln!("starting the deployment: {endpoint}");
-    let deployment = Deployment::start(transport, timeouts, config.hidden_size, Arc::clone(&stop))?;
+    let deployment = d.connect.start(
+        &endpoint,
+        headers,
+        out.join(STDERR_LOG),
+        (config.hidden_size, config.num_hidden_layers),
+        Arc::clone(&stop),
+    )?;
     let handshake = deployment.handshake().clone();
     check_handshake(&handshake, config.hidden_size, config.num_hidden_layers)?;
     let precision = match d.bound_of {
@@ -239,7 +275,7 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         endpoint: endpoint.to_string(),
         name: name.as_str().to_string(),
         handshake: handshake.clone(),
-        pooling: d.pooling.name().into(),
+        pooling: d.connect.pooling.name().into(),
         bound_of: precision.name().into(),
         twin_judge: d.twin_judge,
         identity: Vec::new(),
@@ -283,8 +319,9 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         let oracle_clock = std::cell::Cell::new(Duration::ZERO);
         let oracle = Oracle {
             model: &reference,
-            pooling: d.pooling,
+            pooling: d.connect.pooling,
             clock: Some(&oracle_clock),
+            memo: None,
         };
         section.identity = identity_probe(&deployment, oracle)?;
         let runner = SubjectRunner {
@@ -317,7 +354,7 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
 }
 
 /// `--weights` is the truth for shapes: a deployment that says otherwise runs another model.
-fn check_handshake(h: &Handshake, hidden: usize, layers: usize) -> Result<()> {
+pub(super) fn check_handshake(h: &Handshake, hidden: usize, layers: usize) -> Result<()> {
     if h.protocol != PROTOCOL_VERSION {
         bail!(
             "the deployment speaks protocol {}, this esmfuzz protocol {PROTOCOL_VERSION}",
@@ -339,7 +376,7 @@ fn check_handshake(h: &Handshake, hidden: usize, layers: usize) -> Result<()> {
 }
 
 /// The precision whose bounds judge a handshake's dtype.
-fn precision_of_dtype(dtype: &str) -> Result<Precision> {
+pub(super) fn precision_of_dtype(dtype: &str) -> Result<Precision> {
     Ok(match dtype.to_ascii_lowercase().as_str() {
         "float16" | "fp16" | "half" | "f16" => Precision::F16,
         "bfloat16" | "bf16" => Precision::Bf16,
@@ -407,7 +444,7 @@ fn probe_set() -> Vec<esmfuzz::input::Protein> {
 /// Embeds the probe set and stops (an error, exit 2) when the deployment does not run
 /// `--weights` as the oracle pools it: another pooling, BOS pooling, truncation, another
 /// model, with `check`'s diagnosis. Returns what it measured, for the report.
-fn identity_probe<B: burn::tensor::backend::Backend>(
+pub(super) fn identity_probe<B: burn::tensor::backend::Backend>(
     deployment: &Deployment,
     oracle: Oracle<'_, B>,
 ) -> Result<Vec<String>> {

@@ -17,6 +17,7 @@ mod parity;
 mod plots;
 mod policy;
 mod power;
+mod power_deployment;
 mod report;
 mod serve;
 mod synth;

@@ -10,12 +10,13 @@ use plotters::prelude::*;
 
 use esmfuzz::harness::family::Family;
 use esmfuzz::harness::power::{
-    DETECTED, Degradation, PowerCell, PowerReport, PowerSpec, run_power, smallest_detected,
+    DETECTED, Degradation, Judge, PowerCell, PowerReport, PowerSpec, run_power,
 };
 use esmfuzz::harness::verdict::Tolerances;
-use esmfuzz::model::{Esm2, FaultSet};
+use esmfuzz::model::{Esm2, FaultSet, Precision};
 use esmfuzz::with_backend;
 
+use super::fuzz_deployment::ConnectArgs;
 use super::policy::{PolicyArgs, describe_policy};
 use super::{ModelArgs, Outcome, check_outputs, named, write_atomically, write_report};
 
@@ -63,22 +64,29 @@ pub struct PowerArgs {
     /// Folder for power.json, power.md and detection.svg.
     #[arg(long, default_value = "power-out")]
     pub out: PathBuf,
+    /// Measure the judges of `fuzz --deployment` instead of a policy's: the false alarms of
+    /// this deployment (fault-free: another team's stack of one precision, e.g. the HF FP16
+    /// adapter) and the detection of each degradation in `esmfuzz serve` of that precision,
+    /// under the fixed bound and with the twin judge. Same forms as `fuzz --deployment`; the
+    /// precision is the deployment's (--bound-of or its handshake), not --precision.
+    #[arg(long = "deployment")]
+    pub endpoint: Option<String>,
+    /// With --deployment: judge with the bounds of this precision (default: its handshake's
+    /// dtype).
+    #[arg(long, value_parser = named::<Precision>(), requires = "endpoint")]
+    pub bound_of: Option<Precision>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 pub fn run(args: PowerArgs) -> Result<Outcome> {
+    if args.endpoint.is_some() {
+        return super::power_deployment::run(args);
+    }
     // Every argument is checked, and the weights read, before --out is touched.
     let config = args.model.config_only()?;
     let places = args.policy.places(&config)?;
-    let spec = PowerSpec {
-        families: args.families.clone(),
-        degradations: args.degradations.clone(),
-        sizes: args.sizes.clone(),
-        trials: args.trials,
-        counts: args.counts.clone(),
-        seed: args.seed,
-        layer: args.layer.unwrap_or(config.num_hidden_layers / 2),
-    };
-    spec.check(config.num_hidden_layers)?;
+    let spec = args.spec(config.num_hidden_layers)?;
     let outputs = PowerOutputs::new(&args.out);
     outputs.check(&args.model)?;
     let checkpoint = args.model.load()?;
@@ -90,35 +98,22 @@ pub fn run(args: PowerArgs) -> Result<Outcome> {
     let plan = args.policy.plan(backend, gemm)?;
     esmfuzz::model::flash::preflight(&plan, &weights.config)?;
     let policy = describe_policy(&plan, &places);
-    let planned = spec.families.len()
-        * (spec
-            .degradations
-            .iter()
-            .map(|d| if d.is_sized() { spec.sizes.len() } else { 1 })
-            .sum::<usize>()
-            + 1);
-    // Written now, before the first cell, so an output that cannot be written is found
-    // before minutes of work; then again after every cell.
-    let mut sofar = SoFar {
-        outputs: &outputs,
-        spec: &spec,
-        tol,
+    let about = About {
         policy: policy.clone(),
         backend,
         weights: checkpoint.file.path.clone(),
-        planned,
-        baseline: Vec::new(),
-        cells: Vec::new(),
-        started: std::time::Instant::now(),
-        write_error: None,
+        deployment: None,
     };
+    // Written now, before the first cell, so an output that cannot be written is found
+    // before minutes of work; then again after every cell.
+    let mut sofar = SoFar::new(&outputs, &spec, tol, about.clone(), &[Judge::Bound]);
     sofar.write()?;
     let report = with_backend!(backend, |B, device| {
         eprintln!(
             "reference: {}\nunder test: {policy}\n{} families x {} degradation cells x {} trials, up to {} cases each",
             ref_plan.describe(),
             spec.families.len(),
-            planned / spec.families.len().max(1),
+            spec.cells_per_family(),
             spec.trials,
             spec.counts.iter().max().copied().unwrap_or(0)
         );
@@ -127,22 +122,31 @@ pub fn run(args: PowerArgs) -> Result<Outcome> {
             |faults: FaultSet| Esm2::<B>::mixed(weights, plan, places.clone(), faults, &device);
         let mut progress = |cell: &PowerCell, seconds: f64| {
             eprintln!("{}", line(cell, seconds));
-            sofar.add(cell.clone());
+            sofar.add(Judge::Bound, cell.clone());
         };
         run_power(&reference, &mut build, &tol, &spec, &mut progress)?
     });
+    finish(&outputs, &sofar, &[report], &about)
+}
+
+/// Writes the complete report (the table goes to stdout when it cannot be written).
+pub(super) fn finish(
+    outputs: &PowerOutputs,
+    sofar: &SoFar<'_>,
+    reports: &[PowerReport],
+    about: &About,
+) -> Result<Outcome> {
     if let Some(e) = &sofar.write_error {
         eprintln!("warning: writing the partial report failed during the run: {e:#}");
     }
-    let written = outputs.write(&report, &policy, backend, &checkpoint.file.path, None);
-    if let Err(e) = written {
+    if let Err(e) = outputs.write(reports, about, None) {
         // The work is not lost with the output: the table goes to stdout.
-        println!("{}", markdown(&report, &policy));
+        println!("{}", markdown(reports, about));
         return Err(e.context("writing the power report (its table is printed above)"));
     }
     eprintln!(
         "{:.0} s; table: {} (data: {}, curves: {})",
-        report.seconds,
+        reports.iter().map(|r| r.seconds).fold(0.0, f64::max),
         outputs.md.display(),
         outputs.json.display(),
         outputs.svg.display()
@@ -150,27 +154,58 @@ pub fn run(args: PowerArgs) -> Result<Outcome> {
     Ok(Outcome::Passed)
 }
 
-/// The three files `power` writes in `--out`.
-struct PowerOutputs {
-    dir: PathBuf,
+impl PowerArgs {
+    /// The measurement the flags ask for, checked against a model of `layers` layers.
+    pub(super) fn spec(&self, layers: usize) -> Result<PowerSpec> {
+        let spec = PowerSpec {
+            families: self.families.clone(),
+            degradations: self.degradations.clone(),
+            sizes: self.sizes.clone(),
+            trials: self.trials,
+            counts: self.counts.clone(),
+            seed: self.seed,
+            layer: self.layer.unwrap_or(layers / 2),
+        };
+        spec.check(layers)?;
+        Ok(spec)
+    }
+}
+
+/// What was measured, for the reports' headings.
+#[derive(Debug, Clone)]
+pub(super) struct About {
+    /// The policy under test, or the deployment's description.
+    pub policy: String,
+    pub backend: esmfuzz::backend::BackendKind,
+    pub weights: PathBuf,
+    /// `power --deployment`: the deployment, its handshake and how it was judged.
+    pub deployment: Option<serde_json::Value>,
+}
+
+/// The files `power` writes in `--out`: power.json, power.md, detection.svg (the first
+/// judge's curves) and, with --deployment, detection-bound-and-twin.svg.
+pub(super) struct PowerOutputs {
+    pub dir: PathBuf,
     json: PathBuf,
     md: PathBuf,
     svg: PathBuf,
+    twin_svg: PathBuf,
 }
 
 impl PowerOutputs {
-    fn new(dir: &Path) -> Self {
+    pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_path_buf(),
             json: dir.join("power.json"),
             md: dir.join("power.md"),
             svg: dir.join("detection.svg"),
+            twin_svg: dir.join("detection-bound-and-twin.svg"),
         }
     }
 
     /// Touching nothing: `--out` is a folder or nothing yet, and none of the files is an
     /// input or a campaign's.
-    fn check(&self, model: &ModelArgs) -> Result<()> {
+    pub fn check(&self, model: &ModelArgs) -> Result<()> {
         if self.dir.exists() && !self.dir.is_dir() {
             bail!(
                 "{}: not a folder; name a folder for power.json, power.md and detection.svg",
@@ -179,7 +214,12 @@ impl PowerOutputs {
         }
         if self.dir.is_dir() {
             check_outputs(
-                &[Some(&self.json), Some(&self.md), Some(&self.svg)],
+                &[
+                    Some(&self.json),
+                    Some(&self.md),
+                    Some(&self.svg),
+                    Some(&self.twin_svg),
+                ],
                 Some(model),
                 &[],
             )?;
@@ -191,61 +231,93 @@ impl PowerOutputs {
     /// `Some((done, planned))` for a report written while the run goes.
     fn write(
         &self,
-        report: &PowerReport,
-        policy: &str,
-        backend: esmfuzz::backend::BackendKind,
-        weights: &Path,
+        reports: &[PowerReport],
+        about: &About,
         progress: Option<(usize, usize)>,
     ) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
-        let (done, planned) = progress.unwrap_or((report.baseline.len() + report.cells.len(), 0));
-        write_report(
-            &self.json,
-            &serde_json::json!({
-                "policy": policy,
-                "backend": backend,
-                "weights": weights,
-                "complete": progress.is_none(),
-                "cells_done": done,
-                "cells_planned": if progress.is_some() { planned } else { done },
-                "report": report,
-            }),
-        )?;
-        let mut md = markdown(report, policy);
+        let measured = reports
+            .first()
+            .map_or(0, |r| r.baseline.len() + r.cells.len());
+        let (done, planned) = progress.unwrap_or((measured, 0));
+        let mut json = serde_json::json!({
+            "policy": about.policy,
+            "backend": about.backend,
+            "weights": about.weights,
+            "complete": progress.is_none(),
+            "cells_done": done,
+            "cells_planned": if progress.is_some() { planned } else { done },
+            "report": reports.first(),
+        });
+        if let Some(deployment) = &about.deployment {
+            json["deployment"] = deployment.clone();
+            json["reports"] = serde_json::to_value(reports)?;
+        }
+        write_report(&self.json, &json)?;
+        let mut md = markdown(reports, about);
         if progress.is_some() {
             md = format!(
                 "**incomplete: {done} of {planned} cells measured** (the run was stopped or is \
                  still going; rerun the same command for the rest)\n\n{md}"
             );
         } else {
-            draw(&self.svg, report, policy)?;
+            for (report, svg) in reports.iter().zip([&self.svg, &self.twin_svg]) {
+                draw(svg, report, &about.policy)?;
+            }
         }
         write_atomically(&self.md, md.as_bytes())
     }
 }
 
-/// The cells measured so far, written after each one.
-struct SoFar<'a> {
+/// The cells measured so far, per judge, written after each one.
+pub(super) struct SoFar<'a> {
     outputs: &'a PowerOutputs,
     spec: &'a PowerSpec,
     tol: Tolerances,
-    policy: String,
-    backend: esmfuzz::backend::BackendKind,
-    weights: PathBuf,
+    about: About,
     planned: usize,
-    baseline: Vec<PowerCell>,
-    cells: Vec<PowerCell>,
+    /// Per judge: its fault-free cells and its degraded ones.
+    cells: Vec<(Judge, Vec<PowerCell>, Vec<PowerCell>)>,
     started: std::time::Instant,
-    write_error: Option<anyhow::Error>,
+    pub write_error: Option<anyhow::Error>,
 }
 
-impl SoFar<'_> {
-    fn add(&mut self, cell: PowerCell) {
-        if cell.degradation.is_none() {
-            self.baseline.push(cell);
-        } else {
-            self.cells.push(cell);
+impl<'a> SoFar<'a> {
+    pub fn new(
+        outputs: &'a PowerOutputs,
+        spec: &'a PowerSpec,
+        tol: Tolerances,
+        about: About,
+        judges: &[Judge],
+    ) -> Self {
+        let planned = spec.families.len() * spec.cells_per_family();
+        Self {
+            outputs,
+            spec,
+            tol,
+            about,
+            planned,
+            cells: judges
+                .iter()
+                .map(|&j| (j, Vec::new(), Vec::new()))
+                .collect(),
+            started: std::time::Instant::now(),
+            write_error: None,
+        }
+    }
+
+    pub fn add(&mut self, judge: Judge, cell: PowerCell) {
+        if let Some((_, baseline, cells)) = self.cells.iter_mut().find(|(j, ..)| *j == judge) {
+            if cell.degradation.is_none() {
+                baseline.push(cell);
+            } else {
+                cells.push(cell);
+            }
+        }
+        // Every judge's cell of one measurement arrives together: write after the last.
+        if self.cells.last().is_some_and(|(j, ..)| *j != judge) {
+            return;
         }
         if let Err(e) = self.write() {
             eprintln!("warning: {e:#}");
@@ -253,30 +325,25 @@ impl SoFar<'_> {
         }
     }
 
-    fn write(&self) -> Result<()> {
-        let mut sizes = self.spec.sizes.clone();
-        sizes.sort_by(f64::total_cmp);
-        sizes.dedup();
-        let report = PowerReport {
-            layer: self.spec.layer,
-            trials: self.spec.trials,
-            counts: self.spec.counts.clone(),
-            seed: self.spec.seed,
-            sizes,
-            tolerances: self.tol,
-            baseline: self.baseline.clone(),
-            cells: self.cells.clone(),
-            smallest: smallest_detected(&self.cells, self.spec),
-            seconds: self.started.elapsed().as_secs_f64(),
-        };
-        let done = self.baseline.len() + self.cells.len();
-        self.outputs.write(
-            &report,
-            &self.policy,
-            self.backend,
-            &self.weights,
-            Some((done, self.planned)),
-        )
+    pub fn write(&self) -> Result<()> {
+        let reports: Vec<PowerReport> = self
+            .cells
+            .iter()
+            .map(|(judge, baseline, cells)| {
+                self.spec.report(
+                    *judge,
+                    self.tol,
+                    baseline.clone(),
+                    cells.clone(),
+                    self.started,
+                )
+            })
+            .collect();
+        let done = reports
+            .first()
+            .map_or(0, |r| r.baseline.len() + r.cells.len());
+        self.outputs
+            .write(&reports, &self.about, Some((done, self.planned)))
     }
 }
 
@@ -290,7 +357,7 @@ fn cell_name(cell: &PowerCell) -> String {
 }
 
 /// One progress line per cell.
-fn line(cell: &PowerCell, seconds: f64) -> String {
+pub(super) fn line(cell: &PowerCell, seconds: f64) -> String {
     let detection: Vec<String> = cell
         .detection
         .iter()
@@ -329,13 +396,18 @@ fn fmt_size(e: Option<f64>) -> String {
     e.map_or("not reached".into(), |e| format!("{e:e}"))
 }
 
-/// power.md: the smallest detected e, then the detection of every cell.
-fn markdown(r: &PowerReport, policy: &str) -> String {
+/// power.md: what was measured, then per judge the smallest detected e and the detection of
+/// every cell.
+fn markdown(reports: &[PowerReport], about: &About) -> String {
+    let Some(r) = reports.first() else {
+        return "# esmfuzz power\n\nNothing measured.\n".into();
+    };
     let counts: Vec<String> = r.counts.iter().map(|n| n.to_string()).collect();
     let mut md = format!(
-        "# esmfuzz power\n\nUnder test: **{policy}**, degradations in layer {} (0-based), {} trials \
+        "# esmfuzz power\n\nUnder test: **{}**, degradations in layer {} (0-based), {} trials \
          (generator seeds {}..{}) per cell, detection read at {} cases per family. Detected = \
-         the family reports a failure (any property) in >= {:.0}% of trials.\n\n",
+         the family reports a failure (any property the judge counts) in >= {:.0}% of trials.\n\n",
+        about.policy,
         r.layer,
         r.trials,
         r.seed,
@@ -343,6 +415,30 @@ fn markdown(r: &PowerReport, policy: &str) -> String {
         counts.join(" and "),
         100.0 * DETECTED
     );
+    if about.deployment.is_some() {
+        md.push_str(&super::power_deployment::summary(reports));
+    }
+    for report in reports {
+        if reports.len() > 1 {
+            md.push_str(&format!("## Judge: {}\n\n", report.judge));
+            // The judge's own tables one heading level down.
+            for l in judge_body(report).lines() {
+                if l.starts_with("## ") {
+                    md.push('#');
+                }
+                md.push_str(l);
+                md.push('\n');
+            }
+        } else {
+            md.push_str(&judge_body(report));
+        }
+    }
+    md
+}
+
+/// One judge's tables: the smallest e detected, then every cell.
+fn judge_body(r: &PowerReport) -> String {
+    let mut md = String::new();
     md.push_str("## Smallest e detected with >= 95% probability\n\n| family | degradation |");
     for n in &r.counts {
         md.push_str(&format!(" at {n} cases |"));
@@ -415,8 +511,12 @@ fn markdown(r: &PowerReport, policy: &str) -> String {
         ));
     }
     md.push_str(&format!(
-        "\nTolerances: {}\n\n![detection curves](detection.svg)\n\nMeasured in {:.0} s.\n",
+        "\nTolerances: {}\n\n![detection curves]({})\n\nMeasured in {:.0} s.\n\n",
         serde_json::to_string(&r.tolerances).unwrap_or_default(),
+        match r.judge {
+            Judge::Bound => "detection.svg",
+            Judge::BoundAndTwin => "detection-bound-and-twin.svg",
+        },
         r.seconds
     ));
     md

@@ -325,9 +325,23 @@ pub fn run(args: ServeArgs) -> Result<Outcome> {
             },
             faults,
         };
-        let mut built = super::build_streamed::<B>(&args.model, &checkpoint, &[spec], &device)?;
-        let Some(model) = built.pop() else {
-            unreachable!("one spec, one model")
+        let model = if spec.faults.changes_weights() {
+            // A fault that changes weights (perturb-weights) is applied to whole weights
+            // before the build: the streamed build never holds them.
+            let whole = args.model.load()?;
+            Esm2::<B>::mixed(
+                &whole.weights,
+                spec.plan,
+                spec.fp32_places,
+                spec.faults,
+                &device,
+            )
+        } else {
+            let mut built = super::build_streamed::<B>(&args.model, &checkpoint, &[spec], &device)?;
+            let Some(model) = built.pop() else {
+                unreachable!("one spec, one model")
+            };
+            model
         };
         let engine = Engine {
             model,

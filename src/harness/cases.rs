@@ -12,7 +12,7 @@ use super::properties::{
     against_reference, finite_layers, isolation, packed_vs_padded, pooled_against, rows_agree,
     rows_identical_within, within_twin,
 };
-use super::subject::{CallError, InProcess, Subject, SubjectStates};
+use super::subject::{CallError, InProcess, PooledMemo, Subject, SubjectStates};
 use super::verdict::{PropertyId, Tolerances, Verdict};
 use crate::batch::{
     Batch, Batching, HostStates, LayerStates, Layout, PackedBatch, PaddedBatch, pool_residues,
@@ -205,6 +205,9 @@ pub struct Oracle<'a, B: Backend> {
     /// Time spent in the oracle's runs, added up when given (a deployment campaign reports
     /// where its time went).
     pub clock: Option<&'a std::cell::Cell<std::time::Duration>>,
+    /// Pooled rows remembered per batch, when given: a case judged against many subjects
+    /// runs the oracle once (`power --deployment`).
+    pub memo: Option<&'a PooledMemo>,
 }
 
 impl<'a, B: Backend> Oracle<'a, B> {
@@ -229,12 +232,22 @@ impl<'a, B: Backend> Oracle<'a, B> {
             .collect()
     }
 
+    /// The oracle's pooled rows of `proteins` as one batch (remembered when the oracle has a
+    /// memo).
+    pub fn pooled_of(&self, proteins: &[Protein]) -> Vec<Vec<f32>> {
+        match self.memo {
+            Some(memo) => memo.get_or_insert_with(proteins, || self.pooled(&self.run(proteins))),
+            None => self.pooled(&self.run(proteins)),
+        }
+    }
+
     /// `model`, pooled over residues (BOS and EOS excluded).
     pub fn of(model: &'a Esm2<B>) -> Self {
         Self {
             model,
             pooling: Pooling::ResidueMean,
             clock: None,
+            memo: None,
         }
     }
 }
@@ -262,7 +275,6 @@ pub fn against_oracle<B: Backend>(
     tol: &Tolerances,
 ) -> Vec<Verdict> {
     let hidden = oracle.model.config.hidden_size;
-    let reference = oracle.run(proteins);
     let test = match run_checked(subject, proteins, layout, hidden) {
         Ok(states) => states,
         Err(verdict) => return vec![verdict],
@@ -271,25 +283,37 @@ pub fn against_oracle<B: Backend>(
     let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
     let mut verdicts = Vec::new();
     if caps.remote {
-        let pooled = oracle.pooled(&reference);
+        // Pooled rows alone need no token states of the oracle's (and may be remembered).
+        let (pooled, reference_last) = match &test.last {
+            Some(_) => {
+                let reference = oracle.run(proteins);
+                (oracle.pooled(&reference), Some(reference.last))
+            }
+            None => (oracle.pooled_of(proteins), None),
+        };
         verdicts.extend(pooled_against(&test.pooled, &pooled, &names, tol));
-        if let Some(last) = &test.last {
-            verdicts.extend(against_reference(
-                last,
-                &reference.last,
-                &names,
-                hidden,
-                tol,
-            ));
+        if let (Some(last), Some(reference_last)) = (&test.last, &reference_last) {
+            verdicts.extend(against_reference(last, reference_last, &names, hidden, tol));
         }
         if let Some(twin) = twin {
             match run_checked(twin, proteins, layout, hidden) {
-                Ok(t) => verdicts.push(within_twin(&test.pooled, &t.pooled, &pooled, &names)),
+                Ok(t) => {
+                    // The twin pooled as the oracle pools (and the deployment says it does).
+                    let twin_pooled = match &t.last {
+                        Some(last) => last
+                            .iter()
+                            .map(|s| oracle.pooling.pool(s, hidden))
+                            .collect(),
+                        None => t.pooled,
+                    };
+                    verdicts.push(within_twin(&test.pooled, &twin_pooled, &pooled, &names))
+                }
                 Err(verdict) => verdicts.push(verdict),
             }
         }
         return verdicts;
     }
+    let reference = oracle.run(proteins);
     let last = test.last.unwrap_or_default();
     verdicts.extend(test.finite);
     verdicts.extend(against_reference(

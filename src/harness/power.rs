@@ -16,10 +16,11 @@ use burn::tensor::backend::Backend;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-use super::cases::{CaseStates, Models, check_against_states, run_case};
+use super::cases::{CaseStates, Models, Oracle, check_against_states, run_case};
 use super::driver::family_seed;
 use super::family::{Check, Family};
-use super::verdict::{PropertyId, Tolerances, tightest};
+use super::subject::Subject;
+use super::verdict::{PropertyId, Tolerances, Verdict, tightest};
 use crate::batch::Layout;
 use crate::input::Protein;
 use crate::model::{Esm2, FaultSet};
@@ -147,6 +148,8 @@ pub enum PowerError {
     BadSize(f64),
     #[error("cannot generate a case of {family}: {reason}")]
     Generate { family: String, reason: String },
+    #[error("{0}")]
+    Subject(String),
 }
 
 /// One family under one degradation of one size (or none: the fault-free baseline).
@@ -179,6 +182,12 @@ pub struct PowerCell {
     /// the degradation adds to the policy's own error, read against the bound.
     pub relative_l2_median: f64,
     pub relative_l2_max: f64,
+    /// Per property, over every case judged (failing ones too) and every verdict (those the
+    /// judge does not count too), the measured value that used most of its tolerance: how
+    /// far a fault-free subject went (e.g. the largest twin-error ratio a foreign stack
+    /// reached, whatever judge decided).
+    #[serde(default)]
+    pub worst_measured: BTreeMap<PropertyId, f64>,
 }
 
 impl PowerCell {
@@ -217,6 +226,9 @@ pub struct Smallest {
 /// What a power measurement found.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PowerReport {
+    /// Which verdicts decided a failure (in-process power: the bound).
+    #[serde(default)]
+    pub judge: Judge,
     pub layer: usize,
     pub trials: usize,
     pub counts: Vec<u32>,
@@ -260,6 +272,38 @@ impl PowerSpec {
         Ok(())
     }
 
+    /// The report of cells measured under `judge` since `started`.
+    pub fn report(
+        &self,
+        judge: Judge,
+        tolerances: Tolerances,
+        baseline: Vec<PowerCell>,
+        cells: Vec<PowerCell>,
+        started: Instant,
+    ) -> PowerReport {
+        let mut sizes = self.sizes.clone();
+        sizes.sort_by(f64::total_cmp);
+        sizes.dedup();
+        PowerReport {
+            judge,
+            layer: self.layer,
+            trials: self.trials,
+            counts: self.counts.clone(),
+            seed: self.seed,
+            sizes,
+            tolerances,
+            smallest: smallest_detected(&cells, self),
+            baseline,
+            cells,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Cells measured per family: the fault-free one and one per (degradation, size).
+    pub fn cells_per_family(&self) -> usize {
+        self.grid().len() + 1
+    }
+
     fn max_cases(&self) -> usize {
         self.counts.iter().copied().max().unwrap_or(0) as usize
     }
@@ -282,24 +326,51 @@ impl PowerSpec {
     }
 }
 
-/// The cases of one family's trials, with the FP32 reference's states computed on demand.
+/// Which of a case's verdicts decide that it failed.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Judge {
+    /// The fixed bounds of the precision: every property but the twin-error ratio.
+    #[default]
+    Bound,
+    /// The bounds and the twin-error ratio: each case's error against FP32 held within 2x
+    /// our own same-precision policy's on the same case (`fuzz --twin-judge`).
+    BoundAndTwin,
+}
+
+impl Judge {
+    pub fn name(self) -> &'static str {
+        match self {
+            Judge::Bound => "bound",
+            Judge::BoundAndTwin => "bound-and-twin",
+        }
+    }
+
+    fn counts(self, verdict: &Verdict) -> bool {
+        self == Judge::BoundAndTwin || verdict.property != PropertyId::TwinErrorRatio
+    }
+}
+
+impl std::fmt::Display for Judge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Judges one case, `(trial, case, proteins)`, into its verdicts.
+type JudgeCase<'a> = dyn FnMut(usize, usize, &[Protein]) -> Result<Vec<Verdict>, PowerError> + 'a;
+
+/// The cases of one family's trials: `cases[trial][case]`, generated once and judged under
+/// every degradation.
 struct Trials {
     family: Family,
-    /// The layout judged against FP32 with a cached reference; `None` for families whose
-    /// check runs whole (isolation, order, determinism, over-length).
-    layout: Option<Layout>,
     cases: Vec<Vec<Vec<Protein>>>,
-    reference: Vec<Vec<Option<CaseStates>>>,
 }
 
 impl Trials {
     fn generate(family: Family, spec: &PowerSpec) -> Result<Self, PowerError> {
-        let layout = match family.check() {
-            Check::AgainstReference(layout) => Some(layout),
-            // Judged whole by the family's check (isolation, order, determinism need no
-            // reference; over-length runs its own).
-            Check::Isolation | Check::Order | Check::Determinism | Check::OverLength => None,
-        };
         let strategy = family.strategy();
         let n = spec.max_cases();
         let cases = (0..spec.trials)
@@ -322,101 +393,140 @@ impl Trials {
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let reference = cases.iter().map(|t| vec![None; t.len()]).collect();
-        Ok(Self {
-            family,
-            layout,
-            cases,
-            reference,
-        })
+        Ok(Self { family, cases })
     }
 
-    /// Judges the trials on `test` (each up to its first failure).
-    fn judge<B: Backend>(
-        &mut self,
-        reference: &Esm2<B>,
-        test: &Esm2<B>,
-        tol: &Tolerances,
+    /// Judges the trials with `judge_case(trial, case, proteins)`, each trial up to its first
+    /// failure under every judge (one call per case serves them all); one cell per judge.
+    fn judge(
+        &self,
+        judges: &[Judge],
+        spec: &PowerSpec,
+        degradation: Option<Degradation>,
+        size: Option<f64>,
+        judge_case: &mut JudgeCase<'_>,
+    ) -> Result<Vec<PowerCell>, PowerError> {
+        let mut tallies: Vec<Tally> = judges.iter().map(|_| Tally::default()).collect();
+        for (t, cases) in self.cases.iter().enumerate() {
+            let mut failed_at: Vec<Option<usize>> = vec![None; judges.len()];
+            for (i, proteins) in cases.iter().enumerate() {
+                if failed_at.iter().all(Option::is_some) {
+                    break;
+                }
+                let verdicts = judge_case(t, i, proteins)?;
+                for ((&judge, tally), failed) in judges.iter().zip(&mut tallies).zip(&mut failed_at)
+                {
+                    if failed.is_none() && tally.judge(judge, &verdicts) {
+                        *failed = Some(i + 1);
+                    }
+                }
+            }
+            for (tally, failed) in tallies.iter_mut().zip(failed_at) {
+                tally.first_failure.push(failed);
+            }
+        }
+        Ok(tallies
+            .into_iter()
+            .map(|tally| tally.cell(self.family.name(), spec, degradation, size))
+            .collect())
+    }
+}
+
+/// What one judge saw over a cell's trials.
+#[derive(Default)]
+struct Tally {
+    first_failure: Vec<Option<usize>>,
+    caught_by: BTreeMap<PropertyId, usize>,
+    cases_judged: usize,
+    used: Vec<(f64, PropertyId)>,
+    relative_l2: Vec<f64>,
+    /// Per property: (largest fraction of the tolerance used, its measured value).
+    worst: BTreeMap<PropertyId, (f64, f64)>,
+}
+
+impl Tally {
+    /// Counts one case; whether it failed under `judge`.
+    fn judge(&mut self, judge: Judge, verdicts: &[Verdict]) -> bool {
+        for v in verdicts {
+            let worst = self
+                .worst
+                .entry(v.property)
+                .or_insert((f64::NEG_INFINITY, f64::NAN));
+            if v.used_or_infinite() > worst.0 {
+                *worst = (v.used_or_infinite(), v.measured);
+            }
+        }
+        let counted: Vec<Verdict> = verdicts
+            .iter()
+            .filter(|v| judge.counts(v))
+            .cloned()
+            .collect();
+        self.cases_judged += 1;
+        if let Some(v) = counted.iter().find(|v| !v.passed) {
+            *self.caught_by.entry(v.property).or_default() += 1;
+            return true;
+        }
+        if let Some(v) = tightest(&counted) {
+            self.used.push((v.used_or_infinite(), v.property));
+        }
+        self.relative_l2.extend(
+            counted
+                .iter()
+                .filter(|v| {
+                    matches!(
+                        v.property,
+                        PropertyId::RelativeL2 | PropertyId::PooledRelativeL2
+                    )
+                })
+                .map(|v| v.measured),
+        );
+        false
+    }
+
+    fn cell(
+        mut self,
+        family: String,
         spec: &PowerSpec,
         degradation: Option<Degradation>,
         size: Option<f64>,
     ) -> PowerCell {
-        let mut first_failure = Vec::with_capacity(self.cases.len());
-        let mut caught_by: BTreeMap<PropertyId, usize> = BTreeMap::new();
-        let mut cases_judged = 0usize;
-        let mut used: Vec<(f64, PropertyId)> = Vec::new();
-        let mut relative_l2: Vec<f64> = Vec::new();
-        for (t, cases) in self.cases.iter().enumerate() {
-            let mut failed_at = None;
-            for (i, proteins) in cases.iter().enumerate() {
-                let verdicts = match self.layout {
-                    Some(layout) => {
-                        let states = self.reference[t][i]
-                            .get_or_insert_with(|| run_case(reference, proteins, Layout::Padded));
-                        check_against_states(test, states, proteins, layout, tol)
-                    }
-                    None => self.family.judge(
-                        Models {
-                            reference,
-                            test,
-                            floor: None,
-                            twin: None,
-                        },
-                        proteins,
-                        tol,
-                    ),
-                };
-                cases_judged += 1;
-                if let Some(v) = verdicts.iter().find(|v| !v.passed) {
-                    *caught_by.entry(v.property).or_default() += 1;
-                    failed_at = Some(i + 1);
-                    break;
-                }
-                if let Some(v) = tightest(&verdicts) {
-                    used.push((v.used_or_infinite(), v.property));
-                }
-                relative_l2.extend(
-                    verdicts
-                        .iter()
-                        .filter(|v| v.property == PropertyId::RelativeL2)
-                        .map(|v| v.measured),
-                );
-            }
-            first_failure.push(failed_at);
-        }
-        let trials = first_failure.len().max(1) as f64;
+        let trials = self.first_failure.len().max(1) as f64;
         let detection = spec
             .counts
             .iter()
             .map(|&n| {
-                let hits = first_failure
+                let hits = self
+                    .first_failure
                     .iter()
                     .filter(|f| f.is_some_and(|at| at <= n as usize))
                     .count();
                 (n, hits as f64 / trials)
             })
             .collect();
-        let failures = first_failure.iter().filter(|f| f.is_some()).count();
-        used.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (max_used, max_used_property) =
-            used.last().map_or((f64::NAN, None), |&(u, p)| (u, Some(p)));
-        let median_used = used.get(used.len() / 2).map_or(f64::NAN, |u| u.0);
-        relative_l2.sort_by(f64::total_cmp);
-        let relative_l2_median = relative_l2.get(relative_l2.len() / 2).copied();
+        let failures = self.first_failure.iter().filter(|f| f.is_some()).count();
+        self.used.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (max_used, max_used_property) = self
+            .used
+            .last()
+            .map_or((f64::NAN, None), |&(u, p)| (u, Some(p)));
+        let median_used = self.used.get(self.used.len() / 2).map_or(f64::NAN, |u| u.0);
+        self.relative_l2.sort_by(f64::total_cmp);
+        let relative_l2_median = self.relative_l2.get(self.relative_l2.len() / 2).copied();
         PowerCell {
-            family: self.family.name(),
+            family,
             degradation,
             size,
-            first_failure,
+            first_failure: self.first_failure,
             detection,
-            caught_by,
-            cases_judged,
-            per_case_rate: failures as f64 / cases_judged.max(1) as f64,
+            caught_by: self.caught_by,
+            cases_judged: self.cases_judged,
+            per_case_rate: failures as f64 / self.cases_judged.max(1) as f64,
             max_used,
             max_used_property,
             median_used,
             relative_l2_median: relative_l2_median.unwrap_or(f64::NAN),
-            relative_l2_max: relative_l2.last().copied().unwrap_or(f64::NAN),
+            relative_l2_max: self.relative_l2.last().copied().unwrap_or(f64::NAN),
+            worst_measured: self.worst.into_iter().map(|(p, (_, m))| (p, m)).collect(),
         }
     }
 }
@@ -432,38 +542,122 @@ pub fn run_power<B: Backend>(
 ) -> Result<PowerReport, PowerError> {
     spec.check(reference.config.num_hidden_layers)?;
     let start = Instant::now();
-    let grid = spec.grid();
     let mut baseline = Vec::new();
     let mut cells = Vec::new();
     for &family in &spec.families {
-        let mut trials = Trials::generate(family, spec)?;
-        let clean = build(FaultSet::none());
-        let cell = trials.judge(reference, &clean, tol, spec, None, None);
-        progress(&cell, start.elapsed().as_secs_f64());
-        baseline.push(cell);
-        for &(degradation, size) in &grid {
-            let model = build(degradation.faults(spec.layer, size.unwrap_or(0.0)));
-            let cell = trials.judge(reference, &model, tol, spec, Some(degradation), size);
+        let trials = Trials::generate(family, spec)?;
+        // The FP32 reference's states of a case, computed once for every degradation (for
+        // families judged against FP32 in one layout; the others run their check whole).
+        let mut reference_states: Vec<Vec<Option<CaseStates>>> =
+            trials.cases.iter().map(|t| vec![None; t.len()]).collect();
+        let mut cell = |faults: Option<(Degradation, Option<f64>)>| {
+            let test = build(faults.map_or(FaultSet::none(), |(d, e)| {
+                d.faults(spec.layer, e.unwrap_or(0.0))
+            }));
+            let mut judge_case = |t: usize, i: usize, proteins: &[Protein]| {
+                Ok(match family.check() {
+                    Check::AgainstReference(layout) => {
+                        let states = reference_states[t][i]
+                            .get_or_insert_with(|| run_case(reference, proteins, Layout::Padded));
+                        check_against_states(&test, states, proteins, layout, tol)
+                    }
+                    _ => family.judge(Models::new(reference, &test), proteins, tol),
+                })
+            };
+            let (degradation, size) = faults.unzip();
+            let cell = trials
+                .judge(
+                    &[Judge::Bound],
+                    spec,
+                    degradation,
+                    size.flatten(),
+                    &mut judge_case,
+                )?
+                .remove(0);
             progress(&cell, start.elapsed().as_secs_f64());
-            cells.push(cell);
+            Ok::<_, PowerError>(cell)
+        };
+        baseline.push(cell(None)?);
+        for (degradation, size) in spec.grid() {
+            cells.push(cell(Some((degradation, size)))?);
         }
     }
-    let smallest = smallest_detected(&cells, spec);
-    let mut sizes = spec.sizes.clone();
-    sizes.sort_by(f64::total_cmp);
-    sizes.dedup();
-    Ok(PowerReport {
-        layer: spec.layer,
-        trials: spec.trials,
-        counts: spec.counts.clone(),
-        seed: spec.seed,
-        sizes,
-        tolerances: *tol,
-        baseline,
-        cells,
-        smallest,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(spec.report(Judge::Bound, *tol, baseline, cells, start))
+}
+
+/// A deployment measured by `power --deployment`: subjects judged by pooled rows against
+/// the FP32 oracle, each case once, under every judge at once.
+pub struct SubjectPower<'a, B: Backend> {
+    /// The FP32 oracle; give it a memo, so a case is run once for every subject.
+    pub oracle: Oracle<'a, B>,
+    /// Our own policy of the deployment's precision (remembered: [`PooledOnce`]), for the
+    /// twin judge; without it only the bound judges.
+    pub twin: Option<&'a dyn Subject>,
+    /// The fault-free deployment: its failures are false alarms.
+    pub baseline: &'a dyn Subject,
+}
+
+/// Measures `spec` on subjects: the false alarms of the fault-free `power.baseline`, and the
+/// detection of each degradation on the subject `start` starts with it (a deployment with
+/// that fault, dropped after its cell). One report per judge (the bound, and the bound with
+/// the twin where there is a twin), from one call per case.
+pub fn run_power_on_subjects<B: Backend>(
+    power: &SubjectPower<'_, B>,
+    start: &mut dyn FnMut(Degradation, Option<f64>) -> Result<Box<dyn Subject>, PowerError>,
+    tol: &Tolerances,
+    spec: &PowerSpec,
+    progress: &mut dyn FnMut(Judge, &PowerCell, f64),
+) -> Result<Vec<PowerReport>, PowerError> {
+    spec.check(power.oracle.model.config.num_hidden_layers)?;
+    let started = Instant::now();
+    let judges: Vec<Judge> = match power.twin {
+        Some(_) => vec![Judge::Bound, Judge::BoundAndTwin],
+        None => vec![Judge::Bound],
+    };
+    let mut baseline = vec![Vec::new(); judges.len()];
+    let mut cells = vec![Vec::new(); judges.len()];
+    for &family in &spec.families {
+        let trials = Trials::generate(family, spec)?;
+        let mut measure = |subject: &dyn Subject, degradation: Option<Degradation>, size| {
+            let mut judge_case = |_: usize, _: usize, proteins: &[Protein]| {
+                let verdicts =
+                    family.judge_subject(power.oracle, subject, power.twin, proteins, tol);
+                if subject.exhausted() {
+                    return Err(PowerError::Subject(format!(
+                        "the deployment under test gave up ({})",
+                        verdicts
+                            .iter()
+                            .find(|v| !v.passed)
+                            .map_or("no answer", |v| v.detail.as_str())
+                    )));
+                }
+                Ok(verdicts)
+            };
+            let found = trials.judge(&judges, spec, degradation, size, &mut judge_case)?;
+            for (&judge, cell) in judges.iter().zip(&found) {
+                progress(judge, cell, started.elapsed().as_secs_f64());
+            }
+            Ok::<_, PowerError>(found)
+        };
+        for (to, cell) in baseline
+            .iter_mut()
+            .zip(measure(power.baseline, None, None)?)
+        {
+            to.push(cell);
+        }
+        for (degradation, size) in spec.grid() {
+            let subject = start(degradation, size)?;
+            let found = measure(subject.as_ref(), Some(degradation), size)?;
+            for (to, cell) in cells.iter_mut().zip(found) {
+                to.push(cell);
+            }
+        }
+    }
+    Ok(judges
+        .into_iter()
+        .zip(baseline.into_iter().zip(cells))
+        .map(|(judge, (baseline, cells))| spec.report(judge, *tol, baseline, cells, started))
+        .collect())
 }
 
 /// Per family, degradation and count, the smallest size whose detection reached
@@ -523,6 +717,7 @@ mod tests {
             median_used: 0.0,
             relative_l2_median: 0.0,
             relative_l2_max: 0.0,
+            worst_measured: BTreeMap::new(),
         }
     }
 

@@ -138,3 +138,104 @@ impl<B: Backend> Subject for InProcess<'_, B> {
         ))
     }
 }
+
+/// A batch's key in a memo: its proteins' tokens, in order.
+type BatchKey = Vec<Vec<u32>>;
+
+fn batch_key(proteins: &[Protein]) -> BatchKey {
+    proteins.iter().map(Protein::tokens).collect()
+}
+
+/// Pooled rows remembered per batch: an in-process model judged again on the same cases (an
+/// FP32 oracle or a twin beside many deployments under test, as `power --deployment` runs
+/// one set of cases against each degraded deployment) runs each batch once. Only pooled rows
+/// are kept: token states of hundreds of cases would not fit.
+#[derive(Debug, Default)]
+pub struct PooledMemo {
+    rows: std::cell::RefCell<std::collections::HashMap<BatchKey, Vec<Vec<f32>>>>,
+}
+
+impl PooledMemo {
+    /// The pooled rows of `proteins`, computed by `compute` the first time.
+    pub fn get_or_insert_with(
+        &self,
+        proteins: &[Protein],
+        compute: impl FnOnce() -> Vec<Vec<f32>>,
+    ) -> Vec<Vec<f32>> {
+        let key = batch_key(proteins);
+        if let Some(rows) = self.rows.borrow().get(&key) {
+            return rows.clone();
+        }
+        let rows = compute();
+        self.rows.borrow_mut().insert(key, rows.clone());
+        rows
+    }
+}
+
+/// A subject whose answers are pooled as `pooling` pools and remembered per batch and
+/// layout: pooled rows only (no token states), so it stands beside a remote subject, which
+/// is judged by pooled rows (a twin of our own policy in `power --deployment`).
+pub struct PooledOnce<'a> {
+    inner: &'a dyn Subject,
+    pooling: super::deployment::Pooling,
+    hidden: usize,
+    padded: PooledMemo,
+    packed: PooledMemo,
+}
+
+impl<'a> PooledOnce<'a> {
+    pub fn new(inner: &'a dyn Subject, pooling: super::deployment::Pooling, hidden: usize) -> Self {
+        Self {
+            inner,
+            pooling,
+            hidden,
+            padded: PooledMemo::default(),
+            packed: PooledMemo::default(),
+        }
+    }
+}
+
+impl Subject for PooledOnce<'_> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            tokens: false,
+            every_layer: false,
+            ..self.inner.capabilities()
+        }
+    }
+
+    fn run(&self, proteins: &[Protein], layout: Layout) -> Result<SubjectStates, CallError> {
+        let memo = match layout {
+            Layout::Padded => &self.padded,
+            Layout::Packed => &self.packed,
+        };
+        let mut failed = None;
+        let pooled = memo.get_or_insert_with(proteins, || match self.inner.run(proteins, layout) {
+            Ok(states) => match states.last {
+                Some(last) => last
+                    .iter()
+                    .map(|s| self.pooling.pool(s, self.hidden))
+                    .collect(),
+                None => states.pooled,
+            },
+            Err(e) => {
+                failed = Some(e);
+                Vec::new()
+            }
+        });
+        if let Some(e) = failed {
+            // Not remembered: a failed call is asked again.
+            memo.rows.borrow_mut().remove(&batch_key(proteins));
+            return Err(e);
+        }
+        Ok(SubjectStates {
+            pooled,
+            last: None,
+            finite: None,
+        })
+    }
+
+    fn first_pass_differs(&self) -> bool {
+        self.inner.first_pass_differs()
+    }
+}

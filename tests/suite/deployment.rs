@@ -700,3 +700,117 @@ fn a_real_third_party_oip_server_mlserver_is_fuzzed_through_oip() {
     );
     assert!(failed_properties(&r).contains(&"pooled-relative-l2".to_string()));
 }
+
+/// `power --deployment DEPLOYMENT` on stratum-short, 2 trials of 3 cases, a layer scaled and
+/// the weights perturbed by 1e-2, with `extra` flags: power.json.
+fn power_on(deployment: &str, extra: &[&str]) -> (Value, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let out = dir.path().join("power");
+    let weights = common::weights_path();
+    let mut args = vec![
+        "power",
+        "--weights",
+        s(&weights),
+        "--deployment",
+        deployment,
+        "--families",
+        "stratum-short",
+        "--degradations",
+        "scale-layer-output,perturb-weights",
+        "--sizes",
+        "1e-2",
+        "--trials",
+        "2",
+        "--counts",
+        "3",
+        "--out",
+        s(&out),
+    ];
+    args.extend(extra);
+    let ran = binary::run(&args, &[], None);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let text = std::fs::read_to_string(out.join("power.json")).expect("power.json");
+    let json: Value = serde_json::from_str(&text).expect("power.json is JSON");
+    assert_eq!(json["complete"], true);
+    (json, out, dir)
+}
+
+/// The report of `judge` in a `power --deployment` power.json.
+fn judge_report<'a>(json: &'a Value, judge: &str) -> &'a Value {
+    json["reports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["judge"] == judge)
+        .unwrap_or_else(|| panic!("no {judge} report in {json}"))
+}
+
+/// Detection at the one count of a report's `what` cells (baseline: the fault-free
+/// deployment; cells: serve scaled, then serve perturbed, a fault that changes weights and
+/// that serve builds from whole weights).
+fn detection(r: &Value, what: &str) -> f64 {
+    let cells = &r[what];
+    let expected = if what == "baseline" { 1 } else { 2 };
+    assert_eq!(
+        cells.as_array().map(Vec::len),
+        Some(expected),
+        "{what}: {r}"
+    );
+    cells[0]["detection"][0][1].as_f64().expect("a detection")
+}
+
+/// `power --deployment`: one set of cases judged on a fault-free deployment (false alarms)
+/// and on `esmfuzz serve` with a degradation (detections), by the bound and by the twin
+/// judge from one call per case. A layer scaled by 1.01 at f16 hides inside f16's fixed
+/// bound (power-cpu: 1e-1 is the smallest the bound detects) and stands out against our own
+/// f16 error case by case; a faithful f16 deployment raises no alarm under either judge.
+#[test]
+fn power_against_a_deployment_measures_false_alarms_and_detection_for_both_judges() {
+    let (json, out, _dir) = power_on(&serve_command("--precision f16"), &[]);
+    for name in ["bound", "bound-and-twin"] {
+        let r = judge_report(&json, name);
+        assert_eq!(detection(r, "baseline"), 0.0, "{name}: a false alarm: {r}");
+        assert!(
+            r["baseline"][0]["cases_judged"].as_u64() == Some(6),
+            "{name}: 2 trials x 3 cases judged on the fault-free deployment: {r}"
+        );
+    }
+    assert_eq!(
+        detection(judge_report(&json, "bound-and-twin"), "cells"),
+        1.0
+    );
+    assert_eq!(detection(judge_report(&json, "bound"), "cells"), 0.0);
+    let md = std::fs::read_to_string(out.join("power.md")).expect("power.md");
+    assert!(md.contains("false alarms"), "{md}");
+    assert!(out.join("detection-bound-and-twin.svg").is_file());
+}
+
+/// The twin is pooled as the deployment and the oracle pool: with `--pooling bos`, a twin
+/// pooled over residues would sit far from the oracle's BOS rows and excuse any error, so a
+/// layer scaled by 1.01 (inside f16's bound) would pass.
+#[test]
+fn the_twin_judge_pools_our_twin_as_the_deployment_pools() {
+    let c = Campaign::new();
+    let (ran, out) = c.fuzz(
+        "twin-bos",
+        &serve_command("--precision f16 --pooling bos --degrade scale-layer-output=1e-2"),
+        &[
+            "--pooling",
+            "bos",
+            "--twin-judge",
+            "--families",
+            "stratum-short",
+            "--max-stratum",
+            "short",
+            "--cases",
+            "4",
+            "--seed",
+            "11",
+            "--shrink-calls",
+            "4",
+        ],
+    );
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    let failed = failed_properties(&report(&out));
+    assert!(failed.iter().any(|p| p == "twin-error-ratio"), "{failed:?}");
+}
