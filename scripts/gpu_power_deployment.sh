@@ -25,13 +25,14 @@ log="$out/power-gpu.log"
   python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
   echo "cpu cores: $(nproc)"
 } >>"$log" 2>&1
-power() {  # NAME SECONDS DEPLOYMENT [extra power flags]
+power() {  # NAME SECONDS DEPLOYMENT [power flags: default families and degradation below]
   local name=$1 limit=$2 deployment=$3; shift 3
+  [ $# -gt 0 ] || set -- --families stratum-short,mixed-up-to-short \
+    --degradations scale-layer-output --sizes 1e-1 --trials "$trials"
   rm -rf "/tmp/power-$name"
   local started=$SECONDS
   timeout -s INT "$limit" "$bin" power --weights "$weights" --deployment "$deployment" \
-    --families stratum-short,mixed-up-to-short --degradations scale-layer-output --sizes 1e-1 \
-    --trials "$trials" --counts "8,$count" --seed 1 --first-call-timeout 300 \
+    --counts "8,$count" --seed 1 --first-call-timeout 300 \
     --out "/tmp/power-$name" "$@" >"/tmp/power-$name.stderr" 2>&1
   local rc=$?
   echo "== $name: exit $rc in $((SECONDS - started)) s" >>"$log"
@@ -39,5 +40,10 @@ power() {  # NAME SECONDS DEPLOYMENT [extra power flags]
   cp "/tmp/power-$name/power.md" "$out/$name.power.md" 2>/dev/null
   cp "/tmp/power-$name/power.json" "$out/$name.power.json" 2>/dev/null
 }
-power hf-f16 ${HF_SECONDS:-280} "python3 scripts/deployment_hf.py --model $weights --dtype float16 --device cuda"
+hf="python3 scripts/deployment_hf.py --model $weights --dtype float16 --device cuda"
+power hf-f16 ${HF_SECONDS:-280} "$hf"
+# Batch-mate independence on the foreign stack (bound only: isolation has no twin), and the
+# leak it exists to catch, in packed serve.
+power hf-f16-isolation ${ISOLATION_SECONDS:-100} "$hf" --families isolation-up-to-short \
+  --degradations leak-across-sequences --trials $((trials / 2))
 power varlen-f16 ${VARLEN_SECONDS:-250} "python3 scripts/deployment_varlen.py --model $weights --dtype float16 --device cuda"

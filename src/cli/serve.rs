@@ -135,20 +135,7 @@ fn faults_of(degrades: &[Degrade], layers: usize) -> Result<FaultSet> {
                 if layer >= layers {
                     bail!("--degrade: layer {layer} of a {layers}-layer model");
                 }
-                let more = degradation.faults(layer, *e);
-                faults = FaultSet {
-                    scale_layer_output: more.scale_layer_output.or(faults.scale_layer_output),
-                    perturb_layer_weights: more
-                        .perturb_layer_weights
-                        .or(faults.perturb_layer_weights),
-                    scale_attention_logits: more
-                        .scale_attention_logits
-                        .or(faults.scale_attention_logits),
-                    round_layer_output_to_f16: more
-                        .round_layer_output_to_f16
-                        .or(faults.round_layer_output_to_f16),
-                    ..faults
-                };
+                faults = faults.with(degradation.faults(layer, *e));
             }
             Degrade::AttentionLeak => faults.attention_leaks_across_sequences = true,
             Degrade::ResiduePattern(_) => {}

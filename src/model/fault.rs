@@ -49,6 +49,38 @@ impl FaultSet {
         Self::default()
     }
 
+    /// Both sets' faults; where both set one switch, `other`'s value.
+    pub fn with(self, other: FaultSet) -> Self {
+        let FaultSet {
+            rope_not_restarted,
+            attention_leaks_across_sequences,
+            unshifted_half_statistics,
+            unshifted_softmax_in_layer,
+            scale_layer_output,
+            perturb_layer_weights,
+            scale_attention_logits,
+            round_layer_output_to_f16,
+            nan_weight,
+            zeroed_attention_head,
+            device_memory_tokens,
+        } = other;
+        Self {
+            rope_not_restarted: rope_not_restarted || self.rope_not_restarted,
+            attention_leaks_across_sequences: attention_leaks_across_sequences
+                || self.attention_leaks_across_sequences,
+            unshifted_half_statistics: unshifted_half_statistics || self.unshifted_half_statistics,
+            unshifted_softmax_in_layer: unshifted_softmax_in_layer
+                .or(self.unshifted_softmax_in_layer),
+            scale_layer_output: scale_layer_output.or(self.scale_layer_output),
+            perturb_layer_weights: perturb_layer_weights.or(self.perturb_layer_weights),
+            scale_attention_logits: scale_attention_logits.or(self.scale_attention_logits),
+            round_layer_output_to_f16: round_layer_output_to_f16.or(self.round_layer_output_to_f16),
+            nan_weight: nan_weight.or(self.nan_weight),
+            zeroed_attention_head: zeroed_attention_head.or(self.zeroed_attention_head),
+            device_memory_tokens: device_memory_tokens.or(self.device_memory_tokens),
+        }
+    }
+
     /// Whether a fault changes the weights themselves.
     pub fn changes_weights(&self) -> bool {
         self.perturb_layer_weights.is_some()
@@ -117,5 +149,32 @@ impl fmt::Display for FaultSet {
         } else {
             f.write_str(&parts.join(", "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_keeps_every_fault_of_both_sets() {
+        let a = FaultSet {
+            attention_leaks_across_sequences: true,
+            scale_layer_output: Some((1, 1.1)),
+            ..FaultSet::none()
+        };
+        let b = FaultSet {
+            perturb_layer_weights: Some((2, 0.01)),
+            scale_layer_output: Some((3, 1.2)),
+            ..FaultSet::none()
+        };
+        let both = a.with(b);
+        assert!(both.attention_leaks_across_sequences);
+        assert_eq!(both.perturb_layer_weights, Some((2, 0.01)));
+        assert_eq!(
+            both.scale_layer_output,
+            Some((3, 1.2)),
+            "the later set wins"
+        );
     }
 }

@@ -814,3 +814,39 @@ fn the_twin_judge_pools_our_twin_as_the_deployment_pools() {
     let failed = failed_properties(&report(&out));
     assert!(failed.iter().any(|p| p == "twin-error-ratio"), "{failed:?}");
 }
+
+/// `serve --degrade leak-across-sequences` (power's name; packed) leaks, and the isolation
+/// family sees it through a deployment: before `FaultSet::with`, serve merged power's faults
+/// field by field and dropped this one, so the leak was silently absent.
+#[test]
+fn power_against_a_deployment_sees_a_leak_across_sequences_in_packed_serve() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let out = dir.path().join("power");
+    let ran = binary::run(
+        &[
+            "power",
+            "--weights",
+            s(&common::weights_path()),
+            "--deployment",
+            &serve_command("--precision f16"),
+            "--families",
+            "isolation-up-to-short",
+            "--degradations",
+            "leak-across-sequences",
+            "--trials",
+            "2",
+            "--counts",
+            "4",
+            "--out",
+            s(&out),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let text = std::fs::read_to_string(out.join("power.json")).expect("power.json");
+    let json: Value = serde_json::from_str(&text).expect("power.json is JSON");
+    let bound = judge_report(&json, "bound");
+    assert_eq!(bound["baseline"][0]["detection"][0][1], 0.0, "{bound}");
+    assert_eq!(bound["cells"][0]["detection"][0][1], 1.0, "{bound}");
+}
