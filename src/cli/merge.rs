@@ -3,14 +3,14 @@
 //! campaign would have written. Only finished shards are merged, and `--out` is never one of
 //! them nor another campaign (unless `--overwrite`): a merge can always be redone.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 
 use esmfuzz::harness::campaign::merge_shards;
 
 use super::campaign_dir::{self, Claim};
-use super::report::{FuzzReport, RunHeader, read_report};
+use super::report::{DeploymentSection, FuzzReport, RunHeader, read_report};
 use super::{Outcome, same_file};
 
 #[derive(clap::Args, Debug)]
@@ -73,6 +73,21 @@ pub fn run(args: MergeArgs) -> Result<Outcome> {
             }
         }
     }
+    let deployment_of = |h: &RunHeader| h.deployment.as_ref().map(|d| d.name.clone());
+    if let Some((dir, h)) = args
+        .shards
+        .iter()
+        .zip(&headers)
+        .find(|(_, h)| deployment_of(h) != deployment_of(first))
+    {
+        bail!(
+            "{}: deployment {:?} differs from the first shard's ({}) {:?}",
+            dir.display(),
+            deployment_of(h),
+            args.shards[0].display(),
+            deployment_of(first)
+        );
+    }
     let merged = merge_shards(campaigns).map_err(|e| match e.report() {
         Some(i) => anyhow!("{}: {e}", args.shards[i].display()),
         None => anyhow!(e),
@@ -80,10 +95,17 @@ pub fn run(args: MergeArgs) -> Result<Outcome> {
     let _owned = campaign_dir::claim(&args.out, claim, &[])?;
     let devices: Vec<&str> = headers.iter().map(|h| h.device.as_str()).collect();
     let (esmfuzz_version, git_commit) = RunHeader::this_build();
+    let sections: Vec<(&Path, &DeploymentSection)> = args
+        .shards
+        .iter()
+        .zip(&headers)
+        .filter_map(|(dir, h)| Some((dir.as_path(), h.deployment.as_ref()?)))
+        .collect();
     let header = RunHeader {
         esmfuzz_version,
         git_commit,
         device: devices.join(", "),
+        deployment: DeploymentSection::merged(&sections),
         ..first.clone()
     };
     FuzzReport::new(&header, &merged).write(&args.out)?;

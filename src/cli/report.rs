@@ -59,6 +59,49 @@ pub struct DeploymentSection {
 }
 
 /// The model's size, as report.json records it.
+impl DeploymentSection {
+    /// The shards' sections as one: the first's description, calls and times summed over
+    /// the shards (time elsewhere stays a share of the shards' summed wall time), the
+    /// failures and stderr tails of each shard named.
+    pub fn merged(shards: &[(&std::path::Path, &DeploymentSection)]) -> Option<Self> {
+        let (_, first) = shards.first()?;
+        let mut merged = (*first).clone();
+        if shards.len() == 1 {
+            return Some(merged);
+        }
+        let c = &mut merged.calls;
+        *c = esmfuzz::deployment::CallStats::default();
+        merged.wall_seconds = 0.0;
+        merged.oracle_seconds = 0.0;
+        merged.stderr_tail.clear();
+        for (dir, d) in shards {
+            let (c, s) = (&mut merged.calls, &d.calls);
+            c.calls += s.calls;
+            c.seconds_in_calls += s.seconds_in_calls;
+            c.protocol_seconds += s.protocol_seconds;
+            c.refusals += s.refusals;
+            c.broken += s.broken;
+            c.restarts += s.restarts;
+            c.failures
+                .extend(s.failures.iter().map(|f| format!("{}: {f}", dir.display())));
+            merged.wall_seconds += d.wall_seconds;
+            merged.oracle_seconds += d.oracle_seconds;
+            if !d.stderr_tail.trim().is_empty() {
+                merged.stderr_tail.push_str(&format!(
+                    "== {}\n{}\n",
+                    dir.display(),
+                    d.stderr_tail.trim_end()
+                ));
+            }
+        }
+        merged.notes.push(format!(
+            "merged from {} shards: calls and times are summed over them",
+            shards.len()
+        ));
+        Some(merged)
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ModelSize {
     pub layers: usize,

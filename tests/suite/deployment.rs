@@ -850,3 +850,54 @@ fn power_against_a_deployment_sees_a_leak_across_sequences_in_packed_serve() {
     assert_eq!(bound["baseline"][0]["detection"][0][1], 0.0, "{bound}");
     assert_eq!(bound["cells"][0]["detection"][0][1], 1.0, "{bound}");
 }
+
+/// Shards of a deployment campaign merge into one report whose deployment section counts
+/// every shard's calls (it kept the first shard's alone), and shards of two differently
+/// named deployments are refused.
+#[test]
+fn merged_deployment_shards_count_every_shards_calls() {
+    let c = Campaign::new();
+    let serve = serve_command("--precision f16");
+    let shard = |part: &str, name: &str| {
+        let (ran, out) = c.fuzz(
+            &format!("shard-{name}-{}", part.replace('/', "of")),
+            &serve,
+            &[
+                "--families",
+                "stratum-tiny,stratum-short",
+                "--max-stratum",
+                "short",
+                "--cases",
+                "2",
+                "--seed",
+                "5",
+                "--shard",
+                part,
+                "--deployment-name",
+                name,
+            ],
+        );
+        assert_eq!(ran.code, 0, "{}", ran.stderr);
+        out
+    };
+    let (a, b) = (shard("0/2", "ours"), shard("1/2", "ours"));
+    let calls = |out: &Path| {
+        report(out)["deployment"]["calls"]["calls"]
+            .as_u64()
+            .unwrap()
+    };
+    let merged = c.out.with_file_name("merged");
+    let ran = binary::run(&["merge", s(&a), s(&b), "--out", s(&merged)], &[], None);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(calls(&a) > 0 && calls(&b) > 0);
+    assert_eq!(calls(&merged), calls(&a) + calls(&b));
+    let other = shard("1/2", "theirs");
+    let refused = c.out.with_file_name("refused");
+    let ran = binary::run(
+        &["merge", s(&a), s(&other), "--out", s(&refused)],
+        &[],
+        None,
+    );
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("deployment"), "{}", ran.stderr);
+}
