@@ -22,7 +22,7 @@ use esmfuzz::harness::campaign::{
 use esmfuzz::harness::cases::Models;
 use esmfuzz::harness::driver::Observer;
 use esmfuzz::harness::driver::RunOptions;
-use esmfuzz::harness::family::Family;
+use esmfuzz::harness::family::{Family, HEADS_GROUP, HeadsOffered, Skipped};
 use esmfuzz::harness::strategies::{GENERATOR_VERSION, Stratum};
 use esmfuzz::harness::summary::FamilyResult;
 use esmfuzz::harness::verdict::{Tolerances, Verdict, tightest};
@@ -90,30 +90,59 @@ pub struct FuzzArgs {
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
     /// Run only these families of the plan (names as report.md lists them, e.g.
-    /// stratum-tiny,isolation-up-to-short); the saved failures are still replayed first.
+    /// stratum-tiny,isolation-up-to-short; `heads` for every head family); the saved
+    /// failures are still replayed first.
     #[arg(long, value_delimiter = ',')]
     pub families: Vec<String>,
     #[command(flatten)]
     pub deployment: super::fuzz_deployment::DeploymentArgs,
 }
 
-/// `plan` restricted to the families `--families` names (all when it names none); a name
-/// not in the plan is an error listing the plan.
-fn select_families(plan: Vec<Family>, names: &[String]) -> Result<Vec<Family>> {
+/// `plan` and `skipped` (the families of the plan the subject cannot run) restricted to the
+/// families `--families` names (all when it names none; `heads` names every head family). A
+/// name not in the plan is an error listing the plan; names that select only skipped
+/// families are an error giving each one's reason.
+fn select_families(
+    plan: Vec<Family>,
+    skipped: Vec<Skipped>,
+    names: &[String],
+) -> Result<(Vec<Family>, Vec<Skipped>)> {
     if names.is_empty() {
-        return Ok(plan);
+        return Ok((plan, skipped));
     }
-    let known: Vec<String> = plan.iter().map(Family::name).collect();
-    if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
+    let known: Vec<String> = plan
+        .iter()
+        .map(Family::name)
+        .chain(skipped.iter().map(|s| s.family.clone()))
+        .collect();
+    if let Some(unknown) = names
+        .iter()
+        .find(|n| *n != HEADS_GROUP && !known.contains(n))
+    {
         bail!(
-            "--families: '{unknown}' is not a family of this campaign (with this --max-stratum): {}",
+            "--families: '{unknown}' is not a family of this campaign (with this --max-stratum): {}, \
+             or {HEADS_GROUP} (every head family)",
             known.join(", ")
         );
     }
-    Ok(plan
+    let selects = |family: &Family| names.iter().any(|n| family.selected_by(n));
+    let families: Vec<Family> = plan.into_iter().filter(selects).collect();
+    let skipped: Vec<Skipped> = skipped
         .into_iter()
-        .filter(|f| names.contains(&f.name()))
-        .collect())
+        .filter(|s| s.family.parse::<Family>().is_ok_and(|f| selects(&f)))
+        .collect();
+    if families.is_empty() {
+        bail!(
+            "--families {}: every family it names is skipped in this campaign: {}",
+            names.join(","),
+            skipped
+                .iter()
+                .map(Skipped::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok((families, skipped))
 }
 
 /// sha256 of a file, read in 8 MiB pieces.
@@ -764,14 +793,20 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
     if args.deployment.endpoint.is_some() {
         return super::fuzz_deployment::run(&args, start);
     }
+    // The checkpoint's heads decide which head families the plan holds.
+    let checkpoint = args.model.open()?;
+    let heads = checkpoint.read_heads()?;
     let Planned {
         spec,
         out,
         claim,
         stopped,
         fasta_sha256,
-    } = start.plan(Family::campaign(args.max_stratum), &args)?;
-    let checkpoint = args.model.open()?;
+    } = start.plan(
+        Family::campaign(args.max_stratum),
+        HeadsOffered::of(Some(&heads)),
+        &args,
+    )?;
     let digest = sha256_of(&checkpoint.file.path)?;
     let config = &checkpoint.config;
     let model = ModelSize::of(&checkpoint);
@@ -852,6 +887,7 @@ pub fn run(args: FuzzArgs) -> Result<Outcome> {
             test: &test,
             floor: floor.as_ref(),
             twin: twin.as_ref(),
+            heads: Some(&heads),
         };
         let runner = InProcessRunner { models, tol };
         let campaign = Campaign {
@@ -890,9 +926,16 @@ pub(super) struct Planned {
 }
 
 impl Start {
-    /// The campaign of `families` (narrowed by `--families`) with the stopped campaign's seed
-    /// and finished families when resumed, else `--seed` or a fresh one.
-    pub fn plan(self, families: Vec<Family>, args: &FuzzArgs) -> Result<Planned> {
+    /// The campaign of `families` that the subject can run (`offered`: the head families
+    /// need the checkpoint's head; the others are named as skipped), narrowed by
+    /// `--families`, with the stopped campaign's seed and finished families when resumed,
+    /// else `--seed` or a fresh one.
+    pub fn plan(
+        self,
+        families: Vec<Family>,
+        offered: HeadsOffered,
+        args: &FuzzArgs,
+    ) -> Result<Planned> {
         let Start {
             out,
             claim,
@@ -907,8 +950,11 @@ impl Start {
             .map(|s| s.campaign.seed)
             .or(args.seed)
             .unwrap_or_else(fresh_seed);
+        let (families, skipped) = offered.partition(families);
+        let (families, skipped) = select_families(families, skipped, &args.families)?;
         let spec = CampaignSpec {
-            families: select_families(families, &args.families)?,
+            families,
+            skipped,
             cases,
             seed,
             regressions,
@@ -1007,6 +1053,9 @@ pub(super) fn check_plan(
             &out.join(campaign_dir::CASES_FILE),
             &stopped.campaign.families,
         )?;
+    }
+    for skipped in &spec.skipped {
+        eprintln!("not run: {skipped}");
     }
     eprintln!("seed: {} (rerun with --seed {})", spec.seed, spec.seed);
     Ok(())

@@ -18,7 +18,7 @@ use esmfuzz::harness::campaign::SubjectRunner;
 use esmfuzz::harness::cases::Oracle;
 use esmfuzz::harness::deployment::{DeploymentBounds, Pooling, check_pooled, generate_cases};
 use esmfuzz::harness::driver::{MAX_SHRINK_ITERS, RunOptions, ShrinkBudget};
-use esmfuzz::harness::family::Family;
+use esmfuzz::harness::family::{Family, HeadsOffered};
 use esmfuzz::harness::saved::DeploymentName;
 use esmfuzz::harness::strategies::Stratum;
 use esmfuzz::harness::subject::{InProcess, Subject};
@@ -180,7 +180,11 @@ pub fn run(args: &FuzzArgs, start: Start) -> Result<Outcome> {
         claim,
         stopped,
         fasta_sha256,
-    } = start.plan(Family::deployment_campaign(args.max_stratum), args)?;
+    } = start.plan(
+        Family::deployment_campaign(args.max_stratum),
+        HeadsOffered::PooledRowsOnly,
+        args,
+    )?;
     let checkpoint = args.model.open()?;
     let digest = sha256_of(&checkpoint.file.path)?;
     let config = checkpoint.config.clone();

@@ -362,6 +362,13 @@ fn markdown(report: &FuzzReport<'_>, plots: &[(PathBuf, &str)]) -> String {
     if let Some(d) = &r.deployment {
         md.push_str(&deployment_section(d));
     }
+    if !c.skipped.is_empty() {
+        md.push_str("**Not run** (families of the plan this subject cannot run):\n");
+        for s in &c.skipped {
+            md.push_str(&format!("- `{}`: {}\n", s.family, s.reason));
+        }
+        md.push('\n');
+    }
     md.push_str("| family | verdict | cases | model runs | tightest property | tolerance used | seconds |\n|---|---|---|---|---|---|---|\n");
     for f in c.replayed_seed_families.iter().chain(&c.families) {
         let (property, used) = f

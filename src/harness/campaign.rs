@@ -12,7 +12,7 @@ use super::driver::{
     FamilySubject, NoProteins, Observer, RunOptions, replay_seeds, run_family, run_family_with,
     run_proteins, run_real_with,
 };
-use super::family::Family;
+use super::family::{Family, HeadsOffered, Skipped};
 use super::saved::{
     PolicyKey, Replay, SubjectKey, replay_counterexample, replay_counterexample_with, saved_files,
 };
@@ -78,6 +78,9 @@ pub struct CampaignSpec {
     pub completed: Vec<FamilyResult>,
     /// Run only this part of the campaign.
     pub shard: Option<Shard>,
+    /// Families of the plan the subject cannot run (a head family on a checkpoint without
+    /// the head, or against a deployment), named with the reason in the report.
+    pub skipped: Vec<Skipped>,
 }
 
 impl CampaignSpec {
@@ -126,6 +129,10 @@ pub struct CampaignReport {
     /// The part of the campaign this report covers; `None` for all of it.
     #[serde(default)]
     pub shard: Option<Shard>,
+    /// Families not run, and why: those of the plan the subject cannot run, and saved
+    /// failures of families it cannot replay (a head the checkpoint lacks).
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
 }
 
 impl CampaignReport {
@@ -186,6 +193,8 @@ pub trait Runner {
     fn why_stopped(&self) -> Option<String> {
         None
     }
+    /// What the subject offers the head families.
+    fn heads_offered(&self) -> HeadsOffered;
 }
 
 /// Any [`Subject`] judged against the FP32 oracle through the family's one check: what a
@@ -307,6 +316,10 @@ impl<B: Backend> Runner for SubjectRunner<'_, B> {
             .exhausted()
             .then(|| "the subject gave up (see the report's call failures)".to_string())
     }
+
+    fn heads_offered(&self) -> HeadsOffered {
+        HeadsOffered::PooledRowsOnly
+    }
 }
 
 /// Our own model under a policy, against FP32 in the same process.
@@ -363,6 +376,10 @@ impl<B: Backend> Runner for InProcessRunner<'_, B> {
     ) -> Result<FamilyResult, NoProteins> {
         run_proteins(name, proteins, self.models, &self.tol, options, observer)
     }
+
+    fn heads_offered(&self) -> HeadsOffered {
+        HeadsOffered::of(self.models.heads)
+    }
 }
 
 /// Runs a campaign on `models`; `progress` sees the report after the replays and after each
@@ -411,6 +428,7 @@ pub fn run_campaign_with(
         resumed: Vec::new(),
         planned: spec.planned(),
         shard: spec.shard,
+        skipped: spec.skipped.clone(),
     };
     let owns = |position: usize| spec.shard.is_none_or(|s| s.owns(position));
     let replays = spec.shard.is_none_or(|s| s.index == 0);
@@ -418,6 +436,14 @@ pub fn run_campaign_with(
         report.unreplayable.clear();
     }
     for (family, seeds, counterexample) in saved.families.iter().filter(|_| replays) {
+        // A saved failure of a head this subject lacks cannot be replayed: named, not run.
+        if let Some(reason) = runner.heads_offered().why_not(*family) {
+            report.skipped.push(Skipped {
+                family: family.name(),
+                reason: format!("its saved failures were not replayed: {reason}"),
+            });
+            continue;
+        }
         if let Some(path) = counterexample {
             report.replayed_counterexamples.push(runner.counterexample(
                 *family,

@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 
 use super::deployment::Pooling;
 use super::explanation::{Divergence, Explanation, PooledRow};
-use super::heads::{HeadTolerances, classifier_agreement, contact_agreement};
+use super::heads::{Head, HeadTolerances, classifier_agreement, contact_agreement};
 use super::localise::{Localisation, localise};
 use super::properties::{
     against_reference, finite_layers, isolation, packed_vs_padded, pooled_against, rows_agree,
@@ -39,6 +39,9 @@ pub struct Models<'a, B: Backend> {
     /// then also judged against the twin's on the same input
     /// ([`super::properties::within_twin`]).
     pub twin: Option<&'a Esm2<B>>,
+    /// The checkpoint's trained heads, which the head families run
+    /// ([`crate::harness::family::Family::Classifier`], `Contacts`).
+    pub heads: Option<&'a HeadWeights>,
 }
 
 impl<'a, B: Backend> Models<'a, B> {
@@ -49,6 +52,15 @@ impl<'a, B: Backend> Models<'a, B> {
             test,
             floor: None,
             twin: None,
+            heads: None,
+        }
+    }
+
+    /// These models with the checkpoint's `heads`.
+    pub fn with_heads(self, heads: &'a HeadWeights) -> Self {
+        Self {
+            heads: Some(heads),
+            ..self
         }
     }
 }
@@ -684,26 +696,60 @@ pub fn check_heads<B: Backend>(
     proteins: &[Protein],
     tol: &HeadTolerances,
 ) -> Vec<Verdict> {
-    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
     let mut verdicts = Vec::new();
     if let Some(head) = &heads.classifier {
-        let test = classify(models.test, head, proteins);
-        let reference = classify(models.reference, head, proteins);
-        verdicts.extend(classifier_agreement(&test, &reference, &names, tol));
+        verdicts.extend(check_classifier(models, head, proteins, tol));
     }
     if let Some(head) = &heads.contact {
-        let maps = |model| {
-            proteins
-                .iter()
-                .map(|p| contacts(model, head, p))
-                .collect::<Vec<_>>()
-        };
-        verdicts.extend(contact_agreement(
-            &maps(models.test),
-            &maps(models.reference),
-            &names,
-            tol,
-        ));
+        verdicts.extend(check_contacts(models, head, proteins, tol));
     }
     verdicts
+}
+
+/// The head family's check for one case: `head` of `models.heads` on `proteins`, the policy
+/// under test against FP32. A head the models do not carry is a failed verdict saying so.
+pub fn check_head<B: Backend>(
+    models: Models<'_, B>,
+    head: Head,
+    proteins: &[Protein],
+    tol: &HeadTolerances,
+) -> Vec<Verdict> {
+    let (classifier, contact) = models.heads.map_or((None, None), |h| {
+        (h.classifier.as_ref(), h.contact.as_ref())
+    });
+    match (head, classifier, contact) {
+        (Head::Classifier, Some(w), _) => check_classifier(models, w, proteins, tol),
+        (Head::Contact, _, Some(w)) => check_contacts(models, w, proteins, tol),
+        _ => vec![head.not_judged(&format!("the checkpoint carries no {}", head.label()))],
+    }
+}
+
+/// The classifier's probabilities and decisions of the policy under test against FP32's.
+pub fn check_classifier<B: Backend>(
+    models: Models<'_, B>,
+    head: &ClassifierWeights,
+    proteins: &[Protein],
+    tol: &HeadTolerances,
+) -> Vec<Verdict> {
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+    let test = classify(models.test, head, proteins);
+    let reference = classify(models.reference, head, proteins);
+    classifier_agreement(&test, &reference, &names, tol)
+}
+
+/// Each protein's contact map (alone) of the policy under test against FP32's.
+pub fn check_contacts<B: Backend>(
+    models: Models<'_, B>,
+    head: &ContactWeights,
+    proteins: &[Protein],
+    tol: &HeadTolerances,
+) -> Vec<Verdict> {
+    let names: Vec<String> = proteins.iter().map(|p| p.name.clone()).collect();
+    let maps = |model| {
+        proteins
+            .iter()
+            .map(|p| contacts(model, head, p))
+            .collect::<Vec<_>>()
+    };
+    contact_agreement(&maps(models.test), &maps(models.reference), &names, tol)
 }

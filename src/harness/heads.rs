@@ -5,9 +5,50 @@
 use super::metrics;
 use super::verdict::{PropertyId, Verdict};
 use crate::model::Precision;
+use crate::model::heads::HeadWeights;
+
+/// One of the trained heads a checkpoint may carry, as the head families name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Head {
+    /// The sequence classifier (HF `EsmClassificationHead`).
+    Classifier,
+    /// The contact head (HF `EsmContactPredictionHead`).
+    Contact,
+}
+
+impl Head {
+    pub const ALL: [Head; 2] = [Head::Classifier, Head::Contact];
+
+    /// The head as reports name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Head::Classifier => "classifier head",
+            Head::Contact => "contact head",
+        }
+    }
+
+    /// Whether `heads` holds this head.
+    pub fn in_checkpoint(self, heads: &HeadWeights) -> bool {
+        match self {
+            Head::Classifier => heads.classifier.is_some(),
+            Head::Contact => heads.contact.is_some(),
+        }
+    }
+
+    /// The head's first property, failed with `why` (NaN measured): what a case of a head
+    /// family reads when the head cannot be run (a check that cannot run must not pass).
+    pub fn not_judged(self, why: &str) -> Verdict {
+        let property = match self {
+            Head::Classifier => PropertyId::ClassifierProbability,
+            Head::Contact => PropertyId::ContactMaxAbsDiff,
+        };
+        Verdict::below(property, f64::NAN, 0.0, why.to_string())
+    }
+}
 
 /// Bounds for the heads' outputs under a reduced policy against FP32.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HeadTolerances {
     /// Largest |p - p32| of any class probability, `<`.
     pub classifier_probability: f64,

@@ -140,6 +140,11 @@ pub enum PowerError {
         "family {0} does not compare with FP32 (isolation): degradations of the model do not change what it checks"
     )]
     NotAgainstReference(String),
+    #[error(
+        "family {0} judges the checkpoint's trained heads: power measures the families of the \
+         backbone only (the head bounds' measurements: results/heads-bf16/README.md)"
+    )]
+    HeadFamily(String),
     #[error("layer {layer} does not exist: the model has {layers} layers (0-based)")]
     NoSuchLayer { layer: usize, layers: usize },
     #[error("nothing to measure: {0}")]
@@ -247,6 +252,9 @@ impl PowerSpec {
     pub fn check(&self, layers: usize) -> Result<(), PowerError> {
         if self.families.is_empty() {
             return Err(PowerError::Empty("no family"));
+        }
+        if let Some(f) = self.families.iter().find(|f| f.head().is_some()) {
+            return Err(PowerError::HeadFamily(f.name()));
         }
         if self.degradations.is_empty() {
             return Err(PowerError::Empty("no degradation"));

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::heads::HeadTolerances;
 use crate::backend::BackendKind;
 use crate::model::Precision;
 
@@ -397,6 +398,10 @@ pub struct Tolerances {
     /// Property 4: largest pooled L2 norm of any sequence, `<`: an overflowing embedding.
     #[serde(default = "Tolerances::plan_pooled_norm_max")]
     pub pooled_norm_max: f64,
+    /// The head families' bounds on the checkpoint's classifier and contact head
+    /// ([`HeadTolerances::for_precision`]).
+    #[serde(default = "Tolerances::heads_unrecorded")]
+    pub heads: HeadTolerances,
 }
 
 impl Tolerances {
@@ -409,6 +414,12 @@ impl Tolerances {
 
     fn plan_pooled_norm_max() -> f64 {
         1000.0
+    }
+
+    /// Reports written before the head families kept no head bounds (they judged no head):
+    /// they read back with FP16's.
+    fn heads_unrecorded() -> HeadTolerances {
+        HeadTolerances::for_precision(Precision::F16)
     }
 
     /// [`Self::for_precision`] on `backend`. On CUDA f32's packed states are not
@@ -461,6 +472,7 @@ impl Tolerances {
             isolation_abs: 1e-5,
             pooled_norm_min: Self::plan_pooled_norm_min(),
             pooled_norm_max: Self::plan_pooled_norm_max(),
+            heads: HeadTolerances::for_precision(precision),
         };
         match precision {
             // Packed equals padded bit for bit on the CPU (60 corpus proteins, every policy,

@@ -215,6 +215,7 @@ fn a_campaign_reports_a_fault_and_writes_its_counterexample() {
         real_proteins: Vec::new(),
         completed: Vec::new(),
         shard: None,
+        skipped: Vec::new(),
     };
     let tol = Tolerances::for_precision(Precision::F32);
     let faulty = common::model_with(

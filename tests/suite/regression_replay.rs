@@ -112,6 +112,7 @@ fn a_failure_saved_by_the_test_driver_replays_at_the_start_of_a_campaign() {
         real_proteins: Vec::new(),
         completed: Vec::new(),
         shard: None,
+        skipped: Vec::new(),
     };
     let report = run_campaign(models, &tol, &spec, &mut (), &mut |_| Ok(())).unwrap();
     let fasta = &report.replayed_counterexamples;
@@ -224,6 +225,7 @@ fn a_resumed_campaign_reports_what_an_uninterrupted_one_does() {
             real_proteins: Vec::new(),
             completed,
             shard: None,
+            skipped: Vec::new(),
         }
     };
     let both = vec![Family::Stratum(Stratum::Tiny), Family::Mixed(Stratum::Tiny)];
