@@ -65,18 +65,21 @@ def _unpacked_call(name):
                         f"esm_packed.packed_inputs(...) as keyword arguments")
 
 
+# torch.nn.attention.varlen.varlen_attn, bound by register("varlen") (no import inside the
+# function torch.compile traces).
+_VARLEN_ATTN = None
+
+
 def _varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                       cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None,
                       max_length_k=None, esm_packed_fault=None, **kwargs):
-    from torch.nn.attention.varlen import varlen_attn
-
     if cu_seq_lens_q is None:
         raise _unpacked_call(IMPLEMENTATIONS["varlen"])
     if esm_packed_fault == "double-scaled":
         scaling = None  # the kernel's default head_dim^-0.5 on top of ESM's own
     q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, H, d]
-    out = varlen_attn(q, k, v, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
-                      scale=scaling)
+    out = _VARLEN_ATTN(q, k, v, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
+                       scale=scaling)
     return out[None], None  # [1, T, H, d]
 
 
@@ -99,10 +102,15 @@ def _sdpa_loop_attention(module, query, key, value, attention_mask, scaling=None
 def register(kernel):
     """Registers the packed attention of `kernel` with transformers and returns the
     attn_implementation name that selects it."""
+    global _VARLEN_ATTN
     from transformers import AttentionInterface
 
     if kernel not in KERNELS:
         raise ValueError(f"kernel {kernel!r}: one of {', '.join(KERNELS)}")
+    if kernel == "varlen":
+        from torch.nn.attention.varlen import varlen_attn
+
+        _VARLEN_ATTN = varlen_attn
     name = IMPLEMENTATIONS[kernel]
     fn = _varlen_attention if kernel == "varlen" else _sdpa_loop_attention
     AttentionInterface.register(name, fn)
