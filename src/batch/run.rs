@@ -9,7 +9,7 @@ use std::ops::Range;
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::oom::{OutOfMemory, catch_out_of_memory};
-use super::{Batch, Batching, Layout, PackedBatch, PaddedBatch, pack_proteins, padded_batches};
+use super::{Batch, Batching, Layout, PaddedBatch, packed_batches, padded_batches};
 use crate::input::Protein;
 use crate::model::{Esm2, to_host};
 
@@ -108,22 +108,24 @@ pub fn batches<'a, B: Backend>(
     batching: Batching,
 ) -> impl Iterator<Item = Box<dyn Batch>> + 'a {
     let dropout = model.config.token_dropout;
-    let groups = match batching.layout {
-        Layout::Padded => padded_batches(proteins, batching.budget),
-        Layout::Packed => pack_proteins(proteins, batching.budget).bins,
+    let batches: Box<dyn Iterator<Item = Box<dyn Batch>> + 'a> = match batching.layout {
+        Layout::Padded => Box::new(padded_batches(proteins, batching.budget).into_iter().map(
+            move |indices| -> Box<dyn Batch> {
+                let seqs: Vec<(usize, Vec<u32>)> =
+                    indices.iter().map(|&i| (i, proteins[i].tokens())).collect();
+                Box::new(PaddedBatch::with_len_multiple(
+                    &seqs,
+                    dropout,
+                    model.padded_row_multiple(),
+                ))
+            },
+        )),
+        Layout::Packed => Box::new(
+            packed_batches(proteins, batching.budget, dropout)
+                .map(|b| -> Box<dyn Batch> { Box::new(b) }),
+        ),
     };
-    groups.into_iter().map(move |indices| -> Box<dyn Batch> {
-        let seqs: Vec<(usize, Vec<u32>)> =
-            indices.iter().map(|&i| (i, proteins[i].tokens())).collect();
-        match batching.layout {
-            Layout::Padded => Box::new(PaddedBatch::with_len_multiple(
-                &seqs,
-                dropout,
-                model.padded_row_multiple(),
-            )),
-            Layout::Packed => Box::new(PackedBatch::new(&seqs, dropout)),
-        }
-    })
+    batches
 }
 
 /// What [`embed`] did.

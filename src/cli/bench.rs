@@ -8,7 +8,10 @@ use burn::tensor::backend::Backend;
 use serde::Serialize;
 
 use esmfuzz::backend::BackendKind;
-use esmfuzz::batch::{self, Batching, Layout, pack_proteins, padded_batches, padding_efficiency};
+use esmfuzz::batch::{
+    self, Batch, Batching, Layout, pack_proteins, packed_batches, padded_batches,
+    padding_efficiency,
+};
 use esmfuzz::input::{NormaliseOptions, Protein};
 use esmfuzz::model::{
     AttentionKernel, ComputePlan, Esm2, EsmWeights, FaultSet, Gemm, Precision, resolve_gemm,
@@ -55,15 +58,17 @@ pub struct BenchArgs {
     /// only, e.g. `--preset esm2_t36_3B_UR50D --synthetic`).
     #[arg(long, requires = "preset")]
     pub synthetic: bool,
-    /// Write the padded batches (token ids, in the order run) and the model config as JSON,
-    /// for `scripts/torch_bench.py` to time HF transformers on exactly these batches.
+    /// Write the padded batches and the packed ones (token ids and `cu_seqlens`, in the order
+    /// run) and the model config as JSON, for `scripts/torch_bench.py` to time HF transformers
+    /// on exactly these batches.
     #[arg(long)]
     pub batches_out: Option<PathBuf>,
     /// Only write --batches-out, time nothing (so torch can run first).
     #[arg(long, requires = "batches_out")]
     pub plan_only: bool,
     /// `scripts/torch_bench.py`'s report on the same batches and card: adds esmfuzz / torch
-    /// ratios per policy.
+    /// ratios per policy, against each anchor it measured and checked (torch eager,
+    /// torch.compile, packed torch eager and compiled).
     #[arg(long)]
     pub torch: Option<PathBuf>,
     /// Mark the last timed pass of this layout as the region a CUDA profiler records when it
@@ -74,18 +79,57 @@ pub struct BenchArgs {
     pub profile_pass: Option<Layout>,
 }
 
-/// What `--batches-out` writes.
+/// What `--batches-out` writes: the batches both layouts of the bench run, for
+/// `scripts/torch_bench.py`.
 #[derive(Serialize)]
 struct BatchPlan<'a> {
+    /// [`BATCH_PLAN_VERSION`].
+    version: u32,
     fasta: &'a std::path::Path,
     token_budget: usize,
     /// The model's HF config (for a random-weight torch model of the same shape).
     config: &'a esmfuzz::model::EsmConfig,
     /// Per padded batch, each sequence's token ids (BOS and EOS included).
     batches: Vec<Vec<Vec<u32>>>,
+    /// Per padded batch, each sequence's record (its index in the FASTA as read), as `batches`.
+    batch_records: Vec<Vec<usize>>,
+    /// The packed batches of the same budget, exactly as the packed pass runs them
+    /// ([`packed_batches`]).
+    packed: Vec<PackedPlan>,
 }
 
-/// One row of `scripts/torch_bench.py`'s report.
+/// `--batches-out`'s format: 1 had `fasta`, `token_budget`, `config` and `batches` (and no
+/// version field); 2 added `version`, `batch_records` and `packed`.
+const BATCH_PLAN_VERSION: u32 = 2;
+
+/// One packed batch of [`BatchPlan`]: one token stream, sequences back to back.
+#[derive(Serialize)]
+struct PackedPlan {
+    /// Each sequence's record, in stream order.
+    records: Vec<usize>,
+    /// Sequence boundaries in `tokens`, `[sequences + 1]`, from 0.
+    cu_seqlens: Vec<i32>,
+    /// The longest sequence, BOS and EOS included.
+    max_seqlen: usize,
+    /// Every sequence's token ids (BOS and EOS included), back to back.
+    tokens: Vec<u32>,
+}
+
+impl BatchPlan<'_> {
+    fn packed_of(proteins: &[Protein], budget: usize, token_dropout: bool) -> Vec<PackedPlan> {
+        packed_batches(proteins, budget, token_dropout)
+            .map(|b| PackedPlan {
+                tokens: b.input().tokens.clone(),
+                records: b.records,
+                cu_seqlens: b.cu_seqlens,
+                max_seqlen: b.max_seqlen,
+            })
+            .collect()
+    }
+}
+
+/// One row of `scripts/torch_bench.py`'s report: torch eager on the padded batches (the
+/// report's `rows`, every version).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct TorchRow {
     precision: Precision,
@@ -95,10 +139,143 @@ struct TorchRow {
     peak_memory_gib: Option<f64>,
 }
 
+/// How `scripts/torch_bench.py` ran HF transformers: the anchors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum AnchorMode {
+    /// `EsmModel` as it ships (SDPA) on the padded batches.
+    Eager,
+    /// `torch.compile(model, dynamic=True)` on the padded batches.
+    Compiled,
+    /// The same model on the packed batches, attention through `varlen_attn`.
+    Packed,
+    /// `torch.compile` of the packed model.
+    PackedCompiled,
+}
+
+impl AnchorMode {
+    const ALL: [AnchorMode; 4] = [
+        AnchorMode::Eager,
+        AnchorMode::Compiled,
+        AnchorMode::Packed,
+        AnchorMode::PackedCompiled,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AnchorMode::Eager => "torch eager",
+            AnchorMode::Compiled => "torch.compile",
+            AnchorMode::Packed => "packed torch",
+            AnchorMode::PackedCompiled => "packed torch.compile",
+        }
+    }
+}
+
+/// What became of one anchor (only `ok` carries a figure to compare with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum AnchorStatus {
+    /// Checked against HF FP32 and timed.
+    Ok,
+    /// Disagreed with HF FP32 beyond its precision's bounds: not timed.
+    Invalid,
+    Error,
+    Timeout,
+    /// Does not apply (varlen_attn has no FP32).
+    Skipped,
+    /// Checked on the CPU, never timed.
+    CheckOnly,
+    /// Not reached (the script's deadline, or no FP32 reference to check against).
+    NotRun,
+}
+
+impl AnchorStatus {
+    fn name(self) -> &'static str {
+        match self {
+            AnchorStatus::Ok => "ok",
+            AnchorStatus::Invalid => "invalid",
+            AnchorStatus::Error => "error",
+            AnchorStatus::Timeout => "timeout",
+            AnchorStatus::Skipped => "skipped",
+            AnchorStatus::CheckOnly => "check-only",
+            AnchorStatus::NotRun => "not-run",
+        }
+    }
+}
+
+/// One entry of the report's `modes` (version 2): a mode at a precision.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct TorchAnchor {
+    mode: AnchorMode,
+    precision: Precision,
+    status: AnchorStatus,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    tokens_per_second: Option<f64>,
+    #[serde(default)]
+    first_pass_seconds: Option<f64>,
+    #[serde(default)]
+    peak_memory_gib: Option<f64>,
+}
+
+impl TorchAnchor {
+    /// Its tokens per second, when it is a figure to compare with.
+    fn figure(&self) -> Option<f64> {
+        self.tokens_per_second
+            .filter(|t| self.status == AnchorStatus::Ok && t.is_finite() && *t > 0.0)
+    }
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct TorchReport {
     device: String,
     rows: Vec<TorchRow>,
+    /// Every mode and precision (version 2; version 1 had only `rows`).
+    #[serde(default)]
+    modes: Vec<TorchAnchor>,
+}
+
+impl TorchReport {
+    /// The anchors at `precision`: `modes`, or a version 1 report's eager rows.
+    fn anchors(&self, precision: Precision) -> Vec<TorchAnchor> {
+        if self.modes.is_empty() {
+            return self
+                .rows
+                .iter()
+                .filter(|r| r.precision == precision)
+                .map(|r| TorchAnchor {
+                    mode: AnchorMode::Eager,
+                    precision,
+                    status: AnchorStatus::Ok,
+                    reason: None,
+                    tokens_per_second: Some(r.tokens_per_second),
+                    first_pass_seconds: Some(r.first_pass_seconds),
+                    peak_memory_gib: r.peak_memory_gib,
+                })
+                .collect();
+        }
+        AnchorMode::ALL
+            .iter()
+            .filter_map(|&m| {
+                self.modes
+                    .iter()
+                    .find(|a| a.mode == m && a.precision == precision)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// esmfuzz against one anchor, for one row of the bench.
+#[derive(Debug, Serialize)]
+struct AnchorRatio {
+    #[serde(flatten)]
+    torch: TorchAnchor,
+    /// esmfuzz's faster layout over the anchor.
+    best_over_torch: Option<f64>,
+    /// esmfuzz packed over the anchor.
+    packed_over_torch: Option<f64>,
 }
 
 /// Throughput of one policy, padded and packed.
@@ -124,10 +301,13 @@ struct BenchRow {
     /// [`EsmConfig::forward_flops`]: esmfuzz::model::EsmConfig::forward_flops
     padded_tflops: f64,
     packed_tflops: f64,
-    /// HF transformers on the same padded batches and card (`--torch`).
+    /// HF transformers eager on the same padded batches and card (`--torch`).
     torch: Option<TorchRow>,
     padded_over_torch: Option<f64>,
     packed_over_torch: Option<f64>,
+    /// Every anchor of `--torch` at this precision, in the order eager, compiled, packed,
+    /// packed compiled (those it has).
+    anchors: Vec<AnchorRatio>,
 }
 
 #[derive(Debug, Serialize)]
@@ -300,6 +480,49 @@ fn timed_plans(args: &BenchArgs) -> Result<(Vec<ComputePlan>, Vec<NotTimed>)> {
     Ok((plans, refused))
 }
 
+/// Each row against every torch anchor at its precision: esmfuzz's best layout and packed
+/// over the anchor, or why the anchor has no figure.
+fn print_anchors(report: &BenchReport) {
+    let rows: Vec<&BenchRow> = report
+        .rows
+        .iter()
+        .filter(|r| !r.anchors.is_empty())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "against torch on {} (its tokens/s and first pass; esmfuzz best layout / packed over it):",
+        report.torch_device.as_deref().unwrap_or("?")
+    );
+    for r in rows {
+        println!(
+            "  {} ({} slots): esmfuzz padded {:.0}, packed {:.0} tok/s",
+            row_label(r.precision, r.attention, r.gemm),
+            r.attention_group_slots,
+            r.padded_tokens_per_second,
+            r.packed_tokens_per_second
+        );
+        for a in &r.anchors {
+            let t = &a.torch;
+            match (t.figure(), a.best_over_torch, a.packed_over_torch) {
+                (Some(theirs), Some(best), Some(packed)) => println!(
+                    "    {:<22} {:>12.0} tok/s  first pass {:>7.1} s   best {best:.2}x  packed {packed:.2}x",
+                    t.mode.label(),
+                    theirs,
+                    t.first_pass_seconds.unwrap_or(f64::NAN),
+                ),
+                _ => println!(
+                    "    {:<22} {}: {}",
+                    t.mode.label(),
+                    t.status.name(),
+                    t.reason.as_deref().unwrap_or("no figure")
+                ),
+            }
+        }
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<Outcome> {
     super::check_outputs(
         &[args.batches_out.as_deref(), args.report.as_deref()],
@@ -337,20 +560,25 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         .model
         .budget(args.token_budget.map(|b| b as usize), &config);
     if let Some(path) = &args.batches_out {
+        let padded = padded_batches(&proteins, budget);
         let plan = BatchPlan {
+            version: BATCH_PLAN_VERSION,
             fasta: &args.fasta,
             token_budget: budget,
             config: &config,
-            batches: padded_batches(&proteins, budget)
-                .into_iter()
-                .map(|b| b.into_iter().map(|i| proteins[i].tokens()).collect())
+            batches: padded
+                .iter()
+                .map(|b| b.iter().map(|&i| proteins[i].tokens()).collect())
                 .collect(),
+            batch_records: padded,
+            packed: BatchPlan::packed_of(&proteins, budget, config.token_dropout),
         };
         write_report(path, &plan)?;
         if args.plan_only {
             eprintln!(
-                "wrote {} padded batches of {} sequences to {}",
+                "wrote {} padded and {} packed batches of {} sequences to {}",
                 plan.batches.len(),
+                plan.packed.len(),
                 proteins.len(),
                 path.display()
             );
@@ -460,6 +688,18 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                     .as_ref()
                     .and_then(|t| t.rows.iter().find(|r| r.precision == precision).cloned());
                 let tokens_per_second = |seconds: f64| tokens as f64 / seconds;
+                let best = tokens_per_second(padded.min(packed));
+                let anchors = torch
+                    .as_ref()
+                    .map(|t| t.anchors(precision))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| AnchorRatio {
+                        best_over_torch: a.figure().map(|f| best / f),
+                        packed_over_torch: a.figure().map(|f| tokens_per_second(packed) / f),
+                        torch: a,
+                    })
+                    .collect();
                 report.rows.push(BenchRow {
                     padded_over_torch: theirs
                         .as_ref()
@@ -467,6 +707,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                     packed_over_torch: theirs
                         .as_ref()
                         .map(|t| tokens_per_second(packed) / t.tokens_per_second),
+                    anchors,
                     torch: theirs,
                     precision,
                     attention: plan.attention,
@@ -542,16 +783,17 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
     for n in &report.not_timed {
         println!("{:<18} not timed: {}", n.policy, n.reason);
     }
+    print_anchors(&report);
     if let Some(t) = &torch {
         let missing: Vec<&str> = args
             .precisions
             .iter()
-            .filter(|p| !t.rows.iter().any(|r| r.precision == **p))
+            .filter(|p| t.anchors(**p).is_empty())
             .map(|p| p.name())
             .collect();
         if !missing.is_empty() {
             eprintln!(
-                "warning: the torch report has no row for {}: no ratio for those",
+                "warning: the torch report has nothing at {}: no ratio for those",
                 missing.join(", ")
             );
         }

@@ -599,6 +599,185 @@ fn bench_writes_its_batches_for_torch_and_reads_torch_figures_back_as_ratios() {
 }
 
 #[test]
+fn bench_batches_out_holds_the_packed_batches_the_packed_pass_runs() {
+    let work = tempfile::tempdir().unwrap();
+    // Twelve records of mixed lengths under a small budget: several packed batches.
+    let fasta = work.path().join("mixed.fasta");
+    let mixed: Vec<_> = common::corpus()
+        .iter()
+        .filter(|p| p.residues.len() < 300)
+        .take(12)
+        .cloned()
+        .collect();
+    esmfuzz::input::write_fasta(&fasta, &mixed).unwrap();
+    let budget = 600;
+    let plan_path = work.path().join("plan.json");
+    let (code, err) = esmfuzz(&[
+        "bench",
+        "--fasta",
+        s(&fasta),
+        "--token-budget",
+        &budget.to_string(),
+        "--batches-out",
+        s(&plan_path),
+        "--plan-only",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_path).unwrap()).unwrap();
+    assert_eq!(plan["version"], 2, "the packed batches came with version 2");
+    let proteins = esmfuzz::input::read_fasta(&fasta, Default::default()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    // The packed pass's own batches, field by field.
+    let ours: Vec<_> = esmfuzz::batch::packed_batches(&proteins, budget, true).collect();
+    let theirs = plan["packed"].as_array().expect("packed batches");
+    assert!(ours.len() > 1, "the budget splits the file: {}", ours.len());
+    assert_eq!(theirs.len(), ours.len());
+    let mut seen = Vec::new();
+    for (b, (mine, written)) in ours.iter().zip(theirs).enumerate() {
+        use esmfuzz::batch::Batch;
+        let cu = ids(&written["cu_seqlens"]);
+        let records = ids(&written["records"]);
+        let tokens = ids(&written["tokens"]);
+        let as_u64 = |v: &[u32]| v.iter().map(|&t| t as u64).collect::<Vec<_>>();
+        assert_eq!(
+            cu,
+            mine.cu_seqlens
+                .iter()
+                .map(|&c| c as u64)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            records,
+            mine.records.iter().map(|&r| r as u64).collect::<Vec<_>>()
+        );
+        assert_eq!(tokens, as_u64(&mine.input().tokens), "batch {b}");
+        assert_eq!(written["max_seqlen"], mine.max_seqlen);
+        assert!(tokens.len() <= budget, "batch {b}: {} tokens", tokens.len());
+        // Each sequence's slice of the stream is that record's tokens.
+        assert_eq!(cu.len(), records.len() + 1);
+        assert_eq!((cu[0], *cu.last().unwrap() as usize), (0, tokens.len()));
+        for (k, &r) in records.iter().enumerate() {
+            let slice = &tokens[cu[k] as usize..cu[k + 1] as usize];
+            assert_eq!(slice, as_u64(&proteins[r as usize].tokens()), "record {r}");
+            seen.push(r);
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        (0..proteins.len() as u64).collect::<Vec<_>>(),
+        "every record once"
+    );
+    // The padded batches name their records too (version 1's `batches` unchanged beside them).
+    let mut padded_seen = Vec::new();
+    for (batch, records) in plan["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(plan["batch_records"].as_array().unwrap())
+    {
+        for (seq, r) in batch.as_array().unwrap().iter().zip(ids(records)) {
+            assert_eq!(
+                ids(seq),
+                ids(&serde_json::json!(proteins[r as usize].tokens()))
+            );
+            padded_seen.push(r);
+        }
+    }
+    padded_seen.sort();
+    assert_eq!(padded_seen, seen);
+}
+
+#[test]
+fn bench_gives_a_ratio_against_every_checked_torch_anchor_and_none_to_an_invalid_one() {
+    let work = tempfile::tempdir().unwrap();
+    let fasta = small_fasta(work.path());
+    let torch = work.path().join("torch.json");
+    let report = work.path().join("bench.json");
+    // A version 2 report as scripts/torch_bench.py writes it: eager also in `rows`.
+    std::fs::write(
+        &torch,
+        r#"{"version": 2, "device": "a card",
+            "rows": [{"precision": "f32", "tokens_per_second": 100.0, "first_pass_seconds": 1.0}],
+            "modes": [
+              {"mode": "packed-compiled", "precision": "f32", "status": "skipped",
+               "reason": "varlen_attn takes float16 or bfloat16"},
+              {"mode": "eager", "precision": "f32", "status": "ok", "tokens_per_second": 100.0,
+               "first_pass_seconds": 1.0},
+              {"mode": "compiled", "precision": "f32", "status": "ok", "tokens_per_second": 400.0,
+               "first_pass_seconds": 81.0},
+              {"mode": "packed", "precision": "f32", "status": "invalid",
+               "tokens_per_second": 1e9, "reason": "disagrees with HF FP32"},
+              {"mode": "eager", "precision": "f16", "status": "ok", "tokens_per_second": 5.0,
+               "first_pass_seconds": 1.0}
+            ]}"#,
+    )
+    .unwrap();
+    let ran = binary::run(
+        &[
+            "bench",
+            "--fasta",
+            s(&fasta),
+            "--precisions",
+            "f32",
+            "--torch",
+            s(&torch),
+            "--report",
+            s(&report),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let bench: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let row = &bench["rows"][0];
+    let padded = row["padded_tokens_per_second"].as_f64().unwrap();
+    let packed = row["packed_tokens_per_second"].as_f64().unwrap();
+    let anchors = row["anchors"].as_array().expect("anchors");
+    let modes: Vec<&str> = anchors
+        .iter()
+        .map(|a| a["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        modes,
+        ["eager", "compiled", "packed", "packed-compiled"],
+        "every mode at f32, in order, none of f16's"
+    );
+    let close = |a: &serde_json::Value, b: f64| (a.as_f64().expect("a ratio") - b).abs() < 1e-9;
+    for (a, theirs) in anchors.iter().zip([100.0, 400.0]) {
+        assert!(
+            close(&a["best_over_torch"], padded.max(packed) / theirs),
+            "{a}"
+        );
+        assert!(close(&a["packed_over_torch"], packed / theirs), "{a}");
+    }
+    // An invalid anchor's figure is no anchor, whatever it claims; a skipped one has none.
+    for a in &anchors[2..] {
+        assert!(
+            a["best_over_torch"].is_null() && a["packed_over_torch"].is_null(),
+            "{a}"
+        );
+    }
+    assert_eq!(anchors[2]["status"], "invalid");
+    // Version 1's eager fields are still there.
+    assert!(close(&row["padded_over_torch"], padded / 100.0), "{row}");
+    assert!(ran.stdout.contains("torch.compile"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("packed torch ") && ran.stdout.contains("invalid: disagrees"),
+        "{}",
+        ran.stdout
+    );
+}
+
+#[test]
 fn fused_attention_embeds_like_the_composed_one_in_f16_and_f32() {
     let work = tempfile::tempdir().unwrap();
     let fasta = small_fasta(work.path());
