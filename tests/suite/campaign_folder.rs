@@ -20,8 +20,12 @@ fn esmfuzz(args: &[&str]) -> Ran {
     binary::run(args, &[], None)
 }
 
-/// `fuzz` of the tiny strata (four families) with `cases` per family, seed 5, saved failures
-/// in `regressions`, then `extra`.
+/// Families of [`fuzz_args`]'s campaign: the four tiny strata and the 8M checkpoint's two head
+/// families (classifier and contacts).
+const FAMILIES: usize = 6;
+
+/// `fuzz` of the tiny strata and the head families ([`FAMILIES`]) with `cases` per family,
+/// seed 5, saved failures in `regressions`, then `extra`.
 fn fuzz_args<'a>(regressions: &'a Path, cases: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "fuzz",
@@ -191,7 +195,7 @@ fn a_run_that_fails_its_checks_leaves_an_existing_campaign_byte_identical() {
         &["--out", s(&out), "--overwrite"],
     ));
     assert_eq!(ran.code, 0, "{}", ran.stderr);
-    assert_eq!(case_lines(&out).len(), 4);
+    assert_eq!(case_lines(&out).len(), FAMILIES);
 }
 
 #[test]
@@ -231,8 +235,9 @@ fn a_running_campaign_locks_its_folder_and_a_sigint_leaves_a_report_marked_incom
     let ran = binary::wait(child, &args);
     assert_eq!(ran.code, 2, "a stopped campaign is no pass: {}", ran.stderr);
     assert!(
-        ran.stderr
-            .contains("stopped by a signal after 0 of 4 families"),
+        ran.stderr.contains(&format!(
+            "stopped by a signal after 0 of {FAMILIES} families"
+        )),
         "{}",
         ran.stderr
     );
@@ -241,13 +246,13 @@ fn a_running_campaign_locks_its_folder_and_a_sigint_leaves_a_report_marked_incom
         md.lines()
             .next()
             .unwrap()
-            .contains("incomplete: 0 of 4 families"),
+            .contains(&format!("incomplete: 0 of {FAMILIES} families")),
         "{md}"
     );
     let json = report(&out);
     assert_eq!(json["complete"], false);
     assert_eq!(json["passed"], false);
-    assert_eq!(json["families_planned"], 4);
+    assert_eq!(json["families_planned"], FAMILIES);
     // Every line whole: the run stopped between cases, and the second run wrote nothing.
     let lines = case_lines(&out);
     assert!(lines.iter().all(|(f, _)| f == "stratum-tiny"), "{lines:?}");
@@ -452,8 +457,9 @@ fn merge_refuses_its_own_shards_another_campaign_an_unfinished_shard_and_other_s
     let schema1 = copy("schema1", &|j| j["schema"] = 1.into());
     let reseeded = copy("reseeded", &|j| j["seed"] = 6.into());
     let fresh = work.path().join("merged");
+    let unfinished_says = format!("shard 1/2 is incomplete: 0 of {} families", FAMILIES / 2);
     for (dir, says) in [
-        (&unfinished, "shard 1/2 is incomplete: 0 of 2 families"),
+        (&unfinished, unfinished_says.as_str()),
         (&schema99, "report schema 99"),
         (&schema1, "report schema 1"),
         (&reseeded, "seed 6 differs from the first shard's 5"),
@@ -476,5 +482,5 @@ fn merge_refuses_its_own_shards_another_campaign_an_unfinished_shard_and_other_s
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert!(!other.join("cases.jsonl").exists());
     assert_eq!(report(&other)["complete"], true);
-    assert_eq!(family_names(&report(&other)).len(), 4);
+    assert_eq!(family_names(&report(&other)).len(), FAMILIES);
 }
