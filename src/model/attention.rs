@@ -7,6 +7,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use super::blocks::{DeviceBlocks, DeviceGroup};
+use super::cpu_kernels;
 use super::device::DeviceLinear;
 use super::flash::{self, SeqTable};
 use super::ops;
@@ -39,6 +40,14 @@ pub struct SelfAttention<B: Backend> {
 /// kernel ([`super::flash`]) runs instead.
 pub fn uses_burn_fused_op(backend: crate::backend::BackendKind) -> bool {
     backend == crate::backend::BackendKind::Cpu
+}
+
+/// The sequences of one batch's token stream, for the kernels that attend them in place
+/// (the CPU kernel reads the table; the CUDA flash kernel its device buffer).
+pub struct StreamSeqs<B: Backend> {
+    pub table: SeqTable,
+    /// Built when the flash kernel runs for the model's plan.
+    pub flash: Option<FlashSeqs<B>>,
 }
 
 /// The sequences of one batch as the flash kernel reads them ([`super::flash::SeqTable`]).
@@ -104,8 +113,10 @@ impl<B: Backend> SelfAttention<B> {
         }
     }
 
-    /// Computed in the plan's dtype; the result in that dtype too. With `seqs` (fused
-    /// attention on CUDA) one flash kernel attends every sequence in token order.
+    /// Computed in the plan's dtype; the result in that dtype too. With `seqs` (the batch's
+    /// sequences, absent where a fault rewrites the layout) one kernel attends every sequence
+    /// in token order where one runs: the flash kernel (fused attention on CUDA) or the CPU
+    /// kernel (composed f32 attention on the CPU, [`cpu_kernels`]).
     ///
     /// # Shapes
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
@@ -114,13 +125,20 @@ impl<B: Backend> SelfAttention<B> {
         x: Tensor<B, 2>,
         layout: &DeviceBlocks<B>,
         rotary: &[RotaryTables<B>],
-        seqs: Option<&FlashSeqs<B>>,
+        seqs: Option<&StreamSeqs<B>>,
     ) -> Tensor<B, 2> {
         let qkv = self.qkv_proj.forward(x);
-        let qkv = match self.flash(qkv, seqs) {
+        let qkv = match self.flash(qkv, seqs.and_then(|s| s.flash.as_ref())) {
             Ok(context) => return self.out_proj.forward(context),
             Err(qkv) => qkv,
         };
+        if let Some(seqs) = seqs
+            && self.cpu_kernel_runs()
+            && qkv.dtype() == burn::tensor::DType::F32
+        {
+            let context = cpu_kernels::attention(qkv, &seqs.table, self.heads, &self.inv_freq);
+            return self.out_proj.forward(context);
+        }
         let qkv = layout.extend_for_gather(qkv);
         let mut contexts: Vec<Tensor<B, 2>> = layout
             .groups
@@ -163,6 +181,12 @@ impl<B: Backend> SelfAttention<B> {
     /// softmax. f32 storage is fused too: the flash kernel's f32 body is true FP32.
     fn fused(&self) -> bool {
         self.plan.attention == AttentionKernel::Fused && !self.unshifted_fault
+    }
+
+    /// Whether the CPU attention kernel computes this layer's composed attention (not with
+    /// the unshifted-softmax fault, which needs the composed softmax).
+    fn cpu_kernel_runs(&self) -> bool {
+        cpu_kernels::attention_runs_for(&self.plan) && !self.unshifted_fault
     }
 
     /// Whether burn's fused attention op runs here: fused attention off CUDA (on CUDA it is

@@ -61,6 +61,20 @@ impl<B: Backend> DeviceLinear<B> {
         let x = x.cast(self.weight_t.dtype());
         ops::linear(&self.plan, x, &self.weight_t, &self.bias)
     }
+
+    /// `gelu(self.forward(x))`, the exact GELU; on the CPU in f32 the bias add and GELU are
+    /// one pass ([`super::cpu_kernels::bias_gelu`], bit-identical to the composed ops).
+    ///
+    /// # Shapes
+    /// `x: [rows, in]` -> `[rows, out]`
+    pub fn forward_gelu(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let x = x.cast(self.weight_t.dtype());
+        let product = ops::matmul(&self.plan, x, self.weight_t.clone());
+        match super::cpu_kernels::bias_gelu(self.plan.backend, product, &self.bias) {
+            Ok(activated) => activated,
+            Err(product) => ops::gelu_exact(product + self.bias.clone().unsqueeze::<2>()),
+        }
+    }
 }
 
 /// A PyTorch `LayerNorm` on the device. Cloning shares the device tensors.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
-use super::attention::FlashSeqs;
+use super::attention::{FlashSeqs, StreamSeqs};
 use super::blocks::{DeviceBlocks, HostBlocks, ModelInput};
 use super::config::EsmConfig;
 use super::device::{DeviceNorm, to_device};
@@ -323,14 +323,17 @@ impl<B: Backend> Esm2<B> {
 
         let host_layout = self.effective_layout(input);
         let layout = DeviceBlocks::<B>::new(&host_layout, device);
-        // The flash kernel reads the input's own sequences (when it runs for this plan and no
-        // fault rewrites the layout).
-        let seqs = (flash::runs_for(&self.plan, self.config.head_dim())
-            && !self.faults.attention_leaks_across_sequences
+        // The attention kernels (CUDA flash, CPU) read the input's own sequences, unless a
+        // fault rewrites the layout.
+        let seqs = (!self.faults.attention_leaks_across_sequences
             && !self.faults.rope_not_restarted)
             .then(|| SeqTable::of_blocks(&input.layout))
             .flatten()
-            .map(|table| FlashSeqs::new(&table, device));
+            .map(|table| StreamSeqs {
+                flash: flash::runs_for(&self.plan, self.config.head_dim())
+                    .then(|| FlashSeqs::new(&table, device)),
+                table,
+            });
 
         let ids: Vec<i64> = input.tokens.iter().map(|&t| t as i64).collect();
         let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n_tokens]), device);

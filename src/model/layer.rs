@@ -3,12 +3,11 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::attention::{FlashSeqs, SelfAttention};
+use super::attention::{SelfAttention, StreamSeqs};
 use super::blocks::DeviceBlocks;
 use super::device::{DeviceLinear, DeviceNorm};
 use super::fault::FaultSet;
 use super::fp32_places::{Fp32Place, Fp32Places};
-use super::ops;
 use super::precision::ComputePlan;
 use super::rotary::RotaryTables;
 use super::weights::LayerWeights;
@@ -77,7 +76,7 @@ impl<B: Backend> EsmLayer<B> {
         x: Tensor<B, 2>,
         layout: &DeviceBlocks<B>,
         rotary: &[RotaryTables<B>],
-        seqs: Option<&FlashSeqs<B>>,
+        seqs: Option<&StreamSeqs<B>>,
     ) -> Tensor<B, 2> {
         let h = self.self_attn_layer_norm.forward(x.clone());
         let dtype = x.dtype();
@@ -105,7 +104,7 @@ impl<B: Backend> EsmLayer<B> {
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
     pub fn ffn_block(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.final_layer_norm.forward(x.clone());
-        let h = self.fc2.forward(ops::gelu_exact(self.fc1.forward(h)));
+        let h = self.fc2.forward(self.fc1.forward_gelu(h));
         let dtype = x.dtype();
         x + h.cast(dtype)
     }

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod blocks;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_kernels;
 #[cfg(feature = "cuda")]
 pub mod cublas;
 pub mod device;

@@ -303,6 +303,10 @@ impl ComputePlan {
             "softmax and LayerNorm in storage dtype (backend reductions may widen internally)"
         };
         let attention = match self.attention {
+            AttentionKernel::Composed if super::cpu_kernels::attention_runs_for(self) => {
+                "; attention: the composed f32 arithmetic in one CPU kernel per sequence and \
+                 head (esmfuzz-kernels; sums in another order)"
+            }
             AttentionKernel::Composed => "",
             AttentionKernel::Fused if self.backend == BackendKind::Cuda => {
                 "; attention: esmfuzz's varlen flash kernel (f32 softmax statistics and \
