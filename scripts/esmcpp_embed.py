@@ -16,12 +16,15 @@ for line in open(sys.argv[2]):
     elif line: seq.append(line)
 if name: records.append((name, "".join(seq)))
 out = np.zeros((len(records), 320), dtype=np.float32)
-start = time.time()
+tokens = 0
+start = time.perf_counter()
 for i, (n, s) in enumerate(records):
     ids = np.array(tok.encode(s), dtype=np.int32)
+    tokens += len(ids)
     _, hs = model.forward_with_hidden_states(ids)
     h = np.asarray(hs[-1]).reshape(len(ids), -1)
     out[i] = h[1:-1].mean(0)
 np.save(sys.argv[3], out)
-print(f"esm.cpp {esm_cpp.__version__}: {len(records)} records in {time.time()-start:.1f} s, "
-      f"{int(np.isnan(out).any(axis=1).sum())} rows with NaN")
+elapsed = time.perf_counter() - start
+print(f"esm.cpp {esm_cpp.__version__}: {len(records)} records, {tokens} tokens in {elapsed:.2f} s "
+      f"({tokens / elapsed:.0f} tokens/s), {int(np.isnan(out).any(axis=1).sum())} rows with NaN")

@@ -1,11 +1,14 @@
 //! Varlen self-attention with rotary embedding on the CPU, read straight from the stacked
 //! q, k, v projections of a token stream (packed or padded) and written back in token order.
 //!
-//! It computes what esmfuzz's composed attention computes in f32, step for step: `q` scaled
-//! by `head_dim^-0.5`, then `q` and `k` rotated (`x cos + rotate_half(x) sin`, NeoX halves,
-//! each product and the sum rounded as the composition rounds them), scores `q . k` over the
-//! sequence's keys, a max-shifted softmax (`exp(s - max)`, the sum, `p = e * (1 / sum)`) and
-//! the context `sum_j p_j v_j`. What differs is only the order of f32 reductions: burn's gemm
+//! It computes what esmfuzz's composed attention computes, step for step, in f32 with each
+//! step's result rounded to the storage dtype `S` where the composition stores a tensor:
+//! `q` scaled by `head_dim^-0.5` (the scale itself in `S`), then `q` and `k` rotated
+//! (`x cos + rotate_half(x) sin`, NeoX halves, tables in `S`, each product and the sum
+//! rounded), scores `q . k` over the sequence's keys (summed in f32, rounded), a max-shifted
+//! softmax (`e = exp(s - max)` and its sum in f32, `p = e * (1 / sum)` rounded; with
+//! [`Statistics::Storage`] `e` is rounded first, as burn-flex's half softmax stores it) and
+//! the context `sum_j p_j v_j` (f32, rounded). What differs is only the order of f32 reductions: burn's gemm
 //! blocks its sums its own way; here a score sums over the head dim in order, and the softmax
 //! sum and each context lane add eight interleaved partial sums (lane `j mod 8`, a tail of
 //! fewer than eight in lane 0) and then those, left to right.
@@ -15,6 +18,16 @@ use rayon::prelude::*;
 
 use super::exp::exp_nonpositive;
 use super::multiversion;
+use super::storage::{Bf16, Dtype, F16, F32, Storage};
+
+/// Where a reduced policy's softmax keeps its exponentials: in f32 (the policy widens
+/// statistics to f32; f32 storage) or stored in the storage dtype before they are normalised
+/// (statistics in the storage dtype: burn-flex's half softmax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistics {
+    F32,
+    Storage,
+}
 
 /// One sequence of the stream: its queries are rows `q_start .. q_start + q_len`, its keys
 /// rows `q_start .. q_start + k_len` (`k_len < q_len` in a padded block, whose padding rows
@@ -51,16 +64,17 @@ pub struct Rope {
 
 impl Rope {
     /// Tables for positions `0..positions` from `inv_freq` (`[head_dim / 2]`), each angle
-    /// `p as f32 * f` in f32 as torch computes it.
-    pub fn new(inv_freq: &[f32], positions: usize) -> Self {
+    /// `p as f32 * f` in f32 as torch computes it, its cos and sin rounded to `dtype` (the
+    /// composition casts the f32 tables to the storage dtype).
+    pub fn new(inv_freq: &[f32], positions: usize, dtype: Dtype) -> Self {
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
         for p in 0..positions {
             for &f in inv_freq {
                 let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                cos.push(dtype.round(angle.cos()));
+                sin.push(dtype.round(angle.sin()));
             }
         }
         Self { cos, sin, half }
@@ -71,7 +85,9 @@ impl Rope {
     }
 }
 
-/// The attention context of every query row.
+/// The attention context of every query row, in storage `dtype` (values it holds, as f32),
+/// the softmax's exponentials kept as `statistics` says. `qkv` holds values of `dtype`
+/// (widened), `rope` tables rounded to it.
 ///
 /// # Shapes
 /// `qkv: [tokens, 3 hidden]` (q, then k, then v, each `[heads, head_dim]`), `out: [tokens,
@@ -81,7 +97,30 @@ impl Rope {
 /// When a sequence reaches past `tokens`, has `k_len` of 0 or above `q_len`, when the RoPE
 /// table is shorter than the longest sequence, or `hidden` is not `heads` times an even head
 /// dim: the caller builds these from a validated layout.
-pub fn attention(qkv: &[f32], shape: Heads, seqs: &[Sequence], rope: &Rope, out: &mut [f32]) {
+pub fn attention(
+    qkv: &[f32],
+    shape: Heads,
+    seqs: &[Sequence],
+    rope: &Rope,
+    dtype: Dtype,
+    statistics: Statistics,
+    out: &mut [f32],
+) {
+    match dtype {
+        Dtype::F32 => attention_in::<F32>(qkv, shape, seqs, rope, statistics, out),
+        Dtype::F16 => attention_in::<F16>(qkv, shape, seqs, rope, statistics, out),
+        Dtype::Bf16 => attention_in::<Bf16>(qkv, shape, seqs, rope, statistics, out),
+    }
+}
+
+fn attention_in<S: Storage>(
+    qkv: &[f32],
+    shape: Heads,
+    seqs: &[Sequence],
+    rope: &Rope,
+    statistics: Statistics,
+    out: &mut [f32],
+) {
     let Heads { hidden, heads } = shape;
     let head_dim = shape.head_dim();
     assert!(heads > 0 && head_dim > 0 && head_dim.is_multiple_of(2) && heads * head_dim == hidden);
@@ -103,7 +142,14 @@ pub fn attention(qkv: &[f32], shape: Heads, seqs: &[Sequence], rope: &Rope, out:
     tasks.sort_by_key(|&(s, _)| std::cmp::Reverse(seqs[s].q_len * seqs[s].k_len));
     let contexts: Vec<((usize, usize), Vec<f32>)> = tasks
         .into_par_iter()
-        .map(|(s, h)| ((s, h), one_head(qkv, shape, seqs[s], h, rope)))
+        .map(|(s, h)| {
+            let task = Task {
+                seq: seqs[s],
+                head: h,
+                statistics,
+            };
+            ((s, h), one_head::<S>(qkv, shape, task, rope))
+        })
         .collect();
     for ((s, h), context) in contexts {
         let seq = seqs[s];
@@ -114,9 +160,17 @@ pub fn attention(qkv: &[f32], shape: Heads, seqs: &[Sequence], rope: &Rope, out:
     }
 }
 
+/// One head of one sequence, and how its softmax keeps its exponentials.
+#[derive(Debug, Clone, Copy)]
+struct Task {
+    seq: Sequence,
+    head: usize,
+    statistics: Statistics,
+}
+
 multiversion! {
     /// One head of one sequence: `[q_len, head_dim]` contexts.
-    fn one_head(qkv: &[f32], shape: Heads, seq: Sequence, head: usize, rope: &Rope) -> Vec<f32>
+    fn one_head<S: Storage>(qkv: &[f32], shape: Heads, task: Task, rope: &Rope) -> Vec<f32>
         => one_head_body
 }
 
@@ -124,7 +178,12 @@ multiversion! {
 const LANES: usize = 8;
 
 #[inline(always)]
-fn one_head_body(qkv: &[f32], shape: Heads, seq: Sequence, head: usize, rope: &Rope) -> Vec<f32> {
+fn one_head_body<S: Storage>(qkv: &[f32], shape: Heads, task: Task, rope: &Rope) -> Vec<f32> {
+    let Task {
+        seq,
+        head,
+        statistics,
+    } = task;
     let Heads { hidden, .. } = shape;
     let head_dim = shape.head_dim();
     let row = |r: usize, part: usize| {
@@ -139,7 +198,7 @@ fn one_head_body(qkv: &[f32], shape: Heads, seq: Sequence, head: usize, rope: &R
     let mut k_panels = vec![0.0f32; panels * head_dim * LANES];
     let mut rotated = vec![0.0f32; head_dim];
     for j in 0..keys {
-        rotate(row(j, 1), j, rope, &mut rotated);
+        rotate::<S>(row(j, 1), j, rope, &mut rotated);
         let panel = &mut k_panels[(j / LANES) * head_dim * LANES..][..head_dim * LANES];
         for (d, &x) in rotated.iter().enumerate() {
             panel[d * LANES + j % LANES] = x;
@@ -152,7 +211,7 @@ fn one_head_body(qkv: &[f32], shape: Heads, seq: Sequence, head: usize, rope: &R
             vt[d * keys + j] = x;
         }
     }
-    let scale = (head_dim as f64).powf(-0.5) as f32;
+    let scale = S::round((head_dim as f64).powf(-0.5) as f32);
     let mut scaled = vec![0.0f32; head_dim];
     // QUERIES rows at a time: independent accumulator chains, each key and value load reused.
     let mut queries = vec![0.0f32; QUERIES * head_dim];
@@ -164,16 +223,16 @@ fn one_head_body(qkv: &[f32], shape: Heads, seq: Sequence, head: usize, rope: &R
             // A short last block repeats its last row (computed, not written).
             let r = first + i.min(rows - 1);
             for (s, &x) in scaled.iter_mut().zip(row(r, 0)) {
-                *s = x * scale;
+                *s = S::round(x * scale);
             }
-            rotate(&scaled, r, rope, q);
+            rotate::<S>(&scaled, r, rope, q);
         }
-        block_scores(&queries, &k_panels, head_dim, &mut scores);
+        block_scores::<S>(&queries, &k_panels, head_dim, &mut scores);
         for probs in scores.chunks_exact_mut(panels * LANES) {
-            softmax_in_place(&mut probs[..keys]);
+            softmax_in_place::<S>(&mut probs[..keys], statistics);
         }
         let block = &mut context[first * head_dim..(first + rows) * head_dim];
-        block_context(&scores, panels * LANES, keys, &vt, rows, block);
+        block_context::<S>(&scores, panels * LANES, keys, &vt, rows, block);
     }
     context
 }
@@ -191,13 +250,18 @@ fn lanes(x: &[f32]) -> &[f32; LANES] {
 const QUERIES: usize = 4;
 
 /// `scores[i, j] = q_i . k_j` for the block's QUERIES rows and every key panel, each dot
-/// product summed over the head dim in order.
+/// product summed over the head dim in order, then rounded to `S`.
 ///
 /// # Shapes
 /// `queries: [QUERIES, head_dim]`, `k_panels: [panels, head_dim, LANES]` -> `scores:
 /// [QUERIES, panels * LANES]`
 #[inline(always)]
-fn block_scores(queries: &[f32], k_panels: &[f32], head_dim: usize, scores: &mut [f32]) {
+fn block_scores<S: Storage>(
+    queries: &[f32],
+    k_panels: &[f32],
+    head_dim: usize,
+    scores: &mut [f32],
+) {
     let stride = scores.len() / QUERIES;
     for (p, panel) in k_panels.chunks_exact(head_dim * LANES).enumerate() {
         let mut acc = [[0.0f32; LANES]; QUERIES];
@@ -211,20 +275,23 @@ fn block_scores(queries: &[f32], k_panels: &[f32], head_dim: usize, scores: &mut
             }
         }
         for (i, a) in acc.iter().enumerate() {
-            scores[i * stride + p * LANES..][..LANES].copy_from_slice(a);
+            let out = &mut scores[i * stride + p * LANES..][..LANES];
+            for (o, &a) in out.iter_mut().zip(a) {
+                *o = S::round(a);
+            }
         }
     }
 }
 
 /// `context[i, d] = sum_j p[i, j] v[j, d]` for the block's first `rows` rows, each sum as
 /// eight interleaved partial sums (lane `j mod 8`, a tail in lane 0), then those left to
-/// right.
+/// right, rounded to `S`.
 ///
 /// # Shapes
 /// `probs: [QUERIES, stride]` (the first `keys` of each row), `vt: [head_dim, keys]` ->
 /// `context: [rows, head_dim]`
 #[inline(always)]
-fn block_context(
+fn block_context<S: Storage>(
     probs: &[f32],
     stride: usize,
     keys: usize,
@@ -249,28 +316,30 @@ fn block_context(
             for j in whole..keys {
                 a[0] += probs[i * stride + j] * lane[j];
             }
-            context[i * head_dim + d] = a.iter().fold(0.0, |total, &s| total + s);
+            context[i * head_dim + d] = S::round(a.iter().fold(0.0, |total, &s| total + s));
         }
     }
 }
 
-/// `x cos + rotate_half(x) sin` at position `p`, `rotate_half([x1, x2]) = [-x2, x1]`.
+/// `x cos + rotate_half(x) sin` at position `p`, `rotate_half([x1, x2]) = [-x2, x1]`, each
+/// product and the sum rounded to `S`.
 #[inline(always)]
-fn rotate(x: &[f32], p: usize, rope: &Rope, out: &mut [f32]) {
+fn rotate<S: Storage>(x: &[f32], p: usize, rope: &Rope, out: &mut [f32]) {
     let half = rope.half;
     let cos = &rope.cos[p * half..(p + 1) * half];
     let sin = &rope.sin[p * half..(p + 1) * half];
     let (x1, x2) = x.split_at(half);
     let (o1, o2) = out.split_at_mut(half);
     for j in 0..half {
-        o1[j] = x1[j] * cos[j] + (-x2[j]) * sin[j];
-        o2[j] = x2[j] * cos[j] + x1[j] * sin[j];
+        o1[j] = S::round(S::round(x1[j] * cos[j]) + S::round((-x2[j]) * sin[j]));
+        o2[j] = S::round(S::round(x2[j] * cos[j]) + S::round(x1[j] * sin[j]));
     }
 }
 
-/// Max-shifted softmax of one row: `e = exp(s - max)`, `p = e * (1 / sum e)`.
+/// Max-shifted softmax of one row: `e = exp(s - max)`, `p = e * (1 / sum e)` rounded to `S`
+/// (with [`Statistics::Storage`], `p = round(round(e) * (1 / sum e))`).
 #[inline(always)]
-fn softmax_in_place(row: &mut [f32]) {
+fn softmax_in_place<S: Storage>(row: &mut [f32], statistics: Statistics) {
     let mut max = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -299,8 +368,11 @@ fn softmax_in_place(row: &mut [f32]) {
     }
     let total = sum.iter().fold(0.0f32, |total, &s| total + s);
     let inv = 1.0 / total;
-    for x in row.iter_mut() {
-        *x *= inv;
+    match statistics {
+        Statistics::F32 => row.iter_mut().for_each(|x| *x = S::round(*x * inv)),
+        Statistics::Storage => row
+            .iter_mut()
+            .for_each(|x| *x = S::round(S::round(*x) * inv)),
     }
 }
 
@@ -408,9 +480,17 @@ mod tests {
         ];
         let tokens = 72;
         let qkv = values(tokens * 3 * shape.hidden, 7, 3.0);
-        let rope = Rope::new(&inv_freq, 40);
+        let rope = Rope::new(&inv_freq, 40, Dtype::F32);
         let mut out = vec![f32::NAN; tokens * shape.hidden];
-        attention(&qkv, shape, &seqs, &rope, &mut out);
+        attention(
+            &qkv,
+            shape,
+            &seqs,
+            &rope,
+            Dtype::F32,
+            Statistics::F32,
+            &mut out,
+        );
         let mut worst = 0.0f64;
         for seq in seqs {
             for head in 0..shape.heads {
@@ -452,7 +532,16 @@ mod tests {
         let mut qkv = values(11 * 96, 3, 1.0);
         qkv[2 * 96 + 32] = f32::NAN; // a key of sequence 0, head 0
         let mut out = vec![0.0f32; 11 * 32];
-        attention(&qkv, shape, &seqs, &Rope::new(&[1.0; 8], 6), &mut out);
+        let rope = Rope::new(&[1.0; 8], 6, Dtype::F32);
+        attention(
+            &qkv,
+            shape,
+            &seqs,
+            &rope,
+            Dtype::F32,
+            Statistics::F32,
+            &mut out,
+        );
         assert!((0..5).all(|r| out[r * 32..r * 32 + 16].iter().all(|x| x.is_nan())));
         assert!(
             out[..5 * 32]

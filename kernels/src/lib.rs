@@ -5,33 +5,35 @@
 //!
 //! A separate crate so it is compiled with optimisation in every profile (the main crate's
 //! `dev` profile is `opt-level = 1`, which does not vectorise loops). Each kernel keeps the
-//! rounding points of the composition it replaces, in f32; only the order of summation inside
-//! a reduction differs (see each kernel).
+//! rounding points of the composition it replaces: it computes in f32 and rounds to the
+//! storage dtype ([`storage::Storage`]: f32, f16, bf16) wherever the composition stores a
+//! tensor; only the order of summation inside a reduction differs (see each kernel).
 
 pub mod attention;
 pub mod exp;
 pub mod gelu;
+pub mod storage;
 
-/// Defines `$vis fn $name(args) -> ret` calling the `#[inline(always)]` function `$body`
-/// compiled for AVX2 where this CPU has it (8 f32 lanes per vector), else as built (SSE2 on
-/// x86-64). The arithmetic is the same either way: no fused multiply-adds are enabled, so only
-/// the width of the vectors changes, never a result.
+/// Defines `$vis fn $name<S: Storage>(args) -> ret` calling the `#[inline(always)]` function
+/// `$body::<S>` compiled for AVX2 where this CPU has it (8 f32 lanes per vector), else as
+/// built (SSE2 on x86-64). The arithmetic is the same either way: no fused multiply-adds are
+/// enabled, so only the width of the vectors changes, never a result.
 macro_rules! multiversion {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<S: Storage>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
         $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+        $vis fn $name<S: Storage>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
+                unsafe fn avx2<S: Storage>($($arg: $ty),*) $(-> $ret)? {
+                    $body::<S>($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: this CPU has AVX2 (checked above).
-                    return unsafe { avx2($($arg),*) };
+                    return unsafe { avx2::<S>($($arg),*) };
                 }
             }
-            $body($($arg),*)
+            $body::<S>($($arg),*)
         }
     };
 }

@@ -116,7 +116,7 @@ impl<B: Backend> SelfAttention<B> {
     /// Computed in the plan's dtype; the result in that dtype too. With `seqs` (the batch's
     /// sequences, absent where a fault rewrites the layout) one kernel attends every sequence
     /// in token order where one runs: the flash kernel (fused attention on CUDA) or the CPU
-    /// kernel (composed f32 attention on the CPU, [`cpu_kernels`]).
+    /// kernel (composed attention on the CPU, [`cpu_kernels`]).
     ///
     /// # Shapes
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
@@ -134,9 +134,9 @@ impl<B: Backend> SelfAttention<B> {
         };
         if let Some(seqs) = seqs
             && self.cpu_kernel_runs()
-            && qkv.dtype() == burn::tensor::DType::F32
         {
-            let context = cpu_kernels::attention(qkv, &seqs.table, self.heads, &self.inv_freq);
+            let context =
+                cpu_kernels::attention(&self.plan, qkv, &seqs.table, self.heads, &self.inv_freq);
             return self.out_proj.forward(context);
         }
         let qkv = layout.extend_for_gather(qkv);

@@ -2,39 +2,62 @@
 //! composition of burn ops, and the hand-over (the tensor's host buffer, moved without a copy
 //! when burn-flex owns it alone).
 //!
-//! They run only where their arithmetic is the composition's: f32 storage on the CPU. The
-//! attention kernel computes the composed f32 attention with the same rounding points (only
-//! the order of summation inside a reduction differs; `esmfuzz_kernels::attention` says
-//! where), for plans whose products are the backend's own f32 gemm; the bias + GELU kernel is
-//! bit-identical to the composed ops on any f32 tensor.
+//! They run only where their arithmetic is the composition's, on the CPU: they compute in f32
+//! and round to the storage dtype (f32, f16, bf16) wherever the composition stores a tensor.
+//! The attention kernel keeps the composed attention's rounding points (only the order of
+//! summation inside a reduction differs; `esmfuzz_kernels::attention` says where), for plans
+//! whose products are the backend's own gemm (f32 accumulation); the bias + GELU kernel is
+//! bit-identical to the composed ops.
 
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
-use esmfuzz_kernels::attention::{self as kernel, Heads, Rope, Sequence};
+use esmfuzz_kernels::attention::{self as kernel, Heads, Rope, Sequence, Statistics};
+use esmfuzz_kernels::storage::Dtype;
 
 use super::flash::SeqTable;
 use super::precision::{AttentionKernel, ComputePlan, MatmulMode};
 use crate::backend::BackendKind;
 
-/// Whether the attention kernel computes the composed attention of `plan`: the CPU, f32
-/// storage, the backend's own products (not the emulated TF32, nor the noise floor's split
-/// reductions), composed attention (fused asks for burn's fused op).
+/// Whether the attention kernel computes the composed attention of `plan`: the CPU, a
+/// storage dtype it rounds to, the backend's own products (not the emulated TF32, nor the
+/// noise floor's split reductions), composed attention (fused asks for burn's fused op).
 pub fn attention_runs_for(plan: &ComputePlan) -> bool {
     plan.backend == BackendKind::Cpu
-        && plan.dtype() == DType::F32
+        && kernel_dtype(plan.dtype()).is_some()
         && plan.matmul == MatmulMode::Native
         && plan.attention == AttentionKernel::Composed
 }
 
-/// The attention contexts of `qkv`'s sequences (see [`esmfuzz_kernels::attention`]).
+/// The kernels' name for `dtype`, where they round to it.
+fn kernel_dtype(dtype: DType) -> Option<Dtype> {
+    match dtype {
+        DType::F32 => Some(Dtype::F32),
+        DType::F16 => Some(Dtype::F16),
+        DType::BF16 => Some(Dtype::Bf16),
+        _ => None,
+    }
+}
+
+/// The attention contexts of `qkv`'s sequences under `plan` (see
+/// [`esmfuzz_kernels::attention`]), in `qkv`'s dtype (one [`attention_runs_for`] accepts).
 ///
 /// # Shapes
-/// `qkv: [tokens, 3 hidden]` f32 -> `[tokens, hidden]` f32
+/// `qkv: [tokens, 3 hidden]` -> `[tokens, hidden]`
 pub fn attention<B: Backend>(
+    plan: &ComputePlan,
     qkv: Tensor<B, 2>,
     table: &SeqTable,
     heads: usize,
     inv_freq: &[f32],
 ) -> Tensor<B, 2> {
+    let statistics = if plan.precision.statistics_in_f32() {
+        Statistics::F32
+    } else {
+        Statistics::Storage
+    };
+    let dtype = qkv.dtype();
+    let Some(storage) = kernel_dtype(dtype) else {
+        unreachable!("attention_runs_for accepted {dtype:?}")
+    };
     let device = qkv.device();
     let [tokens, width] = qkv.dims();
     let hidden = width / 3;
@@ -45,14 +68,17 @@ pub fn attention<B: Backend>(
             k_len: table.k_len[s] as usize,
         })
         .collect();
-    let rope = Rope::new(inv_freq, table.longest());
+    let rope = Rope::new(inv_freq, table.longest(), storage);
     let qkv = host_f32(qkv);
     let mut out = vec![0.0f32; tokens * hidden];
-    kernel::attention(&qkv, Heads { hidden, heads }, &seqs, &rope, &mut out);
-    Tensor::from_data(TensorData::new(out, [tokens, hidden]), &device)
+    let shape = Heads { hidden, heads };
+    kernel::attention(&qkv, shape, &seqs, &rope, storage, statistics, &mut out);
+    // Values of the storage dtype already: the cast back is exact.
+    Tensor::<B, 2>::from_data(TensorData::new(out, [tokens, hidden]), &device).cast(dtype)
 }
 
-/// `gelu(x + bias)` by the fused kernel when `x` is f32 on the CPU backend, else `None`.
+/// `gelu(x + bias)` by the fused kernel, in `x`'s dtype, when `x` is on the CPU backend in a
+/// dtype the kernel rounds to; `x` back otherwise.
 ///
 /// # Shapes
 /// `x: [rows, width]`, `bias: [width]` -> `[rows, width]`
@@ -61,21 +87,25 @@ pub fn bias_gelu<B: Backend>(
     x: Tensor<B, 2>,
     bias: &Tensor<B, 1>,
 ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
-    if backend != BackendKind::Cpu || x.dtype() != DType::F32 || bias.dtype() != DType::F32 {
-        return Err(x);
-    }
+    let dtype = x.dtype();
+    let storage = match kernel_dtype(dtype) {
+        Some(storage) if backend == BackendKind::Cpu && bias.dtype() == dtype => storage,
+        _ => return Err(x),
+    };
     let device = x.device();
     let shape = x.dims();
     let bias = host_f32(bias.clone());
     let mut values = host_f32(x);
-    esmfuzz_kernels::gelu::bias_gelu(&mut values, &bias);
-    Ok(Tensor::from_data(TensorData::new(values, shape), &device))
+    esmfuzz_kernels::gelu::bias_gelu(&mut values, &bias, storage);
+    // Values of the storage dtype already: the cast back is exact.
+    Ok(Tensor::<B, 2>::from_data(TensorData::new(values, shape), &device).cast(dtype))
 }
 
-/// The values of an f32 tensor, moved out of burn-flex's buffer when it holds the only
-/// reference (else copied).
+/// The values of a tensor widened to f32, moved out of burn-flex's buffer when it is f32 and
+/// held by nothing else (else copied).
 fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
+    t.cast(DType::F32)
+        .into_data()
         .into_vec::<f32>()
         .unwrap_or_else(|e| unreachable!("an f32 tensor yields f32 data: {e:?}"))
 }
@@ -89,7 +119,7 @@ mod tests {
     use crate::model::ops;
 
     #[test]
-    fn bias_gelu_is_bit_identical_to_the_composed_ops_and_declines_other_dtypes() {
+    fn bias_gelu_is_bit_identical_to_the_composed_ops_in_f32_f16_and_bf16() {
         let device = cpu_device();
         let x = Tensor::<Cpu, 2>::random([37, 24], Distribution::Normal(0.0, 3.0), &device);
         let bias = Tensor::<Cpu, 1>::random([24], Distribution::Normal(0.0, 1.0), &device);
@@ -102,7 +132,14 @@ mod tests {
                 .collect()
         };
         assert_eq!(bits(fused), bits(composed));
-        let half = x.cast(DType::F16);
-        assert!(bias_gelu(BackendKind::Cpu, half, &bias.cast(DType::F16)).is_err());
+        for dtype in [DType::F16, DType::BF16] {
+            let (x, bias) = (x.clone().cast(dtype), bias.clone().cast(dtype));
+            let composed = ops::gelu_exact(x.clone() + bias.clone().unsqueeze::<2>());
+            let fused = bias_gelu(BackendKind::Cpu, x.clone(), &bias).ok().unwrap();
+            assert_eq!(fused.dtype(), dtype);
+            assert_eq!(bits(fused), bits(composed), "{dtype:?}");
+        }
+        let wide = x.cast(DType::F64);
+        assert!(bias_gelu(BackendKind::Cpu, wide.clone(), &bias.cast(DType::F64)).is_err());
     }
 }

@@ -62,7 +62,7 @@ impl<B: Backend> DeviceLinear<B> {
         ops::linear(&self.plan, x, &self.weight_t, &self.bias)
     }
 
-    /// `gelu(self.forward(x))`, the exact GELU; on the CPU in f32 the bias add and GELU are
+    /// `gelu(self.forward(x))`, the exact GELU; on the CPU the bias add and GELU are
     /// one pass ([`super::cpu_kernels::bias_gelu`], bit-identical to the composed ops).
     ///
     /// # Shapes

@@ -409,3 +409,88 @@ impl<B: Backend> Esm2<B> {
         layout.with_block_multiple(n_tokens, self.plan.backend.block_multiple())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+    use crate::backend::{BackendKind, Cpu, cpu_device};
+    use crate::model::attention::StreamSeqs;
+    use crate::model::to_host;
+
+    /// The CPU attention kernel's and the composed attention's outputs of one layer (after
+    /// `out_proj`) on the same packed input of 64 tokens: the rows on which they differ at
+    /// all, and the largest difference relative to the largest value.
+    fn kernel_against_composed(precision: Precision) -> (usize, f32) {
+        let config = EsmConfig::new(1, 64, 4);
+        let weights = EsmWeights::random(&config, 11);
+        let device = cpu_device();
+        let plan = ComputePlan::new(precision, BackendKind::Cpu);
+        let model = Esm2::<Cpu>::new(&weights, plan, FaultSet::none(), &device);
+        let cu = [0, 5, 17, 40, 41, 64];
+        let input = ModelInput {
+            tokens: (0..64).map(|i| 4 + (i * 7) % 20).collect(),
+            token_scale: vec![1.0; 64],
+            layout: HostBlocks::packed(&cu, 1024),
+        };
+        let host_layout = model.effective_layout(&input);
+        let layout = DeviceBlocks::<Cpu>::new(&host_layout, &device);
+        let attention = &model.layers[0].self_attn;
+        let rotary: Vec<_> = host_layout
+            .groups
+            .iter()
+            .map(|g| {
+                let positions = (&g.positions, g.position_rows, g.block_len);
+                RotaryTables::<Cpu>::new(
+                    &attention.inv_freq,
+                    positions.0,
+                    positions.1,
+                    positions.2,
+                    plan.dtype(),
+                    &device,
+                )
+            })
+            .collect();
+        let seqs = StreamSeqs {
+            table: SeqTable::of_blocks(&input.layout).unwrap(),
+            flash: None,
+        };
+        let x = Tensor::<Cpu, 2>::random([64, 64], Distribution::Normal(0.0, 1.0), &device)
+            .cast(plan.dtype());
+        let kernel = to_host(attention.forward(x.clone(), &layout, &rotary, Some(&seqs)));
+        let composed = to_host(attention.forward(x, &layout, &rotary, None));
+        let rows = kernel
+            .chunks(64)
+            .zip(composed.chunks(64))
+            .filter(|(k, c)| k != c)
+            .count();
+        let scale = composed.iter().fold(0.0f32, |m, c| m.max(c.abs()));
+        let worst = kernel
+            .iter()
+            .zip(&composed)
+            .fold(0.0f32, |m, (k, c)| m.max((k - c).abs()));
+        (rows, worst / scale)
+    }
+
+    /// The kernel rounds where the composition stores a tensor, so in a half dtype their
+    /// results are equal but where a sum's order flips one rounding (measured: bf16 no row,
+    /// f16 and f16-mixed one row of 64, which out_proj spreads over the row). f32 differs
+    /// everywhere by the order of its sums, within 1e-6 of the values. Dropping the kernel's
+    /// rounding of the rotary products (f16) makes 63 of 64 rows differ.
+    #[test]
+    fn the_cpu_attention_kernel_rounds_where_the_composed_attention_does() {
+        for precision in Precision::ALL {
+            let (rows, worst) = kernel_against_composed(precision);
+            match precision {
+                Precision::F32 => assert!(worst < 1e-6, "{precision}: {worst:e}"),
+                // Emulated TF32 products: the composed path (no kernel), equal to itself.
+                Precision::Tf32 => assert_eq!((rows, worst), (0, 0.0)),
+                _ => assert!(
+                    rows <= 2 && worst < 1e-2,
+                    "{precision}: {rows} rows, {worst:e}"
+                ),
+            }
+        }
+    }
+}

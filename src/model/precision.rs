@@ -304,8 +304,8 @@ impl ComputePlan {
         };
         let attention = match self.attention {
             AttentionKernel::Composed if super::cpu_kernels::attention_runs_for(self) => {
-                "; attention: the composed f32 arithmetic in one CPU kernel per sequence and \
-                 head (esmfuzz-kernels; sums in another order)"
+                "; attention: the composed arithmetic and rounding in one CPU kernel per \
+                 sequence and head (esmfuzz-kernels; sums in another order)"
             }
             AttentionKernel::Composed => "",
             AttentionKernel::Fused if self.backend == BackendKind::Cuda => {
