@@ -46,12 +46,20 @@ multiversion! {
 #[inline(always)]
 fn bias_gelu_rows_body<S: Storage>(rows: &mut [f32], bias: &[f32]) {
     let sqrt2 = S::round(std::f64::consts::SQRT_2 as f32);
+    // Three passes per row so that the two around the scalar erf call vectorise.
+    let mut t = vec![0.0f32; bias.len()];
     for row in rows.chunks_exact_mut(bias.len()) {
-        for (x, &b) in row.iter_mut().zip(bias) {
+        for ((x, &b), t) in row.iter_mut().zip(bias).zip(t.iter_mut()) {
             let v = S::round(*x + b);
-            let erf = S::round(libm::erff(S::round(v / sqrt2)));
-            let cdf = S::round(S::round(erf + 1.0) * 0.5);
-            *x = S::round(v * cdf);
+            *x = v;
+            *t = S::round(v / sqrt2);
+        }
+        for t in t.iter_mut() {
+            *t = libm::erff(*t);
+        }
+        for (x, &erf) in row.iter_mut().zip(&t) {
+            let cdf = S::round(S::round(S::round(erf) + 1.0) * 0.5);
+            *x = S::round(*x * cdf);
         }
     }
 }

@@ -73,8 +73,7 @@ pub fn attention<B: Backend>(
     let mut out = vec![0.0f32; tokens * hidden];
     let shape = Heads { hidden, heads };
     kernel::attention(&qkv, shape, &seqs, &rope, storage, statistics, &mut out);
-    // Values of the storage dtype already: the cast back is exact.
-    Tensor::<B, 2>::from_data(TensorData::new(out, [tokens, hidden]), &device).cast(dtype)
+    from_host(out, [tokens, hidden], dtype, &device)
 }
 
 /// `gelu(x + bias)` by the fused kernel, in `x`'s dtype, when `x` is on the CPU backend in a
@@ -97,17 +96,63 @@ pub fn bias_gelu<B: Backend>(
     let bias = host_f32(bias.clone());
     let mut values = host_f32(x);
     esmfuzz_kernels::gelu::bias_gelu(&mut values, &bias, storage);
-    // Values of the storage dtype already: the cast back is exact.
-    Ok(Tensor::<B, 2>::from_data(TensorData::new(values, shape), &device).cast(dtype))
+    Ok(from_host(values, shape, dtype, &device))
 }
 
-/// The values of a tensor widened to f32, moved out of burn-flex's buffer when it is f32 and
-/// held by nothing else (else copied).
+/// The values of a tensor widened to f32: an f32 tensor's buffer moved out of burn-flex when
+/// nothing else holds it (else copied); f16 and bf16 widened by `half`'s slice conversion
+/// (F16C instructions where the CPU has them; burn-flex's cast converts value by value).
 fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.cast(DType::F32)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap_or_else(|e| unreachable!("an f32 tensor yields f32 data: {e:?}"))
+    use half::slice::HalfFloatSliceExt;
+    let data = t.into_data();
+    let widened = |n: usize, widen: &dyn Fn(&mut [f32])| {
+        let mut out = vec![0.0f32; n];
+        widen(&mut out);
+        out
+    };
+    match data.dtype {
+        DType::F16 => {
+            let values = data
+                .as_slice::<half::f16>()
+                .unwrap_or_else(|e| unreachable!("{e:?}"));
+            widened(values.len(), &|out| values.convert_to_f32_slice(out))
+        }
+        DType::BF16 => {
+            let values = data
+                .as_slice::<half::bf16>()
+                .unwrap_or_else(|e| unreachable!("{e:?}"));
+            widened(values.len(), &|out| values.convert_to_f32_slice(out))
+        }
+        _ => data
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_else(|e| unreachable!("an f32 tensor yields f32 data: {e:?}")),
+    }
+}
+
+/// A tensor of `shape` in `dtype` holding `values`, which are values of `dtype` already (the
+/// kernels round to it), so narrowing them is exact.
+fn from_host<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    dtype: DType,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    use half::slice::HalfFloatSliceExt;
+    let data = match dtype {
+        DType::F16 => {
+            let mut narrow = vec![half::f16::ZERO; values.len()];
+            narrow.convert_from_f32_slice(&values);
+            TensorData::new(narrow, shape)
+        }
+        DType::BF16 => {
+            let mut narrow = vec![half::bf16::ZERO; values.len()];
+            narrow.convert_from_f32_slice(&values);
+            TensorData::new(narrow, shape)
+        }
+        _ => TensorData::new(values, shape),
+    };
+    Tensor::from_data(data, (device, dtype))
 }
 
 #[cfg(test)]
