@@ -12,6 +12,7 @@
 pub mod attention;
 pub mod exp;
 pub mod gelu;
+pub mod layer_norm;
 pub mod storage;
 
 /// Defines `$vis fn $name<S: Storage>(args) -> ret` calling the `#[inline(always)]` function

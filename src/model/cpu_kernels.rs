@@ -4,8 +4,8 @@
 //!
 //! They run only where their arithmetic is the composition's, on the CPU: they compute in f32
 //! and round to the storage dtype (f32, f16, bf16) wherever the composition stores a tensor.
-//! The attention kernel keeps the composed attention's rounding points (only the order of
-//! summation inside a reduction differs; `esmfuzz_kernels::attention` says where), for plans
+//! The attention and LayerNorm kernels keep the composition's rounding points (only the order
+//! of summation inside a reduction differs; each kernel says where), attention for plans
 //! whose products are the backend's own gemm (f32 accumulation); the bias + GELU kernel is
 //! bit-identical to the composed ops.
 
@@ -99,6 +99,45 @@ pub fn bias_gelu<B: Backend>(
     Ok(from_host(values, shape, dtype, &device))
 }
 
+/// LayerNorm of `x` over its last dimension by the CPU kernel
+/// ([`esmfuzz_kernels::layer_norm`]), as [`super::ops::layer_norm`] composes it under `plan`
+/// (statistics in the storage dtype where the plan keeps them there or the unshifted fault
+/// forces it), when `x` is on the CPU in a dtype the kernel rounds to; `x` back otherwise.
+///
+/// # Shapes
+/// `x: [..., hidden]`, `weight`, `bias: [hidden]` -> `[..., hidden]`
+pub fn layer_norm<B: Backend, const D: usize>(
+    plan: &ComputePlan,
+    x: Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    eps: f64,
+    unshifted_fault: bool,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let dtype = x.dtype();
+    let storage = match kernel_dtype(dtype) {
+        Some(storage)
+            if plan.backend == BackendKind::Cpu
+                && weight.dtype() == dtype
+                && bias.dtype() == dtype =>
+        {
+            storage
+        }
+        _ => return Err(x),
+    };
+    let statistics = if plan.precision.statistics_in_f32() && !unshifted_fault {
+        Statistics::F32
+    } else {
+        Statistics::Storage
+    };
+    let device = x.device();
+    let shape = x.dims();
+    let (weight, bias) = (host_f32(weight.clone()), host_f32(bias.clone()));
+    let mut values = host_f32(x);
+    esmfuzz_kernels::layer_norm::layer_norm(&mut values, &weight, &bias, eps, storage, statistics);
+    Ok(from_host(values, shape, dtype, &device))
+}
+
 /// The values of a tensor widened to f32: an f32 tensor's buffer moved out of burn-flex when
 /// nothing else holds it (else copied); f16 and bf16 widened by `half`'s slice conversion
 /// (F16C instructions where the CPU has them; burn-flex's cast converts value by value).
@@ -161,7 +200,7 @@ mod tests {
 
     use super::*;
     use crate::backend::{Cpu, cpu_device};
-    use crate::model::ops;
+    use crate::model::{Precision, ops, to_host};
 
     #[test]
     fn bias_gelu_is_bit_identical_to_the_composed_ops_in_f32_f16_and_bf16() {
@@ -186,5 +225,59 @@ mod tests {
         }
         let wide = x.cast(DType::F64);
         assert!(bias_gelu(BackendKind::Cpu, wide.clone(), &bias.cast(DType::F64)).is_err());
+    }
+
+    /// The LayerNorm kernel against the composed LayerNorm, per policy (statistics in the
+    /// storage dtype for f16 and bf16, in f32 for f16-mixed and f32, and in storage under the
+    /// unshifted fault): equal in the half dtypes but where the order of a row sum flips one
+    /// rounding of a statistic (measured: none of 48 rows), f32 within 1e-5 (values up to ~5,
+    /// a few ulps). With the centred values left unrounded in the kernel, f16 fails here.
+    #[test]
+    fn layer_norm_rounds_where_the_composed_layer_norm_does() {
+        let device = cpu_device();
+        let x = Tensor::<Cpu, 2>::random([48, 40], Distribution::Normal(0.5, 3.0), &device);
+        let weight = Tensor::<Cpu, 1>::random([40], Distribution::Normal(1.0, 0.3), &device);
+        let bias = Tensor::<Cpu, 1>::random([40], Distribution::Normal(0.0, 0.3), &device);
+        for precision in [
+            Precision::F32,
+            Precision::F16,
+            Precision::Bf16,
+            Precision::F16Mixed,
+        ] {
+            for unshifted in [false, true] {
+                let plan = ComputePlan::new(precision, BackendKind::Cpu);
+                let dtype = plan.dtype();
+                let (x, w, b) = (
+                    x.clone().cast(dtype),
+                    weight.clone().cast(dtype),
+                    bias.clone().cast(dtype),
+                );
+                let composed = to_host(ops::composed_layer_norm(
+                    &plan,
+                    x.clone(),
+                    &w,
+                    &b,
+                    1e-5,
+                    unshifted,
+                ));
+                let kernel = layer_norm(&plan, x, &w, &b, 1e-5, unshifted).ok().unwrap();
+                assert_eq!(kernel.dtype(), dtype);
+                let kernel = to_host(kernel);
+                let rows = kernel
+                    .chunks(40)
+                    .zip(composed.chunks(40))
+                    .filter(|(k, c)| k != c);
+                let worst = kernel
+                    .iter()
+                    .zip(&composed)
+                    .fold(0.0f32, |m, (k, c)| m.max((k - c).abs()));
+                let what = format!("{precision} unshifted {unshifted}");
+                if dtype == DType::F32 {
+                    assert!(worst < 1e-5, "{what}: {worst:e}");
+                } else {
+                    assert!(rows.count() <= 1, "{what}");
+                }
+            }
+        }
     }
 }

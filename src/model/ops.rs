@@ -184,6 +184,26 @@ pub fn layer_norm<B: Backend, const D: usize>(
     eps: f64,
     unshifted_fault: bool,
 ) -> Tensor<B, D> {
+    // On the CPU one kernel computes the same steps, rounded where these ops store them.
+    let x = match super::cpu_kernels::layer_norm(plan, x, weight, bias, eps, unshifted_fault) {
+        Ok(normed) => return normed,
+        Err(x) => x,
+    };
+    composed_layer_norm(plan, x, weight, bias, eps, unshifted_fault)
+}
+
+/// [`layer_norm`] composed of burn ops (what the CPU kernel computes, and what runs on CUDA).
+///
+/// # Shapes
+/// `x: [..., hidden]`, `weight`, `bias: [hidden]` -> `[..., hidden]`
+pub fn composed_layer_norm<B: Backend, const D: usize>(
+    plan: &ComputePlan,
+    x: Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    bias: &Tensor<B, 1>,
+    eps: f64,
+    unshifted_fault: bool,
+) -> Tensor<B, D> {
     let storage = x.dtype();
     let x = for_statistics(plan, x, unshifted_fault);
     let mean = x.clone().mean_dim(D - 1);
