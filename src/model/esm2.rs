@@ -412,8 +412,6 @@ impl<B: Backend> Esm2<B> {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::Distribution;
-
     use super::*;
     use crate::backend::{BackendKind, Cpu, cpu_device};
     use crate::model::attention::StreamSeqs;
@@ -422,7 +420,7 @@ mod tests {
     /// The CPU attention kernel's and the composed attention's outputs of one layer (after
     /// `out_proj`) on the same packed input of 64 tokens: the rows on which they differ at
     /// all, and the largest difference relative to the largest value.
-    fn kernel_against_composed(precision: Precision) -> (usize, f32) {
+    fn kernel_against_composed(precision: Precision, seed: u64) -> (usize, f32) {
         let config = EsmConfig::new(1, 64, 4);
         let weights = EsmWeights::random(&config, 11);
         let device = cpu_device();
@@ -456,8 +454,7 @@ mod tests {
             table: SeqTable::of_blocks(&input.layout).unwrap(),
             flash: None,
         };
-        let x = Tensor::<Cpu, 2>::random([64, 64], Distribution::Normal(0.0, 1.0), &device)
-            .cast(plan.dtype());
+        let x = crate::model::cpu_kernels::seeded([64, 64], seed, 1.7, 0.0).cast(plan.dtype());
         let kernel = to_host(attention.forward(x.clone(), &layout, &rotary, Some(&seqs)));
         let composed = to_host(attention.forward(x, &layout, &rotary, None));
         let rows = kernel
@@ -474,22 +471,27 @@ mod tests {
     }
 
     /// The kernel rounds where the composition stores a tensor, so in a half dtype their
-    /// results are equal but where a sum's order flips one rounding (measured: bf16 no row,
-    /// f16 and f16-mixed one row of 64, which out_proj spreads over the row). f32 differs
+    /// results are equal but where a sum's order flips one rounding, which out_proj spreads
+    /// over that row. Measured on inputs seeded 1..=20: bf16 at most 1 row of 64, f16 at most
+    /// 5, f16-mixed at most 4; on seeds 1..=8, 1, 11 and 15 of 512 rows. f32 differs
     /// everywhere by the order of its sums, within 1e-6 of the values. Dropping the kernel's
     /// rounding of the rotary products (f16) makes 63 of 64 rows differ.
     #[test]
     fn the_cpu_attention_kernel_rounds_where_the_composed_attention_does() {
         for precision in Precision::ALL {
-            let (rows, worst) = kernel_against_composed(precision);
-            match precision {
-                Precision::F32 => assert!(worst < 1e-6, "{precision}: {worst:e}"),
-                // Emulated TF32 products: the composed path (no kernel), equal to itself.
-                Precision::Tf32 => assert_eq!((rows, worst), (0, 0.0)),
-                _ => assert!(
-                    rows <= 2 && worst < 1e-2,
-                    "{precision}: {rows} rows, {worst:e}"
-                ),
+            let mut rows = 0;
+            for seed in 1..=8 {
+                let (differ, worst) = kernel_against_composed(precision, seed);
+                rows += differ;
+                match precision {
+                    Precision::F32 => assert!(worst < 1e-6, "{precision}: {worst:e}"),
+                    // Emulated TF32 products: the composed path (no kernel), equal to itself.
+                    Precision::Tf32 => assert_eq!((differ, worst), (0, 0.0)),
+                    _ => assert!(worst < 1e-2, "{precision}, seed {seed}: {worst:e}"),
+                }
+            }
+            if precision != Precision::F32 {
+                assert!(rows <= 48, "{precision}: {rows} of 512 rows differ");
             }
         }
     }
