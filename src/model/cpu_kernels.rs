@@ -219,12 +219,11 @@ pub(crate) fn seeded<const D: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Cpu, cpu_device};
+    use crate::backend::Cpu;
     use crate::model::{Precision, ops, to_host};
 
     #[test]
     fn bias_gelu_is_bit_identical_to_the_composed_ops_in_f32_f16_and_bf16() {
-        let device = cpu_device();
         let x = seeded([37, 24], 1, 5.0, 0.0);
         let bias = seeded([24], 2, 1.0, 0.0);
         let composed = ops::gelu_exact(x.clone() + bias.clone().unsqueeze::<2>());
@@ -254,7 +253,6 @@ mod tests {
     /// a few ulps). With the centred values left unrounded in the kernel, f16 fails here.
     #[test]
     fn layer_norm_rounds_where_the_composed_layer_norm_does() {
-        let device = cpu_device();
         let x = seeded([48, 40], 3, 5.0, 0.5);
         let weight = seeded([40], 4, 0.5, 1.0);
         let bias = seeded([40], 5, 0.5, 0.0);
