@@ -9,6 +9,7 @@
 //! storage dtype ([`storage::Storage`]: f32, f16, bf16) wherever the composition stores a
 //! tensor; only the order of summation inside a reduction differs (see each kernel).
 
+pub mod add;
 pub mod attention;
 pub mod exp;
 pub mod gelu;

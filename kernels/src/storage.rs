@@ -24,6 +24,26 @@ impl Dtype {
     }
 }
 
+/// Every value of `x` rounded to `dtype`, in place.
+pub fn round_slice(x: &mut [f32], dtype: Dtype) {
+    match dtype {
+        Dtype::F32 => {}
+        Dtype::F16 => round_part::<F16>(x),
+        Dtype::Bf16 => round_part::<Bf16>(x),
+    }
+}
+
+crate::multiversion! {
+    fn round_part<S: Storage>(x: &mut [f32]) => round_body
+}
+
+#[inline(always)]
+fn round_body<S: Storage>(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = S::round(*v);
+    }
+}
+
 /// A storage dtype: `round` maps an f32 to the nearest value the dtype holds, as f32.
 pub trait Storage: Copy + Send + Sync + 'static {
     fn round(x: f32) -> f32;

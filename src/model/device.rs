@@ -52,6 +52,11 @@ impl<B: Backend> DeviceLinear<B> {
         self
     }
 
+    /// The backend this linear's plan runs on.
+    pub fn backend(&self) -> crate::backend::BackendKind {
+        self.plan.backend
+    }
+
     /// Computed in the weights' dtype (`x` is cast to it; a no-op unless a mixed policy keeps
     /// the residual stream in f32).
     ///

@@ -80,7 +80,19 @@ impl<B: Backend> EsmLayer<B> {
     ) -> Tensor<B, 2> {
         let h = self.self_attn_layer_norm.forward(x.clone());
         let dtype = x.dtype();
-        x + self.self_attn.forward(h, layout, rotary, seqs).cast(dtype)
+        self.residual(
+            x,
+            self.self_attn.forward(h, layout, rotary, seqs).cast(dtype),
+        )
+    }
+
+    /// `x + h` in their dtype (the residual stream's); on the CPU by one kernel, rounding as
+    /// burn-flex's add does ([`super::cpu_kernels::add`]).
+    ///
+    /// # Shapes
+    /// `x`, `h: [tokens, hidden]` -> `[tokens, hidden]`
+    fn residual(&self, x: Tensor<B, 2>, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        super::cpu_kernels::add(self.fc1.backend(), x, h).unwrap_or_else(|(x, h)| x + h)
     }
 
     /// The attention probabilities [`Self::attention_block`] computes on `x`, per group
@@ -106,6 +118,6 @@ impl<B: Backend> EsmLayer<B> {
         let h = self.final_layer_norm.forward(x.clone());
         let h = self.fc2.forward(self.fc1.forward_gelu(h));
         let dtype = x.dtype();
-        x + h.cast(dtype)
+        self.residual(x, h.cast(dtype))
     }
 }

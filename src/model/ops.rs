@@ -46,7 +46,9 @@ pub fn matmul<B: Backend, const D: usize>(
         (a, b)
     };
     match plan.matmul {
-        MatmulMode::Native => a.matmul(b),
+        MatmulMode::Native => {
+            super::cpu_kernels::matmul_bf16(plan.backend, a, b).unwrap_or_else(|(a, b)| a.matmul(b))
+        }
         MatmulMode::EmulatedTf32 => round_to_tf32(a).matmul(round_to_tf32(b)),
         MatmulMode::SplitBf16x6 => split_bf16x6_matmul(a, b, |x, y| x.matmul(y)),
         MatmulMode::ReorderedF32 => {
@@ -151,7 +153,10 @@ pub fn linear<B: Backend, const D: usize>(
     let dims = x.dims();
     let [d_in, d_out] = weight_t.dims();
     let rows: usize = dims[..D - 1].iter().product();
-    let y = matmul(plan, x.reshape([rows, d_in]), weight_t.clone()) + bias.clone().unsqueeze::<2>();
+    let product = matmul(plan, x.reshape([rows, d_in]), weight_t.clone());
+    // On the CPU one kernel adds the bias, rounding as burn-flex's add does.
+    let y = super::cpu_kernels::add_bias(plan.backend, product, bias)
+        .unwrap_or_else(|product| product + bias.clone().unsqueeze::<2>());
     let mut out_dims = dims;
     out_dims[D - 1] = d_out;
     y.reshape(out_dims)
