@@ -380,6 +380,11 @@ fn softmax_in_place<S: Storage>(row: &mut [f32], statistics: Statistics) {
 mod tests {
     use super::*;
 
+    /// [`attention`] in f32 storage and statistics.
+    fn attention_f32(qkv: &[f32], shape: Heads, seqs: &[Sequence], rope: &Rope, out: &mut [f32]) {
+        attention(qkv, shape, seqs, rope, Dtype::F32, Statistics::F32, out);
+    }
+
     /// A seeded uniform value in [-scale, scale) (xorshift; no dependency for a test).
     fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut s = seed.max(1);
@@ -482,15 +487,7 @@ mod tests {
         let qkv = values(tokens * 3 * shape.hidden, 7, 3.0);
         let rope = Rope::new(&inv_freq, 40, Dtype::F32);
         let mut out = vec![f32::NAN; tokens * shape.hidden];
-        attention(
-            &qkv,
-            shape,
-            &seqs,
-            &rope,
-            Dtype::F32,
-            Statistics::F32,
-            &mut out,
-        );
+        attention_f32(&qkv, shape, &seqs, &rope, &mut out);
         let mut worst = 0.0f64;
         for seq in seqs {
             for head in 0..shape.heads {
@@ -533,15 +530,7 @@ mod tests {
         qkv[2 * 96 + 32] = f32::NAN; // a key of sequence 0, head 0
         let mut out = vec![0.0f32; 11 * 32];
         let rope = Rope::new(&[1.0; 8], 6, Dtype::F32);
-        attention(
-            &qkv,
-            shape,
-            &seqs,
-            &rope,
-            Dtype::F32,
-            Statistics::F32,
-            &mut out,
-        );
+        attention_f32(&qkv, shape, &seqs, &rope, &mut out);
         assert!((0..5).all(|r| out[r * 32..r * 32 + 16].iter().all(|x| x.is_nan())));
         assert!(
             out[..5 * 32]

@@ -86,16 +86,29 @@ pub fn bias_gelu<B: Backend>(
     x: Tensor<B, 2>,
     bias: &Tensor<B, 1>,
 ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    with_row(backend, x, bias, esmfuzz_kernels::gelu::bias_gelu)
+}
+
+/// `kernel(x, row, dtype)` on `x`'s values and one row (a bias), in `x`'s dtype, when `x` is
+/// on the CPU in a dtype the kernels round to and `row` is of that dtype; `x` back otherwise.
+///
+/// # Shapes
+/// `x: [rows, width]`, `row: [width]` -> `[rows, width]`
+fn with_row<B: Backend>(
+    backend: BackendKind,
+    x: Tensor<B, 2>,
+    row: &Tensor<B, 1>,
+    kernel: impl FnOnce(&mut [f32], &[f32], Dtype),
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
     let dtype = x.dtype();
     let storage = match kernel_dtype(dtype) {
-        Some(storage) if backend == BackendKind::Cpu && bias.dtype() == dtype => storage,
+        Some(storage) if backend == BackendKind::Cpu && row.dtype() == dtype => storage,
         _ => return Err(x),
     };
-    let device = x.device();
-    let shape = x.dims();
-    let bias = host_f32(bias.clone());
+    let (device, shape) = (x.device(), x.dims());
+    let row = host_f32(row.clone());
     let mut values = host_f32(x);
-    esmfuzz_kernels::gelu::bias_gelu(&mut values, &bias, storage);
+    kernel(&mut values, &row, storage);
     Ok(from_host(values, shape, dtype, &device))
 }
 
@@ -149,16 +162,7 @@ pub fn add_bias<B: Backend>(
     x: Tensor<B, 2>,
     bias: &Tensor<B, 1>,
 ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
-    let dtype = x.dtype();
-    let storage = match kernel_dtype(dtype) {
-        Some(storage) if backend == BackendKind::Cpu && bias.dtype() == dtype => storage,
-        _ => return Err(x),
-    };
-    let (device, shape) = (x.device(), x.dims());
-    let bias = host_f32(bias.clone());
-    let mut values = host_f32(x);
-    esmfuzz_kernels::add::add_rows(&mut values, &bias, storage);
-    Ok(from_host(values, shape, dtype, &device))
+    with_row(backend, x, bias, esmfuzz_kernels::add::add_rows)
 }
 
 /// `x + y` by the CPU kernel in their dtype (a residual sum), when both are on the CPU in one
