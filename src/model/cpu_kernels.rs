@@ -302,18 +302,17 @@ mod tests {
     use crate::backend::Cpu;
     use crate::model::{Precision, ops, to_host};
 
+    /// The bit patterns of a tensor's values (as f32), for bit-identity checks.
+    fn bits<const D: usize>(t: Tensor<Cpu, D>) -> Vec<u32> {
+        to_host(t).iter().map(|v| v.to_bits()).collect()
+    }
+
     #[test]
     fn bias_gelu_is_bit_identical_to_the_composed_ops_in_f32_f16_and_bf16() {
         let x = seeded([37, 24], 1, 5.0, 0.0);
         let bias = seeded([24], 2, 1.0, 0.0);
         let composed = ops::gelu_exact(x.clone() + bias.clone().unsqueeze::<2>());
         let fused = bias_gelu(BackendKind::Cpu, x.clone(), &bias).ok().unwrap();
-        let bits = |t: Tensor<Cpu, 2>| -> Vec<u32> {
-            crate::model::to_host(t)
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
         assert_eq!(bits(fused), bits(composed));
         for dtype in [DType::F16, DType::BF16] {
             let (x, bias) = (x.clone().cast(dtype), bias.clone().cast(dtype));
@@ -384,12 +383,6 @@ mod tests {
         let x = seeded([37, 24], 6, 40.0, 0.0);
         let y = seeded([37, 24], 7, 40.0, 0.0);
         let bias = seeded([24], 8, 40.0, 0.0);
-        let bits = |t: Tensor<Cpu, 2>| -> Vec<u32> {
-            crate::model::to_host(t)
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let (x, y, bias) = (
                 x.clone().cast(dtype),
@@ -413,12 +406,6 @@ mod tests {
         let composed = a.clone().matmul(b.clone());
         let kernel = matmul_bf16(BackendKind::Cpu, a, b).ok().unwrap();
         assert_eq!(kernel.dtype(), DType::BF16);
-        let bits = |t: Tensor<Cpu, 3>| -> Vec<u32> {
-            crate::model::to_host(t)
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
         assert_eq!(bits(kernel), bits(composed));
     }
 }

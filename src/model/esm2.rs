@@ -439,12 +439,11 @@ mod tests {
             .groups
             .iter()
             .map(|g| {
-                let positions = (&g.positions, g.position_rows, g.block_len);
                 RotaryTables::<Cpu>::new(
                     &attention.inv_freq,
-                    positions.0,
-                    positions.1,
-                    positions.2,
+                    &g.positions,
+                    g.position_rows,
+                    g.block_len,
                     plan.dtype(),
                     &device,
                 )
