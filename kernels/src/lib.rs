@@ -10,6 +10,7 @@
 //! tensor; only the order of summation inside a reduction differs (see each kernel).
 
 pub mod add;
+pub mod amx;
 pub mod attention;
 pub mod exp;
 pub mod gelu;

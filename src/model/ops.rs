@@ -47,7 +47,7 @@ pub fn matmul<B: Backend, const D: usize>(
     };
     match plan.matmul {
         MatmulMode::Native => {
-            super::cpu_kernels::matmul_bf16(plan.backend, a, b).unwrap_or_else(|(a, b)| a.matmul(b))
+            super::cpu_kernels::matmul_half(plan.backend, a, b).unwrap_or_else(|(a, b)| a.matmul(b))
         }
         MatmulMode::EmulatedTf32 => round_to_tf32(a).matmul(round_to_tf32(b)),
         MatmulMode::SplitBf16x6 => split_bf16x6_matmul(a, b, |x, y| x.matmul(y)),

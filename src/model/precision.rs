@@ -287,6 +287,16 @@ impl ComputePlan {
                 "matmul: burn-cuda default f32 (TF32 tensor cores, f32 accumulation)"
             }
             (_, Precision::F32, BackendKind::Cpu) => "matmul: gemm f32",
+            (_, Precision::Bf16, BackendKind::Cpu) if super::cpu_kernels::tiles_in_use() => {
+                "matmul: AMX tile products of the bf16 operands (exact products, f32 \
+                 accumulation), rounded to bf16 (burn-flex's bf16 product where a batch of \
+                 matrices is multiplied)"
+            }
+            (_, _, BackendKind::Cpu) if super::cpu_kernels::tiles_in_use() => {
+                "matmul: AMX tile products, each f16 operand split exactly into two bf16 \
+                 (exact products, f32 accumulation), rounded to f16 (gemm-f16 where a batch of \
+                 matrices is multiplied)"
+            }
             (_, Precision::Bf16, BackendKind::Cpu) => {
                 "matmul: bf16 operands widened to f32, f32 gemm, result rounded to bf16"
             }
