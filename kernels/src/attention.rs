@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::exp::exp_nonpositive;
 use super::multiversion;
-use super::storage::{Bf16, Dtype, F16, F32, Storage};
+use super::storage::{Bf16, Dtype, F16, F16Hw, F32, Storage, f16c};
 
 /// Where a reduced policy's softmax keeps its exponentials: in f32 (the policy widens
 /// statistics to f32; f32 storage) or stored in the storage dtype before they are normalised
@@ -108,6 +108,7 @@ pub fn attention(
 ) {
     match dtype {
         Dtype::F32 => attention_in::<F32>(qkv, shape, seqs, rope, statistics, out),
+        Dtype::F16 if f16c() => attention_in::<F16Hw>(qkv, shape, seqs, rope, statistics, out),
         Dtype::F16 => attention_in::<F16>(qkv, shape, seqs, rope, statistics, out),
         Dtype::Bf16 => attention_in::<Bf16>(qkv, shape, seqs, rope, statistics, out),
     }
@@ -274,11 +275,8 @@ fn block_scores<S: Storage>(
                 }
             }
         }
-        for (i, a) in acc.iter().enumerate() {
-            let out = &mut scores[i * stride + p * LANES..][..LANES];
-            for (o, &a) in out.iter_mut().zip(a) {
-                *o = S::round(a);
-            }
+        for (i, &a) in acc.iter().enumerate() {
+            scores[i * stride + p * LANES..][..LANES].copy_from_slice(&S::round_lanes(a));
         }
     }
 }
@@ -368,11 +366,21 @@ fn softmax_in_place<S: Storage>(row: &mut [f32], statistics: Statistics) {
     }
     let total = sum.iter().fold(0.0f32, |total, &s| total + s);
     let inv = 1.0 / total;
-    match statistics {
-        Statistics::F32 => row.iter_mut().for_each(|x| *x = S::round(*x * inv)),
-        Statistics::Storage => row
-            .iter_mut()
-            .for_each(|x| *x = S::round(S::round(*x) * inv)),
+    let probability = |e: f32| match statistics {
+        Statistics::F32 => S::round(e * inv),
+        Statistics::Storage => S::round(S::round(e) * inv),
+    };
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        let e: [f32; LANES] = lanes(chunk).to_owned();
+        let p = match statistics {
+            Statistics::F32 => S::round_lanes(e.map(|e| e * inv)),
+            Statistics::Storage => S::round_lanes(S::round_lanes(e).map(|e| e * inv)),
+        };
+        chunk.copy_from_slice(&p);
+    }
+    for x in chunks.into_remainder() {
+        *x = probability(*x);
     }
 }
 

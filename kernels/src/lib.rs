@@ -18,7 +18,8 @@ pub mod layer_norm;
 pub mod storage;
 
 /// Defines `$vis fn $name<S: Storage>(args) -> ret` calling the `#[inline(always)]` function
-/// `$body::<S>` compiled for AVX2 where this CPU has it (8 f32 lanes per vector), else as
+/// `$body::<S>` compiled for AVX2 (and F16C, which [`storage::F16Hw`] inlines) where this CPU
+/// has them (8 f32 lanes per vector), else as
 /// built (SSE2 on x86-64). The arithmetic is the same either way: no fused multiply-adds are
 /// enabled, so only the width of the vectors changes, never a result.
 macro_rules! multiversion {
@@ -27,12 +28,14 @@ macro_rules! multiversion {
         $vis fn $name<S: Storage>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2")]
+                #[target_feature(enable = "avx2,f16c")]
                 unsafe fn avx2<S: Storage>($($arg: $ty),*) $(-> $ret)? {
                     $body::<S>($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: this CPU has AVX2 (checked above).
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                {
+                    // SAFETY: this CPU has AVX2 and F16C (checked above).
                     return unsafe { avx2::<S>($($arg),*) };
                 }
             }
