@@ -366,22 +366,21 @@ fn softmax_in_place<S: Storage>(row: &mut [f32], statistics: Statistics) {
     }
     let total = sum.iter().fold(0.0f32, |total, &s| total + s);
     let inv = 1.0 / total;
-    let probability = |e: f32| match statistics {
-        Statistics::F32 => S::round(e * inv),
-        Statistics::Storage => S::round(S::round(e) * inv),
+    let probabilities = |e: [f32; LANES]| match statistics {
+        Statistics::F32 => S::round_lanes(e.map(|e| e * inv)),
+        Statistics::Storage => S::round_lanes(S::round_lanes(e).map(|e| e * inv)),
     };
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
-        let e: [f32; LANES] = lanes(chunk).to_owned();
-        let p = match statistics {
-            Statistics::F32 => S::round_lanes(e.map(|e| e * inv)),
-            Statistics::Storage => S::round_lanes(S::round_lanes(e).map(|e| e * inv)),
-        };
+        let p = probabilities(*lanes(chunk));
         chunk.copy_from_slice(&p);
     }
-    for x in chunks.into_remainder() {
-        *x = probability(*x);
-    }
+    // The last partial vector, padded with zeros (each lane is rounded on its own).
+    let tail = chunks.into_remainder();
+    let mut e = [0.0f32; LANES];
+    e[..tail.len()].copy_from_slice(tail);
+    let p = probabilities(e);
+    tail.copy_from_slice(&p[..tail.len()]);
 }
 
 #[cfg(test)]

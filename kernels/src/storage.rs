@@ -225,11 +225,16 @@ mod tests {
         edges.into_iter().flat_map(|x| [x, -x]).chain(strided)
     }
 
+    /// The same f32, or both NaN.
+    fn same(got: f32, want: f32) -> bool {
+        got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan())
+    }
+
     fn check<S: Storage>(want: impl Fn(f32) -> f32) {
         for x in samples() {
             let (got, want) = (S::round(x), want(x));
             assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                same(got, want),
                 "{x:e} ({:#010x}): {got:e} against {want:e}",
                 x.to_bits()
             );
@@ -253,10 +258,7 @@ mod tests {
             let lanes: [f32; 8] = chunk.try_into().unwrap();
             for (x, got) in lanes.iter().zip(F16Hw::round_lanes(lanes)) {
                 let want = half::f16::from_f32(*x).to_f32();
-                assert!(
-                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                    "{x:e}: {got:e} against {want:e}"
-                );
+                assert!(same(got, want), "{x:e}: {got:e} against {want:e}");
                 compared += 1;
             }
         }
@@ -268,10 +270,7 @@ mod tests {
         check::<Bf16>(|x| half::bf16::from_f32(x).to_f32());
         for x in samples() {
             let (got, want) = (Bf16::round_lanes([x; 8])[3], Bf16::round(x));
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "{x:e}"
-            );
+            assert!(same(got, want), "{x:e}");
         }
     }
 }

@@ -223,7 +223,7 @@ pub fn matmul_half<B: Backend, const D: usize>(
         }
         _ => return Err((a, b)),
     };
-    let device = a.device();
+    let (device, storage) = (a.device(), a.dtype());
     let (a_shape, b_shape) = (a.dims(), b.dims());
     if D == 2 && tiles_in_use() {
         let ([m, k], [_, n]) = ([a_shape[0], a_shape[1]], [b_shape[0], b_shape[1]]);
@@ -231,7 +231,7 @@ pub fn matmul_half<B: Backend, const D: usize>(
         esmfuzz_kernels::amx::matmul(&host_f32(a), &host_f32(b), &mut product, [m, k, n], dtype);
         let mut shape = a_shape;
         shape[1] = n;
-        return Ok(from_host(product, shape, burn_dtype(dtype), &device));
+        return Ok(from_host(product, shape, storage, &device));
     }
     if dtype != Dtype::Bf16 {
         return Err((a, b));
@@ -244,15 +244,6 @@ pub fn matmul_half<B: Backend, const D: usize>(
     let mut values = host_f32(product);
     esmfuzz_kernels::storage::round_slice(&mut values, Dtype::Bf16);
     Ok(from_host(values, shape, DType::BF16, &device))
-}
-
-/// burn's name for a kernel dtype.
-fn burn_dtype(dtype: Dtype) -> DType {
-    match dtype {
-        Dtype::F32 => DType::F32,
-        Dtype::F16 => DType::F16,
-        Dtype::Bf16 => DType::BF16,
-    }
 }
 
 /// The values of a tensor widened to f32: an f32 tensor's buffer moved out of burn-flex when
