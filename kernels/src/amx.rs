@@ -81,7 +81,8 @@ fn detect() -> bool {
 }
 
 /// `out = round(a b)` in `dtype` (F16 or Bf16): `a` and `b` hold values of `dtype` (as f32),
-/// each product exact and the sums in f32, rounded to `dtype` once.
+/// each product exact and the sums in f32, rounded to `dtype` once. Packs `b` for this call;
+/// a weight used many times is packed once ([`PackedB`], [`matmul_packed`]).
 ///
 /// # Shapes
 /// `a: [m, k]`, `b: [k, n]`, `out: [m, n]`, all row-major.
@@ -89,38 +90,107 @@ fn detect() -> bool {
 /// # Panics
 /// When [`available`] is false, `dtype` is F32, or a length does not match its shape.
 pub fn matmul(a: &[f32], b: &[f32], out: &mut [f32], [m, k, n]: [usize; 3], dtype: Dtype) {
-    assert!(available(), "AMX tiles are not available in this process");
     assert_eq!(a.len(), m * k, "a is not [{m}, {k}]");
-    assert_eq!(b.len(), k * n, "b is not [{k}, {n}]");
-    assert_eq!(out.len(), m * n, "out is not [{m}, {n}]");
-    let split = match dtype {
-        Dtype::Bf16 => Split::Whole,
-        Dtype::F16 => Split::HiLo,
-        Dtype::F32 => panic!("the tile products take f16 or bf16 values, not f32"),
-    };
-    if m == 0 || n == 0 {
+    matmul_packed(a, &PackedB::new(b, [k, n], dtype), out);
+}
+
+/// The right operand of tile products, packed once: its values' exact bf16 terms in the
+/// layout `TDPBF16PS` reads, zero-padded to whole tiles. For f16 that is four terms (eight
+/// bytes) per value, twice an f32 copy of the weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedB {
+    /// `[width / 16, depth / 2, 16, 2]`.
+    tiles: Vec<u16>,
+    k: usize,
+    n: usize,
+    /// `k * terms`, rounded up to whole tile steps.
+    depth: usize,
+    /// `n` rounded up to whole blocks.
+    width: usize,
+    dtype: Dtype,
+}
+
+impl PackedB {
+    /// `b`'s values (of `dtype`, F16 or Bf16, as f32) packed for [`matmul_packed`].
+    ///
+    /// # Shapes
+    /// `b: [k, n]`, row-major.
+    ///
+    /// # Panics
+    /// When `dtype` is F32 or `b`'s length is not `k * n`.
+    pub fn new(b: &[f32], [k, n]: [usize; 2], dtype: Dtype) -> Self {
+        assert_eq!(b.len(), k * n, "b is not [{k}, {n}]");
+        let split = Split::of(dtype);
+        let depth = (k * split.terms()).next_multiple_of(K_STEP);
+        let width = n.next_multiple_of(BLOCK);
+        Self {
+            tiles: pack_b(b, [k, n], depth, width, split),
+            k,
+            n,
+            depth,
+            width,
+            dtype,
+        }
+    }
+
+    /// `[k, n]`, the operand's shape.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.k, self.n]
+    }
+
+    /// The dtype whose values were packed.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// Bytes the packed tiles hold.
+    pub fn bytes(&self) -> usize {
+        self.tiles.len() * std::mem::size_of::<u16>()
+    }
+}
+
+/// Row blocks per task of [`matmul_packed`] at most: a task's rows of `a` (up to 128 rows of
+/// `depth` terms) and one column block of `b` (`depth` x 64 bytes) stay in a core's L2 while
+/// each column block is reused by every row block of the task.
+const BLOCKS_PER_TASK: usize = 4;
+
+/// `out = round(a b)` in `b`'s dtype, `b` packed by [`PackedB::new`] (see [`matmul`]).
+///
+/// # Shapes
+/// `a: [m, k]`, `b: [k, n]`, `out: [m, n]`, all row-major.
+///
+/// # Panics
+/// When [`available`] is false, or `a` or `out` does not hold `m` rows of `k` or `n` values.
+pub fn matmul_packed(a: &[f32], b: &PackedB, out: &mut [f32]) {
+    assert!(available(), "AMX tiles are not available in this process");
+    let ([k, n], split) = (b.dims(), Split::of(b.dtype));
+    if n == 0 {
+        return;
+    }
+    let m = out.len() / n;
+    assert_eq!(out.len(), m * n, "out is not [m, {n}]");
+    assert_eq!(a.len(), m * k, "a is not [{m}, {k}]");
+    if m == 0 {
         return;
     }
     if k == 0 {
         out.fill(0.0);
         return;
     }
-    let depth = (k * split.terms()).next_multiple_of(K_STEP);
-    let width = n.next_multiple_of(BLOCK);
-    let b_tiles = pack_b(b, [k, n], depth, width, split);
-    out.par_chunks_mut(BLOCK * n)
-        .zip(a.par_chunks(BLOCK * k))
+    // Enough tasks for every core where there are rows for them.
+    let blocks = m.div_ceil(BLOCK);
+    let per_task = blocks
+        .div_ceil(rayon::current_num_threads().max(1))
+        .clamp(1, BLOCKS_PER_TASK);
+    out.par_chunks_mut(per_task * BLOCK * n)
+        .zip(a.par_chunks(per_task * BLOCK * k))
         .for_each(|(out_rows, a_rows)| {
             let rows = a_rows.len() / k;
-            let a_tiles = pack_a(a_rows, [rows, k], depth, split);
-            let mut sums = vec![0.0f32; BLOCK * width];
-            // SAFETY: `available()` holds (asserted above); the buffers have the shapes
-            // `tile_products` reads and writes.
-            unsafe { tile_products(&a_tiles, &b_tiles, &mut sums, depth, width) };
-            for (row, sum) in out_rows.chunks_mut(n).zip(sums.chunks(width)) {
-                row.copy_from_slice(&sum[..n]);
-            }
-            round_slice(out_rows, dtype);
+            let a_tiles = pack_a(a_rows, [rows, k], b.depth, split);
+            // SAFETY: `available()` holds (asserted above); `a_tiles` holds whole row blocks of
+            // `b.depth` terms, `b.tiles` whole column blocks, as `block_products` reads them.
+            unsafe { block_products(&a_tiles, b, out_rows, rows) };
+            round_slice(out_rows, b.dtype);
         });
 }
 
@@ -135,6 +205,14 @@ enum Split {
 }
 
 impl Split {
+    fn of(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::Bf16 => Split::Whole,
+            Dtype::F16 => Split::HiLo,
+            Dtype::F32 => panic!("the tile products take f16 or bf16 values, not f32"),
+        }
+    }
+
     fn terms(self) -> usize {
         match self {
             Split::Whole => 1,
@@ -179,16 +257,25 @@ fn hi_lo(x: f32) -> (u16, u16) {
 }
 
 /// `a`'s rows as bf16 terms, `depth` per row (zero past `k * terms`), and as many zero rows
-/// as make a whole block.
+/// as make whole blocks.
 ///
 /// # Shapes
-/// `a: [rows, k]` -> `[BLOCK, depth]`
+/// `a: [rows, k]` -> `[rows.next_multiple_of(BLOCK), depth]`
 fn pack_a(a: &[f32], [rows, k]: [usize; 2], depth: usize, split: Split) -> Vec<u16> {
-    let terms = split.terms();
-    let mut packed = vec![0u16; BLOCK * depth];
+    let mut packed = vec![0u16; rows.next_multiple_of(BLOCK) * depth];
     for (row, to) in a.chunks(k).take(rows).zip(packed.chunks_mut(depth)) {
-        for (&x, to) in row.iter().zip(to.chunks_mut(terms)) {
-            split.write(x, true, to);
+        match split {
+            Split::Whole => {
+                for (to, &x) in to.iter_mut().zip(row) {
+                    *to = bf16_bits_exact(x);
+                }
+            }
+            Split::HiLo => {
+                for (to, &x) in to.chunks_exact_mut(4).zip(row) {
+                    let (hi, lo) = hi_lo(x);
+                    to.copy_from_slice(&[hi, hi, lo, lo]);
+                }
+            }
         }
     }
     packed
@@ -248,86 +335,107 @@ impl TileConfig {
     }
 }
 
-/// `sums = a_tiles b_tiles` for one block of 32 rows, block by block of 32 columns.
+/// `out = a_tiles b` (unrounded f32 sums) for `rows` rows: column block by column block of
+/// `b`, each reused by every row block of `a_tiles` while it is in cache, the 32 x 32 sums of
+/// one block stored to a scratch block and copied to `out` (which has no padding rows or
+/// columns).
 ///
 /// # Shapes
-/// `a_tiles: [BLOCK, depth]`, `b_tiles: [width / 16, depth / 2, 16, 2]`,
-/// `sums: [BLOCK, width]`
+/// `a_tiles: [rows.next_multiple_of(BLOCK), b.depth]`, `out: [rows, b.n]`
 ///
 /// # Safety
-/// [`available`] must hold; `depth` is a multiple of 32 and `width` of 32.
-unsafe fn tile_products(
-    a_tiles: &[u16],
-    b_tiles: &[u16],
-    sums: &mut [f32],
-    depth: usize,
-    width: usize,
-) {
-    debug_assert!(depth.is_multiple_of(K_STEP) && width.is_multiple_of(BLOCK));
-    debug_assert_eq!(a_tiles.len(), BLOCK * depth);
-    debug_assert_eq!(b_tiles.len(), width * depth);
-    debug_assert_eq!(sums.len(), BLOCK * width);
+/// [`available`] must hold.
+unsafe fn block_products(a_tiles: &[u16], b: &PackedB, out: &mut [f32], rows: usize) {
+    let (depth, n) = (b.depth, b.n);
+    assert!(depth.is_multiple_of(K_STEP) && b.width.is_multiple_of(BLOCK));
+    assert_eq!(a_tiles.len(), rows.next_multiple_of(BLOCK) * depth);
+    assert_eq!(b.tiles.len(), b.width * depth);
+    assert_eq!(out.len(), rows * n);
     let config = TileConfig::all_full();
-    let a_stride = depth * 2;
-    let sums_stride = width * 4;
+    let mut sums = [0.0f32; BLOCK * BLOCK];
     let b_tile_len = TILE_ROWS * depth;
     // SAFETY: the configuration is valid for palette 1; the caller holds `available()`.
     unsafe { std::arch::asm!("ldtilecfg [{0}]", in(reg) &config, options(nostack, readonly)) };
-    for column in (0..width).step_by(BLOCK) {
+    for column in (0..b.width).step_by(BLOCK) {
         let tile = column / TILE_ROWS;
-        let b0 = b_tiles[tile * b_tile_len..].as_ptr();
-        let b1 = b_tiles[(tile + 1) * b_tile_len..].as_ptr();
-        let a0 = a_tiles.as_ptr();
-        let a1 = a_tiles[TILE_ROWS * depth..].as_ptr();
-        let c = sums[column..].as_mut_ptr();
-        // SAFETY: every load stays inside its buffer: a row of `a` is `depth` values read 32
-        // at a time for `depth / 32` steps, a tile of `b` is `depth / 2` rows of 64 bytes;
-        // the stores write 32 rows of 32 f32 from `column`, inside `sums`' `BLOCK` rows.
-        unsafe {
-            std::arch::asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "2:",
-                "tileloadd tmm4, [{a0} + {a_stride}]",
-                "tileloadd tmm5, [{a1} + {a_stride}]",
-                "tileloadd tmm6, [{b0} + {b_stride}]",
-                "tileloadd tmm7, [{b1} + {b_stride}]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a0}, 64",
-                "add {a1}, 64",
-                "add {b0}, 1024",
-                "add {b1}, 1024",
-                "dec {steps}",
-                "jnz 2b",
-                "tilestored [{c} + {c_stride}], tmm0",
-                "lea {a0}, [{c} + 64]",
-                "tilestored [{a0} + {c_stride}], tmm1",
-                "mov {a1}, {c_stride}",
-                "shl {a1}, 4",
-                "add {a1}, {c}",
-                "tilestored [{a1} + {c_stride}], tmm2",
-                "add {a1}, 64",
-                "tilestored [{a1} + {c_stride}], tmm3",
-                a0 = inout(reg) a0 => _,
-                a1 = inout(reg) a1 => _,
-                b0 = inout(reg) b0 => _,
-                b1 = inout(reg) b1 => _,
-                steps = inout(reg) depth / K_STEP => _,
-                a_stride = in(reg) a_stride,
-                b_stride = in(reg) TILE_BYTES,
-                c = in(reg) c,
-                c_stride = in(reg) sums_stride,
-                options(nostack),
-            );
+        let b_block = &b.tiles[tile * b_tile_len..(tile + 2) * b_tile_len];
+        for first in (0..rows).step_by(BLOCK) {
+            let a_block = &a_tiles[first * depth..(first + BLOCK) * depth];
+            // SAFETY: the blocks have the lengths `block_product` reads (checked above).
+            unsafe { block_product(a_block, b_block, depth, &mut sums) };
+            let columns = BLOCK.min(n - column);
+            for (r, sum) in sums.chunks_exact(BLOCK).take(rows - first).enumerate() {
+                let at = (first + r) * n + column;
+                out[at..at + columns].copy_from_slice(&sum[..columns]);
+            }
         }
     }
     // SAFETY: releases this thread's tile state.
     unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// `sums = a_block b_block`: 32 rows of `depth` terms against 32 columns (two tiles of `b`),
+/// on four accumulator tiles, stored row-major `[32, 32]`.
+///
+/// # Safety
+/// The tile configuration of [`TileConfig::all_full`] is loaded on this thread; `a_block` is
+/// `[BLOCK, depth]`, `b_block` two tiles of `[depth / 2, 16, 2]`, `depth` a multiple of 32.
+#[inline(always)]
+unsafe fn block_product(
+    a_block: &[u16],
+    b_block: &[u16],
+    depth: usize,
+    sums: &mut [f32; BLOCK * BLOCK],
+) {
+    debug_assert!(depth.is_multiple_of(K_STEP) && depth > 0);
+    debug_assert_eq!(a_block.len(), BLOCK * depth);
+    debug_assert_eq!(b_block.len(), BLOCK * depth);
+    let a0 = a_block.as_ptr();
+    let a1 = a_block[TILE_ROWS * depth..].as_ptr();
+    let b0 = b_block.as_ptr();
+    let b1 = b_block[TILE_ROWS * depth..].as_ptr();
+    let c = sums.as_mut_ptr();
+    // SAFETY: every load stays inside its block: a row of `a` is `depth` values read 32 at a
+    // time for `depth / 32` steps, a tile of `b` is `depth / 2` rows of 64 bytes; the stores
+    // write 32 rows of 32 f32 (128 bytes apart), all of `sums`.
+    unsafe {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {a_stride}]",
+            "tileloadd tmm5, [{a1} + {a_stride}]",
+            "tileloadd tmm6, [{b0} + {b_stride}]",
+            "tileloadd tmm7, [{b1} + {b_stride}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 64",
+            "add {a1}, 64",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
+            "dec {steps}",
+            "jnz 2b",
+            "tilestored [{c} + {c_stride}], tmm0",
+            "tilestored [{c} + {c_stride} + 64], tmm1",
+            "add {c}, 2048",
+            "tilestored [{c} + {c_stride}], tmm2",
+            "tilestored [{c} + {c_stride} + 64], tmm3",
+            a0 = inout(reg) a0 => _,
+            a1 = inout(reg) a1 => _,
+            b0 = inout(reg) b0 => _,
+            b1 = inout(reg) b1 => _,
+            c = inout(reg) c => _,
+            steps = inout(reg) depth / K_STEP => _,
+            a_stride = in(reg) depth * 2,
+            b_stride = in(reg) TILE_BYTES,
+            c_stride = in(reg) BLOCK * 4,
+            options(nostack),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -378,9 +486,15 @@ mod tests {
             return;
         }
         for (dtype, terms) in [(Dtype::Bf16, 1), (Dtype::F16, 4)] {
-            for (case, [m, k, n]) in [[1, 1, 1], [33, 70, 47], [64, 320, 96], [5, 1280, 33]]
-                .into_iter()
-                .enumerate()
+            for (case, [m, k, n]) in [
+                [1, 1, 1],
+                [33, 70, 47],
+                [64, 320, 96],
+                [5, 1280, 33],
+                [300, 40, 65],
+            ]
+            .into_iter()
+            .enumerate()
             {
                 let a = values(m * k, 2 * case as u64 + 1, 2.0, dtype);
                 let b = values(k * n, 2 * case as u64 + 2, 0.5, dtype);

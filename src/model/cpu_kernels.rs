@@ -201,6 +201,88 @@ pub fn tiles_in_use() -> bool {
     })
 }
 
+/// Bytes of packed weights [`TileWeights`] keep at most, all models of the process together
+/// (an f16 weight packs to eight bytes per value: the 8M model's 60 MB, the 650M's 5.2 GB).
+/// Past it a weight is packed again for every product.
+const TILE_CACHE_BYTES: usize = 1 << 30;
+
+/// Bytes of packed weights alive now.
+static TILE_CACHE_USED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A weight packed for the tile products, counted in [`TILE_CACHE_USED`] while it lives.
+#[derive(Debug)]
+struct CachedTiles(esmfuzz_kernels::amx::PackedB);
+
+impl CachedTiles {
+    /// `packed`, when it fits the cache's budget.
+    fn admit(packed: esmfuzz_kernels::amx::PackedB) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let bytes = packed.bytes();
+        TILE_CACHE_USED
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                (used + bytes <= TILE_CACHE_BYTES).then_some(used + bytes)
+            })
+            .ok()
+            .map(|_| CachedTiles(packed))
+    }
+}
+
+impl Drop for CachedTiles {
+    fn drop(&mut self) {
+        TILE_CACHE_USED.fetch_sub(self.0.bytes(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A linear's weight packed for the AMX tile products once, on its first f16 or bf16 product
+/// on the CPU, and shared by every clone of the linear (the weights never change). Empty where
+/// tiles do not run or the cache's budget is spent: the products then pack per call.
+#[derive(Debug, Clone, Default)]
+pub struct TileWeights(std::sync::Arc<std::sync::OnceLock<Option<CachedTiles>>>);
+
+impl TileWeights {
+    /// `x @ weight_t` on the cached tiles, when `plan` computes half products natively on the
+    /// CPU with tiles (what [`matmul_half`] computes, the same values); `x` back otherwise.
+    ///
+    /// # Shapes
+    /// `x: [rows, in]`, `weight_t: [in, out]` -> `[rows, out]`
+    pub fn product<B: Backend>(
+        &self,
+        plan: &ComputePlan,
+        x: Tensor<B, 2>,
+        weight_t: &Tensor<B, 2>,
+    ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+        let dtype = match kernel_dtype(x.dtype()) {
+            Some(dtype @ (Dtype::F16 | Dtype::Bf16))
+                if plan.backend == BackendKind::Cpu
+                    && plan.matmul == MatmulMode::Native
+                    && weight_t.dtype() == x.dtype()
+                    && tiles_in_use() =>
+            {
+                dtype
+            }
+            _ => return Err(x),
+        };
+        let cached = self.0.get_or_init(|| {
+            let [k, n] = weight_t.dims();
+            let packed =
+                esmfuzz_kernels::amx::PackedB::new(&host_f32(weight_t.clone()), [k, n], dtype);
+            CachedTiles::admit(packed)
+        });
+        let Some(CachedTiles(packed)) = cached else {
+            return Err(x);
+        };
+        if packed.dtype() != dtype {
+            return Err(x);
+        }
+        let (device, storage) = (x.device(), x.dtype());
+        let [m, _] = x.dims();
+        let [_, n] = packed.dims();
+        let mut product = vec![0.0f32; m * n];
+        esmfuzz_kernels::amx::matmul_packed(&host_f32(x), packed, &mut product);
+        Ok(from_host(product, [m, n], storage, &device))
+    }
+}
+
 /// `a @ b` in f16 or bf16 on the CPU, the arithmetic of burn-flex's half products (exact
 /// products, f32 accumulation, one rounding to the storage dtype): on AMX tiles where
 /// [`tiles_in_use`] and the operands are matrices, else for bf16 burn-flex's f32 gemm with
@@ -247,28 +329,23 @@ pub fn matmul_half<B: Backend, const D: usize>(
 }
 
 /// The values of a tensor widened to f32: an f32 tensor's buffer moved out of burn-flex when
-/// nothing else holds it (else copied); f16 and bf16 widened by `half`'s slice conversion
-/// (F16C instructions where the CPU has them; burn-flex's cast converts value by value).
+/// nothing else holds it (else copied); f16 and bf16 widened over the cores
+/// ([`esmfuzz_kernels::convert`]; burn-flex's cast converts value by value).
 fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     use half::slice::HalfFloatSliceExt;
     let data = t.into_data();
-    let widened = |n: usize, widen: &dyn Fn(&mut [f32])| {
-        let mut out = vec![0.0f32; n];
-        widen(&mut out);
-        out
-    };
     match data.dtype {
         DType::F16 => {
             let values = data
                 .as_slice::<half::f16>()
                 .unwrap_or_else(|e| unreachable!("{e:?}"));
-            widened(values.len(), &|out| values.convert_to_f32_slice(out))
+            esmfuzz_kernels::convert::widen(values.reinterpret_cast(), Dtype::F16)
         }
         DType::BF16 => {
             let values = data
                 .as_slice::<half::bf16>()
                 .unwrap_or_else(|e| unreachable!("{e:?}"));
-            widened(values.len(), &|out| values.convert_to_f32_slice(out))
+            esmfuzz_kernels::convert::widen(values.reinterpret_cast(), Dtype::Bf16)
         }
         _ => data
             .convert::<f32>()
@@ -285,17 +362,15 @@ fn from_host<B: Backend, const D: usize>(
     dtype: DType,
     device: &B::Device,
 ) -> Tensor<B, D> {
-    use half::slice::HalfFloatSliceExt;
+    use half::vec::HalfBitsVecExt;
     let data = match dtype {
         DType::F16 => {
-            let mut narrow = vec![half::f16::ZERO; values.len()];
-            narrow.convert_from_f32_slice(&values);
-            TensorData::new(narrow, shape)
+            let bits = esmfuzz_kernels::convert::narrow(&values, Dtype::F16);
+            TensorData::new::<half::f16, _>(bits.reinterpret_into(), shape)
         }
         DType::BF16 => {
-            let mut narrow = vec![half::bf16::ZERO; values.len()];
-            narrow.convert_from_f32_slice(&values);
-            TensorData::new(narrow, shape)
+            let bits = esmfuzz_kernels::convert::narrow(&values, Dtype::Bf16);
+            TensorData::new::<half::bf16, _>(bits.reinterpret_into(), shape)
         }
         _ => TensorData::new(values, shape),
     };
@@ -424,6 +499,32 @@ mod tests {
             let composed = x.clone() + y.clone();
             let kernel = add(BackendKind::Cpu, x, y).ok().unwrap();
             assert_eq!(bits(kernel), bits(composed), "{dtype:?} residual");
+        }
+    }
+
+    /// The linear's cached tiles give the products of packing per call, bit for bit, in f16
+    /// and bf16, on every call; f32, and machines without tiles, are left to `ops::matmul`.
+    #[test]
+    fn cached_weight_tiles_give_the_per_call_products() {
+        let x = seeded([70, 48], 13, 2.0, 0.0);
+        let w = seeded([48, 40], 14, 0.2, 0.0);
+        for precision in [Precision::F16, Precision::Bf16, Precision::F32] {
+            let plan = ComputePlan::new(precision, BackendKind::Cpu);
+            let (x, w) = (x.clone().cast(plan.dtype()), w.clone().cast(plan.dtype()));
+            let tiles = TileWeights::default();
+            let cached = tiles.product(&plan, x.clone(), &w);
+            if precision == Precision::F32 || !tiles_in_use() {
+                assert!(cached.is_err(), "{precision}");
+                continue;
+            }
+            let per_call = bits(
+                matmul_half(BackendKind::Cpu, x.clone(), w.clone())
+                    .ok()
+                    .unwrap(),
+            );
+            assert_eq!(bits(cached.ok().unwrap()), per_call, "{precision}");
+            let again = tiles.clone().product(&plan, x.clone(), &w).ok().unwrap();
+            assert_eq!(bits(again), per_call, "{precision}, second call");
         }
     }
 

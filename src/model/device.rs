@@ -4,6 +4,7 @@
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
+use super::cpu_kernels::TileWeights;
 use super::ops;
 use super::precision::ComputePlan;
 use super::weights::{HostTensor, LinearWeights, NormWeights};
@@ -34,6 +35,8 @@ pub struct DeviceLinear<B: Backend> {
     /// `[out]`.
     pub bias: Tensor<B, 1>,
     plan: ComputePlan,
+    /// `weight_t` packed for the CPU's tile products, once.
+    tiles: TileWeights,
 }
 
 impl<B: Backend> DeviceLinear<B> {
@@ -42,6 +45,7 @@ impl<B: Backend> DeviceLinear<B> {
             weight_t: to_device(&w.weight.transposed(), plan, device),
             bias: to_device(&w.bias, plan, device),
             plan: *plan,
+            tiles: TileWeights::default(),
         }
     }
 
@@ -64,7 +68,27 @@ impl<B: Backend> DeviceLinear<B> {
     /// `x: [..., in]` -> `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let x = x.cast(self.weight_t.dtype());
-        ops::linear(&self.plan, x, &self.weight_t, &self.bias)
+        let dims = x.dims();
+        let [d_in, d_out] = self.weight_t.dims();
+        let rows = dims[..D - 1].iter().product();
+        let y = ops::add_bias(
+            &self.plan,
+            self.product(x.reshape([rows, d_in])),
+            &self.bias,
+        );
+        let mut out_dims = dims;
+        out_dims[D - 1] = d_out;
+        y.reshape(out_dims)
+    }
+
+    /// `x @ weight_t` under the plan; on the CPU's tiles with the weight packed once.
+    ///
+    /// # Shapes
+    /// `x: [rows, in]` -> `[rows, out]`
+    fn product(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.tiles
+            .product(&self.plan, x, &self.weight_t)
+            .unwrap_or_else(|x| ops::matmul(&self.plan, x, self.weight_t.clone()))
     }
 
     /// `gelu(self.forward(x))`, the exact GELU; on the CPU the bias add and GELU are
@@ -73,8 +97,7 @@ impl<B: Backend> DeviceLinear<B> {
     /// # Shapes
     /// `x: [rows, in]` -> `[rows, out]`
     pub fn forward_gelu(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let x = x.cast(self.weight_t.dtype());
-        let product = ops::matmul(&self.plan, x, self.weight_t.clone());
+        let product = self.product(x.cast(self.weight_t.dtype()));
         match super::cpu_kernels::bias_gelu(self.plan.backend, product, &self.bias) {
             Ok(activated) => activated,
             Err(product) => ops::gelu_exact(product + self.bias.clone().unsqueeze::<2>()),

@@ -140,26 +140,18 @@ pub fn split_bf16x6_matmul<B: Backend, const D: usize>(
     total.unwrap_or_else(|| unreachable!("a matmul has a non-empty reduction dimension"))
 }
 
-/// `x @ weight_t + bias`, the PyTorch `Linear` with its weight stored transposed.
+/// `x + bias`, the bias added to every row (on the CPU by one kernel, rounding as burn-flex's
+/// add does).
 ///
 /// # Shapes
-/// `x: [..., in]`, `weight_t: [in, out]`, `bias: [out]` -> `[..., out]`
-pub fn linear<B: Backend, const D: usize>(
+/// `x: [rows, width]`, `bias: [width]` -> `[rows, width]`
+pub fn add_bias<B: Backend>(
     plan: &ComputePlan,
-    x: Tensor<B, D>,
-    weight_t: &Tensor<B, 2>,
+    x: Tensor<B, 2>,
     bias: &Tensor<B, 1>,
-) -> Tensor<B, D> {
-    let dims = x.dims();
-    let [d_in, d_out] = weight_t.dims();
-    let rows: usize = dims[..D - 1].iter().product();
-    let product = matmul(plan, x.reshape([rows, d_in]), weight_t.clone());
-    // On the CPU one kernel adds the bias, rounding as burn-flex's add does.
-    let y = super::cpu_kernels::add_bias(plan.backend, product, bias)
-        .unwrap_or_else(|product| product + bias.clone().unsqueeze::<2>());
-    let mut out_dims = dims;
-    out_dims[D - 1] = d_out;
-    y.reshape(out_dims)
+) -> Tensor<B, 2> {
+    super::cpu_kernels::add_bias(plan.backend, x, bias)
+        .unwrap_or_else(|x| x + bias.clone().unsqueeze::<2>())
 }
 
 /// `x` in the dtype its statistics are computed in: f32 when the plan widens statistics
