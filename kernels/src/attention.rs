@@ -223,8 +223,14 @@ fn one_head_body<S: Storage>(qkv: &[f32], shape: Heads, task: Task, rope: &Rope)
         for (i, q) in queries.chunks_exact_mut(head_dim).enumerate() {
             // A short last block repeats its last row (computed, not written).
             let r = first + i.min(rows - 1);
-            for (s, &x) in scaled.iter_mut().zip(row(r, 0)) {
-                *s = S::round(x * scale);
+            let unscaled = row(r, 0);
+            let whole = head_dim / LANES * LANES;
+            for j in (0..whole).step_by(LANES) {
+                let x = lanes(&unscaled[j..]);
+                scaled[j..j + LANES].copy_from_slice(&rounded::<S>(|l| x[l] * scale));
+            }
+            for j in whole..head_dim {
+                scaled[j] = S::round(unscaled[j] * scale);
             }
             rotate::<S>(&scaled, r, rope, q);
         }
@@ -328,10 +334,26 @@ fn rotate<S: Storage>(x: &[f32], p: usize, rope: &Rope, out: &mut [f32]) {
     let sin = &rope.sin[p * half..(p + 1) * half];
     let (x1, x2) = x.split_at(half);
     let (o1, o2) = out.split_at_mut(half);
-    for j in 0..half {
+    // Eight lanes at a time (the rounding is the costly part in a half dtype), then the tail.
+    let whole = half / LANES * LANES;
+    for j in (0..whole).step_by(LANES) {
+        let [a, b, c, s] = [x1, x2, cos, sin].map(|v| *lanes(&v[j..]));
+        let (a_cos, b_cos) = (rounded::<S>(|l| a[l] * c[l]), rounded::<S>(|l| b[l] * c[l]));
+        let neg_b_sin = rounded::<S>(|l| (-b[l]) * s[l]);
+        let a_sin = rounded::<S>(|l| a[l] * s[l]);
+        o1[j..j + LANES].copy_from_slice(&rounded::<S>(|l| a_cos[l] + neg_b_sin[l]));
+        o2[j..j + LANES].copy_from_slice(&rounded::<S>(|l| b_cos[l] + a_sin[l]));
+    }
+    for j in whole..half {
         o1[j] = S::round(S::round(x1[j] * cos[j]) + S::round((-x2[j]) * sin[j]));
         o2[j] = S::round(S::round(x2[j] * cos[j]) + S::round(x1[j] * sin[j]));
     }
+}
+
+/// Eight lanes `f(0..8)`, each rounded to `S`.
+#[inline(always)]
+fn rounded<S: Storage>(f: impl Fn(usize) -> f32) -> [f32; LANES] {
+    S::round_lanes(std::array::from_fn(f))
 }
 
 /// Max-shifted softmax of one row: `e = exp(s - max)`, `p = e * (1 / sum e)` rounded to `S`
