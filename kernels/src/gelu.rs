@@ -2,10 +2,12 @@
 //! composed path's six element-wise passes (bias add, division, erf, add, multiply, multiply)
 //! with the same f32 operations in the same order, each result rounded to the storage dtype
 //! as burn-flex rounds each op's result (the constant `sqrt 2` too), and the same erf
-//! (`libm::erff`, burn-flex's), so the result is bit-identical to them.
+//! (`libm::erff`, burn-flex's, in the branch-free form of [`super::erf`], bit for bit), so the
+//! result is bit-identical to them.
 
 use rayon::prelude::*;
 
+use super::erf::erf;
 use super::multiversion;
 use super::storage::{Bf16, Dtype, F16, F32, Storage};
 
@@ -46,7 +48,7 @@ multiversion! {
 #[inline(always)]
 fn bias_gelu_rows_body<S: Storage>(rows: &mut [f32], bias: &[f32]) {
     let sqrt2 = S::round(std::f64::consts::SQRT_2 as f32);
-    // Three passes per row so that the two around the scalar erf call vectorise.
+    // Three passes per row, each a loop the compiler vectorises.
     let mut t = vec![0.0f32; bias.len()];
     for row in rows.chunks_exact_mut(bias.len()) {
         for ((x, &b), t) in row.iter_mut().zip(bias).zip(t.iter_mut()) {
@@ -55,7 +57,7 @@ fn bias_gelu_rows_body<S: Storage>(rows: &mut [f32], bias: &[f32]) {
             *t = S::round(v / sqrt2);
         }
         for t in t.iter_mut() {
-            *t = libm::erff(*t);
+            *t = erf(*t);
         }
         for (x, &erf) in row.iter_mut().zip(&t) {
             let cdf = S::round(S::round(S::round(erf) + 1.0) * 0.5);

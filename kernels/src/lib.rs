@@ -13,6 +13,7 @@ pub mod add;
 pub mod amx;
 pub mod attention;
 pub mod convert;
+pub mod erf;
 pub mod exp;
 pub mod gelu;
 pub mod layer_norm;
