@@ -8,10 +8,13 @@
 //! rounded), scores `q . k` over the sequence's keys (summed in f32, rounded), a max-shifted
 //! softmax (`e = exp(s - max)` and its sum in f32, `p = e * (1 / sum)` rounded; with
 //! [`Statistics::Storage`] `e` is rounded first, as burn-flex's half softmax stores it) and
-//! the context `sum_j p_j v_j` (f32, rounded). What differs is only the order of f32 reductions: burn's gemm
-//! blocks its sums its own way; here a score sums over the head dim in order, and the softmax
-//! sum and each context lane add eight interleaved partial sums (lane `j mod 8`, a tail of
-//! fewer than eight in lane 0) and then those, left to right.
+//! the context `sum_j p_j v_j` (f32, rounded). What differs is only how the f32 reductions
+//! run: burn's gemm blocks its sums its own way; here a score sums over the head dim in order,
+//! and the softmax sum and each context lane add eight interleaved partial sums (lane
+//! `j mod 8`, a tail of fewer than eight in lane 0) and then those, left to right. The dot
+//! products of scores and contexts add each product by a fused multiply-add (as burn's f32
+//! gemm does): one rounding per step in f32 storage, and for f16 and bf16 operands, whose
+//! products f32 holds exactly, the very sums of a multiply then an add.
 //! Padding keys are never read (no mask value, so no `-inf` arithmetic).
 
 use rayon::prelude::*;
@@ -277,7 +280,7 @@ fn block_scores<S: Storage>(
             for (i, a) in acc.iter_mut().enumerate() {
                 let q = queries[i * head_dim + d];
                 for l in 0..LANES {
-                    a[l] += q * k[l];
+                    a[l] = q.mul_add(k[l], a[l]);
                 }
             }
         }
@@ -312,13 +315,13 @@ fn block_context<S: Storage>(
             for (i, a) in acc.iter_mut().enumerate() {
                 let p = lanes(&probs[i * stride + start..]);
                 for l in 0..LANES {
-                    a[l] += p[l] * v[l];
+                    a[l] = p[l].mul_add(v[l], a[l]);
                 }
             }
         }
         for (i, a) in acc.iter_mut().enumerate().take(rows) {
             for j in whole..keys {
-                a[0] += probs[i * stride + j] * lane[j];
+                a[0] = probs[i * stride + j].mul_add(lane[j], a[0]);
             }
             context[i * head_dim + d] = S::round(a.iter().fold(0.0, |total, &s| total + s));
         }

@@ -20,24 +20,27 @@ pub mod layer_norm;
 pub mod storage;
 
 /// Defines `$vis fn $name<S: Storage>(args) -> ret` calling the `#[inline(always)]` function
-/// `$body::<S>` compiled for AVX2 (and F16C, which [`storage::F16Hw`] inlines) where this CPU
-/// has them (8 f32 lanes per vector), else as
-/// built (SSE2 on x86-64). The arithmetic is the same either way: no fused multiply-adds are
-/// enabled, so only the width of the vectors changes, never a result.
+/// `$body::<S>` compiled for AVX2, FMA and F16C (which [`storage::F16Hw`] inlines) where this
+/// CPU has them (8 f32 lanes per vector), else as built (SSE2 on x86-64). The arithmetic is
+/// the same either way: Rust never fuses `a * b + c` on its own, so the only fused
+/// multiply-adds are the explicit `mul_add`s (the attention kernel's dot products), which are
+/// correctly rounded on every path (in software without FMA, slowly); only the width of the
+/// vectors changes, never a result.
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident<S: Storage>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
         $(#[$meta])*
         $vis fn $name<S: Storage>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,f16c")]
+                #[target_feature(enable = "avx2,f16c,fma")]
                 unsafe fn avx2<S: Storage>($($arg: $ty),*) $(-> $ret)? {
                     $body::<S>($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("f16c")
+                    && std::arch::is_x86_feature_detected!("fma")
                 {
-                    // SAFETY: this CPU has AVX2 and F16C (checked above).
+                    // SAFETY: this CPU has AVX2, F16C and FMA (checked above).
                     return unsafe { avx2::<S>($($arg),*) };
                 }
             }
