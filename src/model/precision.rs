@@ -315,7 +315,8 @@ impl ComputePlan {
         let attention = match self.attention {
             AttentionKernel::Composed if super::cpu_kernels::attention_runs_for(self) => {
                 "; attention: the composed arithmetic and rounding in one CPU kernel per \
-                 sequence and head (esmfuzz-kernels; sums in another order)"
+                 sequence and head (esmfuzz-kernels; sums in another order, dot products by \
+                 fused multiply-add, exact for half operands)"
             }
             AttentionKernel::Composed => "",
             AttentionKernel::Fused if self.backend == BackendKind::Cuda => {
