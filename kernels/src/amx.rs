@@ -257,23 +257,33 @@ fn hi_lo(x: f32) -> (u16, u16) {
 }
 
 /// `a`'s rows as bf16 terms, `depth` per row (zero past `k * terms`), and as many zero rows
-/// as make whole blocks.
+/// as make whole blocks, laid out tile by tile: each 16 rows are `depth / 32` tiles of 16 rows
+/// by 32 terms, each tile's 1,024 bytes contiguous (so a tile load reads one contiguous
+/// kilobyte, as for `b`, not 16 rows a whole row apart).
 ///
 /// # Shapes
-/// `a: [rows, k]` -> `[rows.next_multiple_of(BLOCK), depth]`
+/// `a: [rows, k]` -> `[rows.next_multiple_of(BLOCK) / 16, depth / 32, 16, 32]`
 fn pack_a(a: &[f32], [rows, k]: [usize; 2], depth: usize, split: Split) -> Vec<u16> {
     let mut packed = vec![0u16; rows.next_multiple_of(BLOCK) * depth];
-    for (row, to) in a.chunks(k).take(rows).zip(packed.chunks_mut(depth)) {
-        match split {
-            Split::Whole => {
-                for (to, &x) in to.iter_mut().zip(row) {
-                    *to = bf16_bits_exact(x);
+    let tile_len = TILE_ROWS * K_STEP;
+    for (r, row) in a.chunks(k).take(rows).enumerate() {
+        let tiles = &mut packed[(r / TILE_ROWS) * TILE_ROWS * depth..][..TILE_ROWS * depth];
+        let offset = (r % TILE_ROWS) * K_STEP;
+        // Term `t` of this row: tile `t / 32`, row `r % 16`, column `t % 32`.
+        let values_per_step = K_STEP / split.terms();
+        for (step, values) in row.chunks(values_per_step).enumerate() {
+            let to = &mut tiles[step * tile_len + offset..][..K_STEP];
+            match split {
+                Split::Whole => {
+                    for (to, &x) in to.iter_mut().zip(values) {
+                        *to = bf16_bits_exact(x);
+                    }
                 }
-            }
-            Split::HiLo => {
-                for (to, &x) in to.chunks_exact_mut(4).zip(row) {
-                    let (hi, lo) = hi_lo(x);
-                    to.copy_from_slice(&[hi, hi, lo, lo]);
+                Split::HiLo => {
+                    for (to, &x) in to.chunks_exact_mut(4).zip(values) {
+                        let (hi, lo) = hi_lo(x);
+                        to.copy_from_slice(&[hi, hi, lo, lo]);
+                    }
                 }
             }
         }
@@ -341,7 +351,7 @@ impl TileConfig {
 /// columns).
 ///
 /// # Shapes
-/// `a_tiles: [rows.next_multiple_of(BLOCK), b.depth]`, `out: [rows, b.n]`
+/// `a_tiles`: [`pack_a`]'s tiles of `rows.next_multiple_of(BLOCK)` rows of `b.depth` terms, `out: [rows, b.n]`
 ///
 /// # Safety
 /// [`available`] must hold.
@@ -379,7 +389,8 @@ unsafe fn block_products(a_tiles: &[u16], b: &PackedB, out: &mut [f32], rows: us
 ///
 /// # Safety
 /// The tile configuration of [`TileConfig::all_full`] is loaded on this thread; `a_block` is
-/// `[BLOCK, depth]`, `b_block` two tiles of `[depth / 2, 16, 2]`, `depth` a multiple of 32.
+/// two row tiles of `[depth / 32, 16, 32]` ([`pack_a`]), `b_block` two column tiles of
+/// `[depth / 2, 16, 2]`, `depth` a multiple of 32.
 #[inline(always)]
 unsafe fn block_product(
     a_block: &[u16],
@@ -395,9 +406,9 @@ unsafe fn block_product(
     let b0 = b_block.as_ptr();
     let b1 = b_block[TILE_ROWS * depth..].as_ptr();
     let c = sums.as_mut_ptr();
-    // SAFETY: every load stays inside its block: a row of `a` is `depth` values read 32 at a
-    // time for `depth / 32` steps, a tile of `b` is `depth / 2` rows of 64 bytes; the stores
-    // write 32 rows of 32 f32 (128 bytes apart), all of `sums`.
+    // SAFETY: every load stays inside its block: each of the four tiles (two of `a`, two of
+    // `b`) is `depth / 32` steps of 1,024 contiguous bytes (16 rows of 64), read one step at a
+    // time; the stores write 32 rows of 32 f32 (128 bytes apart), all of `sums`.
     unsafe {
         std::arch::asm!(
             "tilezero tmm0",
@@ -413,8 +424,8 @@ unsafe fn block_product(
             "tdpbf16ps tmm1, tmm4, tmm7",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 64",
-            "add {a1}, 64",
+            "add {a0}, 1024",
+            "add {a1}, 1024",
             "add {b0}, 1024",
             "add {b1}, 1024",
             "dec {steps}",
@@ -430,7 +441,7 @@ unsafe fn block_product(
             b1 = inout(reg) b1 => _,
             c = inout(reg) c => _,
             steps = inout(reg) depth / K_STEP => _,
-            a_stride = in(reg) depth * 2,
+            a_stride = in(reg) TILE_BYTES,
             b_stride = in(reg) TILE_BYTES,
             c_stride = in(reg) BLOCK * 4,
             options(nostack),
