@@ -308,22 +308,31 @@ fn block_context<S: Storage>(
 ) {
     let head_dim = vt.len() / keys;
     let whole = keys / LANES * LANES;
-    for (d, lane) in vt.chunks_exact(keys).enumerate() {
-        let mut acc = [[0.0f32; LANES]; QUERIES];
+    // Two dims at a time (the head dim is even): eight independent accumulator chains, and
+    // each probability load serves both.
+    for (pair, both) in vt.chunks_exact(2 * keys).enumerate() {
+        let (first, second) = both.split_at(keys);
+        let mut acc0 = [[0.0f32; LANES]; QUERIES];
+        let mut acc1 = [[0.0f32; LANES]; QUERIES];
         for start in (0..whole).step_by(LANES) {
-            let v = lanes(&lane[start..]);
-            for (i, a) in acc.iter_mut().enumerate() {
+            let v0 = lanes(&first[start..]);
+            let v1 = lanes(&second[start..]);
+            for i in 0..QUERIES {
                 let p = lanes(&probs[i * stride + start..]);
                 for l in 0..LANES {
-                    a[l] = p[l].mul_add(v[l], a[l]);
+                    acc0[i][l] = p[l].mul_add(v0[l], acc0[i][l]);
+                    acc1[i][l] = p[l].mul_add(v1[l], acc1[i][l]);
                 }
             }
         }
-        for (i, a) in acc.iter_mut().enumerate().take(rows) {
-            for j in whole..keys {
-                a[0] = probs[i * stride + j].mul_add(lane[j], a[0]);
+        for (offset, (acc, lane)) in [(acc0, first), (acc1, second)].into_iter().enumerate() {
+            for (i, mut a) in acc.into_iter().enumerate().take(rows) {
+                for j in whole..keys {
+                    a[0] = probs[i * stride + j].mul_add(lane[j], a[0]);
+                }
+                let d = 2 * pair + offset;
+                context[i * head_dim + d] = S::round(a.iter().fold(0.0, |total, &s| total + s));
             }
-            context[i * head_dim + d] = S::round(a.iter().fold(0.0, |total, &s| total + s));
         }
     }
 }
