@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::convert::bf16_bits;
 use super::storage::{Dtype, round_slice};
 
 /// Rows of a tile (and of the accumulators), and its width in bytes: 16 f32 accumulators, 32
@@ -226,12 +227,15 @@ impl Split {
             Split::Whole => to[0] = bf16_bits_exact(x),
             Split::HiLo => {
                 let (hi, lo) = hi_lo(x);
-                let terms = if for_a {
+                // A fixed-size store (a slice copy of four would be a memcpy call per value).
+                let to: &mut [u16; 4] = (&mut to[..4])
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("four terms"));
+                *to = if for_a {
                     [hi, hi, lo, lo]
                 } else {
                     [hi, lo, hi, lo]
                 };
-                to[..4].copy_from_slice(&terms);
             }
         }
     }
@@ -245,15 +249,10 @@ fn bf16_bits_exact(x: f32) -> u16 {
 /// `x = hi + lo` exactly, `hi` the nearest bf16 (ties to even); `lo` is zero where `x` is not
 /// finite (else inf - inf would make every product NaN even against a zero of `b`'s hi).
 fn hi_lo(x: f32) -> (u16, u16) {
-    let bits = x.to_bits();
-    let hi_bits = if x.is_nan() {
-        bits | 0x0040_0000
-    } else {
-        bits.wrapping_add(0x7fff + ((bits >> 16) & 1))
-    } & 0xffff_0000;
-    let hi = f32::from_bits(hi_bits);
+    let hi_bits = bf16_bits(x);
+    let hi = f32::from_bits((hi_bits as u32) << 16);
     let lo = if hi.is_finite() { x - hi } else { 0.0 };
-    ((hi_bits >> 16) as u16, bf16_bits_exact(lo))
+    (hi_bits, bf16_bits_exact(lo))
 }
 
 /// `a`'s rows as bf16 terms, `depth` per row (zero past `k * terms`), and as many zero rows
@@ -273,18 +272,8 @@ fn pack_a(a: &[f32], [rows, k]: [usize; 2], depth: usize, split: Split) -> Vec<u
         let values_per_step = K_STEP / split.terms();
         for (step, values) in row.chunks(values_per_step).enumerate() {
             let to = &mut tiles[step * tile_len + offset..][..K_STEP];
-            match split {
-                Split::Whole => {
-                    for (to, &x) in to.iter_mut().zip(values) {
-                        *to = bf16_bits_exact(x);
-                    }
-                }
-                Split::HiLo => {
-                    for (to, &x) in to.chunks_exact_mut(4).zip(values) {
-                        let (hi, lo) = hi_lo(x);
-                        to.copy_from_slice(&[hi, hi, lo, lo]);
-                    }
-                }
+            for (to, &x) in to.chunks_exact_mut(split.terms()).zip(values) {
+                split.write(x, true, to);
             }
         }
     }

@@ -100,7 +100,7 @@ fn f16_bits(x: f32) -> u16 {
 }
 
 /// `x` rounded to bf16, as its bit pattern (a NaN kept quiet).
-fn bf16_bits(x: f32) -> u16 {
+pub(crate) fn bf16_bits(x: f32) -> u16 {
     if x.is_nan() {
         (x.to_bits() >> 16) as u16 | 0x0040
     } else {
