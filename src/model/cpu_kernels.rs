@@ -274,13 +274,22 @@ impl TileWeights {
         if packed.dtype() != dtype {
             return Err(x);
         }
-        let (device, storage) = (x.device(), x.dtype());
-        let [m, _] = x.dims();
-        let [_, n] = packed.dims();
-        let mut product = vec![0.0f32; m * n];
-        esmfuzz_kernels::amx::matmul_packed(&host_f32(x), packed, &mut product);
-        Ok(from_host(product, [m, n], storage, &device))
+        Ok(tile_product(x, packed))
     }
+}
+
+/// `x @ b` on the AMX tiles, `b` packed ([`esmfuzz_kernels::amx::PackedB`]) from values of
+/// `x`'s dtype, the result in that dtype.
+///
+/// # Shapes
+/// `x: [rows, in]`, `b: [in, out]` -> `[rows, out]`
+fn tile_product<B: Backend>(x: Tensor<B, 2>, b: &esmfuzz_kernels::amx::PackedB) -> Tensor<B, 2> {
+    let (device, storage) = (x.device(), x.dtype());
+    let [m, _] = x.dims();
+    let [_, n] = b.dims();
+    let mut product = vec![0.0f32; m * n];
+    esmfuzz_kernels::amx::matmul_packed(&host_f32(x), b, &mut product);
+    from_host(product, [m, n], storage, &device)
 }
 
 /// `a @ b` in f16 or bf16 on the CPU, the arithmetic of burn-flex's half products (exact
@@ -305,15 +314,14 @@ pub fn matmul_half<B: Backend, const D: usize>(
         }
         _ => return Err((a, b)),
     };
-    let (device, storage) = (a.device(), a.dtype());
+    let device = a.device();
     let (a_shape, b_shape) = (a.dims(), b.dims());
     if D == 2 && tiles_in_use() {
         let ([m, k], [_, n]) = ([a_shape[0], a_shape[1]], [b_shape[0], b_shape[1]]);
-        let mut product = vec![0.0f32; m * n];
-        esmfuzz_kernels::amx::matmul(&host_f32(a), &host_f32(b), &mut product, [m, k, n], dtype);
+        let packed = esmfuzz_kernels::amx::PackedB::new(&host_f32(b), [k, n], dtype);
         let mut shape = a_shape;
         shape[1] = n;
-        return Ok(from_host(product, shape, storage, &device));
+        return Ok(tile_product(a.reshape([m, k]), &packed).reshape(shape));
     }
     if dtype != Dtype::Bf16 {
         return Err((a, b));
