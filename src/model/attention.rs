@@ -113,31 +113,37 @@ impl<B: Backend> SelfAttention<B> {
         }
     }
 
-    /// Computed in the plan's dtype; the result in that dtype too. With `seqs` (the batch's
-    /// sequences, absent where a fault rewrites the layout) one kernel attends every sequence
-    /// in token order where one runs: the flash kernel (fused attention on CUDA) or the CPU
-    /// kernel (composed attention on the CPU, [`cpu_kernels`]).
+    /// Each token's attention context (before `out_proj`), heads side by side, computed in
+    /// the plan's dtype. With `seqs` (the batch's sequences, absent where a fault rewrites the
+    /// layout) one kernel attends every sequence in token order where one runs: the flash
+    /// kernel (fused attention on CUDA) or the CPU kernel (composed attention on the CPU,
+    /// [`cpu_kernels`]).
     ///
     /// # Shapes
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
-    pub fn forward(
+    pub fn context(
         &self,
         x: Tensor<B, 2>,
         layout: &DeviceBlocks<B>,
         rotary: &[RotaryTables<B>],
         seqs: Option<&StreamSeqs<B>>,
     ) -> Tensor<B, 2> {
-        let qkv = self.qkv_proj.forward(x);
-        let qkv = match self.flash(qkv, seqs.and_then(|s| s.flash.as_ref())) {
-            Ok(context) => return self.out_proj.forward(context),
-            Err(qkv) => qkv,
+        // The flash kernel's pre-pass adds the projections' bias itself.
+        let product = self.qkv_proj.forward_unbiased(x);
+        let qkv = match self.flash(product, seqs.and_then(|s| s.flash.as_ref())) {
+            Ok(context) => return context,
+            Err(product) => self.qkv_proj.add_bias(product),
         };
         if let Some(seqs) = seqs
             && self.cpu_kernel_runs()
         {
-            let context =
-                cpu_kernels::attention(&self.plan, qkv, &seqs.table, self.heads, &self.inv_freq);
-            return self.out_proj.forward(context);
+            return cpu_kernels::attention(
+                &self.plan,
+                qkv,
+                &seqs.table,
+                self.heads,
+                &self.inv_freq,
+            );
         }
         let qkv = layout.extend_for_gather(qkv);
         let mut contexts: Vec<Tensor<B, 2>> = layout
@@ -151,11 +157,16 @@ impl<B: Backend> SelfAttention<B> {
         } else {
             Tensor::cat(contexts, 0)
         };
-        self.out_proj.forward(layout.from_blocks(context))
+        layout.from_blocks(context)
     }
 
-    /// The flash kernel's contexts when it runs here (fused, CUDA, a half dtype, a supported
-    /// head dim, sequences the RoPE table covers); `qkv` back otherwise.
+    /// The flash kernel's contexts of `product + bias` when it runs here (fused, CUDA, a
+    /// dtype and head dim it exists for, sequences the RoPE table covers); `product` back
+    /// otherwise.
+    ///
+    /// # Shapes
+    /// `product: [tokens, 3 hidden]` (the q, k, v projections without their bias) ->
+    /// `[tokens, hidden]`
     fn flash(
         &self,
         qkv: Tensor<B, 2>,
@@ -168,7 +179,14 @@ impl<B: Backend> SelfAttention<B> {
             return Err(qkv);
         }
         #[cfg(feature = "cuda")]
-        return flash::attention(qkv, rope, &seqs.meta, seqs.tiles, self.heads);
+        return flash::attention(
+            qkv,
+            &self.qkv_proj.bias,
+            rope,
+            &seqs.meta,
+            seqs.tiles,
+            self.heads,
+        );
         #[cfg(not(feature = "cuda"))]
         {
             let _ = rope;

@@ -19,27 +19,21 @@
 //! cuBLAS is loaded at run time (`libcublas.so.13`, e.g. from the `nvidia-cublas` pip
 //! package via `LD_LIBRARY_PATH`); [`available`] says whether it can be.
 
-use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
-use burn_cubecl::{CubeBackend, tensor::CubeTensor};
+use burn::tensor::{DType, Tensor, backend::Backend};
+use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::{FusionBackend, FusionRuntime, FusionTensor};
+use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use cubecl::cuda::CudaRuntime;
 use cudarc::cublas::{result as blas, sys};
 use cudarc::driver::CudaContext;
 
+use super::fusion_op::{self, Inner, Runtime};
 use super::precision::CublasCompute;
-
-/// burn-cuda's backend below fusion.
-type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
-/// The fused backend esmfuzz runs ([`crate::backend::Cuda`]).
-type Outer = crate::backend::Cuda;
-type Runtime = <Inner as FusionBackend>::FusionRuntime;
 
 /// Whether cuBLAS loads here and a handle can be made on device 0 (probed once).
 pub fn available() -> Result<(), String> {
@@ -70,20 +64,18 @@ pub fn matmul<B: Backend, const D: usize>(
     b: Tensor<B, D>,
     compute: CublasCompute,
 ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
-    if TypeId::of::<B>() != TypeId::of::<Outer>()
+    if !fusion_op::is_cuda::<B>()
         || !supported_shapes(&a.dims(), &b.dims())
         || a.dtype() != b.dtype()
     {
         return Err((a, b));
     }
-    let fusion = |t: Tensor<B, D>| {
-        downcast::<_, FusionTensor<Runtime>>(t.into_primitive().tensor())
-            .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"))
-    };
-    let out = register(fusion(a), fusion(b), compute);
-    let out = downcast::<_, B::FloatTensorPrimitive>(out)
-        .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"));
-    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+    let out = register(
+        fusion_op::float_primitive(a),
+        fusion_op::float_primitive(b),
+        compute,
+    );
+    Ok(fusion_op::float_tensor(out))
 }
 
 /// Equal batch dims (or `b` unbatched) and no empty dimension.
@@ -100,14 +92,6 @@ fn supported_shapes(a: &[usize], b: &[usize]) -> bool {
         .iter()
         .all(|&x| x <= i32::MAX as usize);
     nonempty && batch_ok && fits
-}
-
-/// Moves `value` into `U` when `T` is `U` (also the flash kernel's, [`super::flash`]).
-pub(super) fn downcast<T: 'static, U: 'static>(value: T) -> Option<U> {
-    let mut slot = Some(value);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<U>>()
-        .and_then(Option::take)
 }
 
 /// Registers the product in the fusion stream of `a`'s device.

@@ -71,14 +71,26 @@ impl<B: Backend> DeviceLinear<B> {
         let dims = x.dims();
         let [d_in, d_out] = self.weight_t.dims();
         let rows = dims[..D - 1].iter().product();
-        let y = ops::add_bias(
-            &self.plan,
-            self.product(x.reshape([rows, d_in])),
-            &self.bias,
-        );
+        let y = self.add_bias(self.product(x.reshape([rows, d_in])));
         let mut out_dims = dims;
         out_dims[D - 1] = d_out;
         y.reshape(out_dims)
+    }
+
+    /// [`Self::forward`] without the bias: a kernel that adds it itself takes it from here.
+    ///
+    /// # Shapes
+    /// `x: [rows, in]` -> `[rows, out]`
+    pub fn forward_unbiased(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.product(x.cast(self.weight_t.dtype()))
+    }
+
+    /// `y + bias` as [`Self::forward`] adds it: `forward(x) == add_bias(forward_unbiased(x))`.
+    ///
+    /// # Shapes
+    /// `y: [rows, out]` -> `[rows, out]`
+    pub fn add_bias(&self, y: Tensor<B, 2>) -> Tensor<B, 2> {
+        ops::add_bias(&self.plan, y, &self.bias)
     }
 
     /// `x @ weight_t` under the plan; on the CPU's tiles with the weight packed once.

@@ -454,8 +454,12 @@ mod tests {
             flash: None,
         };
         let x = crate::model::cpu_kernels::seeded([64, 64], seed, 1.7, 0.0).cast(plan.dtype());
-        let kernel = to_host(attention.forward(x.clone(), &layout, &rotary, Some(&seqs)));
-        let composed = to_host(attention.forward(x, &layout, &rotary, None));
+        let attend = |x, seqs| {
+            let context = attention.context(x, &layout, &rotary, seqs);
+            to_host(attention.out_proj.forward(context))
+        };
+        let kernel = attend(x.clone(), Some(&seqs));
+        let composed = attend(x, None);
         let rows = kernel
             .chunks(64)
             .zip(composed.chunks(64))

@@ -1,8 +1,9 @@
 //! esmfuzz's fused attention on CUDA: one varlen flash-attention kernel per layer
 //! (`flash_attention.cu`, compiled once per process with NVRTC) that reads the stacked q, k, v
-//! projections of the token stream (q and k rotated once per row by a pre-pass) and writes
-//! each query's context back in token order. No `[batch, heads, L, L]` scores in memory, no gathers into attention
-//! groups and back, one launch for every sequence of a batch (packed or padded).
+//! projections of the token stream (their bias added, q and k rotated, once per row by a
+//! pre-pass) and writes each query's context back in token order. No `[batch, heads, L, L]`
+//! scores in memory, no gathers into attention groups and back, one launch for every sequence
+//! of a batch (packed or padded).
 //!
 //! It runs as a custom operation in burn's fusion stream, enqueued on cubecl's own stream like
 //! the cuBLAS products ([`super::cublas`]). f16 and bf16 storage on tensor cores (mma.sync),
@@ -170,38 +171,31 @@ pub struct FlashUnavailable(pub String);
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use std::any::TypeId;
-    use std::collections::HashMap;
-    use std::ffi::{CString, c_void};
-    use std::sync::{Mutex, OnceLock};
+    use std::ffi::c_void;
 
-    use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend};
-    use burn_cubecl::{CubeBackend, tensor::CubeTensor};
+    use burn::tensor::{DType, Int, Tensor, backend::Backend};
+    use burn_cubecl::tensor::CubeTensor;
     use burn_fusion::stream::{Operation, OperationStreams};
-    use burn_fusion::{FusionBackend, FusionRuntime, FusionTensor};
+    use burn_fusion::{FusionRuntime, FusionTensor};
     use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
     use cubecl::cuda::CudaRuntime;
-    use cudarc::driver::{CudaContext, result as driver, sys as dsys};
-    use cudarc::nvrtc::result as nvrtc;
 
-    use crate::model::cublas::downcast;
+    use crate::model::fusion_op::{self, Inner, Runtime};
+    use crate::model::nvrtc::{self, Function};
 
-    type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
-    type Outer = crate::backend::Cuda;
-    type Runtime = <Inner as FusionBackend>::FusionRuntime;
-
-    const SOURCE: &str = include_str!("flash_attention.cu");
     const THREADS: u32 = 128;
 
-    /// Contexts of `qkv`'s rows through the kernel, or `qkv` back when `B` is not the CUDA
-    /// backend or the dtype/head dim has no kernel.
+    /// Contexts of `qkv + bias`'s rows through the kernels (the bias added by the pre-pass,
+    /// rounded as the composed add rounds), or `qkv` back, without the bias, when `B` is not
+    /// the CUDA backend or the dtype/head dim has no kernel.
     ///
     /// # Shapes
-    /// `qkv: [rows, 3 hidden]` (q | k | v, bias added, unrotated, unscaled),
-    /// `rope: [ROPE_POSITIONS, head_dim]` f32, `meta: [4 tiles + 3 sequences]` ->
-    /// `[rows, hidden]`
+    /// `qkv: [rows, 3 hidden]` (q | k | v, no bias, unrotated, unscaled), `bias: [3 hidden]`
+    /// of `qkv`'s dtype, `rope: [ROPE_POSITIONS, head_dim]` f32,
+    /// `meta: [2 tiles + 3 sequences + rows]` -> `[rows, hidden]`
     pub fn attention<B: Backend>(
         qkv: Tensor<B, 2>,
+        bias: &Tensor<B, 1>,
         rope: &Tensor<B, 2>,
         meta: &Tensor<B, 1, Int>,
         tiles: usize,
@@ -209,27 +203,29 @@ mod cuda {
     ) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
         let [_, width] = qkv.dims();
         let head_dim = width / 3 / heads.max(1);
-        if TypeId::of::<B>() != TypeId::of::<Outer>()
+        if !fusion_op::is_cuda::<B>()
             || !super::supports_dtype(qkv.dtype())
             || !super::supports_head_dim(head_dim)
+            || bias.dtype() != qkv.dtype()
+            || bias.dims() != [width]
             || tiles == 0
         {
             return Err(qkv);
         }
-        let float = |t: Tensor<B, 2>| {
-            downcast::<_, FusionTensor<Runtime>>(t.into_primitive().tensor())
-                .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"))
-        };
-        let int = downcast::<_, FusionTensor<Runtime>>(meta.clone().into_primitive())
-            .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"));
-        let out = register(float(qkv), float(rope.clone()), int, tiles, heads);
-        let out = downcast::<_, B::FloatTensorPrimitive>(out)
-            .unwrap_or_else(|| unreachable!("B was checked to be the CUDA backend"));
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
+        let out = register(
+            fusion_op::float_primitive(qkv),
+            fusion_op::float_primitive(bias.clone()),
+            fusion_op::float_primitive(rope.clone()),
+            fusion_op::int_primitive(meta.clone()),
+            tiles,
+            heads,
+        );
+        Ok(fusion_op::float_tensor(out))
     }
 
     fn register(
         qkv: FusionTensor<Runtime>,
+        bias: FusionTensor<Runtime>,
         rope: FusionTensor<Runtime>,
         meta: FusionTensor<Runtime>,
         tiles: usize,
@@ -237,11 +233,16 @@ mod cuda {
     ) -> FusionTensor<Runtime> {
         let client = qkv.client.clone();
         let dims = [qkv.shape[0], qkv.shape[1] / 3];
-        let streams = OperationStreams::with_inputs([&qkv, &rope, &meta]);
+        let streams = OperationStreams::with_inputs([&qkv, &bias, &rope, &meta]);
         let out = TensorIr::uninit(client.create_empty_handle(), dims.into(), qkv.dtype);
         let desc = CustomOpIr::new(
             "esmfuzz_flash_attention",
-            &[qkv.into_ir(), rope.into_ir(), meta.into_ir()],
+            &[
+                qkv.into_ir(),
+                bias.into_ir(),
+                rope.into_ir(),
+                meta.into_ir(),
+            ],
             &[out],
         );
         client
@@ -262,11 +263,12 @@ mod cuda {
 
     impl Operation<Runtime> for FlashOp {
         fn execute(&self, handles: &mut HandleContainer<<Runtime as FusionRuntime>::FusionHandle>) {
-            let ([qkv, rope, meta], [out]) = self.desc.as_fixed();
+            let ([qkv, bias, rope, meta], [out]) = self.desc.as_fixed();
             let qkv = handles.get_float_tensor::<Inner>(qkv);
+            let bias = handles.get_float_tensor::<Inner>(bias);
             let rope = handles.get_float_tensor::<Inner>(rope);
             let meta = handles.get_int_tensor::<Inner>(meta);
-            let result = launch(qkv, rope, meta, self.tiles, self.heads)
+            let result = launch(qkv, bias, rope, meta, self.tiles, self.heads)
                 .unwrap_or_else(|e| panic!("fused attention kernel: {e}"));
             handles.register_float_tensor::<Inner>(&out.id, result);
         }
@@ -274,12 +276,14 @@ mod cuda {
 
     fn launch(
         qkv: CubeTensor<CudaRuntime>,
+        bias: CubeTensor<CudaRuntime>,
         rope: CubeTensor<CudaRuntime>,
         meta: CubeTensor<CudaRuntime>,
         tiles: usize,
         heads: usize,
     ) -> Result<CubeTensor<CudaRuntime>, String> {
         let qkv = burn_cubecl::kernel::into_contiguous(qkv);
+        let bias = burn_cubecl::kernel::into_contiguous(bias);
         let rope = burn_cubecl::kernel::into_contiguous(rope);
         let meta = burn_cubecl::kernel::into_contiguous(meta);
         let shape: Vec<usize> = qkv.meta.shape().iter().copied().collect();
@@ -298,12 +302,13 @@ mod cuda {
             client.empty(rows * hidden * dtype.size()),
             dtype,
         );
-        // Rotated q (scaled) and k, written by the first kernel, read by the second.
-        let qk = CubeTensor::new_contiguous(
+        // q, k, v with their bias, q rotated and scaled, k rotated: written by the first
+        // kernel, read by the second.
+        let prepared = CubeTensor::new_contiguous(
             client.clone(),
             device.clone(),
-            vec![rows, 2 * hidden].into(),
-            client.empty(rows * 2 * hidden * dtype.size()),
+            vec![rows, 3 * hidden].into(),
+            client.empty(rows * 3 * hidden * dtype.size()),
             dtype,
         );
         let rope_qk = kernel(device.index, "esm_rope_qk", dtype, head_dim)?;
@@ -313,19 +318,18 @@ mod cuda {
                 .get_resource(t.handle.clone())
                 .map_err(|e| format!("operand not resident on the device: {e:?}"))
         };
-        let (rq, rr, rm, ro, rk) = (
+        let (rq, rb, rr, rm, ro, rp) = (
             resource(&qkv)?,
+            resource(&bias)?,
             resource(&rope)?,
             resource(&meta)?,
             resource(&out)?,
-            resource(&qk)?,
+            resource(&prepared)?,
         );
         let stream = ro.resource().stream;
-        if stream.is_null() {
-            return Err("cubecl did not hand out its stream (vendor/cubecl-cuda missing)".into());
-        }
         let mut p_qkv = rq.resource().ptr;
-        let mut p_qk = rk.resource().ptr;
+        let mut p_bias = rb.resource().ptr;
+        let mut p_prepared = rp.resource().ptr;
         let mut p_rows = i32::try_from(rows).map_err(|_| "too many rows")?;
         let mut p_hidden = hidden as i32;
         let mut p_out = ro.resource().ptr;
@@ -335,26 +339,27 @@ mod cuda {
         let mut p_sequences = sequences as i32;
         let mut p_rope = rr.resource().ptr;
         let mut scale = (head_dim as f32).powf(-0.5);
-        let mut rope_params: [*mut c_void; 7] = [
+        let mut rope_params: [*mut c_void; 8] = [
             (&mut p_qkv as *mut u64).cast(),
+            (&mut p_bias as *mut u64).cast(),
             (&mut p_rows as *mut i32).cast(),
             (&mut p_hidden as *mut i32).cast(),
-            (&mut p_qk as *mut u64).cast(),
+            (&mut p_prepared as *mut u64).cast(),
             (&mut p_row_pos as *mut u64).cast(),
             (&mut p_rope as *mut u64).cast(),
             (&mut scale as *mut f32).cast(),
         ];
-        let mut flash_params: [*mut c_void; 7] = [
-            (&mut p_qkv as *mut u64).cast(),
-            (&mut p_qk as *mut u64).cast(),
+        let mut flash_params: [*mut c_void; 6] = [
+            (&mut p_prepared as *mut u64).cast(),
             (&mut p_hidden as *mut i32).cast(),
             (&mut p_out as *mut u64).cast(),
             (&mut p_meta as *mut u64).cast(),
             (&mut p_tiles as *mut i32).cast(),
             (&mut p_sequences as *mut i32).cast(),
         ];
-        let elements = rows * hidden;
-        let rope_grid = u32::try_from(elements.div_ceil(256)).map_err(|_| "too many rows")?;
+        // One pre-pass thread per rotated pair (j, j + head_dim / 2) of q, k and v.
+        let pairs = rows * hidden / 2;
+        let rope_grid = u32::try_from(pairs.div_ceil(256)).map_err(|_| "too many rows")?;
         let grid = (
             u32::try_from(tiles).map_err(|_| "too many tiles")?,
             heads as u32,
@@ -363,110 +368,34 @@ mod cuda {
         // SAFETY: the parameters match the kernels' signatures (flash_attention.cu); the
         // buffers are live (held by the resources until the launches are enqueued, after
         // which cubecl reuses them only behind them on the same stream).
-        unsafe {
-            driver::launch_kernel(
-                rope_qk.0,
-                (rope_grid, 1, 1),
-                (256, 1, 1),
-                0,
-                stream as dsys::CUstream,
-                &mut rope_params,
-            )
-        }
-        .map_err(|e| format!("RoPE launch failed ({rows} rows): {e:?}"))?;
+        unsafe { nvrtc::launch(rope_qk, (rope_grid, 1, 1), 256, stream, &mut rope_params) }
+            .map_err(|e| format!("RoPE launch failed ({rows} rows): {e}"))?;
         // SAFETY: as above.
-        unsafe {
-            driver::launch_kernel(
-                flash.0,
-                grid,
-                (THREADS, 1, 1),
-                0,
-                stream as dsys::CUstream,
-                &mut flash_params,
-            )
-        }
-        .map_err(|e| format!("launch failed ({tiles} tiles x {heads} heads): {e:?}"))?;
-        drop(rk);
-        drop((rq, rr, rm, ro));
+        unsafe { nvrtc::launch(flash, grid, THREADS, stream, &mut flash_params) }
+            .map_err(|e| format!("launch failed ({tiles} tiles x {heads} heads): {e}"))?;
+        drop((rq, rb, rr, rm, ro, rp));
         Ok(out)
     }
 
-    #[derive(Clone, Copy)]
-    pub(super) struct Function(dsys::CUfunction);
-    // SAFETY: a CUfunction is a handle valid in its context from any thread.
-    unsafe impl Send for Function {}
-
     /// Kernel `prefix` (`esm_rope_qk` or `esm_flash`) for `dtype` and `head_dim` on device
-    /// `ordinal`, the module compiled on first use.
+    /// `ordinal`.
     pub(super) fn kernel(
         ordinal: usize,
         prefix: &str,
         dtype: DType,
         head_dim: usize,
     ) -> Result<Function, String> {
-        static MODULES: OnceLock<Mutex<HashMap<usize, Result<usize, String>>>> = OnceLock::new();
-        static FUNCTIONS: OnceLock<Mutex<HashMap<(usize, String), Function>>> = OnceLock::new();
-        let name = format!(
-            "{prefix}_{}_hd{head_dim}",
-            match dtype {
-                DType::F16 => "f16",
-                DType::BF16 => "bf16",
-                DType::F32 => "f32",
-                other => return Err(format!("no kernel for {other:?}")),
-            }
-        );
-        let mut functions = FUNCTIONS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = functions.get(&(ordinal, name.clone())) {
-            return Ok(*f);
-        }
-        let context = CudaContext::new(ordinal).map_err(|e| format!("{e:?}"))?;
-        context.bind_to_thread().map_err(|e| format!("{e:?}"))?;
-        let module = MODULES
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(ordinal)
-            .or_insert_with(|| compile(&context))
-            .clone()?;
-        let name_c = CString::new(name.clone()).map_err(|e| e.to_string())?;
-        // SAFETY: a module loaded in this context; the name is one of its kernels.
-        let f = unsafe { driver::module::get_function(module as dsys::CUmodule, name_c) }
-            .map_err(|e| format!("kernel {name}: {e:?}"))?;
-        functions.insert((ordinal, name), Function(f));
-        Ok(Function(f))
-    }
-
-    /// Compiles the kernels for the device's architecture and loads them; the module's
-    /// handle as an integer (it lives as long as the process).
-    fn compile(context: &CudaContext) -> Result<usize, String> {
-        let (major, minor) = context.compute_capability().map_err(|e| format!("{e:?}"))?;
-        let arch = if major >= 9 {
-            format!("--gpu-architecture=sm_{major}{minor}a")
-        } else {
-            format!("--gpu-architecture=sm_{major}{minor}")
+        let dtype = match dtype {
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::F32 => "f32",
+            other => return Err(format!("no kernel for {other:?}")),
         };
-        let include = format!(
-            "--include-path={}",
-            cubecl::cuda::install::include_path().display()
-        );
-        let options = [arch.as_str(), include.as_str(), "-std=c++17"];
-        let source = CString::new(SOURCE).map_err(|e| e.to_string())?;
-        let program = nvrtc::create_program(&source, None).map_err(|e| format!("{e:?}"))?;
-        // SAFETY: a program just created; the options are plain strings.
-        if unsafe { nvrtc::compile_program(program, &options) }.is_err() {
-            let log = unsafe { nvrtc::get_program_log(program) }
-                .map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>())
-                .unwrap_or_default();
-            return Err(format!("NVRTC could not compile flash_attention.cu: {log}"));
-        }
-        let ptx = unsafe { nvrtc::get_ptx(program) }.map_err(|e| format!("{e:?}"))?;
-        // SAFETY: NUL-terminated PTX from NVRTC, loaded into the current (primary) context.
-        let module = unsafe { driver::module::load_data(ptx.as_ptr().cast()) }
-            .map_err(|e| format!("loading the flash-attention module: {e:?}"))?;
-        Ok(module as usize)
+        nvrtc::function(
+            ordinal,
+            &nvrtc::FLASH,
+            &format!("{prefix}_{dtype}_hd{head_dim}"),
+        )
     }
 }
 

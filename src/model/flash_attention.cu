@@ -1,17 +1,19 @@
 // Varlen flash attention for ESM-2 (f16 and bf16 on tensor cores; f32 with f32 FMA, true
-// FP32: `flash_attention_f32` at the end), with the rotary embedding applied by a pre-pass: esmfuzz's `--attention fused` on CUDA (src/model/flash.rs compiles this
-// with NVRTC and launches it on cubecl's stream).
+// FP32: `flash_attention_f32` at the end), with the projections' bias and the rotary embedding
+// applied by a pre-pass: esmfuzz's `--attention fused` on CUDA (src/model/flash.rs compiles
+// this with NVRTC, src/model/nvrtc.rs launches it on cubecl's stream).
 //
 // Inputs: the token stream's stacked projections `qkv [rows, 3 * hidden]` (q | k | v, each
-// `heads x HD`, bias added, not rotated, not scaled). Sequences are ranges of rows: sequence
+// `heads x HD`, no bias added, not rotated, not scaled) and their bias `[3 * hidden]`.
+// Sequences are ranges of rows: sequence
 // s has queries at rows q_start[s] .. q_start[s] + q_len[s] and keys/values at rows
 // q_start[s] .. q_start[s] + k_len[s] (k_len < q_len for a padded block, whose padding
 // queries still get an output), RoPE positions counted from q_start[s]; `rope_table`
-// `[positions, HD]` (see `rope`).
+// `[positions, HD]` (see `rope_qk`).
 // Output: `out [rows, hidden]`, each query row's context, heads side by side.
 //
-// Two launches: `esm_rope_qk_*` writes q (rotated, scaled) and k (rotated) once into a
-// scratch `qk [rows, 2 * hidden]`; `esm_flash_*` then reads qk and v. One block of 128
+// Two launches: `esm_rope_qk_*` adds the bias to q, k and v, rotates q and k and scales q, into
+// a scratch `[rows, 3 * hidden]` in the same layout; `esm_flash_*` then reads it. One block of 128
 // threads (4 warps) computes 64 query rows of one head of one sequence (a "tile";
 // tile_seq/tile_row0 list them), each warp 16 rows. Keys are visited 64 at a time, the next
 // K/V tiles loaded asynchronously (cp.async, double-buffered) while the current ones are
@@ -37,35 +39,47 @@ template <> __device__ __forceinline__ float from_f32<float>(float x) { return x
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// Element `d` of a rotated row `x` (RoPE as ESM: rotate_half; `table` row `pos` holds
-// cos(pos * inv_freq[j]) then sin(pos * inv_freq[j]), j < HD / 2, computed on the host in f32
-// as the composed path computes them).
-template <typename T, int HD>
-__device__ __forceinline__ float rope(const T* x, int d, int pos, const float* table) {
-    const int half = HD / 2;
-    const float c = table[pos * HD + d % half];
-    const float s = table[pos * HD + half + d % half];
-    const float xd = to_f32(x[d]);
-    const float partner = d < half ? -to_f32(x[d + half]) : to_f32(x[d - half]);
-    return xd * c + partner * s;
-}
-
-// q (rotated, times `scale`) and k (rotated) of every row and head into `qk`: thread per
-// element of `rows x hidden`, RoPE positions from the row's sequence.
+// `qkv + bias` rounded to T (the composed bias add), then q rotated and times `scale`, k
+// rotated, v as it is, into `prepared`: one thread per rotated pair (d, d + HD / 2) of one row
+// and head, RoPE positions from the row's sequence.
+// Each value is `rope` of it, as written there (same expression, same rounding).
 template <typename T, int HD>
 __device__ void rope_qk(
-    const T* __restrict__ qkv, const int rows, const int hidden, T* __restrict__ qk,
-    const int* __restrict__ row_pos, const float* __restrict__ rope_table, const float scale)
+    const T* __restrict__ qkv, const T* __restrict__ bias, const int rows, const int hidden,
+    T* __restrict__ prepared, const int* __restrict__ row_pos,
+    const float* __restrict__ rope_table, const float scale)
 {
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)rows * hidden) return;
-    const int row = (int)(i / hidden), col = (int)(i % hidden);
-    const int head = col / HD, d = col % HD;
-    const int pos = row_pos[row];
+    const int half = HD / 2;
+    const int pairs_per_row = hidden / 2;
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (unsigned)rows * (unsigned)pairs_per_row) return;
+    const int row = (int)(i / (unsigned)pairs_per_row);
+    const int pair = (int)(i - (unsigned)row * (unsigned)pairs_per_row);
+    const int head = pair / half, d = pair % half;
+    const int col = head * HD + d;
+    const float c = rope_table[row_pos[row] * HD + d];
+    const float s = rope_table[row_pos[row] * HD + half + d];
     const T* x = qkv + (size_t)row * 3 * hidden;
-    T* y = qk + (size_t)row * 2 * hidden;
-    y[col] = from_f32<T>(rope<T, HD>(x + head * HD, d, pos, rope_table) * scale);
-    y[hidden + col] = from_f32<T>(rope<T, HD>(x + hidden + head * HD, d, pos, rope_table));
+    T* y = prepared + (size_t)row * 3 * hidden;
+    #pragma unroll
+    for (int part = 0; part < 3; ++part) {
+        const int at = part * hidden + col;
+        // T + T: the storage type's own rounded add, as the composed `x + bias`.
+        const T biased_lo = x[at] + bias[at], biased_hi = x[at + half] + bias[at + half];
+        if (part == 2) {
+            y[at] = biased_lo;
+            y[at + half] = biased_hi;
+            continue;
+        }
+        // x_d cos + (partner sin, rounded): one FMA over a rounded product, written out so
+        // that the compiler's contraction choices cannot change the values.
+        const float lo = to_f32(biased_lo), hi = to_f32(biased_hi);
+        float rot_lo = fmaf(lo, c, __fmul_rn(-hi, s));
+        float rot_hi = fmaf(hi, c, __fmul_rn(lo, s));
+        if (part == 0) { rot_lo *= scale; rot_hi *= scale; }
+        y[at] = from_f32<T>(rot_lo);
+        y[at + half] = from_f32<T>(rot_hi);
+    }
 }
 
 // 32-bit pair of the storage type (lower half = first element), as the tensor cores read it.
@@ -138,7 +152,7 @@ __device__ __forceinline__ void cp_async_wait() {
 
 template <typename T, int HD>
 __device__ void flash_attention(
-    const T* __restrict__ qkv, const T* __restrict__ qk, const int hidden,
+    const T* __restrict__ qkv, const int hidden,
     T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq)
 {
     constexpr int LD = HD + 8;           // row stride of the Q, K, V tiles (conflict-free)
@@ -160,17 +174,17 @@ __device__ void flash_attention(
     const int nk = k_len[seq];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;     // fragment row group and column pair
-    const size_t qk_stride = 2 * (size_t)hidden, v_stride = 3 * (size_t)hidden;
-    const T* q_src = qk + (size_t)(start + row0) * qk_stride + head * HD;
-    const T* k_src = qk + (size_t)start * qk_stride + hidden + head * HD;
-    const T* v_src = qkv + (size_t)start * v_stride + 2 * hidden + head * HD;
+    const size_t stride = 3 * (size_t)hidden;
+    const T* q_src = qkv + (size_t)(start + row0) * stride + head * HD;
+    const T* k_src = qkv + (size_t)start * stride + hidden + head * HD;
+    const T* v_src = qkv + (size_t)start * stride + 2 * hidden + head * HD;
     const int key_tiles = (nk + BK - 1) / BK;
 
     // Q (rotated and scaled by the pre-pass) and the first K (rotated), V tiles, zero past
     // the sequence.
-    load_rows_async<T, HD, LD>(q_tile, q_src, qk_stride, BQ, nq);
-    load_rows_async<T, HD, LD>(k_tile[0], k_src, qk_stride, BK, nk);
-    load_rows_async<T, HD, LD>(v_tile[0], v_src, v_stride, BK, nk);
+    load_rows_async<T, HD, LD>(q_tile, q_src, stride, BQ, nq);
+    load_rows_async<T, HD, LD>(k_tile[0], k_src, stride, BK, nk);
+    load_rows_async<T, HD, LD>(v_tile[0], v_src, stride, BK, nk);
     cp_async_commit();
 
     // Each warp owns 16 query rows; lane holds rows g and g + 8 of them (index 0 and 1).
@@ -185,10 +199,10 @@ __device__ void flash_attention(
         const int buf = it & 1, k0 = it * BK;
         if (it + 1 < key_tiles) {  // prefetch the next K, V tiles into the other buffer
             const int k1 = k0 + BK;
-            load_rows_async<T, HD, LD>(k_tile[buf ^ 1], k_src + (size_t)k1 * qk_stride,
-                                       qk_stride, BK, nk - k1);
-            load_rows_async<T, HD, LD>(v_tile[buf ^ 1], v_src + (size_t)k1 * v_stride,
-                                       v_stride, BK, nk - k1);
+            load_rows_async<T, HD, LD>(k_tile[buf ^ 1], k_src + (size_t)k1 * stride,
+                                       stride, BK, nk - k1);
+            load_rows_async<T, HD, LD>(v_tile[buf ^ 1], v_src + (size_t)k1 * stride,
+                                       stride, BK, nk - k1);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -302,7 +316,7 @@ __device__ void flash_attention(
 #define BK32 32
 template <int HD>
 __device__ void flash_attention_f32(
-    const float* __restrict__ qkv, const float* __restrict__ qk, const int hidden,
+    const float* __restrict__ qkv, const int hidden,
     float* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq)
 {
     constexpr int LDQ = HD + 1;          // odd strides: conflict-free column reads
@@ -324,16 +338,16 @@ __device__ void flash_attention_f32(
     const int start = q_start[seq];
     const int nq = min(BQ, q_len[seq] - row0);
     const int nk = k_len[seq];
-    const size_t qk_stride = 2 * (size_t)hidden, v_stride = 3 * (size_t)hidden;
-    const float* q_src = qk + (size_t)(start + row0) * qk_stride + head * HD;
-    const float* k_src = qk + (size_t)start * qk_stride + hidden + head * HD;
-    const float* v_src = qkv + (size_t)start * v_stride + 2 * hidden + head * HD;
+    const size_t stride = 3 * (size_t)hidden;
+    const float* q_src = qkv + (size_t)(start + row0) * stride + head * HD;
+    const float* k_src = qkv + (size_t)start * stride + hidden + head * HD;
+    const float* v_src = qkv + (size_t)start * stride + 2 * hidden + head * HD;
     const int rows = threadIdx.x / 8 * 4, col = threadIdx.x % 8;
 
     for (int i = threadIdx.x; i < BQ * HD / 4; i += THREADS) {
         const int r = i / (HD / 4), c = i % (HD / 4) * 4;
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (r < nq) x = *reinterpret_cast<const float4*>(q_src + (size_t)r * qk_stride + c);
+        if (r < nq) x = *reinterpret_cast<const float4*>(q_src + (size_t)r * stride + c);
         float* d = q_tile + r * LDQ + c;
         d[0] = x.x; d[1] = x.y; d[2] = x.z; d[3] = x.w;
     }
@@ -351,8 +365,8 @@ __device__ void flash_attention_f32(
             const int r = i / (HD / 4), c = i % (HD / 4) * 4;
             float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
             if (k0 + r < nk) {
-                kx = *reinterpret_cast<const float4*>(k_src + (size_t)(k0 + r) * qk_stride + c);
-                vx = *reinterpret_cast<const float4*>(v_src + (size_t)(k0 + r) * v_stride + c);
+                kx = *reinterpret_cast<const float4*>(k_src + (size_t)(k0 + r) * stride + c);
+                vx = *reinterpret_cast<const float4*>(v_src + (size_t)(k0 + r) * stride + c);
             }
             float* kd = k_tile + r * LDQ + c;
             kd[0] = kx.x; kd[1] = kx.y; kd[2] = kx.z; kd[3] = kx.w;
@@ -432,28 +446,27 @@ __device__ void flash_attention_f32(
 
 // The flash body of a storage type: tensor cores for f16 and bf16, f32 FMA for f32.
 template <typename T, int HD> struct Flash {
-    static __device__ void run(const T* qkv, const T* qk, int hidden, T* out, const int* meta,
-                               int n_tiles, int n_seq) {
-        flash_attention<T, HD>(qkv, qk, hidden, out, meta, n_tiles, n_seq);
+    static __device__ void run(const T* qkv, int hidden, T* out, const int* meta, int n_tiles,
+                               int n_seq) {
+        flash_attention<T, HD>(qkv, hidden, out, meta, n_tiles, n_seq);
     }
 };
 template <int HD> struct Flash<float, HD> {
-    static __device__ void run(const float* qkv, const float* qk, int hidden, float* out,
-                               const int* meta, int n_tiles, int n_seq) {
-        flash_attention_f32<HD>(qkv, qk, hidden, out, meta, n_tiles, n_seq);
+    static __device__ void run(const float* qkv, int hidden, float* out, const int* meta,
+                               int n_tiles, int n_seq) {
+        flash_attention_f32<HD>(qkv, hidden, out, meta, n_tiles, n_seq);
     }
 };
 
 #define INSTANCE(SUFFIX, T, HD)                                                              \
     extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_##SUFFIX(                  \
-        const T* qkv, int rows, int hidden, T* qk, const int* row_pos,                        \
+        const T* qkv, const T* bias, int rows, int hidden, T* prepared, const int* row_pos,   \
         const float* rope_table, float scale) {                                              \
-        rope_qk<T, HD>(qkv, rows, hidden, qk, row_pos, rope_table, scale);                   \
+        rope_qk<T, HD>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale);       \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_##SUFFIX(                \
-        const T* qkv, const T* qk, int hidden, T* out, const int* meta, int n_tiles,          \
-        int n_seq) {                                                                         \
-        Flash<T, HD>::run(qkv, qk, hidden, out, meta, n_tiles, n_seq);                       \
+        const T* prepared, int hidden, T* out, const int* meta, int n_tiles, int n_seq) {    \
+        Flash<T, HD>::run(prepared, hidden, out, meta, n_tiles, n_seq);                      \
     }
 
 INSTANCE(f16_hd16, __half, 16)

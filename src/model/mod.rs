@@ -14,9 +14,13 @@ pub mod esm2;
 pub mod fault;
 pub mod flash;
 pub mod fp32_places;
+#[cfg(feature = "cuda")]
+pub mod fusion_op;
 pub mod heads;
 pub mod host;
 pub mod layer;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
 pub mod ops;
 pub mod precision;
 pub mod rotary;

@@ -1,0 +1,129 @@
+//! esmfuzz's own CUDA kernels: each `.cu` program compiled once per process and device with
+//! NVRTC (for the device's architecture, against the CUDA headers cubecl itself compiles
+//! with), its kernels looked up by name once, and launched on cubecl's stream.
+//!
+//! The programs: [`FLASH`] (varlen flash attention, [`super::flash`]) and [`LAYER_NORM`]
+//! ([`super::cuda_norm`]).
+
+use std::collections::HashMap;
+use std::ffi::{CString, c_void};
+use std::sync::{Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, result as driver, sys as dsys};
+use cudarc::nvrtc::result as nvrtc;
+
+/// One CUDA source file of esmfuzz's kernels.
+#[derive(Debug)]
+pub struct Program {
+    /// The file name, for errors.
+    pub file: &'static str,
+    pub source: &'static str,
+}
+
+/// `flash_attention.cu`: `esm_rope_qk_*` and `esm_flash_*`.
+pub static FLASH: Program = Program {
+    file: "flash_attention.cu",
+    source: include_str!("flash_attention.cu"),
+};
+
+/// `layer_norm.cu`: `esm_layer_norm_*`.
+pub static LAYER_NORM: Program = Program {
+    file: "layer_norm.cu",
+    source: include_str!("layer_norm.cu"),
+};
+
+/// A loaded kernel.
+#[derive(Clone, Copy)]
+pub struct Function(dsys::CUfunction);
+// SAFETY: a CUfunction is a handle valid in its context from any thread.
+unsafe impl Send for Function {}
+
+/// Kernel `name` of `program` on device `ordinal`, the program compiled on first use.
+pub fn function(ordinal: usize, program: &'static Program, name: &str) -> Result<Function, String> {
+    type Key = (usize, &'static str);
+    static MODULES: OnceLock<Mutex<HashMap<Key, Result<usize, String>>>> = OnceLock::new();
+    static FUNCTIONS: OnceLock<Mutex<HashMap<(Key, String), Function>>> = OnceLock::new();
+    let key = (ordinal, program.file);
+    let mut functions = FUNCTIONS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = functions.get(&(key, name.to_owned())) {
+        return Ok(*f);
+    }
+    let context = CudaContext::new(ordinal).map_err(|e| format!("{e:?}"))?;
+    context.bind_to_thread().map_err(|e| format!("{e:?}"))?;
+    let module = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert_with(|| compile(&context, program))
+        .clone()?;
+    let name_c = CString::new(name).map_err(|e| e.to_string())?;
+    // SAFETY: a module loaded in this context; a missing name is an error, not UB.
+    let f = unsafe { driver::module::get_function(module as dsys::CUmodule, name_c) }
+        .map_err(|e| format!("kernel {name} of {}: {e:?}", program.file))?;
+    functions.insert((key, name.to_owned()), Function(f));
+    Ok(Function(f))
+}
+
+/// Launches `f` on `stream` (cubecl's, as its resources hand it out).
+///
+/// # Safety
+/// `params` point at values of the types, and in the order, of `f`'s signature; the buffers
+/// they name stay allocated until the launch is enqueued (cubecl reuses them only behind it on
+/// the same stream).
+pub unsafe fn launch<Stream>(
+    f: Function,
+    grid: (u32, u32, u32),
+    block: u32,
+    stream: *mut Stream,
+    params: &mut [*mut c_void],
+) -> Result<(), String> {
+    if stream.is_null() {
+        return Err("cubecl did not hand out its stream (vendor/cubecl-cuda missing)".into());
+    }
+    // SAFETY: as the caller promises.
+    unsafe {
+        driver::launch_kernel(
+            f.0,
+            grid,
+            (block, 1, 1),
+            0,
+            stream as dsys::CUstream,
+            params,
+        )
+    }
+    .map_err(|e| format!("{e:?}"))
+}
+
+/// Compiles `program` for the device's architecture and loads it; the module's handle as an
+/// integer (it lives as long as the process).
+fn compile(context: &CudaContext, program: &Program) -> Result<usize, String> {
+    let (major, minor) = context.compute_capability().map_err(|e| format!("{e:?}"))?;
+    let arch = if major >= 9 {
+        format!("--gpu-architecture=sm_{major}{minor}a")
+    } else {
+        format!("--gpu-architecture=sm_{major}{minor}")
+    };
+    let include = format!(
+        "--include-path={}",
+        cubecl::cuda::install::include_path().display()
+    );
+    let options = [arch.as_str(), include.as_str(), "-std=c++17"];
+    let source = CString::new(program.source).map_err(|e| e.to_string())?;
+    let handle = nvrtc::create_program(&source, None).map_err(|e| format!("{e:?}"))?;
+    // SAFETY: a program just created; the options are plain strings.
+    if unsafe { nvrtc::compile_program(handle, &options) }.is_err() {
+        let log = unsafe { nvrtc::get_program_log(handle) }
+            .map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>())
+            .unwrap_or_default();
+        return Err(format!("NVRTC could not compile {}: {log}", program.file));
+    }
+    let ptx = unsafe { nvrtc::get_ptx(handle) }.map_err(|e| format!("{e:?}"))?;
+    // SAFETY: NUL-terminated PTX from NVRTC, loaded into the current (primary) context.
+    let module = unsafe { driver::module::load_data(ptx.as_ptr().cast()) }
+        .map_err(|e| format!("loading {}: {e:?}", program.file))?;
+    Ok(module as usize)
+}
