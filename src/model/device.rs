@@ -154,6 +154,34 @@ impl<B: Backend> DeviceNorm<B> {
         self
     }
 
+    /// `sum = x + (product + product_bias)` and this norm of `sum` in one kernel
+    /// ([`super::cuda_norm::residual_layer_norm`]) where it takes them: all of this norm's
+    /// plan dtype on CUDA; `(x, product)` back otherwise.
+    ///
+    /// # Shapes
+    /// `x`, `product: [tokens, hidden]`, `product_bias: [hidden]` -> (`sum`, `normed`)
+    #[allow(clippy::type_complexity)]
+    pub fn forward_residual(
+        &self,
+        x: Tensor<B, 2>,
+        product: Tensor<B, 2>,
+        product_bias: &Tensor<B, 1>,
+    ) -> Result<(Tensor<B, 2>, Tensor<B, 2>), (Tensor<B, 2>, Tensor<B, 2>)> {
+        if x.dtype() != self.plan.dtype() {
+            return Err((x, product));
+        }
+        super::cuda_norm::residual_layer_norm(
+            &self.plan,
+            x,
+            product,
+            product_bias,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            self.unshifted_fault,
+        )
+    }
+
     /// Computed in this norm's plan dtype (f32 for an FP32 place of a reduced policy), the
     /// result returned in `x`'s dtype.
     ///

@@ -353,6 +353,8 @@ impl<B: Backend> Esm2<B> {
         // RoPE tables per group, rebuilt only when a layer's `inv_freq` differs from the
         // previous layer's (checkpoints store one per layer; they are normally identical).
         let mut rotary: Option<(&[f32], Vec<RotaryTables<B>>)> = None;
+        // The next LayerNorm of `x`, where the last block's residual add computed it.
+        let mut normed: Option<Tensor<B, 2>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let inv_freq = layer.self_attn.inv_freq.as_slice();
             if rotary.as_ref().is_none_or(|(f, _)| *f != inv_freq) {
@@ -376,21 +378,43 @@ impl<B: Backend> Esm2<B> {
             if let Some(maps) = maps.as_deref_mut() {
                 maps.push(layer.attention_probabilities(x.clone(), &layout, rotary));
             }
-            let after_attention = layer.attention_block(x, &layout, rotary, seqs.as_ref());
+            // Each block's residual add is done with the LayerNorm after it (one CUDA kernel
+            // where it takes them): `normed` is this layer's first LayerNorm of `x`.
+            let attention_input = normed
+                .take()
+                .unwrap_or_else(|| layer.self_attn_layer_norm.forward(x.clone()));
+            let (after_attention, normed_ffn) = layer
+                .attention_end(x, attention_input, &layout, rotary, seqs.as_ref())
+                .finish_normed(&layer.final_layer_norm);
             observe(Place::Attention(i), &after_attention);
-            x = layer.ffn_block(after_attention);
-            if let Some((faulty, factor)) = self.faults.scale_layer_output
-                && faulty == i
-            {
-                x = x.mul_scalar(factor);
-            }
-            if self.faults.round_layer_output_to_f16 == Some(i) {
-                let dtype = x.dtype();
-                x = x.cast(DType::F16).cast(dtype);
+            let end = layer.ffn_end(after_attention, normed_ffn);
+            let faulty_output = self.faults.scale_layer_output.is_some_and(|(l, _)| l == i)
+                || self.faults.round_layer_output_to_f16 == Some(i);
+            if faulty_output {
+                x = end.finish();
+                if let Some((faulty, factor)) = self.faults.scale_layer_output
+                    && faulty == i
+                {
+                    x = x.mul_scalar(factor);
+                }
+                if self.faults.round_layer_output_to_f16 == Some(i) {
+                    let dtype = x.dtype();
+                    x = x.cast(DType::F16).cast(dtype);
+                }
+            } else {
+                let next_norm = self
+                    .layers
+                    .get(i + 1)
+                    .map_or(&self.emb_layer_norm_after, |next| {
+                        &next.self_attn_layer_norm
+                    });
+                let (sum, next_normed) = end.finish_normed(next_norm);
+                x = sum;
+                normed = Some(next_normed);
             }
             observe(Place::Ffn(i), &x);
         }
-        x = self.emb_layer_norm_after.forward(x);
+        x = normed.unwrap_or_else(|| self.emb_layer_norm_after.forward(x));
         observe(Place::FinalNorm, &x);
     }
 

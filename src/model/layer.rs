@@ -79,20 +79,28 @@ impl<B: Backend> EsmLayer<B> {
         seqs: Option<&StreamSeqs<B>>,
     ) -> Tensor<B, 2> {
         let h = self.self_attn_layer_norm.forward(x.clone());
-        let dtype = x.dtype();
-        self.residual(
-            x,
-            self.self_attn.forward(h, layout, rotary, seqs).cast(dtype),
-        )
+        self.attention_end(x, h, layout, rotary, seqs).finish()
     }
 
-    /// `x + h` in their dtype (the residual stream's); on the CPU by one kernel, rounding as
-    /// burn-flex's add does ([`super::cpu_kernels::add`]).
+    /// [`Self::attention_block`] of `x` given `normed = LN(x)` (this layer's
+    /// `self_attn_layer_norm`), its residual add left open.
     ///
     /// # Shapes
-    /// `x`, `h: [tokens, hidden]` -> `[tokens, hidden]`
-    fn residual(&self, x: Tensor<B, 2>, h: Tensor<B, 2>) -> Tensor<B, 2> {
-        super::cpu_kernels::add(self.fc1.backend(), x, h).unwrap_or_else(|(x, h)| x + h)
+    /// `x`, `normed: [tokens, hidden]` -> `[tokens, hidden]`
+    pub fn attention_end(
+        &self,
+        x: Tensor<B, 2>,
+        normed: Tensor<B, 2>,
+        layout: &DeviceBlocks<B>,
+        rotary: &[RotaryTables<B>],
+        seqs: Option<&StreamSeqs<B>>,
+    ) -> BlockEnd<B> {
+        let context = self.self_attn.context(normed, layout, rotary, seqs);
+        BlockEnd {
+            product: self.self_attn.out_proj.forward_unbiased(context),
+            linear: self.self_attn.out_proj.clone(),
+            x,
+        }
     }
 
     /// The attention probabilities [`Self::attention_block`] computes on `x`, per group
@@ -116,8 +124,64 @@ impl<B: Backend> EsmLayer<B> {
     /// `x: [tokens, hidden]` -> `[tokens, hidden]`
     pub fn ffn_block(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let h = self.final_layer_norm.forward(x.clone());
-        let h = self.fc2.forward(self.fc1.forward_gelu(h));
-        let dtype = x.dtype();
-        self.residual(x, h.cast(dtype))
+        self.ffn_end(x, h).finish()
+    }
+
+    /// [`Self::ffn_block`] of `x` given `normed = LN(x)` (this layer's `final_layer_norm`),
+    /// its residual add left open.
+    ///
+    /// # Shapes
+    /// `x`, `normed: [tokens, hidden]` -> `[tokens, hidden]`
+    pub fn ffn_end(&self, x: Tensor<B, 2>, normed: Tensor<B, 2>) -> BlockEnd<B> {
+        BlockEnd {
+            product: self.fc2.forward_unbiased(self.fc1.forward_gelu(normed)),
+            linear: self.fc2.clone(),
+            x,
+        }
+    }
+}
+
+/// A block's output with its residual add still open: the stream's next value is
+/// `x + (product + bias)`, `bias` that of the block's last linear (`out_proj` or `fc2`). The
+/// add is done where the next LayerNorm can take it into its kernel.
+pub struct BlockEnd<B: Backend> {
+    x: Tensor<B, 2>,
+    /// The last linear's product, without its bias.
+    product: Tensor<B, 2>,
+    linear: DeviceLinear<B>,
+}
+
+impl<B: Backend> BlockEnd<B> {
+    /// `x + (product + bias)`: the bias added in the linear's dtype, the sum in the residual
+    /// stream's; on the CPU by one kernel, rounding as burn-flex's add does
+    /// ([`super::cpu_kernels::add`]).
+    ///
+    /// # Shapes
+    /// `[tokens, hidden]`
+    pub fn finish(self) -> Tensor<B, 2> {
+        let dtype = self.x.dtype();
+        let h = self.linear.add_bias(self.product).cast(dtype);
+        super::cpu_kernels::add(self.linear.backend(), self.x, h).unwrap_or_else(|(x, h)| x + h)
+    }
+
+    /// [`Self::finish`] and `norm` of it: one CUDA kernel where it takes them
+    /// ([`super::cuda_norm::residual_layer_norm`]: the same values), else the two steps.
+    ///
+    /// # Shapes
+    /// -> (`sum`, `normed`): `[tokens, hidden]` each
+    pub fn finish_normed(self, norm: &DeviceNorm<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        match norm.forward_residual(self.x, self.product, &self.linear.bias) {
+            Ok(both) => both,
+            Err((x, product)) => {
+                let sum = BlockEnd {
+                    x,
+                    product,
+                    linear: self.linear,
+                }
+                .finish();
+                let normed = norm.forward(sum.clone());
+                (sum, normed)
+            }
+        }
     }
 }

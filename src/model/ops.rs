@@ -181,8 +181,13 @@ pub fn layer_norm<B: Backend, const D: usize>(
     eps: f64,
     unshifted_fault: bool,
 ) -> Tensor<B, D> {
-    // On the CPU one kernel computes the same steps, rounded where these ops store them.
+    // On the CPU and on CUDA one kernel computes the same steps, rounded where these ops
+    // store them.
     let x = match super::cpu_kernels::layer_norm(plan, x, weight, bias, eps, unshifted_fault) {
+        Ok(normed) => return normed,
+        Err(x) => x,
+    };
+    let x = match super::cuda_norm::layer_norm(plan, x, weight, bias, eps, unshifted_fault) {
         Ok(normed) => return normed,
         Err(x) => x,
     };

@@ -312,6 +312,14 @@ impl ComputePlan {
         } else {
             "softmax and LayerNorm in storage dtype (backend reductions may widen internally)"
         };
+        let norm = match self.backend {
+            BackendKind::Cuda => {
+                "; LayerNorm: one CUDA kernel per norm (the composed steps and rounding, row \
+                 sums in another order; composed where the kernel does not load or \
+                 ESMFUZZ_COMPOSED_LAYER_NORM=1)"
+            }
+            BackendKind::Cpu => "",
+        };
         let attention = match self.attention {
             AttentionKernel::Composed if super::cpu_kernels::attention_runs_for(self) => {
                 "; attention: the composed arithmetic and rounding in one CPU kernel per \
@@ -327,7 +335,7 @@ impl ComputePlan {
             AttentionKernel::Fused => "; attention: burn's fused op (its unfused fallback)",
         };
         format!(
-            "{} on {}: storage {:?}; {matmul}; {stats}; RoPE angles, sin and cos in f32{attention}",
+            "{} on {}: storage {:?}; {matmul}; {stats}{norm}; RoPE angles, sin and cos in f32{attention}",
             self.precision,
             self.backend,
             self.dtype()

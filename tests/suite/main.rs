@@ -19,6 +19,7 @@ mod explain_pooled;
 mod fault_injection;
 mod fused_attention;
 mod hostile_input;
+mod layer_norm_kernels;
 mod loader_errors;
 mod localisation;
 mod numerical_stability;
