@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench gemm torchbench hostsync ordering profile longtail big fuzz devices
-# fixtures suite bisect sanitizer
+# STEP: matmul parity bench gemm torchbench hostsync ordering base profile longtail big fuzz
+# devices fixtures suite bisect sanitizer
 # (default: matmul parity bench fuzz).
 # hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
 # ordering: embed with stream order vs host synchronisation, compared bit for bit.
+# base: embed with gpu/esmfuzz-base.xz (an earlier build) and this one, compared bit for bit.
 # profile: kernel time per class of one warm pass per layout (ncu; PROFILE_MODELS, PROFILE_ENV).
 # longtail: padded vs packed on `esmfuzz cases` (LONGTAIL_CASES per stratum, tiny..very-long).
 # torchbench: esmfuzz and its anchors, HF transformers on the same batches, for each of
@@ -140,6 +141,21 @@ for step in $steps; do
         run "$bin" embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --precision f16 "${flag[@]}" --out "$out/order-stream-$layout.npy"
         run env ESMFUZZ_CUBLAS_HOST_SYNC=1 "$bin" embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --precision f16 "${flag[@]}" --out "$out/order-host-$layout.npy"
         run python3 -c "import numpy as np, sys; a, b = (np.load(f'$out/order-{m}-$layout.npy') for m in ('stream', 'host')); same = a.tobytes() == b.tobytes(); print('$layout: stream-ordered', 'IDENTICAL to' if same else 'DIFFERS from', 'host-synchronised, max|diff|', float(np.abs(a - b).max())); sys.exit(0 if same else 1)"
+      done ;;
+    base)
+      # Values against an earlier build, gpu/esmfuzz-base.xz: the corpus embedded (8M, packed)
+      # by it, by this binary under BASE_ENV (default ESMFUZZ_COMPOSED_LAYER_NORM=1: the
+      # changes that must keep every bit) and by this binary as it is, at each of
+      # BASE_PRECISIONS and BASE_ATTENTION; the first two must be bit-identical.
+      xz -dc gpu/esmfuzz-base.xz > /tmp/esmfuzz-base && chmod +x /tmp/esmfuzz-base
+      for p in ${BASE_PRECISIONS:-f16 bf16 f32}; do
+        for a in ${BASE_ATTENTION:-fused composed}; do
+          emb=(embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --packed --precision "$p" --attention "$a")
+          run /tmp/esmfuzz-base "${emb[@]}" --out "$out/base-$p-$a.npy"
+          run env ${BASE_ENV:-ESMFUZZ_COMPOSED_LAYER_NORM=1} "$bin" "${emb[@]}" --out "$out/env-$p-$a.npy"
+          run "$bin" "${emb[@]}" --out "$out/new-$p-$a.npy"
+          run python3 scripts/compare_npy.py "$out/base-$p-$a.npy" "$out/env-$p-$a.npy" "$out/new-$p-$a.npy" --expect-identical 1
+        done
       done ;;
     sanitizer)
       # compute-sanitizer on esmfuzz's own kernels and cuBLAS on cubecl's stream: 12 corpus
