@@ -103,17 +103,17 @@ impl<B: Backend> DeviceLinear<B> {
             .unwrap_or_else(|x| ops::matmul(&self.plan, x, self.weight_t.clone()))
     }
 
-    /// `gelu(self.forward(x))`, the exact GELU; on the CPU the bias add and GELU are
-    /// one pass ([`super::cpu_kernels::bias_gelu`], bit-identical to the composed ops).
+    /// `gelu(self.forward(x))`, the exact GELU; the bias add and GELU are one pass on the CPU
+    /// ([`super::cpu_kernels::bias_gelu`]) and on CUDA ([`super::cuda_gelu::bias_gelu`]),
+    /// each bit-identical to the composed ops.
     ///
     /// # Shapes
     /// `x: [rows, in]` -> `[rows, out]`
     pub fn forward_gelu(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let product = self.product(x.cast(self.weight_t.dtype()));
-        match super::cpu_kernels::bias_gelu(self.plan.backend, product, &self.bias) {
-            Ok(activated) => activated,
-            Err(product) => ops::gelu_exact(product + self.bias.clone().unsqueeze::<2>()),
-        }
+        super::cpu_kernels::bias_gelu(self.plan.backend, product, &self.bias)
+            .or_else(|product| super::cuda_gelu::bias_gelu(product, &self.bias))
+            .unwrap_or_else(|product| ops::gelu_exact(product + self.bias.clone().unsqueeze::<2>()))
     }
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod cpu_kernels;
 #[cfg(feature = "cuda")]
 pub mod cublas;
+pub mod cuda_gelu;
 pub mod cuda_norm;
 pub mod device;
 pub mod engine;

@@ -2,8 +2,8 @@
 //! NVRTC (for the device's architecture, against the CUDA headers cubecl itself compiles
 //! with), its kernels looked up by name once, and launched on cubecl's stream.
 //!
-//! The programs: [`FLASH`] (varlen flash attention, [`super::flash`]) and [`LAYER_NORM`]
-//! ([`super::cuda_norm`]).
+//! The programs: [`FLASH`] (varlen flash attention, [`super::flash`]), [`LAYER_NORM`]
+//! ([`super::cuda_norm`]) and [`BIAS_GELU`] ([`super::cuda_gelu`]).
 
 use std::collections::HashMap;
 use std::ffi::{CString, c_void};
@@ -30,6 +30,12 @@ pub static FLASH: Program = Program {
 pub static LAYER_NORM: Program = Program {
     file: "layer_norm.cu",
     source: include_str!("layer_norm.cu"),
+};
+
+/// `bias_gelu.cu`: `esm_bias_gelu_*`.
+pub static BIAS_GELU: Program = Program {
+    file: "bias_gelu.cu",
+    source: include_str!("bias_gelu.cu"),
 };
 
 /// A loaded kernel.

@@ -316,7 +316,9 @@ impl ComputePlan {
             BackendKind::Cuda => {
                 "; LayerNorm: one CUDA kernel per norm (the composed steps and rounding, row \
                  sums in another order; composed where the kernel does not load or \
-                 ESMFUZZ_COMPOSED_LAYER_NORM=1)"
+                 ESMFUZZ_COMPOSED_LAYER_NORM=1); bias + GELU: one CUDA kernel (the composed \
+                 steps and rounding; composed where it does not load or \
+                 ESMFUZZ_COMPOSED_GELU=1)"
             }
             BackendKind::Cpu => "",
         };

@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod binary;
 mod common;
 
+mod bias_gelu_kernels;
 mod bisection;
 mod bounded_input;
 mod campaign_folder;
