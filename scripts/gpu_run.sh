@@ -7,7 +7,8 @@
 # hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
 # ordering: embed with stream order vs host synchronisation, compared bit for bit.
 # base: embed with gpu/esmfuzz-base.xz (an earlier build) and this one, compared bit for bit.
-# profile: kernel time per class of one warm pass per layout (ncu; PROFILE_MODELS, PROFILE_ENV).
+# profile: kernel time per class of one warm pass per layout, and the host gap against the same
+# pass unprofiled (ncu; PROFILE_MODELS, PROFILE_LAYOUTS, PROFILE_ENV).
 # longtail: padded vs packed on `esmfuzz cases` (LONGTAIL_CASES per stratum, tiny..very-long).
 # torchbench: esmfuzz and its anchors, HF transformers on the same batches, for each of
 # BENCH_MODELS (default "8M": the shared weights, for torch too; a preset name such as
@@ -197,14 +198,21 @@ for step in $steps; do
     profile)
       # One warm pass per layout under Nsight Compute (kernel durations only), for each of
       # PROFILE_MODELS and PROFILE_PRECISIONS; PROFILE_ENV (e.g. ESMFUZZ_CUBLAS_HOST_SYNC=1)
-      # is passed to esmfuzz. scripts/profile_summary.py sums them by kernel class.
+      # is passed to esmfuzz. scripts/profile_summary.py sums them by kernel class and, from
+      # the same bench run first without the profiler (best of 3 warm passes), gives the
+      # host gap: the pass's wall time less its kernels' time. PROFILE_LAYOUTS (default
+      # "padded packed").
       ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
       for m in ${PROFILE_MODELS:-esm2_t33_650M_UR50D}; do
         model_args "$m"
-        for layout in padded packed; do
+        prof=(--precisions "${PROFILE_PRECISIONS:-f16}" --attention "${PROFILE_ATTENTION:-composed}")
+        plain="$out/bench-unprofiled-$m.json"
+        run timeout "${STEP_SECONDS_BENCH:-400}" env ${PROFILE_ENV:-} "$bin" bench --backend cuda "${model[@]}" "${prof[@]}" --repeat 3 --report "$plain"
+        for layout in ${PROFILE_LAYOUTS:-padded packed}; do
           tag="$m-${PROFILE_PRECISIONS:-f16}-${PROFILE_ATTENTION:-composed}-$layout"
-          run timeout "${STEP_SECONDS_PROFILE:-300}" env ${PROFILE_ENV:-} "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file "$out/ncu-$tag.csv" "$bin" bench --backend cuda "${model[@]}" --precisions "${PROFILE_PRECISIONS:-f16}" --attention "${PROFILE_ATTENTION:-composed}" --repeat 1 --profile-pass "$layout"
-          python3 scripts/profile_summary.py "$out/ncu-$tag.csv" --json "$out/profile-$tag.json" 2>&1 | tee -a "$log"
+          run timeout "${STEP_SECONDS_PROFILE:-300}" env ${PROFILE_ENV:-} "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file "$out/ncu-$tag.csv" "$bin" bench --backend cuda "${model[@]}" "${prof[@]}" --repeat 1 --profile-pass "$layout"
+          wall=$(python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(d['tokens'] / d['rows'][0][sys.argv[2] + '_tokens_per_second'])" "$plain" "$layout" 2>/dev/null)
+          python3 scripts/profile_summary.py "$out/ncu-$tag.csv" ${wall:+--wall-seconds "$wall"} --json "$out/profile-$tag.json" 2>&1 | tee -a "$log"
         done
       done ;;
     big)
