@@ -201,6 +201,48 @@ pub fn embed<B: Backend, E: From<OutOfMemory>>(
     })
 }
 
+/// Seconds of the forward passes alone over `proteins` under `batching`, timed as the torch
+/// anchors time theirs (`scripts/torch_bench.py`): every batch's forward enqueued one after
+/// another, nothing brought to the host but one value of each batch's last states at the end
+/// (so every batch has run), no pooling. Building the batches is timed too (torch builds its
+/// inputs before its clock starts). The same batches as [`embed`] runs, at a budget it has
+/// already run without running out of memory.
+///
+/// # Errors
+/// A batch whose forward panicked (a device error), named by its shape.
+pub fn forward_only_seconds<B: Backend>(
+    model: &Esm2<B>,
+    proteins: &[Protein],
+    batching: Batching,
+) -> anyhow::Result<f64> {
+    let last = model.config.num_hidden_layers;
+    let start = std::time::Instant::now();
+    let mut probes = Vec::new();
+    for batch in batches(model, proteins, batching) {
+        let run = || {
+            model
+                .forward(batch.input(), &[last])
+                .representations
+                .remove(&last)
+                .map(|states| states.slice([0..1, 0..1]))
+        };
+        let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|_| {
+            let shape = super::oom::BatchShape::of(batch.as_ref());
+            anyhow::anyhow!(
+                "the forward-only pass failed on a batch of {} sequences, {} tokens, {} slots",
+                shape.sequences,
+                shape.tokens,
+                shape.slots
+            )
+        })?;
+        probes.extend(probe);
+    }
+    for probe in probes {
+        to_host(probe);
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
 /// The last-layer token states of every protein, each `[n + 2, hidden]` flat with BOS and
 /// EOS, in protein order.
 pub fn token_states<B: Backend>(

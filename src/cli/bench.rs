@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use esmfuzz::backend::BackendKind;
 use esmfuzz::batch::{
-    self, Batch, Batching, Layout, pack_proteins, packed_batches, padded_batches,
-    padding_efficiency,
+    self, Batch, Batching, Layout, forward_only_seconds, pack_proteins, packed_batches,
+    padded_batches, padding_efficiency,
 };
 use esmfuzz::input::{NormaliseOptions, Protein};
 use esmfuzz::model::{
@@ -276,6 +276,9 @@ struct AnchorRatio {
     best_over_torch: Option<f64>,
     /// esmfuzz packed over the anchor.
     packed_over_torch: Option<f64>,
+    /// esmfuzz's packed forward passes alone over the anchor: the same work as the anchor's
+    /// figure (torch's passes fetch and pool nothing).
+    packed_forward_over_torch: Option<f64>,
 }
 
 /// Throughput of one policy, padded and packed.
@@ -294,6 +297,11 @@ struct BenchRow {
     /// Tokens per second of the best later pass (warm caches).
     padded_tokens_per_second: f64,
     packed_tokens_per_second: f64,
+    /// Tokens per second of the best packed pass of forwards alone, timed as the torch
+    /// anchors time theirs: no states brought to the host, no pooling
+    /// ([`esmfuzz::batch::forward_only_seconds`]). The rows above embed: each batch's last
+    /// states fetched and pooled, as `embed` does.
+    packed_forward_tokens_per_second: f64,
     packed_over_padded: f64,
     /// Useful TFLOP/s of those passes ([`EsmConfig::forward_flops`] of the real tokens over
     /// the pass's seconds; padding is not counted as work).
@@ -422,6 +430,27 @@ fn timed_passes<B: Backend>(
     Ok((first, best))
 }
 
+/// The best of `repeat` forward-only passes ([`forward_only_seconds`]), in seconds,
+/// after the embedding passes have warmed every shape, with progress on stderr.
+fn forward_only_passes<B: Backend>(
+    model: &Esm2<B>,
+    proteins: &[Protein],
+    batching: Batching,
+    repeat: usize,
+) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for i in 0..repeat.max(1) {
+        let t = forward_only_seconds(model, proteins, batching)?;
+        eprintln!(
+            "  {}: forward only, pass {} {t:.2} s",
+            batching.layout,
+            i + 1
+        );
+        best = best.min(t);
+    }
+    Ok(best)
+}
+
 /// The row label of a policy: precision, `+fused` for fused attention, the gemm engine.
 fn row_label(precision: Precision, attention: AttentionKernel, gemm: Gemm) -> String {
     let fused = match attention {
@@ -497,17 +526,23 @@ fn print_anchors(report: &BenchReport) {
     );
     for r in rows {
         println!(
-            "  {} ({} slots): esmfuzz padded {:.0}, packed {:.0} tok/s",
+            "  {} ({} slots): esmfuzz padded {:.0}, packed {:.0} tok/s; packed forwards alone {:.0} tok/s",
             row_label(r.precision, r.attention, r.gemm),
             r.attention_group_slots,
             r.padded_tokens_per_second,
-            r.packed_tokens_per_second
+            r.packed_tokens_per_second,
+            r.packed_forward_tokens_per_second
         );
         for a in &r.anchors {
             let t = &a.torch;
-            match (t.figure(), a.best_over_torch, a.packed_over_torch) {
-                (Some(theirs), Some(best), Some(packed)) => println!(
-                    "    {:<22} {:>12.0} tok/s  first pass {:>7.1} s   best {best:.2}x  packed {packed:.2}x",
+            match (
+                t.figure(),
+                a.best_over_torch,
+                a.packed_over_torch,
+                a.packed_forward_over_torch,
+            ) {
+                (Some(theirs), Some(best), Some(packed), Some(forward)) => println!(
+                    "    {:<22} {:>12.0} tok/s  first pass {:>7.1} s   best {best:.2}x  packed {packed:.2}x  forwards alone {forward:.2}x",
                     t.mode.label(),
                     theirs,
                     t.first_pass_seconds.unwrap_or(f64::NAN),
@@ -684,6 +719,18 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                         break;
                     }
                 };
+                let forward = match forward_only_passes(
+                    &model,
+                    &proteins,
+                    Batching::packed(budget),
+                    repeat,
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        failure = Some(stop(e, &mut report));
+                        break;
+                    }
+                };
                 let theirs = torch
                     .as_ref()
                     .and_then(|t| t.rows.iter().find(|r| r.precision == precision).cloned());
@@ -697,6 +744,9 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                     .map(|a| AnchorRatio {
                         best_over_torch: a.figure().map(|f| best / f),
                         packed_over_torch: a.figure().map(|f| tokens_per_second(packed) / f),
+                        packed_forward_over_torch: a
+                            .figure()
+                            .map(|f| tokens_per_second(forward) / f),
                         torch: a,
                     })
                     .collect();
@@ -718,6 +768,7 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
                     packed_first_pass_seconds: packed_first,
                     padded_tokens_per_second: tokens as f64 / padded,
                     packed_tokens_per_second: tokens as f64 / packed,
+                    packed_forward_tokens_per_second: tokens as f64 / forward,
                     packed_over_padded: padded / packed,
                     padded_tflops: flops / padded / 1e12,
                     packed_tflops: flops / packed / 1e12,
@@ -748,11 +799,12 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
         report.packed_batches
     );
     println!(
-        "{:<18} {:>12} {:>14} {:>14} {:>8} {:>16} {:>18} {:>14} {:>16}",
+        "{:<18} {:>12} {:>14} {:>14} {:>16} {:>8} {:>16} {:>18} {:>14} {:>16}",
         "policy",
         "group slots",
         "padded tok/s",
         "packed tok/s",
+        "forwards tok/s",
         "ratio",
         "TFLOP/s pad/pack",
         "first passes (s)",
@@ -768,11 +820,12 @@ pub fn run(args: BenchArgs) -> Result<Outcome> {
             _ => ("-".into(), "-".into()),
         };
         println!(
-            "{:<18} {:>12} {:>14.0} {:>14.0} {:>8.2} {:>7.2} / {:<6.2} {:>8.1} / {:<8.1} {theirs:>14} {ratios:>16}",
+            "{:<18} {:>12} {:>14.0} {:>14.0} {:>16.0} {:>8.2} {:>7.2} / {:<6.2} {:>8.1} / {:<8.1} {theirs:>14} {ratios:>16}",
             row_label(r.precision, r.attention, r.gemm),
             r.attention_group_slots,
             r.padded_tokens_per_second,
             r.packed_tokens_per_second,
+            r.packed_forward_tokens_per_second,
             r.packed_over_padded,
             r.padded_tflops,
             r.packed_tflops,

@@ -572,6 +572,13 @@ fn bench_writes_its_batches_for_torch_and_reads_torch_figures_back_as_ratios() {
     let ratio = row["padded_over_torch"].as_f64().expect("a ratio");
     let ours = row["padded_tokens_per_second"].as_f64().unwrap();
     assert!((ratio - ours / 100.0).abs() < 1e-9, "{row}");
+    // The packed forwards alone, timed as torch times its passes, against the same anchor.
+    let forwards = row["packed_forward_tokens_per_second"].as_f64().unwrap();
+    assert!(forwards.is_finite() && forwards > 0.0, "{row}");
+    let forward_ratio = row["anchors"][0]["packed_forward_over_torch"]
+        .as_f64()
+        .expect("a forwards-alone ratio");
+    assert!((forward_ratio - forwards / 100.0).abs() < 1e-9, "{row}");
     assert_eq!(bench["torch_device"], "a card");
     // --plan-only writes the same plan from the config alone, loading no weight.
     let plan_only = work.path().join("plan_only.json");
