@@ -11,6 +11,13 @@
 
 use burn::tensor::{DType, Tensor, backend::Backend};
 
+/// Whether `ESMFUZZ_COMPOSED_GELU=1` asks for burn's composition instead of the kernel (read
+/// once; the policy description says which runs).
+pub fn composed_asked() -> bool {
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_COMPOSED_GELU").is_some_and(|v| v == "1"))
+}
+
 /// The kernel's name for `dtype` with `lanes` values per access (one where not vectorised).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn kernel_name(dtype: DType, vectorised: bool) -> Option<String> {
@@ -62,12 +69,6 @@ mod cuda {
     /// Blocks per launch at most; the kernel strides over the rest.
     const MAX_BLOCKS: usize = 65_536;
 
-    /// Whether `ESMFUZZ_COMPOSED_GELU=1` asks for burn's composition (read once).
-    fn composed_asked() -> bool {
-        static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_COMPOSED_GELU").is_some_and(|v| v == "1"))
-    }
-
     pub(super) fn bias_gelu<B: Backend>(
         x: Tensor<B, 2>,
         bias: &Tensor<B, 1>,
@@ -81,7 +82,7 @@ mod cuda {
             && bias.dtype() == dtype
             && bias.dims() == [width];
         let accepted = fusion_op::is_cuda::<B>()
-            && !composed_asked()
+            && !super::composed_asked()
             && fits
             && super::kernel_name(dtype, false).is_some_and(|name| {
                 // The program compiles and loads here (checked once per process).

@@ -13,6 +13,13 @@ use burn::tensor::{DType, Tensor, backend::Backend};
 
 use super::precision::ComputePlan;
 
+/// Whether `ESMFUZZ_COMPOSED_LAYER_NORM=1` asks for burn's composition instead of the kernel
+/// (read once; the policy description says which runs).
+pub fn composed_asked() -> bool {
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_COMPOSED_LAYER_NORM").is_some_and(|v| v == "1"))
+}
+
 /// Whether the LayerNorm's statistics are kept in the storage dtype: where the plan keeps
 /// them there, or the unshifted fault forces it (f32 storage: the same either way).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -138,14 +145,6 @@ mod cuda {
     /// Rows per block (`WARPS` in the kernel).
     const ROWS_PER_BLOCK: usize = 4;
 
-    /// Whether `ESMFUZZ_COMPOSED_LAYER_NORM=1` asks for burn's composition (read once).
-    fn composed_asked() -> bool {
-        static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ASKED.get_or_init(|| {
-            std::env::var_os("ESMFUZZ_COMPOSED_LAYER_NORM").is_some_and(|v| v == "1")
-        })
-    }
-
     /// What the kernel computes: whether statistics stay in storage, and its `eps`.
     #[derive(Debug, Clone, Copy)]
     struct Norm {
@@ -180,7 +179,7 @@ mod cuda {
         // The program compiles and loads here (checked once per process).
         let loads =
             || nvrtc::function(fusion_op::ordinal::<B>(device), &nvrtc::LAYER_NORM, &name).is_ok();
-        (fusion_op::is_cuda::<B>() && !composed_asked() && fits && loads()).then(|| Norm {
+        (fusion_op::is_cuda::<B>() && !super::composed_asked() && fits && loads()).then(|| Norm {
             stored,
             eps: super::kernel_eps(eps, dtype, stored),
             residual,

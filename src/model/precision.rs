@@ -314,13 +314,21 @@ impl ComputePlan {
         };
         let norm = match self.backend {
             BackendKind::Cuda => {
-                "; LayerNorm: one CUDA kernel per norm (the composed steps and rounding, row \
-                 sums in another order; composed where the kernel does not load or \
-                 ESMFUZZ_COMPOSED_LAYER_NORM=1); bias + GELU: one CUDA kernel (the composed \
-                 steps and rounding; composed where it does not load or \
-                 ESMFUZZ_COMPOSED_GELU=1)"
+                let norm = if super::cuda_norm::composed_asked() {
+                    "; LayerNorm: burn's composition (ESMFUZZ_COMPOSED_LAYER_NORM=1)"
+                } else {
+                    "; LayerNorm: one CUDA kernel per norm (the composed steps and rounding, \
+                     row sums in another order; composed where the kernel does not load)"
+                };
+                let gelu = if super::cuda_gelu::composed_asked() {
+                    "; bias + GELU: burn's composition (ESMFUZZ_COMPOSED_GELU=1)"
+                } else {
+                    "; bias + GELU: one CUDA kernel (the composed steps and rounding; \
+                     composed where it does not load)"
+                };
+                format!("{norm}{gelu}")
             }
-            BackendKind::Cpu => "",
+            BackendKind::Cpu => String::new(),
         };
         let attention = match self.attention {
             AttentionKernel::Composed if super::cpu_kernels::attention_runs_for(self) => {
