@@ -91,12 +91,18 @@ pub fn pool_residues(states: &[f32], hidden: usize) -> Vec<f32> {
 }
 
 /// Runs `batch` and returns the pooled last representation of each of its sequences.
+///
+/// The sequences are pooled in parallel over the host's cores (each sequence's sums are
+/// those of [`pool_residues`], so the values do not depend on it): a pass waits on the
+/// host's pooling before its next batch starts.
 pub fn pooled_batch<B: Backend>(model: &Esm2<B>, batch: &(impl Batch + ?Sized)) -> Vec<Vec<f32>> {
+    use rayon::prelude::*;
     let last = model.config.num_hidden_layers;
     let states = run_batch(model, batch, &[last]);
     let states = &states[&last];
-    (0..batch.len())
-        .map(|i| pool_residues(sequence_states(states, batch, i), states.hidden))
+    let rows: Vec<Range<usize>> = (0..batch.len()).map(|i| batch.sequence_rows(i)).collect();
+    rows.into_par_iter()
+        .map(|r| pool_residues(states.rows(r), states.hidden))
         .collect()
 }
 
