@@ -56,12 +56,9 @@ mod cuda {
 
     use burn::tensor::{Tensor, backend::Backend};
     use burn_cubecl::tensor::CubeTensor;
-    use burn_fusion::FusionRuntime;
-    use burn_fusion::stream::{Operation, OperationStreams};
-    use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
     use cubecl::cuda::CudaRuntime;
 
-    use crate::model::fusion_op::{self, Inner, Runtime};
+    use crate::model::fusion_op::{self, FloatKernel};
     use crate::model::nvrtc;
 
     /// Threads per block (`THREADS` in the kernel).
@@ -92,106 +89,71 @@ mod cuda {
         if !accepted {
             return Err(x);
         }
-        let inputs = vec![
-            fusion_op::float_primitive(x),
-            fusion_op::float_primitive(bias.clone()),
-        ];
-        let client = inputs[0].client.clone();
-        let streams = OperationStreams::with_inputs(&inputs);
-        let output = TensorIr::uninit(
-            client.create_empty_handle(),
-            inputs[0].shape.clone(),
-            inputs[0].dtype,
+        let [out] = fusion_op::register_float(
+            BiasGelu,
+            vec![
+                fusion_op::float_primitive(x),
+                fusion_op::float_primitive(bias.clone()),
+            ],
         );
-        let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-        let desc = CustomOpIr::new("esmfuzz_bias_gelu", &inputs, &[output]);
-        let op = BiasGeluOp { desc: desc.clone() };
-        let [out] = client
-            .register(streams, OperationIr::Custom(desc), op)
-            .outputs();
         Ok(fusion_op::float_tensor::<B, 2>(out))
     }
 
-    #[derive(Debug, Clone)]
-    struct BiasGeluOp {
-        desc: CustomOpIr,
-    }
+    /// The kernel on `[x, bias]` into `[out]`.
+    #[derive(Debug, Clone, Copy)]
+    struct BiasGelu;
 
-    impl Operation<Runtime> for BiasGeluOp {
-        fn execute(&self, handles: &mut HandleContainer<<Runtime as FusionRuntime>::FusionHandle>) {
-            let inputs: Vec<CubeTensor<CudaRuntime>> = self
-                .desc
-                .inputs
-                .iter()
-                .map(|t| handles.get_float_tensor::<Inner>(t))
-                .collect();
-            let out = launch(inputs).unwrap_or_else(|e| panic!("bias + GELU kernel: {e}"));
-            handles.register_float_tensor::<Inner>(&self.desc.outputs[0].id, out);
-        }
-    }
+    impl FloatKernel for BiasGelu {
+        const OP: &'static str = "esmfuzz_bias_gelu";
+        const WHAT: &'static str = "bias + GELU kernel";
 
-    /// Launches the kernel on `[x, bias]`; its output.
-    fn launch(inputs: Vec<CubeTensor<CudaRuntime>>) -> Result<CubeTensor<CudaRuntime>, String> {
-        let inputs: Vec<_> = inputs
-            .into_iter()
-            .map(burn_cubecl::kernel::into_contiguous)
-            .collect();
-        let x = &inputs[0];
-        let (rows, width) = (x.meta.shape()[0], x.meta.shape()[1]);
-        let dtype = x.dtype;
-        let client = x.client.clone();
-        let out = CubeTensor::new_contiguous(
-            client.clone(),
-            x.device.clone(),
-            vec![rows, width].into(),
-            client.empty(rows * width * dtype.size()),
-            dtype,
-        );
-        let resources = inputs
-            .iter()
-            .chain(std::iter::once(&out))
-            .map(|t| {
-                client
-                    .get_resource(t.handle.clone())
-                    .map_err(|e| format!("operand not resident on the device: {e:?}"))
+        fn launch(
+            &self,
+            inputs: &[CubeTensor<CudaRuntime>],
+            outputs: &[CubeTensor<CudaRuntime>],
+        ) -> Result<(), String> {
+            let x = &inputs[0];
+            let (rows, width) = (x.meta.shape()[0], x.meta.shape()[1]);
+            let dtype = x.dtype;
+            let tensors: Vec<_> = inputs.iter().chain(outputs).collect();
+            fusion_op::with_device_pointers(&tensors, |pointers, stream| {
+                // Pointers in the kernel's order: x, bias, out.
+                let mut pointers = pointers.to_vec();
+                let lanes = 16 / dtype.size();
+                // 16-byte accesses where every row and buffer allows them, else one value at
+                // a time.
+                let vectorised =
+                    width.is_multiple_of(lanes) && pointers.iter().all(|p| p % 16 == 0);
+                let name = super::kernel_name(dtype, vectorised)
+                    .ok_or_else(|| format!("no bias + GELU kernel for {dtype:?}"))?;
+                let kernel = nvrtc::function(x.device.index, &nvrtc::BIAS_GELU, &name)?;
+                let values = rows * width;
+                let per_thread = if vectorised { lanes } else { 1 };
+                let blocks = values.div_ceil(per_thread * THREADS).min(MAX_BLOCKS);
+                let mut p_values = values as i64;
+                let mut p_width = width as i32;
+                let mut params: Vec<*mut c_void> = pointers
+                    .iter_mut()
+                    .map(|p| (p as *mut u64).cast())
+                    .collect();
+                params.extend([
+                    (&mut p_values as *mut i64).cast(),
+                    (&mut p_width as *mut i32).cast(),
+                ]);
+                // SAFETY: the parameters match `esm_bias_gelu_*` (bias_gelu.cu); the buffers
+                // are held until the launch is enqueued.
+                unsafe {
+                    nvrtc::launch(
+                        kernel,
+                        (blocks as u32, 1, 1),
+                        THREADS as u32,
+                        stream,
+                        &mut params,
+                    )
+                }
+                .map_err(|e| format!("launch failed ({rows} rows of {width}): {e}"))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        // Pointers in the kernel's order: x, bias, out.
-        let mut pointers: Vec<u64> = resources.iter().map(|r| r.resource().ptr).collect();
-        let lanes = 16 / dtype.size();
-        // 16-byte accesses where every row and buffer allows them, else one value at a time.
-        let vectorised = width.is_multiple_of(lanes) && pointers.iter().all(|p| p % 16 == 0);
-        let name = super::kernel_name(dtype, vectorised)
-            .ok_or_else(|| format!("no bias + GELU kernel for {dtype:?}"))?;
-        let kernel = nvrtc::function(x.device.index, &nvrtc::BIAS_GELU, &name)?;
-        let values = rows * width;
-        let per_thread = if vectorised { lanes } else { 1 };
-        let blocks = values.div_ceil(per_thread * THREADS).min(MAX_BLOCKS);
-        let mut p_values = values as i64;
-        let mut p_width = width as i32;
-        let mut params: Vec<*mut c_void> = pointers
-            .iter_mut()
-            .map(|p| (p as *mut u64).cast())
-            .collect();
-        params.extend([
-            (&mut p_values as *mut i64).cast(),
-            (&mut p_width as *mut i32).cast(),
-        ]);
-        let stream = resources[0].resource().stream;
-        // SAFETY: the parameters match `esm_bias_gelu_*` (bias_gelu.cu); the buffers are held
-        // by the resources until the launch is enqueued.
-        unsafe {
-            nvrtc::launch(
-                kernel,
-                (blocks as u32, 1, 1),
-                THREADS as u32,
-                stream,
-                &mut params,
-            )
         }
-        .map_err(|e| format!("launch failed ({rows} rows of {width}): {e}"))?;
-        drop(resources);
-        Ok(out)
     }
 }
 

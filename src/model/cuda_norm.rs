@@ -133,12 +133,9 @@ mod cuda {
 
     use burn::tensor::{DType, Tensor, backend::Backend};
     use burn_cubecl::tensor::CubeTensor;
-    use burn_fusion::stream::{Operation, OperationStreams};
-    use burn_fusion::{FusionRuntime, FusionTensor};
-    use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
     use cubecl::cuda::CudaRuntime;
 
-    use crate::model::fusion_op::{self, Inner, Runtime};
+    use crate::model::fusion_op::{self, FloatKernel};
     use crate::model::nvrtc;
     use crate::model::precision::ComputePlan;
 
@@ -210,13 +207,13 @@ mod cuda {
         ) else {
             return Err(x);
         };
-        let [out] = register(
+        let [out] = fusion_op::register_float(
+            norm,
             vec![
                 fusion_op::float_primitive(x.reshape([rows, hidden])),
                 fusion_op::float_primitive(weight.clone()),
                 fusion_op::float_primitive(bias.clone()),
             ],
-            norm,
         );
         Ok(fusion_op::float_tensor::<B, 2>(out).reshape(shape))
     }
@@ -251,7 +248,8 @@ mod cuda {
         let Some(norm) = accepted else {
             return Err((x, product));
         };
-        let [sum, out] = register(
+        let [sum, out] = fusion_op::register_float(
+            norm,
             vec![
                 fusion_op::float_primitive(x),
                 fusion_op::float_primitive(product),
@@ -259,7 +257,6 @@ mod cuda {
                 fusion_op::float_primitive(weight.clone()),
                 fusion_op::float_primitive(bias.clone()),
             ],
-            norm,
         );
         Ok((
             fusion_op::float_tensor::<B, 2>(sum),
@@ -267,119 +264,57 @@ mod cuda {
         ))
     }
 
-    /// Registers the norm on `inputs` (x, [product, product bias,] weight, bias); its `N`
-    /// outputs ([sum,] normed), each of x's shape and dtype.
-    fn register<const N: usize>(
-        inputs: Vec<FusionTensor<Runtime>>,
-        norm: Norm,
-    ) -> [FusionTensor<Runtime>; N] {
-        let x = &inputs[0];
-        let client = x.client.clone();
-        let streams = OperationStreams::with_inputs(&inputs);
-        let outputs: Vec<TensorIr> = (0..N)
-            .map(|_| TensorIr::uninit(client.create_empty_handle(), x.shape.clone(), x.dtype))
-            .collect();
-        let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-        let desc = CustomOpIr::new("esmfuzz_layer_norm", &inputs, &outputs);
-        let op = NormOp {
-            desc: desc.clone(),
-            norm,
-        };
-        client
-            .register(streams, OperationIr::Custom(desc), op)
-            .outputs()
-    }
+    impl FloatKernel for Norm {
+        const OP: &'static str = "esmfuzz_layer_norm";
+        const WHAT: &'static str = "LayerNorm kernel";
 
-    #[derive(Debug, Clone)]
-    struct NormOp {
-        desc: CustomOpIr,
-        norm: Norm,
-    }
-
-    impl Operation<Runtime> for NormOp {
-        fn execute(&self, handles: &mut HandleContainer<<Runtime as FusionRuntime>::FusionHandle>) {
-            let inputs: Vec<CubeTensor<CudaRuntime>> = self
-                .desc
-                .inputs
-                .iter()
-                .map(|t| handles.get_float_tensor::<Inner>(t))
-                .collect();
-            let results =
-                launch(inputs, self.norm).unwrap_or_else(|e| panic!("LayerNorm kernel: {e}"));
-            for (out, result) in self.desc.outputs.iter().zip(results) {
-                handles.register_float_tensor::<Inner>(&out.id, result);
-            }
-        }
-    }
-
-    /// Launches the kernel on `inputs` (as [`register`] lists them); its outputs.
-    fn launch(
-        inputs: Vec<CubeTensor<CudaRuntime>>,
-        norm: Norm,
-    ) -> Result<Vec<CubeTensor<CudaRuntime>>, String> {
-        let inputs: Vec<_> = inputs
-            .into_iter()
-            .map(burn_cubecl::kernel::into_contiguous)
-            .collect();
-        let x = &inputs[0];
-        let (rows, hidden) = (x.meta.shape()[0], x.meta.shape()[1]);
-        let dtype = x.dtype;
-        let client = x.client.clone();
-        let new_output = || {
-            CubeTensor::new_contiguous(
-                client.clone(),
-                x.device.clone(),
-                vec![rows, hidden].into(),
-                client.empty(rows * hidden * dtype.size()),
-                dtype,
-            )
-        };
-        let outputs: Vec<_> = (0..if norm.residual { 2 } else { 1 })
-            .map(|_| new_output())
-            .collect();
-        let resources = inputs
-            .iter()
-            .chain(&outputs)
-            .map(|t| {
-                client
-                    .get_resource(t.handle.clone())
-                    .map_err(|e| format!("operand not resident on the device: {e:?}"))
+        /// `inputs`: x, [product, product bias,] weight, bias; `outputs`: [sum,] normed.
+        fn launch(
+            &self,
+            inputs: &[CubeTensor<CudaRuntime>],
+            outputs: &[CubeTensor<CudaRuntime>],
+        ) -> Result<(), String> {
+            let x = &inputs[0];
+            let (rows, hidden) = (x.meta.shape()[0], x.meta.shape()[1]);
+            let dtype = x.dtype;
+            let tensors: Vec<_> = inputs.iter().chain(outputs).collect();
+            fusion_op::with_device_pointers(&tensors, |pointers, stream| {
+                // Pointers in the kernel's order: x, [product, product bias, sum,] weight,
+                // bias, out.
+                let mut pointers = pointers.to_vec();
+                if self.residual {
+                    // Listed as x, product, product bias, weight, bias, sum, out.
+                    let sum = pointers.remove(5);
+                    pointers.insert(3, sum);
+                }
+                // 16-byte accesses where every row and buffer allows them, else one value at
+                // a time.
+                let vectorised = hidden.is_multiple_of(super::lanes(dtype))
+                    && pointers.iter().all(|p| p % 16 == 0);
+                let name = super::kernel_name(dtype, self.stored, vectorised, self.residual)
+                    .ok_or_else(|| format!("no LayerNorm kernel for {dtype:?}"))?;
+                let kernel = nvrtc::function(x.device.index, &nvrtc::LAYER_NORM, &name)?;
+                let mut p_rows = rows as i32;
+                let mut p_hidden = hidden as i32;
+                let mut p_eps = self.eps;
+                let mut params: Vec<*mut c_void> = pointers
+                    .iter_mut()
+                    .map(|p| (p as *mut u64).cast())
+                    .collect();
+                params.extend([
+                    (&mut p_rows as *mut i32).cast(),
+                    (&mut p_hidden as *mut i32).cast(),
+                    (&mut p_eps as *mut f32).cast(),
+                ]);
+                let grid =
+                    u32::try_from(rows.div_ceil(ROWS_PER_BLOCK)).map_err(|_| "too many rows")?;
+                let block = (ROWS_PER_BLOCK * 32) as u32;
+                // SAFETY: the parameters match `esm_[residual_]layer_norm_*` (layer_norm.cu);
+                // the buffers are held until the launch is enqueued.
+                unsafe { nvrtc::launch(kernel, (grid, 1, 1), block, stream, &mut params) }
+                    .map_err(|e| format!("launch failed ({rows} rows of {hidden}): {e}"))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        // Pointers in the kernel's order: x, [product, product bias, sum,] weight, bias, out.
-        let mut pointers: Vec<u64> = resources.iter().map(|r| r.resource().ptr).collect();
-        if norm.residual {
-            // Listed as x, product, product bias, weight, bias, sum, out.
-            let sum = pointers.remove(5);
-            pointers.insert(3, sum);
         }
-        // 16-byte accesses where every row and buffer allows them, else one value at a time.
-        let vectorised =
-            hidden.is_multiple_of(super::lanes(dtype)) && pointers.iter().all(|p| p % 16 == 0);
-        let name = super::kernel_name(dtype, norm.stored, vectorised, norm.residual)
-            .ok_or_else(|| format!("no LayerNorm kernel for {dtype:?}"))?;
-        let kernel = nvrtc::function(x.device.index, &nvrtc::LAYER_NORM, &name)?;
-        let mut p_rows = rows as i32;
-        let mut p_hidden = hidden as i32;
-        let mut p_eps = norm.eps;
-        let mut params: Vec<*mut c_void> = pointers
-            .iter_mut()
-            .map(|p| (p as *mut u64).cast())
-            .collect();
-        params.extend([
-            (&mut p_rows as *mut i32).cast(),
-            (&mut p_hidden as *mut i32).cast(),
-            (&mut p_eps as *mut f32).cast(),
-        ]);
-        let grid = u32::try_from(rows.div_ceil(ROWS_PER_BLOCK)).map_err(|_| "too many rows")?;
-        let block = (ROWS_PER_BLOCK * 32) as u32;
-        let stream = resources[0].resource().stream;
-        // SAFETY: the parameters match `esm_[residual_]layer_norm_*` (layer_norm.cu); the
-        // buffers are held by the resources until the launch is enqueued.
-        unsafe { nvrtc::launch(kernel, (grid, 1, 1), block, stream, &mut params) }
-            .map_err(|e| format!("launch failed ({rows} rows of {hidden}): {e}"))?;
-        drop(resources);
-        Ok(outputs)
     }
 }
 

@@ -1,13 +1,20 @@
 //! Plumbing shared by esmfuzz's custom operations in burn-cuda's fusion stream (the cuBLAS
-//! products, the flash-attention and LayerNorm kernels): the backend types, and the moves of
-//! a tensor into and out of the fusion backend's primitive once `B` is known to be it.
+//! products, the flash-attention, LayerNorm and bias + GELU kernels): the backend types, the
+//! moves of a tensor into and out of the fusion backend's primitive once `B` is known to be
+//! it, and [`register_float`], the operation of a kernel whose inputs and outputs are float
+//! tensors of its first input's shape.
 
 use std::any::{Any, TypeId};
+use std::fmt::Debug;
 
 use burn::tensor::{Int, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::CubeBackend;
-use burn_fusion::{FusionBackend, FusionTensor};
+use burn_cubecl::tensor::CubeTensor;
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{FusionBackend, FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
 use cubecl::cuda::CudaRuntime;
+use cudarc::driver::sys::CUstream;
 
 /// burn-cuda's backend below fusion.
 pub type Inner = CubeBackend<CudaRuntime, f32, i32, u8>;
@@ -64,4 +71,104 @@ pub fn ordinal<B: Backend>(device: &B::Device) -> usize {
         .downcast_ref::<cubecl::cuda::CudaDevice>()
         .expect("is_cuda was checked: B is the CUDA backend")
         .index
+}
+
+/// One of esmfuzz's CUDA kernels on float tensors, run by [`register_float`].
+pub trait FloatKernel: Debug + Clone + Send + Sync + 'static {
+    /// The operation's name in burn's IR.
+    const OP: &'static str;
+    /// What a failed launch's panic calls it.
+    const WHAT: &'static str;
+
+    /// Launches the kernel on `inputs` (contiguous, in the order registered) into `outputs`
+    /// (allocated, contiguous, each of the first input's shape and dtype).
+    fn launch(
+        &self,
+        inputs: &[CubeTensor<CudaRuntime>],
+        outputs: &[CubeTensor<CudaRuntime>],
+    ) -> Result<(), String>;
+}
+
+/// Registers `kernel` on `inputs` in the fusion stream; its `N` outputs, each of the first
+/// input's shape and dtype.
+pub fn register_float<K: FloatKernel, const N: usize>(
+    kernel: K,
+    inputs: Vec<FusionTensor<Runtime>>,
+) -> [FusionTensor<Runtime>; N] {
+    let x = &inputs[0];
+    let client = x.client.clone();
+    let streams = OperationStreams::with_inputs(&inputs);
+    let outputs: Vec<TensorIr> = (0..N)
+        .map(|_| TensorIr::uninit(client.create_empty_handle(), x.shape.clone(), x.dtype))
+        .collect();
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(K::OP, &inputs, &outputs);
+    let op = FloatOp {
+        desc: desc.clone(),
+        kernel,
+    };
+    client
+        .register(streams, OperationIr::Custom(desc), op)
+        .outputs()
+}
+
+#[derive(Debug, Clone)]
+struct FloatOp<K> {
+    desc: CustomOpIr,
+    kernel: K,
+}
+
+impl<K: FloatKernel> Operation<Runtime> for FloatOp<K> {
+    fn execute(&self, handles: &mut HandleContainer<<Runtime as FusionRuntime>::FusionHandle>) {
+        let inputs: Vec<CubeTensor<CudaRuntime>> = self
+            .desc
+            .inputs
+            .iter()
+            .map(|t| burn_cubecl::kernel::into_contiguous(handles.get_float_tensor::<Inner>(t)))
+            .collect();
+        let x = &inputs[0];
+        let outputs: Vec<CubeTensor<CudaRuntime>> = self
+            .desc
+            .outputs
+            .iter()
+            .map(|_| {
+                CubeTensor::new_contiguous(
+                    x.client.clone(),
+                    x.device.clone(),
+                    x.meta.shape().clone(),
+                    x.client
+                        .empty(x.meta.shape().num_elements() * x.dtype.size()),
+                    x.dtype,
+                )
+            })
+            .collect();
+        self.kernel
+            .launch(&inputs, &outputs)
+            .unwrap_or_else(|e| panic!("{}: {e}", K::WHAT));
+        for (out, result) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<Inner>(&out.id, result);
+        }
+    }
+}
+
+/// Runs `launch` with the device pointers of `tensors`, in order, and the stream cubecl's own
+/// kernels on them run on (it already waits on whatever wrote them); the buffers stay held
+/// until `launch` returns.
+pub fn with_device_pointers<T>(
+    tensors: &[&CubeTensor<CudaRuntime>],
+    launch: impl FnOnce(&[u64], CUstream) -> Result<T, String>,
+) -> Result<T, String> {
+    let resources = tensors
+        .iter()
+        .map(|t| {
+            t.client
+                .get_resource(t.handle.clone())
+                .map_err(|e| format!("operand not resident on the device: {e:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pointers: Vec<u64> = resources.iter().map(|r| r.resource().ptr).collect();
+    let stream = resources
+        .first()
+        .map_or(std::ptr::null_mut(), |r| r.resource().stream);
+    launch(&pointers, stream)
 }
