@@ -234,12 +234,7 @@ pub fn forward_only_seconds<B: Backend>(
         };
         let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).map_err(|_| {
             let shape = super::oom::BatchShape::of(batch.as_ref());
-            anyhow::anyhow!(
-                "the forward-only pass failed on a batch of {} sequences, {} tokens, {} slots",
-                shape.sequences,
-                shape.tokens,
-                shape.slots
-            )
+            anyhow::anyhow!("the forward-only pass failed on a batch of {shape}")
         })?;
         probes.extend(probe);
     }
