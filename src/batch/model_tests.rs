@@ -208,3 +208,39 @@ fn block_multiple_does_not_change_the_output() {
         assert!(worst <= 1e-5, "max |diff| {worst:e}");
     }
 }
+
+/// Pooling a batch from its host copy in the storage dtype gives, bit for bit, the pooled
+/// f32 states of the same batch (half policies too: widening is exact).
+#[test]
+fn pooled_batches_equal_pooling_their_f32_states() {
+    let config = EsmConfig::tiny();
+    let weights = EsmWeights::random(&config, 5);
+    let seqs: Vec<(usize, Vec<u32>)> = [4usize, 9, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (i, [vec![0], vec![6 + i as u32; n], vec![2]].concat()))
+        .collect();
+    for precision in [Precision::F32, Precision::F16, Precision::Bf16] {
+        let plan = ComputePlan::new(precision, BackendKind::Cpu);
+        let model = Esm2::<Cpu>::new(&weights, plan, FaultSet::none(), &cpu_device());
+        let last = model.config.num_hidden_layers;
+        let batches: [Box<dyn Batch>; 2] = [
+            Box::new(PaddedBatch::new(&seqs, true)),
+            Box::new(PackedBatch::new(&seqs, true)),
+        ];
+        for batch in &batches {
+            let pooled = super::run::pooled_batch(&model, batch.as_ref());
+            let states = super::run_batch(&model, batch.as_ref(), &[last]);
+            let states = &states[&last];
+            assert_eq!(pooled.len(), seqs.len());
+            for (i, row) in pooled.iter().enumerate() {
+                let expected = super::pool_residues(
+                    super::sequence_states(states, batch.as_ref(), i),
+                    states.hidden,
+                );
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(row), bits(&expected), "{precision:?} sequence {i}");
+            }
+        }
+    }
+}

@@ -11,7 +11,8 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::oom::{OutOfMemory, catch_out_of_memory};
 use super::{Batch, Batching, Layout, PaddedBatch, packed_batches, padded_batches};
 use crate::input::Protein;
-use crate::model::{Esm2, to_host};
+use crate::model::{Esm2, HostTensor, Widen};
+use crate::with_stored;
 
 /// `[tokens, hidden]` states on the host, f32, rows in batch-token order.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,12 +22,16 @@ pub struct HostStates {
 }
 
 impl HostStates {
-    /// Copies a device tensor to the host (widening to f32).
+    /// Copies a device tensor to the host (widening to f32 there).
     pub fn fetch<B: Backend>(t: Tensor<B, 2>) -> Self {
-        let [_, hidden] = t.dims();
+        Self::of(&HostTensor::read(t))
+    }
+
+    /// The states of a `[tokens, hidden]` tensor already read.
+    pub fn of(read: &HostTensor) -> Self {
         Self {
-            hidden,
-            data: to_host(t),
+            hidden: read.dims()[1],
+            data: read.to_f32(),
         }
     }
 
@@ -45,12 +50,25 @@ pub fn run_batch<B: Backend>(
     batch: &(impl Batch + ?Sized),
     repr_layers: &[usize],
 ) -> LayerStates {
+    read_batch(model, batch, repr_layers)
+        .iter()
+        .map(|(&layer, read)| (layer, HostStates::of(read)))
+        .collect()
+}
+
+/// Runs `batch` and reads the requested representations to the host in the dtype the model
+/// computed them in.
+fn read_batch<B: Backend>(
+    model: &Esm2<B>,
+    batch: &(impl Batch + ?Sized),
+    repr_layers: &[usize],
+) -> BTreeMap<usize, HostTensor> {
     let run = || {
         model
             .forward(batch.input(), repr_layers)
             .representations
             .into_iter()
-            .map(|(layer, t)| (layer, HostStates::fetch(t)))
+            .map(|(layer, t)| (layer, HostTensor::read(t)))
             .collect()
     };
     // A device panic goes on unwinding with this batch's shape in its payload, so that the
@@ -74,6 +92,12 @@ pub fn sequence_states<'a>(
 /// BOS and EOS excluded (the convention of HF and fair-esm users who pool residues),
 /// accumulated in f64, `[hidden]`.
 pub fn pool_residues(states: &[f32], hidden: usize) -> Vec<f32> {
+    pool_stored(states, hidden)
+}
+
+/// [`pool_residues`] of states in their storage type, each value widened to f32 (exactly)
+/// before it is accumulated: the same sums as pooling the f32 states.
+fn pool_stored<T: Widen>(states: &[T], hidden: usize) -> Vec<f32> {
     let rows = states.len() / hidden;
     let residues = if rows > 2 {
         &states[hidden..(rows - 1) * hidden]
@@ -83,7 +107,7 @@ pub fn pool_residues(states: &[f32], hidden: usize) -> Vec<f32> {
     let mut acc = vec![0f64; hidden];
     for row in residues.chunks_exact(hidden) {
         for (a, &v) in acc.iter_mut().zip(row) {
-            *a += v as f64;
+            *a += v.widen() as f64;
         }
     }
     let n = rows.saturating_sub(2).max(1) as f64;
@@ -92,17 +116,24 @@ pub fn pool_residues(states: &[f32], hidden: usize) -> Vec<f32> {
 
 /// Runs `batch` and returns the pooled last representation of each of its sequences.
 ///
-/// The sequences are pooled in parallel over the host's cores (each sequence's sums are
-/// those of [`pool_residues`], so the values do not depend on it): a pass waits on the
-/// host's pooling before its next batch starts.
+/// The states are pooled from the host copy in the dtype the model computed them in (no f32
+/// copy of the batch is made), the sequences in parallel over the host's cores; each
+/// sequence's sums are those of [`pool_residues`], so the values depend on neither. A pass
+/// waits on the host's pooling before its next batch starts.
 pub fn pooled_batch<B: Backend>(model: &Esm2<B>, batch: &(impl Batch + ?Sized)) -> Vec<Vec<f32>> {
-    use rayon::prelude::*;
     let last = model.config.num_hidden_layers;
-    let states = run_batch(model, batch, &[last]);
+    let states = read_batch(model, batch, &[last]);
     let states = &states[&last];
+    let hidden = states.dims()[1];
     let rows: Vec<Range<usize>> = (0..batch.len()).map(|i| batch.sequence_rows(i)).collect();
+    with_stored!(states.values(), values => pool_sequences(values, hidden, rows))
+}
+
+/// Each of `rows` of `states` (`[tokens, hidden]` flat) pooled, in parallel.
+fn pool_sequences<T: Widen>(states: &[T], hidden: usize, rows: Vec<Range<usize>>) -> Vec<Vec<f32>> {
+    use rayon::prelude::*;
     rows.into_par_iter()
-        .map(|r| pool_residues(states.rows(r), states.hidden))
+        .map(|r| pool_stored(&states[r.start * hidden..r.end * hidden], hidden))
         .collect()
 }
 
@@ -239,7 +270,7 @@ pub fn forward_only_seconds<B: Backend>(
         probes.extend(probe);
     }
     for probe in probes {
-        to_host(probe);
+        crate::model::to_host(probe);
     }
     Ok(start.elapsed().as_secs_f64())
 }
