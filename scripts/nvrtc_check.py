@@ -60,7 +60,10 @@ def main() -> int:
     options = [f"--gpu-architecture={args.arch}".encode(), f"--include-path={root / 'include'}".encode(), b"-std=c++17"]
     failed = 0
     for path in files:
-        ok, log, ptx = compile_program(nvrtc, path, options)
+        # The programs' shared header (storage_types.cuh) lies beside them; esmfuzz hands it
+        # to NVRTC in memory.
+        here = f"--include-path={path.resolve().parent}".encode()
+        ok, log, ptx = compile_program(nvrtc, path, options + [here])
         print(f"{path.name}: {'compiled' if ok else 'FAILED'} ({len(ptx)} bytes of PTX)")
         if log.strip():
             print(log)

@@ -16,25 +16,9 @@
 // where V * sizeof(T) is 16: the row width a multiple of V and the buffers 16-byte aligned),
 // in a grid-stride loop over `rows * width` values.
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "storage_types.cuh"
 
 #define THREADS 256
-
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T narrow(float v);
-template <> __device__ __forceinline__ float narrow<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half narrow<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) {
-    return __float2bfloat16_rn(v);
-}
-
-template <typename T, int V> struct alignas(sizeof(T) * V) Pack {
-    T v[V];
-};
 
 // The exact GELU of `y` (already `x + bias`), each step rounded to T.
 template <typename T> __device__ __forceinline__ T gelu(const T y) {

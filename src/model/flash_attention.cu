@@ -23,21 +23,12 @@
 // type (the row sum adds the rounded values), output rounded once at the end. S and P never
 // leave registers.
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "storage_types.cuh"
 
 #define BQ 64
 #define BK 64
 #define WARPS 4
 #define THREADS (WARPS * 32)
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T from_f32(float x);
-template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // `qkv + bias` rounded to T (the composed bias add), then q rotated and times `scale`, k
 // rotated, v as it is, into `prepared`: one thread per rotated pair (d, d + HD / 2) of one row
@@ -73,12 +64,12 @@ __device__ void rope_qk(
         }
         // x_d cos + (partner sin, rounded): one FMA over a rounded product, written out so
         // that the compiler's contraction choices cannot change the values.
-        const float lo = to_f32(biased_lo), hi = to_f32(biased_hi);
+        const float lo = widen(biased_lo), hi = widen(biased_hi);
         float rot_lo = fmaf(lo, c, __fmul_rn(-hi, s));
         float rot_hi = fmaf(hi, c, __fmul_rn(lo, s));
         if (part == 0) { rot_lo *= scale; rot_hi *= scale; }
-        y[at] = from_f32<T>(rot_lo);
-        y[at + half] = from_f32<T>(rot_hi);
+        y[at] = narrow<T>(rot_lo);
+        y[at + half] = narrow<T>(rot_hi);
     }
 }
 

@@ -22,21 +22,9 @@
 // block ends: `sum = x + (product + product_bias)`, both T adds (the linear's bias add, then
 // the residual add), writes it to `sum` and normalises it as above.
 
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "storage_types.cuh"
 
 #define WARPS 4
-
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T narrow(float v);
-template <> __device__ __forceinline__ float narrow<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half narrow<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) {
-    return __float2bfloat16_rn(v);
-}
 
 // `normed * weight + bias` with one rounding: burn-cuda's composed LayerNorm computes it so
 // (cubecl fuses the pair into an fma, or ptxas contracts the f16x2 mul and add it emits).
@@ -49,12 +37,6 @@ __device__ __forceinline__ __nv_bfloat16 affine(__nv_bfloat16 n, __nv_bfloat16 w
 __device__ __forceinline__ float root(float v) { return sqrtf(v); }
 __device__ __forceinline__ __half root(__half v) { return hsqrt(v); }
 __device__ __forceinline__ __nv_bfloat16 root(__nv_bfloat16 v) { return hsqrt(v); }
-
-// V consecutive values of T, loaded and stored as one access (16 bytes where V * sizeof(T)
-// is 16).
-template <typename T, int V> struct alignas(sizeof(T) * V) Pack {
-    T v[V];
-};
 
 template <typename T, int V> __device__ __forceinline__ Pack<T, V> load(const T* p) {
     return *reinterpret_cast<const Pack<T, V>*>(p);

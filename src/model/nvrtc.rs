@@ -3,7 +3,9 @@
 //! with), its kernels looked up by name once, and launched on cubecl's stream.
 //!
 //! The programs: [`FLASH`] (varlen flash attention, [`super::flash`]), [`LAYER_NORM`]
-//! ([`super::cuda_norm`]) and [`BIAS_GELU`] ([`super::cuda_gelu`]).
+//! ([`super::cuda_norm`]) and [`BIAS_GELU`] ([`super::cuda_gelu`]). Each includes
+//! `storage_types.cuh` (the storage types' conversions and vector access), handed to NVRTC
+//! in memory ([`HEADERS`]).
 
 use std::collections::HashMap;
 use std::ffi::{CString, c_void};
@@ -11,6 +13,7 @@ use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::{CudaContext, result as driver, sys as dsys};
 use cudarc::nvrtc::result as nvrtc;
+use cudarc::nvrtc::sys as nvrtc_sys;
 
 /// One CUDA source file of esmfuzz's kernels.
 #[derive(Debug)]
@@ -37,6 +40,9 @@ pub static BIAS_GELU: Program = Program {
     file: "bias_gelu.cu",
     source: include_str!("bias_gelu.cu"),
 };
+
+/// The headers the programs include, by the name they include them under.
+pub static HEADERS: [(&str, &str); 1] = [("storage_types.cuh", include_str!("storage_types.cuh"))];
 
 /// A loaded kernel.
 #[derive(Clone, Copy)]
@@ -109,17 +115,56 @@ pub unsafe fn launch<Stream>(
 fn compile(context: &CudaContext, program: &Program) -> Result<usize, String> {
     let (major, minor) = context.compute_capability().map_err(|e| format!("{e:?}"))?;
     let arch = if major >= 9 {
-        format!("--gpu-architecture=sm_{major}{minor}a")
+        format!("sm_{major}{minor}a")
     } else {
-        format!("--gpu-architecture=sm_{major}{minor}")
+        format!("sm_{major}{minor}")
     };
+    let ptx = ptx(program, &arch)?;
+    // SAFETY: NUL-terminated PTX from NVRTC, loaded into the current (primary) context.
+    let module = unsafe { driver::module::load_data(ptx.as_ptr().cast()) }
+        .map_err(|e| format!("loading {}: {e:?}", program.file))?;
+    Ok(module as usize)
+}
+
+/// `program` compiled by NVRTC for `arch` (such as `sm_90a`), with [`HEADERS`]: its PTX,
+/// NUL-terminated. Needs NVRTC, not a device.
+pub fn ptx(program: &Program, arch: &str) -> Result<Vec<std::ffi::c_char>, String> {
+    let arch = format!("--gpu-architecture={arch}");
     let include = format!(
         "--include-path={}",
         cubecl::cuda::install::include_path().display()
     );
     let options = [arch.as_str(), include.as_str(), "-std=c++17"];
-    let source = CString::new(program.source).map_err(|e| e.to_string())?;
-    let handle = nvrtc::create_program(&source, None).map_err(|e| format!("{e:?}"))?;
+    let cstring = |s: &str| CString::new(s).map_err(|e| e.to_string());
+    let source = cstring(program.source)?;
+    let file = cstring(program.file)?;
+    let contents = HEADERS
+        .iter()
+        .map(|(_, text)| cstring(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names = HEADERS
+        .iter()
+        .map(|(name, _)| cstring(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let contents: Vec<_> = contents.iter().map(|c| c.as_ptr()).collect();
+    let names: Vec<_> = names.iter().map(|c| c.as_ptr()).collect();
+    let mut handle = std::mem::MaybeUninit::uninit();
+    // SAFETY: every pointer is a live NUL-terminated string for the call, `contents` and
+    // `names` of HEADERS.len() entries each; NVRTC copies what it keeps.
+    unsafe {
+        nvrtc_sys::nvrtcCreateProgram(
+            handle.as_mut_ptr(),
+            source.as_ptr(),
+            file.as_ptr(),
+            HEADERS.len() as i32,
+            contents.as_ptr(),
+            names.as_ptr(),
+        )
+    }
+    .result()
+    .map_err(|e| format!("{e:?}"))?;
+    // SAFETY: initialised by the successful call above.
+    let handle = unsafe { handle.assume_init() };
     // SAFETY: a program just created; the options are plain strings.
     if unsafe { nvrtc::compile_program(handle, &options) }.is_err() {
         let log = unsafe { nvrtc::get_program_log(handle) }
@@ -127,9 +172,33 @@ fn compile(context: &CudaContext, program: &Program) -> Result<usize, String> {
             .unwrap_or_default();
         return Err(format!("NVRTC could not compile {}: {log}", program.file));
     }
-    let ptx = unsafe { nvrtc::get_ptx(handle) }.map_err(|e| format!("{e:?}"))?;
-    // SAFETY: NUL-terminated PTX from NVRTC, loaded into the current (primary) context.
-    let module = unsafe { driver::module::load_data(ptx.as_ptr().cast()) }
-        .map_err(|e| format!("loading {}: {e:?}", program.file))?;
-    Ok(module as usize)
+    unsafe { nvrtc::get_ptx(handle) }.map_err(|e| format!("{e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs NVRTC and CUDA's headers, not a GPU; compiling is what the GPU machine does first
+    /// with each program. With the pip packages of `scripts/nvrtc_check.py`:
+    /// `CUDA_PATH=<.../nvidia/cu13> LD_LIBRARY_PATH=<.../nvidia/cu13/lib> cargo test
+    /// --features cuda --lib -- --ignored every_program`.
+    #[test]
+    #[ignore = "needs NVRTC and CUDA's headers (CUDA_PATH, LD_LIBRARY_PATH)"]
+    fn every_program_compiles_with_the_shared_header() {
+        for (program, kernel) in [
+            (&FLASH, "esm_flash_f16_hd64"),
+            (&LAYER_NORM, "esm_residual_layer_norm_bf16_stored_v8"),
+            (&BIAS_GELU, "esm_bias_gelu_f32_v4"),
+        ] {
+            let ptx = ptx(program, "sm_90a").unwrap_or_else(|e| panic!("{e}"));
+            let text: String = ptx.iter().map(|&c| c as u8 as char).collect();
+            assert!(
+                text.contains(&format!(".entry {kernel}(")),
+                "{}: no kernel {kernel} in {} bytes of PTX",
+                program.file,
+                ptx.len()
+            );
+        }
+    }
 }
