@@ -27,7 +27,11 @@ fn kernel_name(dtype: DType, vectorised: bool) -> Option<String> {
         DType::F32 => "f32",
         _ => return None,
     };
-    let lanes = if vectorised { 16 / dtype.size() } else { 1 };
+    let lanes = if vectorised {
+        super::cuda_norm::lanes(dtype)
+    } else {
+        1
+    };
     Some(format!("esm_bias_gelu_{name}_v{lanes}"))
 }
 
@@ -52,12 +56,11 @@ pub fn bias_gelu<B: Backend>(
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use std::ffi::c_void;
-
     use burn::tensor::{Tensor, backend::Backend};
     use burn_cubecl::tensor::CubeTensor;
     use cubecl::cuda::CudaRuntime;
 
+    use crate::model::cuda_norm::lanes;
     use crate::model::fusion_op::{self, FloatKernel};
     use crate::model::nvrtc;
 
@@ -119,23 +122,16 @@ mod cuda {
             fusion_op::with_device_pointers(&tensors, |pointers, stream| {
                 // Pointers in the kernel's order: x, bias, out.
                 let mut pointers = pointers.to_vec();
-                let lanes = 16 / dtype.size();
-                // 16-byte accesses where every row and buffer allows them, else one value at
-                // a time.
-                let vectorised =
-                    width.is_multiple_of(lanes) && pointers.iter().all(|p| p % 16 == 0);
+                let vectorised = fusion_op::vectorisable(width, dtype, &pointers);
                 let name = super::kernel_name(dtype, vectorised)
                     .ok_or_else(|| format!("no bias + GELU kernel for {dtype:?}"))?;
                 let kernel = nvrtc::function(x.device.index, &nvrtc::BIAS_GELU, &name)?;
                 let values = rows * width;
-                let per_thread = if vectorised { lanes } else { 1 };
+                let per_thread = if vectorised { lanes(dtype) } else { 1 };
                 let blocks = values.div_ceil(per_thread * THREADS).min(MAX_BLOCKS);
                 let mut p_values = values as i64;
                 let mut p_width = width as i32;
-                let mut params: Vec<*mut c_void> = pointers
-                    .iter_mut()
-                    .map(|p| (p as *mut u64).cast())
-                    .collect();
+                let mut params = fusion_op::pointer_params(&mut pointers);
                 params.extend([
                     (&mut p_values as *mut i64).cast(),
                     (&mut p_width as *mut i32).cast(),

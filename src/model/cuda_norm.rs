@@ -59,9 +59,10 @@ fn kernel_name(dtype: DType, stored: bool, vectorised: bool, residual: bool) -> 
     Some(format!("esm_{residual}layer_norm_{name}_{body}_v{lanes}"))
 }
 
-/// Values per vector access of the kernel for `dtype` (16 bytes).
+/// Values of `dtype` per vector access of esmfuzz's CUDA kernels (16 bytes: a `Pack` of
+/// `storage_types.cuh`).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn lanes(dtype: DType) -> usize {
+pub(super) fn lanes(dtype: DType) -> usize {
     16 / dtype.size()
 }
 
@@ -129,8 +130,6 @@ pub fn residual_layer_norm<B: Backend>(
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use std::ffi::c_void;
-
     use burn::tensor::{DType, Tensor, backend::Backend};
     use burn_cubecl::tensor::CubeTensor;
     use cubecl::cuda::CudaRuntime;
@@ -287,20 +286,14 @@ mod cuda {
                     let sum = pointers.remove(5);
                     pointers.insert(3, sum);
                 }
-                // 16-byte accesses where every row and buffer allows them, else one value at
-                // a time.
-                let vectorised = hidden.is_multiple_of(super::lanes(dtype))
-                    && pointers.iter().all(|p| p % 16 == 0);
+                let vectorised = fusion_op::vectorisable(hidden, dtype, &pointers);
                 let name = super::kernel_name(dtype, self.stored, vectorised, self.residual)
                     .ok_or_else(|| format!("no LayerNorm kernel for {dtype:?}"))?;
                 let kernel = nvrtc::function(x.device.index, &nvrtc::LAYER_NORM, &name)?;
                 let mut p_rows = rows as i32;
                 let mut p_hidden = hidden as i32;
                 let mut p_eps = self.eps;
-                let mut params: Vec<*mut c_void> = pointers
-                    .iter_mut()
-                    .map(|p| (p as *mut u64).cast())
-                    .collect();
+                let mut params = fusion_op::pointer_params(&mut pointers);
                 params.extend([
                     (&mut p_rows as *mut i32).cast(),
                     (&mut p_hidden as *mut i32).cast(),

@@ -5,9 +5,10 @@
 //! tensors of its first input's shape.
 
 use std::any::{Any, TypeId};
+use std::ffi::c_void;
 use std::fmt::Debug;
 
-use burn::tensor::{Int, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::stream::{Operation, OperationStreams};
@@ -149,6 +150,22 @@ impl<K: FloatKernel> Operation<Runtime> for FloatOp<K> {
             handles.register_float_tensor::<Inner>(&out.id, result);
         }
     }
+}
+
+/// Whether a kernel may move rows of `width` values of `dtype` 16 bytes at a time: the width
+/// a multiple of the values per access and every buffer in `pointers` 16-byte aligned (else
+/// it takes one value at a time).
+pub fn vectorisable(width: usize, dtype: DType, pointers: &[u64]) -> bool {
+    width.is_multiple_of(super::cuda_norm::lanes(dtype)) && pointers.iter().all(|p| p % 16 == 0)
+}
+
+/// Kernel parameters for the device pointers `pointers`, in order: each points at its entry,
+/// so `pointers` must outlive the launch they are passed to.
+pub fn pointer_params(pointers: &mut [u64]) -> Vec<*mut c_void> {
+    pointers
+        .iter_mut()
+        .map(|p| (p as *mut u64).cast())
+        .collect()
 }
 
 /// Runs `launch` with the device pointers of `tensors`, in order, and the stream cubecl's own
