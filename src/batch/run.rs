@@ -11,7 +11,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::oom::{OutOfMemory, catch_out_of_memory};
 use super::{Batch, Batching, Layout, PaddedBatch, packed_batches, padded_batches};
 use crate::input::Protein;
-use crate::model::{Esm2, HostTensor, Widen};
+use crate::model::{Esm2, HostTensor, Widen, cuda_pool};
 use crate::with_stored;
 
 /// `[tokens, hidden]` states on the host, f32, rows in batch-token order.
@@ -63,16 +63,20 @@ fn read_batch<B: Backend>(
     batch: &(impl Batch + ?Sized),
     repr_layers: &[usize],
 ) -> BTreeMap<usize, HostTensor> {
-    let run = || {
+    naming_the_batch(batch, || {
         model
             .forward(batch.input(), repr_layers)
             .representations
             .into_iter()
             .map(|(layer, t)| (layer, HostTensor::read(t)))
             .collect()
-    };
-    // A device panic goes on unwinding with this batch's shape in its payload, so that the
-    // top of the program can name the batch (see `oom::describe_escaped_panic`).
+    })
+}
+
+/// Runs `run` (a forward of `batch` and its reads); a device panic goes on unwinding with
+/// this batch's shape in its payload, so that the top of the program can name the batch (see
+/// `oom::describe_escaped_panic`).
+fn naming_the_batch<T>(batch: &(impl Batch + ?Sized), run: impl FnOnce() -> T) -> T {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
         let shape = super::oom::BatchShape::of(batch);
         std::panic::resume_unwind(super::oom::name_batch(shape, payload))
@@ -116,17 +120,35 @@ fn pool_stored<T: Widen>(states: &[T], hidden: usize) -> Vec<f32> {
 
 /// Runs `batch` and returns the pooled last representation of each of its sequences.
 ///
-/// The states are pooled from the host copy in the dtype the model computed them in (no f32
-/// copy of the batch is made), the sequences in parallel over the host's cores; each
-/// sequence's sums are those of [`pool_residues`], so the values depend on neither. A pass
-/// waits on the host's pooling before its next batch starts.
+/// On CUDA the states are pooled on the device ([`cuda_pool::residue_means`]) and only the
+/// pooled rows come back. Elsewhere (or under `ESMFUZZ_HOST_POOLING=1`) they are pooled from
+/// the host copy in the dtype the model computed them in (no f32 copy of the batch is made),
+/// the sequences in parallel over the host's cores. Either way each sequence's sums are those
+/// of [`pool_residues`], so the values depend on neither.
 pub fn pooled_batch<B: Backend>(model: &Esm2<B>, batch: &(impl Batch + ?Sized)) -> Vec<Vec<f32>> {
     let last = model.config.num_hidden_layers;
-    let states = read_batch(model, batch, &[last]);
-    let states = &states[&last];
-    let hidden = states.dims()[1];
     let rows: Vec<Range<usize>> = (0..batch.len()).map(|i| batch.sequence_rows(i)).collect();
-    with_stored!(states.values(), values => pool_sequences(values, hidden, rows))
+    naming_the_batch(batch, || {
+        let mut representations = model.forward(batch.input(), &[last]).representations;
+        let states = representations
+            .remove(&last)
+            .expect("the forward returns every layer it is asked for");
+        match cuda_pool::residue_means(states, &rows) {
+            Ok(pooled) => {
+                let hidden = pooled.dims()[1];
+                HostTensor::read(pooled)
+                    .to_f32()
+                    .chunks_exact(hidden)
+                    .map(<[f32]>::to_vec)
+                    .collect()
+            }
+            Err(states) => {
+                let states = HostTensor::read(states);
+                let hidden = states.dims()[1];
+                with_stored!(states.values(), values => pool_sequences(values, hidden, rows))
+            }
+        }
+    })
 }
 
 /// Each of `rows` of `states` (`[tokens, hidden]` flat) pooled, in parallel.

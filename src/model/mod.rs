@@ -10,6 +10,7 @@ pub mod cpu_kernels;
 pub mod cublas;
 pub mod cuda_gelu;
 pub mod cuda_norm;
+pub mod cuda_pool;
 pub mod device;
 pub mod engine;
 pub mod esm2;

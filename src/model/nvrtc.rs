@@ -3,7 +3,8 @@
 //! with), its kernels looked up by name once, and launched on cubecl's stream.
 //!
 //! The programs: [`FLASH`] (varlen flash attention, [`super::flash`]), [`LAYER_NORM`]
-//! ([`super::cuda_norm`]) and [`BIAS_GELU`] ([`super::cuda_gelu`]). Each includes
+//! ([`super::cuda_norm`]), [`BIAS_GELU`] ([`super::cuda_gelu`]) and [`RESIDUE_MEAN`]
+//! ([`super::cuda_pool`]). Each includes
 //! `storage_types.cuh` (the storage types' conversions and vector access), handed to NVRTC
 //! in memory ([`HEADERS`]).
 
@@ -39,6 +40,12 @@ pub static LAYER_NORM: Program = Program {
 pub static BIAS_GELU: Program = Program {
     file: "bias_gelu.cu",
     source: include_str!("bias_gelu.cu"),
+};
+
+/// `residue_mean.cu`: `esm_residue_mean_*`.
+pub static RESIDUE_MEAN: Program = Program {
+    file: "residue_mean.cu",
+    source: include_str!("residue_mean.cu"),
 };
 
 /// The headers the programs include, by the name they include them under.
@@ -190,6 +197,7 @@ mod tests {
             (&FLASH, "esm_flash_f16_hd64"),
             (&LAYER_NORM, "esm_residual_layer_norm_bf16_stored_v8"),
             (&BIAS_GELU, "esm_bias_gelu_f32_v4"),
+            (&RESIDUE_MEAN, "esm_residue_mean_bf16"),
         ] {
             let ptx = ptx(program, "sm_90a").unwrap_or_else(|e| panic!("{e}"));
             let text: String = ptx.iter().map(|&c| c as u8 as char).collect();

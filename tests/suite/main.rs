@@ -15,6 +15,7 @@ mod campaign_folder;
 mod cli_behaviour;
 mod deployment;
 mod device_memory;
+mod device_pooling;
 mod equivalence_by_stratum;
 mod explain_pooled;
 mod fault_injection;
