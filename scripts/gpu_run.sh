@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench gemm torchbench hostsync ordering base profile longtail big fuzz
-# devices fixtures suite bisect sanitizer
+# STEP: matmul parity bench gemm torchbench hostsync ordering same base profile longtail big
+# fuzz devices fixtures suite bisect sanitizer
 # (default: matmul parity bench fuzz).
 # hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
 # ordering: embed with stream order vs host synchronisation, compared bit for bit.
+# same: embed as it is vs under switches that must keep every bit (SAME_ENVS), bit for bit.
 # base: embed with gpu/esmfuzz-base.xz (an earlier build) and this one, compared bit for bit.
 # profile: kernel time per class of one warm pass per layout, and the host gap against the same
 # pass unprofiled (ncu; PROFILE_MODELS, PROFILE_LAYOUTS, PROFILE_ENV).
@@ -142,6 +143,22 @@ for step in $steps; do
         run "$bin" embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --precision f16 "${flag[@]}" --out "$out/order-stream-$layout.npy"
         run env ESMFUZZ_CUBLAS_HOST_SYNC=1 "$bin" embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --precision f16 "${flag[@]}" --out "$out/order-host-$layout.npy"
         run python3 -c "import numpy as np, sys; a, b = (np.load(f'$out/order-{m}-$layout.npy') for m in ('stream', 'host')); same = a.tobytes() == b.tobytes(); print('$layout: stream-ordered', 'IDENTICAL to' if same else 'DIFFERS from', 'host-synchronised, max|diff|', float(np.abs(a - b).max())); sys.exit(0 if same else 1)"
+      done ;;
+    same)
+      # Switches that must keep every bit: the corpus embedded (8M, fused attention) by this
+      # binary as it is and under each of SAME_ENVS (default ESMFUZZ_HOST_POOLING=1: pooled on
+      # the host, ESMFUZZ_FULL_ROPE_PREPASS=1: the unfolded attention pre-pass), at each of
+      # SAME_PRECISIONS, padded and packed; each must be bit-identical to the default.
+      for p in ${SAME_PRECISIONS:-f16 bf16 f32}; do
+        for layout in padded packed; do
+          flag=(); [ "$layout" = packed ] && flag=(--packed)
+          emb=(embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --precision "$p" --attention fused "${flag[@]}")
+          run "$bin" "${emb[@]}" --out "$out/same-$p-$layout.npy"
+          for e in ${SAME_ENVS:-ESMFUZZ_HOST_POOLING=1 ESMFUZZ_FULL_ROPE_PREPASS=1}; do
+            run env "$e" "$bin" "${emb[@]}" --out "$out/same-$p-$layout-${e%%=*}.npy"
+            run python3 scripts/compare_npy.py "$out/same-$p-$layout.npy" "$out/same-$p-$layout-${e%%=*}.npy" --expect-identical 1
+          done
+        done
       done ;;
     base)
       # Values against an earlier build, gpu/esmfuzz-base.xz: the corpus embedded (8M, packed)

@@ -1,7 +1,9 @@
 //! esmfuzz's fused attention on CUDA: one varlen flash-attention kernel per layer
 //! (`flash_attention.cu`, compiled once per process with NVRTC) that reads the stacked q, k, v
-//! projections of the token stream (their bias added, q and k rotated, once per row by a
-//! pre-pass) and writes each query's context back in token order. No `[batch, heads, L, L]`
+//! projections of the token stream and writes each query's context back in token order. A
+//! pre-pass adds k's bias and rotates it once per row; for f16 and bf16 the flash kernel adds
+//! q's and v's bias and rotates and scales q in its tiles ([`folds_prepass`]), for f32 the
+//! pre-pass prepares all three. No `[batch, heads, L, L]`
 //! scores in memory, no gathers into attention groups and back, one launch for every sequence
 //! of a batch (packed or padded).
 //!
@@ -156,12 +158,39 @@ pub fn preflight(
         return Ok(());
     }
     #[cfg(feature = "cuda")]
-    return ["esm_rope_qk", "esm_flash"]
+    return kernel_prefixes(plan.dtype())
         .iter()
         .try_for_each(|prefix| cuda::kernel(0, prefix, plan.dtype(), head_dim).map(|_| ()))
         .map_err(FlashUnavailable);
     #[cfg(not(feature = "cuda"))]
     Ok(())
+}
+
+/// Whether `ESMFUZZ_FULL_ROPE_PREPASS=1` asks the half types for the pre-pass that prepares
+/// q, k and v (`esm_rope_qk`) instead of the folded kernel pair (read once; both give the same
+/// values bit for bit: to compare or time them).
+pub fn full_prepass_asked() -> bool {
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_FULL_ROPE_PREPASS").is_some_and(|v| v == "1"))
+}
+
+/// Whether attention in `dtype` runs the folded pair: `esm_rope_k` rotates k alone, and
+/// `esm_flash_folded` adds q's and v's bias and rotates and scales q in its tiles (a third of
+/// the pre-pass's memory traffic). f16 and bf16 unless [`full_prepass_asked`]; f32 always
+/// runs `esm_rope_qk` then `esm_flash`.
+pub fn folds_prepass(dtype: burn::tensor::DType) -> bool {
+    use burn::tensor::DType;
+    matches!(dtype, DType::F16 | DType::BF16) && !full_prepass_asked()
+}
+
+/// The kernels attention in `dtype` launches, by prefix, in launch order.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn kernel_prefixes(dtype: burn::tensor::DType) -> [&'static str; 2] {
+    if folds_prepass(dtype) {
+        ["esm_rope_k", "esm_flash_folded"]
+    } else {
+        ["esm_rope_qk", "esm_flash"]
+    }
 }
 
 /// The flash kernel could not be compiled or loaded.
@@ -302,17 +331,20 @@ mod cuda {
             client.empty(rows * hidden * dtype.size()),
             dtype,
         );
-        // q, k, v with their bias, q rotated and scaled, k rotated: written by the first
-        // kernel, read by the second.
+        // Written by the pre-pass, read by the flash kernel: k rotated (folded), or q, k, v
+        // with their bias, q rotated and scaled, k rotated.
+        let folded = super::folds_prepass(dtype);
+        let width = if folded { hidden } else { 3 * hidden };
         let prepared = CubeTensor::new_contiguous(
             client.clone(),
             device.clone(),
-            vec![rows, 3 * hidden].into(),
-            client.empty(rows * 3 * hidden * dtype.size()),
+            vec![rows, width].into(),
+            client.empty(rows * width * dtype.size()),
             dtype,
         );
-        let rope_qk = kernel(device.index, "esm_rope_qk", dtype, head_dim)?;
-        let flash = kernel(device.index, "esm_flash", dtype, head_dim)?;
+        let [rope_prefix, flash_prefix] = super::kernel_prefixes(dtype);
+        let prepass = kernel(device.index, rope_prefix, dtype, head_dim)?;
+        let flash = kernel(device.index, flash_prefix, dtype, head_dim)?;
         let resource = |t: &CubeTensor<CudaRuntime>| {
             client
                 .get_resource(t.handle.clone())
@@ -339,25 +371,59 @@ mod cuda {
         let mut p_sequences = sequences as i32;
         let mut p_rope = rr.resource().ptr;
         let mut scale = (head_dim as f32).powf(-0.5);
-        let mut rope_params: [*mut c_void; 8] = [
-            (&mut p_qkv as *mut u64).cast(),
-            (&mut p_bias as *mut u64).cast(),
-            (&mut p_rows as *mut i32).cast(),
-            (&mut p_hidden as *mut i32).cast(),
-            (&mut p_prepared as *mut u64).cast(),
-            (&mut p_row_pos as *mut u64).cast(),
-            (&mut p_rope as *mut u64).cast(),
-            (&mut scale as *mut f32).cast(),
-        ];
-        let mut flash_params: [*mut c_void; 6] = [
-            (&mut p_prepared as *mut u64).cast(),
-            (&mut p_hidden as *mut i32).cast(),
-            (&mut p_out as *mut u64).cast(),
-            (&mut p_meta as *mut u64).cast(),
-            (&mut p_tiles as *mut i32).cast(),
-            (&mut p_sequences as *mut i32).cast(),
-        ];
-        // One pre-pass thread per rotated pair (j, j + head_dim / 2) of q, k and v.
+        // Folded: `esm_rope_k` (qkv, bias, rows, hidden, k_rot, row_pos, rope) then
+        // `esm_flash_folded` (qkv, k_rot, bias, row_pos, rope, scale, hidden, out, meta,
+        // tiles, sequences). Else `esm_rope_qk` (qkv, bias, rows, hidden, prepared, row_pos,
+        // rope, scale) then `esm_flash` (prepared, hidden, out, meta, tiles, sequences).
+        let (mut rope_params, mut flash_params): (Vec<*mut c_void>, Vec<*mut c_void>) = if folded {
+            (
+                vec![
+                    (&mut p_qkv as *mut u64).cast(),
+                    (&mut p_bias as *mut u64).cast(),
+                    (&mut p_rows as *mut i32).cast(),
+                    (&mut p_hidden as *mut i32).cast(),
+                    (&mut p_prepared as *mut u64).cast(),
+                    (&mut p_row_pos as *mut u64).cast(),
+                    (&mut p_rope as *mut u64).cast(),
+                ],
+                vec![
+                    (&mut p_qkv as *mut u64).cast(),
+                    (&mut p_prepared as *mut u64).cast(),
+                    (&mut p_bias as *mut u64).cast(),
+                    (&mut p_row_pos as *mut u64).cast(),
+                    (&mut p_rope as *mut u64).cast(),
+                    (&mut scale as *mut f32).cast(),
+                    (&mut p_hidden as *mut i32).cast(),
+                    (&mut p_out as *mut u64).cast(),
+                    (&mut p_meta as *mut u64).cast(),
+                    (&mut p_tiles as *mut i32).cast(),
+                    (&mut p_sequences as *mut i32).cast(),
+                ],
+            )
+        } else {
+            (
+                vec![
+                    (&mut p_qkv as *mut u64).cast(),
+                    (&mut p_bias as *mut u64).cast(),
+                    (&mut p_rows as *mut i32).cast(),
+                    (&mut p_hidden as *mut i32).cast(),
+                    (&mut p_prepared as *mut u64).cast(),
+                    (&mut p_row_pos as *mut u64).cast(),
+                    (&mut p_rope as *mut u64).cast(),
+                    (&mut scale as *mut f32).cast(),
+                ],
+                vec![
+                    (&mut p_prepared as *mut u64).cast(),
+                    (&mut p_hidden as *mut i32).cast(),
+                    (&mut p_out as *mut u64).cast(),
+                    (&mut p_meta as *mut u64).cast(),
+                    (&mut p_tiles as *mut i32).cast(),
+                    (&mut p_sequences as *mut i32).cast(),
+                ],
+            )
+        };
+        // One pre-pass thread per rotated pair (j, j + head_dim / 2) of k (folded), or of q,
+        // k and v.
         let pairs = rows * hidden / 2;
         let rope_grid = u32::try_from(pairs.div_ceil(256)).map_err(|_| "too many rows")?;
         let grid = (
@@ -368,7 +434,7 @@ mod cuda {
         // SAFETY: the parameters match the kernels' signatures (flash_attention.cu); the
         // buffers are live (held by the resources until the launches are enqueued, after
         // which cubecl reuses them only behind them on the same stream).
-        unsafe { nvrtc::launch(rope_qk, (rope_grid, 1, 1), 256, stream, &mut rope_params) }
+        unsafe { nvrtc::launch(prepass, (rope_grid, 1, 1), 256, stream, &mut rope_params) }
             .map_err(|e| format!("RoPE launch failed ({rows} rows): {e}"))?;
         // SAFETY: as above.
         unsafe { nvrtc::launch(flash, grid, THREADS, stream, &mut flash_params) }
@@ -377,8 +443,8 @@ mod cuda {
         Ok(out)
     }
 
-    /// Kernel `prefix` (`esm_rope_qk` or `esm_flash`) for `dtype` and `head_dim` on device
-    /// `ordinal`.
+    /// Kernel `prefix` (`esm_rope_qk`, `esm_flash`, `esm_rope_k`, `esm_flash_folded`) for
+    /// `dtype` and `head_dim` on device `ordinal`.
     pub(super) fn kernel(
         ordinal: usize,
         prefix: &str,
@@ -445,6 +511,39 @@ mod tests {
         assert_eq!(SeqTable::of_blocks(&HostBlocks::padded(1, 4, empty)), None);
         let rounded = HostBlocks::padded(1, 3, vec![false; 3]).with_block_multiple(3, 4);
         assert_eq!(SeqTable::of_blocks(&rounded), None);
+    }
+
+    #[test]
+    fn half_types_fold_the_prepass_and_every_kernel_named_exists() {
+        use burn::tensor::DType;
+        let source = include_str!("flash_attention.cu");
+        assert_eq!(
+            kernel_prefixes(DType::F16),
+            ["esm_rope_k", "esm_flash_folded"]
+        );
+        assert_eq!(
+            kernel_prefixes(DType::BF16),
+            ["esm_rope_k", "esm_flash_folded"]
+        );
+        assert_eq!(kernel_prefixes(DType::F32), ["esm_rope_qk", "esm_flash"]);
+        for (dtype, name) in [
+            (DType::F16, "f16"),
+            (DType::BF16, "bf16"),
+            (DType::F32, "f32"),
+        ] {
+            let instance = if folds_prepass(dtype) {
+                "FOLDED_INSTANCE"
+            } else {
+                "INSTANCE"
+            };
+            for hd in [16, 32, 64] {
+                let line = format!("\n{instance}({name}_hd{hd},");
+                assert!(source.contains(&line), "{line:?}");
+            }
+        }
+        for prefix in ["esm_rope_k", "esm_flash_folded", "esm_rope_qk", "esm_flash"] {
+            assert!(source.contains(&format!("{prefix}_##SUFFIX(")), "{prefix}");
+        }
     }
 
     #[test]

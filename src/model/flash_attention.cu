@@ -12,8 +12,13 @@
 // `[positions, HD]` (see `rope_qk`).
 // Output: `out [rows, hidden]`, each query row's context, heads side by side.
 //
-// Two launches: `esm_rope_qk_*` adds the bias to q, k and v, rotates q and k and scales q, into
-// a scratch `[rows, 3 * hidden]` in the same layout; `esm_flash_*` then reads it. One block of 128
+// Two launches. f32 (and the half types under ESMFUZZ_FULL_ROPE_PREPASS=1): `esm_rope_qk_*`
+// adds the bias to q, k and v, rotates q and k and scales q, into a scratch `[rows, 3 *
+// hidden]` in the same layout; `esm_flash_*` then reads it. f16 and bf16 by default, the
+// folded pair: `esm_rope_k_*` adds k's bias and rotates k alone into `[rows, hidden]`, and
+// `esm_flash_folded_*` reads q and v raw and adds their bias (and rotates and scales q) in
+// shared memory, once per Q tile and once per K/V tile, with `rope_qk`'s expressions: the same
+// values, a third of the pre-pass's memory traffic. One block of 128
 // threads (4 warps) computes 64 query rows of one head of one sequence (a "tile";
 // tile_seq/tile_row0 list them), each warp 16 rows. Keys are visited 64 at a time, the next
 // K/V tiles loaded asynchronously (cp.async, double-buffered) while the current ones are
@@ -29,6 +34,24 @@
 #define BK 64
 #define WARPS 4
 #define THREADS (WARPS * 32)
+
+// One rotated pair (x_d, x_{d + HD / 2}) of q or k, already `x + bias` rounded to T: x_d cos
+// + (partner sin, rounded), as one FMA over a rounded product, written out so that the
+// compiler's contraction choices cannot change the values; q is then times `scale` (f32) and
+// both rounded to T. Every path that rotates (the pre-passes, the folded flash kernel's
+// prologue) goes through here, so they give the same values.
+template <typename T, bool SCALED>
+__device__ __forceinline__ void rotate_pair(
+    const T biased_lo, const T biased_hi, const float c, const float s, const float scale,
+    T* lo_out, T* hi_out)
+{
+    const float lo = widen(biased_lo), hi = widen(biased_hi);
+    float rot_lo = fmaf(lo, c, __fmul_rn(-hi, s));
+    float rot_hi = fmaf(hi, c, __fmul_rn(lo, s));
+    if (SCALED) { rot_lo *= scale; rot_hi *= scale; }
+    *lo_out = narrow<T>(rot_lo);
+    *hi_out = narrow<T>(rot_hi);
+}
 
 // `qkv + bias` rounded to T (the composed bias add), then q rotated and times `scale`, k
 // rotated, v as it is, into `prepared`: one thread per rotated pair (d, d + HD / 2) of one row
@@ -60,17 +83,37 @@ __device__ void rope_qk(
         if (part == 2) {
             y[at] = biased_lo;
             y[at + half] = biased_hi;
-            continue;
+        } else if (part == 0) {
+            rotate_pair<T, true>(biased_lo, biased_hi, c, s, scale, y + at, y + at + half);
+        } else {
+            rotate_pair<T, false>(biased_lo, biased_hi, c, s, scale, y + at, y + at + half);
         }
-        // x_d cos + (partner sin, rounded): one FMA over a rounded product, written out so
-        // that the compiler's contraction choices cannot change the values.
-        const float lo = widen(biased_lo), hi = widen(biased_hi);
-        float rot_lo = fmaf(lo, c, __fmul_rn(-hi, s));
-        float rot_hi = fmaf(hi, c, __fmul_rn(lo, s));
-        if (part == 0) { rot_lo *= scale; rot_hi *= scale; }
-        y[at] = narrow<T>(rot_lo);
-        y[at + half] = narrow<T>(rot_hi);
     }
+}
+
+// The folded kernel's pre-pass: k alone, `k + bias` rounded to T and rotated as `rope_qk`
+// rotates it, into `k_rot [rows, hidden]`; q and v are left to the flash kernel. A third of
+// `rope_qk`'s memory traffic.
+template <typename T, int HD>
+__device__ void rope_k(
+    const T* __restrict__ qkv, const T* __restrict__ bias, const int rows, const int hidden,
+    T* __restrict__ k_rot, const int* __restrict__ row_pos, const float* __restrict__ rope_table)
+{
+    const int half = HD / 2;
+    const int pairs_per_row = hidden / 2;
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (unsigned)rows * (unsigned)pairs_per_row) return;
+    const int row = (int)(i / (unsigned)pairs_per_row);
+    const int pair = (int)(i - (unsigned)row * (unsigned)pairs_per_row);
+    const int head = pair / half, d = pair % half;
+    const int col = head * HD + d;
+    const float c = rope_table[row_pos[row] * HD + d];
+    const float s = rope_table[row_pos[row] * HD + half + d];
+    const T* x = qkv + (size_t)row * 3 * hidden + hidden;
+    T* y = k_rot + (size_t)row * hidden;
+    const T biased_lo = x[col] + bias[hidden + col];
+    const T biased_hi = x[col + half] + bias[hidden + col + half];
+    rotate_pair<T, false>(biased_lo, biased_hi, c, s, 1.f, y + col, y + col + half);
 }
 
 // 32-bit pair of the storage type (lower half = first element), as the tensor cores read it.
@@ -141,10 +184,53 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING));
 }
 
-template <typename T, int HD>
+// The folded kernel's extra inputs: k rotated by `rope_k` (`[rows, hidden]`), and what it
+// needs to add the bias to q and v and rotate and scale q itself, as `rope_qk` would have.
+template <typename T> struct Folded {
+    const T* k_rot;
+    const T* bias;                  // [3 * hidden]: q | k | v
+    const int* row_pos;             // each row's RoPE position
+    const float* rope_table;
+    float scale;
+};
+
+// Rows 0..n of the Q tile (raw q) in place: `q + bias` rounded to T, rotated and scaled as
+// `rope_qk` does it (`rotate_pair`); `pos` the rows' RoPE positions.
+template <typename T, int HD, int LD>
+__device__ __forceinline__ void rotate_q_tile(
+    T* q_tile, const int n, const T* __restrict__ q_bias, const int* __restrict__ pos,
+    const float* __restrict__ rope_table, const float scale)
+{
+    constexpr int half = HD / 2;
+    for (int i = threadIdx.x; i < n * half; i += THREADS) {
+        const int r = i / half, d = i % half;
+        const float* cs = rope_table + pos[r] * HD;
+        T* x = q_tile + r * LD;
+        const T biased_lo = x[d] + q_bias[d], biased_hi = x[d + half] + q_bias[d + half];
+        rotate_pair<T, true>(biased_lo, biased_hi, cs[d], cs[half + d], scale, x + d,
+                             x + d + half);
+    }
+}
+
+// Rows 0..n of a V tile (raw v) in place: `v + bias` rounded to T, the composed add.
+template <typename T, int HD, int LD>
+__device__ __forceinline__ void add_v_bias(T* v_tile, const int n, const T* __restrict__ v_bias)
+{
+    for (int i = threadIdx.x; i < n * HD; i += THREADS) {
+        const int r = i / HD, c = i % HD;
+        v_tile[r * LD + c] = v_tile[r * LD + c] + v_bias[c];
+    }
+}
+
+// FOLD false: `qkv` is `rope_qk`'s prepared buffer (q, k, v all done). FOLD true: `qkv` is
+// the raw projections; k comes rotated from `folded.k_rot`, q and v get their bias (and q its
+// rotation and scale) here, once per Q tile and once per V tile, with the same expressions:
+// the values of both are the same bit for bit.
+template <typename T, int HD, bool FOLD>
 __device__ void flash_attention(
     const T* __restrict__ qkv, const int hidden,
-    T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq)
+    T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq,
+    const Folded<T> folded)
 {
     constexpr int LD = HD + 8;           // row stride of the Q, K, V tiles (conflict-free)
     __shared__ __align__(128) T q_tile[BQ * LD];
@@ -166,15 +252,17 @@ __device__ void flash_attention(
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;     // fragment row group and column pair
     const size_t stride = 3 * (size_t)hidden;
+    const size_t k_stride = FOLD ? (size_t)hidden : stride;
     const T* q_src = qkv + (size_t)(start + row0) * stride + head * HD;
-    const T* k_src = qkv + (size_t)start * stride + hidden + head * HD;
+    const T* k_src = FOLD ? folded.k_rot + (size_t)start * k_stride + head * HD
+                          : qkv + (size_t)start * stride + hidden + head * HD;
     const T* v_src = qkv + (size_t)start * stride + 2 * hidden + head * HD;
     const int key_tiles = (nk + BK - 1) / BK;
 
-    // Q (rotated and scaled by the pre-pass) and the first K (rotated), V tiles, zero past
-    // the sequence.
+    // Q (rotated and scaled by the pre-pass, or raw when folded) and the first K (rotated),
+    // V tiles, zero past the sequence.
     load_rows_async<T, HD, LD>(q_tile, q_src, stride, BQ, nq);
-    load_rows_async<T, HD, LD>(k_tile[0], k_src, stride, BK, nk);
+    load_rows_async<T, HD, LD>(k_tile[0], k_src, k_stride, BK, nk);
     load_rows_async<T, HD, LD>(v_tile[0], v_src, stride, BK, nk);
     cp_async_commit();
 
@@ -190,8 +278,8 @@ __device__ void flash_attention(
         const int buf = it & 1, k0 = it * BK;
         if (it + 1 < key_tiles) {  // prefetch the next K, V tiles into the other buffer
             const int k1 = k0 + BK;
-            load_rows_async<T, HD, LD>(k_tile[buf ^ 1], k_src + (size_t)k1 * stride,
-                                       stride, BK, nk - k1);
+            load_rows_async<T, HD, LD>(k_tile[buf ^ 1], k_src + (size_t)k1 * k_stride,
+                                       k_stride, BK, nk - k1);
             load_rows_async<T, HD, LD>(v_tile[buf ^ 1], v_src + (size_t)k1 * stride,
                                        stride, BK, nk - k1);
             cp_async_commit();
@@ -200,6 +288,15 @@ __device__ void flash_attention(
             cp_async_wait<0>();
         }
         __syncthreads();
+        if (FOLD) {
+            if (it == 0)
+                rotate_q_tile<T, HD, LD>(q_tile, nq, folded.bias + head * HD,
+                                         folded.row_pos + start + row0, folded.rope_table,
+                                         folded.scale);
+            add_v_bias<T, HD, LD>(v_tile[buf], min(BK, nk - k0),
+                                  folded.bias + 2 * hidden + head * HD);
+            __syncthreads();
+        }
         if (it == 0) {
             const T* q_rows = q_tile + (warp * 16 + g) * LD + 2 * t;
             #pragma unroll
@@ -439,7 +536,7 @@ __device__ void flash_attention_f32(
 template <typename T, int HD> struct Flash {
     static __device__ void run(const T* qkv, int hidden, T* out, const int* meta, int n_tiles,
                                int n_seq) {
-        flash_attention<T, HD>(qkv, hidden, out, meta, n_tiles, n_seq);
+        flash_attention<T, HD, false>(qkv, hidden, out, meta, n_tiles, n_seq, Folded<T>{});
     }
 };
 template <int HD> struct Flash<float, HD> {
@@ -460,6 +557,21 @@ template <int HD> struct Flash<float, HD> {
         Flash<T, HD>::run(prepared, hidden, out, meta, n_tiles, n_seq);                      \
     }
 
+// The folded pair of the tensor-core types: `esm_rope_k_*` then `esm_flash_folded_*`.
+#define FOLDED_INSTANCE(SUFFIX, T, HD)                                                       \
+    extern "C" __global__ void __launch_bounds__(256) esm_rope_k_##SUFFIX(                   \
+        const T* qkv, const T* bias, int rows, int hidden, T* k_rot, const int* row_pos,      \
+        const float* rope_table) {                                                           \
+        rope_k<T, HD>(qkv, bias, rows, hidden, k_rot, row_pos, rope_table);                  \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_folded_##SUFFIX(         \
+        const T* qkv, const T* k_rot, const T* bias, const int* row_pos,                     \
+        const float* rope_table, float scale, int hidden, T* out, const int* meta,           \
+        int n_tiles, int n_seq) {                                                            \
+        flash_attention<T, HD, true>(qkv, hidden, out, meta, n_tiles, n_seq,                 \
+                                     Folded<T>{k_rot, bias, row_pos, rope_table, scale});    \
+    }
+
 INSTANCE(f16_hd16, __half, 16)
 INSTANCE(f16_hd32, __half, 32)
 INSTANCE(f16_hd64, __half, 64)
@@ -469,3 +581,9 @@ INSTANCE(bf16_hd64, __nv_bfloat16, 64)
 INSTANCE(f32_hd16, float, 16)
 INSTANCE(f32_hd32, float, 32)
 INSTANCE(f32_hd64, float, 64)
+FOLDED_INSTANCE(f16_hd16, __half, 16)
+FOLDED_INSTANCE(f16_hd32, __half, 32)
+FOLDED_INSTANCE(f16_hd64, __half, 64)
+FOLDED_INSTANCE(bf16_hd16, __nv_bfloat16, 16)
+FOLDED_INSTANCE(bf16_hd32, __nv_bfloat16, 32)
+FOLDED_INSTANCE(bf16_hd64, __nv_bfloat16, 64)
