@@ -300,7 +300,7 @@ struct BenchRow {
     /// Tokens per second of the best packed pass of forwards alone, timed as the torch
     /// anchors time theirs: no states brought to the host, no pooling
     /// ([`esmfuzz::batch::forward_only_seconds`]). The rows above embed: each batch's last
-    /// states fetched and pooled, as `embed` does.
+    /// states pooled (on CUDA on the device) and the pooled rows fetched, as `embed` does.
     packed_forward_tokens_per_second: f64,
     packed_over_padded: f64,
     /// Useful TFLOP/s of those passes ([`EsmConfig::forward_flops`] of the real tokens over
