@@ -175,15 +175,11 @@ mod cuda {
             DType::F32,
         );
         fusion_op::with_device_pointers(&[&states, &ranges, &out], |pointers, stream| {
-            // Parameters in the kernel's order: states, ranges, hidden, out.
-            let (mut p_states, mut p_ranges, mut p_out) = (pointers[0], pointers[1], pointers[2]);
+            // Parameters in the kernel's order: states, ranges, out, hidden.
+            let mut pointers = pointers.to_vec();
             let mut p_hidden = hidden as i32;
-            let mut params = [
-                (&mut p_states as *mut u64).cast(),
-                (&mut p_ranges as *mut u64).cast(),
-                (&mut p_hidden as *mut i32).cast(),
-                (&mut p_out as *mut u64).cast(),
-            ];
+            let mut params = fusion_op::pointer_params(&mut pointers);
+            params.push((&mut p_hidden as *mut i32).cast());
             let grid = (sequences as u32, hidden.div_ceil(THREADS) as u32, 1);
             // SAFETY: the parameters match `esm_residue_mean_*` (residue_mean.cu); the
             // buffers are held until the launch is enqueued.

@@ -371,57 +371,42 @@ mod cuda {
         let mut p_sequences = sequences as i32;
         let mut p_rope = rr.resource().ptr;
         let mut scale = (head_dim as f32).powf(-0.5);
-        // Folded: `esm_rope_k` (qkv, bias, rows, hidden, k_rot, row_pos, rope) then
-        // `esm_flash_folded` (qkv, k_rot, bias, row_pos, rope, scale, hidden, out, meta,
-        // tiles, sequences). Else `esm_rope_qk` (qkv, bias, rows, hidden, prepared, row_pos,
-        // rope, scale) then `esm_flash` (prepared, hidden, out, meta, tiles, sequences).
-        let (mut rope_params, mut flash_params): (Vec<*mut c_void>, Vec<*mut c_void>) = if folded {
-            (
-                vec![
-                    (&mut p_qkv as *mut u64).cast(),
-                    (&mut p_bias as *mut u64).cast(),
-                    (&mut p_rows as *mut i32).cast(),
-                    (&mut p_hidden as *mut i32).cast(),
-                    (&mut p_prepared as *mut u64).cast(),
-                    (&mut p_row_pos as *mut u64).cast(),
-                    (&mut p_rope as *mut u64).cast(),
-                ],
-                vec![
-                    (&mut p_qkv as *mut u64).cast(),
-                    (&mut p_prepared as *mut u64).cast(),
-                    (&mut p_bias as *mut u64).cast(),
-                    (&mut p_row_pos as *mut u64).cast(),
-                    (&mut p_rope as *mut u64).cast(),
-                    (&mut scale as *mut f32).cast(),
-                    (&mut p_hidden as *mut i32).cast(),
-                    (&mut p_out as *mut u64).cast(),
-                    (&mut p_meta as *mut u64).cast(),
-                    (&mut p_tiles as *mut i32).cast(),
-                    (&mut p_sequences as *mut i32).cast(),
-                ],
-            )
+        // The pre-passes: `esm_rope_k` (qkv, bias, rows, hidden, k_rot, row_pos, rope) and
+        // `esm_rope_qk` (the same, `prepared` for `k_rot`, then scale).
+        let mut rope_params: Vec<*mut c_void> = vec![
+            (&mut p_qkv as *mut u64).cast(),
+            (&mut p_bias as *mut u64).cast(),
+            (&mut p_rows as *mut i32).cast(),
+            (&mut p_hidden as *mut i32).cast(),
+            (&mut p_prepared as *mut u64).cast(),
+            (&mut p_row_pos as *mut u64).cast(),
+            (&mut p_rope as *mut u64).cast(),
+        ];
+        if !folded {
+            rope_params.push((&mut scale as *mut f32).cast());
+        }
+        // The flash kernels: `esm_flash` (prepared, hidden, out, meta, tiles, sequences);
+        // `esm_flash_folded` (qkv, k_rot, bias, row_pos, rope, scale, then those after
+        // `prepared`).
+        let mut flash_params: Vec<*mut c_void> = if folded {
+            vec![
+                (&mut p_qkv as *mut u64).cast(),
+                (&mut p_prepared as *mut u64).cast(),
+                (&mut p_bias as *mut u64).cast(),
+                (&mut p_row_pos as *mut u64).cast(),
+                (&mut p_rope as *mut u64).cast(),
+                (&mut scale as *mut f32).cast(),
+            ]
         } else {
-            (
-                vec![
-                    (&mut p_qkv as *mut u64).cast(),
-                    (&mut p_bias as *mut u64).cast(),
-                    (&mut p_rows as *mut i32).cast(),
-                    (&mut p_hidden as *mut i32).cast(),
-                    (&mut p_prepared as *mut u64).cast(),
-                    (&mut p_row_pos as *mut u64).cast(),
-                    (&mut p_rope as *mut u64).cast(),
-                    (&mut scale as *mut f32).cast(),
-                ],
-                vec![
-                    (&mut p_prepared as *mut u64).cast(),
-                    (&mut p_hidden as *mut i32).cast(),
-                    (&mut p_out as *mut u64).cast(),
-                    (&mut p_meta as *mut u64).cast(),
-                    (&mut p_tiles as *mut i32).cast(),
-                    (&mut p_sequences as *mut i32).cast(),
-                ],
-            )
+            vec![(&mut p_prepared as *mut u64).cast()]
         };
+        flash_params.extend([
+            (&mut p_hidden as *mut i32).cast(),
+            (&mut p_out as *mut u64).cast(),
+            (&mut p_meta as *mut u64).cast(),
+            (&mut p_tiles as *mut i32).cast(),
+            (&mut p_sequences as *mut i32).cast(),
+        ]);
         // One pre-pass thread per rotated pair (j, j + head_dim / 2) of k (folded), or of q,
         // k and v.
         let pairs = rows * hidden / 2;

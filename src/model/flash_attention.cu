@@ -53,6 +53,34 @@ __device__ __forceinline__ void rotate_pair(
     *hi_out = narrow<T>(rot_hi);
 }
 
+// The rotated pair a pre-pass thread takes: columns (col, col + HD / 2) of one row and head
+// (thread i: row i / (hidden / 2), then the heads' pairs in order), and the cos and sin of
+// its row's RoPE position.
+struct RotatedPair {
+    int row, col;
+    float c, s;
+};
+
+// This thread's pair of a `rows x hidden` projection; false for a thread past the last.
+template <int HD>
+__device__ __forceinline__ bool rotated_pair_of_thread(
+    const int rows, const int hidden, const int* __restrict__ row_pos,
+    const float* __restrict__ rope_table, RotatedPair* p)
+{
+    const int half = HD / 2;
+    const int pairs_per_row = hidden / 2;
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (unsigned)rows * (unsigned)pairs_per_row) return false;
+    const int row = (int)(i / (unsigned)pairs_per_row);
+    const int pair = (int)(i - (unsigned)row * (unsigned)pairs_per_row);
+    const int head = pair / half, d = pair % half;
+    p->row = row;
+    p->col = head * HD + d;
+    p->c = rope_table[row_pos[row] * HD + d];
+    p->s = rope_table[row_pos[row] * HD + half + d];
+    return true;
+}
+
 // `qkv + bias` rounded to T (the composed bias add), then q rotated and times `scale`, k
 // rotated, v as it is, into `prepared`: one thread per rotated pair (d, d + HD / 2) of one row
 // and head, RoPE positions from the row's sequence.
@@ -64,29 +92,22 @@ __device__ void rope_qk(
     const float* __restrict__ rope_table, const float scale)
 {
     const int half = HD / 2;
-    const int pairs_per_row = hidden / 2;
-    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (unsigned)rows * (unsigned)pairs_per_row) return;
-    const int row = (int)(i / (unsigned)pairs_per_row);
-    const int pair = (int)(i - (unsigned)row * (unsigned)pairs_per_row);
-    const int head = pair / half, d = pair % half;
-    const int col = head * HD + d;
-    const float c = rope_table[row_pos[row] * HD + d];
-    const float s = rope_table[row_pos[row] * HD + half + d];
-    const T* x = qkv + (size_t)row * 3 * hidden;
-    T* y = prepared + (size_t)row * 3 * hidden;
+    RotatedPair p;
+    if (!rotated_pair_of_thread<HD>(rows, hidden, row_pos, rope_table, &p)) return;
+    const T* x = qkv + (size_t)p.row * 3 * hidden;
+    T* y = prepared + (size_t)p.row * 3 * hidden;
     #pragma unroll
     for (int part = 0; part < 3; ++part) {
-        const int at = part * hidden + col;
+        const int at = part * hidden + p.col;
         // T + T: the storage type's own rounded add, as the composed `x + bias`.
         const T biased_lo = x[at] + bias[at], biased_hi = x[at + half] + bias[at + half];
         if (part == 2) {
             y[at] = biased_lo;
             y[at + half] = biased_hi;
         } else if (part == 0) {
-            rotate_pair<T, true>(biased_lo, biased_hi, c, s, scale, y + at, y + at + half);
+            rotate_pair<T, true>(biased_lo, biased_hi, p.c, p.s, scale, y + at, y + at + half);
         } else {
-            rotate_pair<T, false>(biased_lo, biased_hi, c, s, scale, y + at, y + at + half);
+            rotate_pair<T, false>(biased_lo, biased_hi, p.c, p.s, scale, y + at, y + at + half);
         }
     }
 }
@@ -100,20 +121,13 @@ __device__ void rope_k(
     T* __restrict__ k_rot, const int* __restrict__ row_pos, const float* __restrict__ rope_table)
 {
     const int half = HD / 2;
-    const int pairs_per_row = hidden / 2;
-    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (unsigned)rows * (unsigned)pairs_per_row) return;
-    const int row = (int)(i / (unsigned)pairs_per_row);
-    const int pair = (int)(i - (unsigned)row * (unsigned)pairs_per_row);
-    const int head = pair / half, d = pair % half;
-    const int col = head * HD + d;
-    const float c = rope_table[row_pos[row] * HD + d];
-    const float s = rope_table[row_pos[row] * HD + half + d];
-    const T* x = qkv + (size_t)row * 3 * hidden + hidden;
-    T* y = k_rot + (size_t)row * hidden;
-    const T biased_lo = x[col] + bias[hidden + col];
-    const T biased_hi = x[col + half] + bias[hidden + col + half];
-    rotate_pair<T, false>(biased_lo, biased_hi, c, s, 1.f, y + col, y + col + half);
+    RotatedPair p;
+    if (!rotated_pair_of_thread<HD>(rows, hidden, row_pos, rope_table, &p)) return;
+    const T* x = qkv + (size_t)p.row * 3 * hidden + hidden;
+    T* y = k_rot + (size_t)p.row * hidden;
+    const T biased_lo = x[p.col] + bias[hidden + p.col];
+    const T biased_hi = x[p.col + half] + bias[hidden + p.col + half];
+    rotate_pair<T, false>(biased_lo, biased_hi, p.c, p.s, 1.f, y + p.col, y + p.col + half);
 }
 
 // 32-bit pair of the storage type (lower half = first element), as the tensor cores read it.

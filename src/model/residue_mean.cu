@@ -21,8 +21,8 @@
 
 template <typename T>
 __device__ void residue_mean(
-    const T* __restrict__ states, const int* __restrict__ ranges, const int hidden,
-    float* __restrict__ out)
+    const T* __restrict__ states, const int* __restrict__ ranges, float* __restrict__ out,
+    const int hidden)
 {
     const int seq = blockIdx.x;
     const int col = blockIdx.y * THREADS + threadIdx.x;
@@ -45,8 +45,8 @@ __device__ void residue_mean(
 
 #define INSTANCE(NAME, T)                                                                    \
     extern "C" __global__ void __launch_bounds__(THREADS) esm_##NAME(                        \
-        const T* states, const int* ranges, const int hidden, float* out) {                  \
-        residue_mean<T>(states, ranges, hidden, out);                                        \
+        const T* states, const int* ranges, float* out, const int hidden) {                  \
+        residue_mean<T>(states, ranges, out, hidden);                                        \
     }
 
 INSTANCE(residue_mean_f16, __half)
