@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench gemm torchbench hostsync ordering same base profile longtail big
-# fuzz devices fixtures suite bisect sanitizer
+# STEP: matmul parity bench gemm torchbench hostsync ordering same switches base profile
+# longtail big fuzz devices fixtures suite bisect sanitizer
 # (default: matmul parity bench fuzz).
 # hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
 # ordering: embed with stream order vs host synchronisation, compared bit for bit.
 # same: embed as it is vs under switches that must keep every bit (SAME_ENVS), bit for bit.
+# switches: bench as it is and under each of SAME_ENVS alone (BENCH_MODELS, BENCH_PRECISIONS).
 # base: embed with gpu/esmfuzz-base.xz (an earlier build) and this one, compared bit for bit.
 # profile: kernel time per class of one warm pass per layout, and the host gap against the same
 # pass unprofiled (ncu; PROFILE_MODELS, PROFILE_LAYOUTS, PROFILE_ENV).
@@ -158,6 +159,16 @@ for step in $steps; do
             run env "$e" "$bin" "${emb[@]}" --out "$out/same-$p-$layout-${e%%=*}.npy"
             run python3 scripts/compare_npy.py "$out/same-$p-$layout.npy" "$out/same-$p-$layout-${e%%=*}.npy" --expect-identical 1
           done
+        done
+      done ;;
+    switches)
+      # Each switch's speed alone: esmfuzz's bench as it is and under each of SAME_ENVS (one
+      # at a time), for each of BENCH_MODELS, BENCH_PRECISIONS (default f16), fused attention,
+      # on the same card in the same call, so the ratios compare like with like.
+      for m in ${BENCH_MODELS:-8M}; do
+        model_args "$m"
+        for e in DEFAULT=1 ${SAME_ENVS:-ESMFUZZ_HOST_POOLING=1 ESMFUZZ_FULL_ROPE_PREPASS=1}; do
+          run timeout "${STEP_SECONDS_BENCH:-400}" env "$e" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f16}" --repeat "${BENCH_REPEAT:-3}" --attention fused --report "$out/bench-switch-$m-${e%%=*}.json"
         done
       done ;;
     base)
