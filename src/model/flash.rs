@@ -1,9 +1,9 @@
 //! esmfuzz's fused attention on CUDA: one varlen flash-attention kernel per layer
 //! (`flash_attention.cu`, compiled once per process with NVRTC) that reads the stacked q, k, v
 //! projections of the token stream and writes each query's context back in token order. A
-//! pre-pass adds k's bias and rotates it once per row; for f16 and bf16 the flash kernel adds
-//! q's and v's bias and rotates and scales q in its tiles ([`folds_prepass`]), for f32 the
-//! pre-pass prepares all three. No `[batch, heads, L, L]`
+//! pre-pass adds the qkv bias and rotates and scales q and k once per row; a folded pair that
+//! leaves q's and v's work to the flash kernel's tiles is kept behind a switch
+//! ([`folds_prepass`]: it was slower). No `[batch, heads, L, L]`
 //! scores in memory, no gathers into attention groups and back, one launch for every sequence
 //! of a batch (packed or padded).
 //!
@@ -158,7 +158,7 @@ pub fn preflight(
         return Ok(());
     }
     #[cfg(feature = "cuda")]
-    return kernel_prefixes(plan.dtype())
+    return prefixes_for(folds_prepass(plan.dtype()))
         .iter()
         .try_for_each(|prefix| cuda::kernel(0, prefix, plan.dtype(), head_dim).map(|_| ()))
         .map_err(FlashUnavailable);
@@ -166,27 +166,31 @@ pub fn preflight(
     Ok(())
 }
 
-/// Whether `ESMFUZZ_FULL_ROPE_PREPASS=1` asks the half types for the pre-pass that prepares
-/// q, k and v (`esm_rope_qk`) instead of the folded kernel pair (read once; both give the same
-/// values bit for bit: to compare or time them).
-pub fn full_prepass_asked() -> bool {
+/// Whether `ESMFUZZ_FOLDED_PREPASS=1` asks the half types for the folded kernel pair instead
+/// of the full pre-pass (read once; both give the same values bit for bit).
+pub fn folded_prepass_asked() -> bool {
     static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_FULL_ROPE_PREPASS").is_some_and(|v| v == "1"))
+    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_FOLDED_PREPASS").is_some_and(|v| v == "1"))
 }
 
 /// Whether attention in `dtype` runs the folded pair: `esm_rope_k` rotates k alone, and
 /// `esm_flash_folded` adds q's and v's bias and rotates and scales q in its tiles (a third of
-/// the pre-pass's memory traffic). f16 and bf16 unless [`full_prepass_asked`]; f32 always
-/// runs `esm_rope_qk` then `esm_flash`.
+/// the pre-pass's memory traffic). Only f16 and bf16, and only where
+/// [`folded_prepass_asked`]: it moves less memory but was slower on an H100 (session 19,
+/// `results/h100-s19/`: 650M FP16 packed forwards 290,310 folded against 308,109 tokens/s
+/// unfolded; 3B 85,877 against 89,323), since every Q tile adds v's bias to every K/V tile it
+/// reads again and the flash kernel went from 22 to 38 ms of a pass. Everything else runs
+/// `esm_rope_qk` then `esm_flash`.
 pub fn folds_prepass(dtype: burn::tensor::DType) -> bool {
     use burn::tensor::DType;
-    matches!(dtype, DType::F16 | DType::BF16) && !full_prepass_asked()
+    matches!(dtype, DType::F16 | DType::BF16) && folded_prepass_asked()
 }
 
-/// The kernels attention in `dtype` launches, by prefix, in launch order.
+/// The kernels attention launches, by prefix, in launch order: the folded pair or the full
+/// pre-pass and the flash kernel ([`folds_prepass`] decides per dtype).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn kernel_prefixes(dtype: burn::tensor::DType) -> [&'static str; 2] {
-    if folds_prepass(dtype) {
+fn prefixes_for(folded: bool) -> [&'static str; 2] {
+    if folded {
         ["esm_rope_k", "esm_flash_folded"]
     } else {
         ["esm_rope_qk", "esm_flash"]
@@ -342,7 +346,7 @@ mod cuda {
             client.empty(rows * width * dtype.size()),
             dtype,
         );
-        let [rope_prefix, flash_prefix] = super::kernel_prefixes(dtype);
+        let [rope_prefix, flash_prefix] = super::prefixes_for(folded);
         let prepass = kernel(device.index, rope_prefix, dtype, head_dim)?;
         let flash = kernel(device.index, flash_prefix, dtype, head_dim)?;
         let resource = |t: &CubeTensor<CudaRuntime>| {
@@ -499,31 +503,25 @@ mod tests {
     }
 
     #[test]
-    fn half_types_fold_the_prepass_and_every_kernel_named_exists() {
+    fn only_an_asked_half_type_folds_the_prepass_and_every_kernel_named_exists() {
         use burn::tensor::DType;
         let source = include_str!("flash_attention.cu");
-        assert_eq!(
-            kernel_prefixes(DType::F16),
-            ["esm_rope_k", "esm_flash_folded"]
-        );
-        assert_eq!(
-            kernel_prefixes(DType::BF16),
-            ["esm_rope_k", "esm_flash_folded"]
-        );
-        assert_eq!(kernel_prefixes(DType::F32), ["esm_rope_qk", "esm_flash"]);
-        for (dtype, name) in [
-            (DType::F16, "f16"),
-            (DType::BF16, "bf16"),
-            (DType::F32, "f32"),
-        ] {
-            let instance = if folds_prepass(dtype) {
-                "FOLDED_INSTANCE"
-            } else {
-                "INSTANCE"
-            };
-            for hd in [16, 32, 64] {
-                let line = format!("\n{instance}({name}_hd{hd},");
-                assert!(source.contains(&line), "{line:?}");
+        assert!(!folds_prepass(DType::F32));
+        for dtype in [DType::F16, DType::BF16] {
+            assert_eq!(folds_prepass(dtype), folded_prepass_asked());
+        }
+        assert_eq!(prefixes_for(true), ["esm_rope_k", "esm_flash_folded"]);
+        assert_eq!(prefixes_for(false), ["esm_rope_qk", "esm_flash"]);
+        let instances = [
+            ("FOLDED_INSTANCE", &["f16", "bf16"][..]),
+            ("INSTANCE", &["f16", "bf16", "f32"][..]),
+        ];
+        for (instance, names) in instances {
+            for name in names {
+                for hd in [16, 32, 64] {
+                    let line = format!("\n{instance}({name}_hd{hd},");
+                    assert!(source.contains(&line), "{line:?}");
+                }
             }
         }
         for prefix in ["esm_rope_k", "esm_flash_folded", "esm_rope_qk", "esm_flash"] {

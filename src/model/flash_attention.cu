@@ -12,13 +12,14 @@
 // `[positions, HD]` (see `rope_qk`).
 // Output: `out [rows, hidden]`, each query row's context, heads side by side.
 //
-// Two launches. f32 (and the half types under ESMFUZZ_FULL_ROPE_PREPASS=1): `esm_rope_qk_*`
-// adds the bias to q, k and v, rotates q and k and scales q, into a scratch `[rows, 3 *
-// hidden]` in the same layout; `esm_flash_*` then reads it. f16 and bf16 by default, the
-// folded pair: `esm_rope_k_*` adds k's bias and rotates k alone into `[rows, hidden]`, and
-// `esm_flash_folded_*` reads q and v raw and adds their bias (and rotates and scales q) in
-// shared memory, once per Q tile and once per K/V tile, with `rope_qk`'s expressions: the same
-// values, a third of the pre-pass's memory traffic. One block of 128
+// Two launches. By default: `esm_rope_qk_*` adds the bias to q, k and v, rotates q and k and
+// scales q, into a scratch `[rows, 3 * hidden]` in the same layout; `esm_flash_*` then reads
+// it. f16 and bf16 under ESMFUZZ_FOLDED_PREPASS=1, the folded pair: `esm_rope_k_*` adds k's
+// bias and rotates k alone into `[rows, hidden]`, and `esm_flash_folded_*` reads q and v raw
+// and adds their bias (and rotates and scales q) in shared memory, once per Q tile and once
+// per K/V tile, with `rope_qk`'s expressions: the same values, a third of the pre-pass's
+// memory traffic, but 3-6% slower on an H100 (results/h100-s19/: every Q tile redoes v's bias
+// for every K/V tile, and the kernel went from 22 to 38 ms of a 650M pass). One block of 128
 // threads (4 warps) computes 64 query rows of one head of one sequence (a "tile";
 // tile_seq/tile_row0 list them), each warp 16 rows. Keys are visited 64 at a time, the next
 // K/V tiles loaded asynchronously (cp.async, double-buffered) while the current ones are
