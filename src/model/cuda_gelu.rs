@@ -21,14 +21,9 @@ pub fn composed_asked() -> bool {
 /// The kernel's name for `dtype` with `lanes` values per access (one where not vectorised).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn kernel_name(dtype: DType, vectorised: bool) -> Option<String> {
-    let name = match dtype {
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        DType::F32 => "f32",
-        _ => return None,
-    };
+    let name = super::kernel_names::storage_suffix(dtype)?;
     let lanes = if vectorised {
-        super::cuda_norm::lanes(dtype)
+        super::kernel_names::lanes(dtype)
     } else {
         1
     };
@@ -60,7 +55,7 @@ mod cuda {
     use burn_cubecl::tensor::CubeTensor;
     use cubecl::cuda::CudaRuntime;
 
-    use crate::model::cuda_norm::lanes;
+    use crate::model::kernel_names::lanes;
     use crate::model::fusion_op::{self, FloatKernel};
     use crate::model::nvrtc;
 

@@ -11,6 +11,7 @@
 
 use burn::tensor::{DType, Tensor, backend::Backend};
 
+use super::kernel_names::{lanes, storage_suffix};
 use super::precision::ComputePlan;
 
 /// Whether `ESMFUZZ_COMPOSED_LAYER_NORM=1` asks for burn's composition instead of the kernel
@@ -43,27 +44,15 @@ fn kernel_eps(eps: f64, dtype: DType, stored: bool) -> f32 {
 /// `lanes` values per access; with the residual add before the norm where `residual`.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn kernel_name(dtype: DType, stored: bool, vectorised: bool, residual: bool) -> Option<String> {
-    let (name, lanes) = match dtype {
-        DType::F16 => ("f16", 8),
-        DType::BF16 => ("bf16", 8),
-        DType::F32 => ("f32", 4),
-        _ => return None,
-    };
+    let name = storage_suffix(dtype)?;
     let body = if stored || dtype == DType::F32 {
         "stored"
     } else {
         "wide"
     };
-    let lanes = if vectorised { lanes } else { 1 };
+    let lanes = if vectorised { lanes(dtype) } else { 1 };
     let residual = if residual { "residual_" } else { "" };
     Some(format!("esm_{residual}layer_norm_{name}_{body}_v{lanes}"))
-}
-
-/// Values of `dtype` per vector access of esmfuzz's CUDA kernels (16 bytes: a `Pack` of
-/// `storage_types.cuh`).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(super) fn lanes(dtype: DType) -> usize {
-    16 / dtype.size()
 }
 
 /// LayerNorm of `x` over its last dimension by the CUDA kernel, as
@@ -358,7 +347,5 @@ mod tests {
         let f32_wide = kernel_name(DType::F32, false, true, false).unwrap();
         assert_eq!(f32_wide, "esm_layer_norm_f32_stored_v4");
         assert_eq!(kernel_name(DType::I32, true, true, false), None);
-        assert_eq!(lanes(DType::F16), 8);
-        assert_eq!(lanes(DType::F32), 4);
     }
 }

@@ -21,13 +21,8 @@ pub fn host_asked() -> bool {
 
 /// The kernel's name for a storage dtype.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn kernel_name(dtype: DType) -> Option<&'static str> {
-    match dtype {
-        DType::F16 => Some("esm_residue_mean_f16"),
-        DType::BF16 => Some("esm_residue_mean_bf16"),
-        DType::F32 => Some("esm_residue_mean_f32"),
-        _ => None,
-    }
+fn kernel_name(dtype: DType) -> Option<String> {
+    super::kernel_names::storage_suffix(dtype).map(|suffix| format!("esm_residue_mean_{suffix}"))
 }
 
 /// Each sequence's mean over its residue rows (`sequences[s]` without its first and last
@@ -99,7 +94,7 @@ mod cuda {
             && super::kernel_name(states.dtype()).is_some_and(|name| {
                 // The program compiles and loads here (checked once per process).
                 let ordinal = fusion_op::ordinal::<B>(&states.device());
-                nvrtc::function(ordinal, &nvrtc::RESIDUE_MEAN, name).is_ok()
+                nvrtc::function(ordinal, &nvrtc::RESIDUE_MEAN, &name).is_ok()
             });
         let (true, Some(ranges)) = (accepted, ranges) else {
             return Err(states);
@@ -165,7 +160,7 @@ mod cuda {
         let dtype = states.dtype;
         let name = super::kernel_name(dtype)
             .ok_or_else(|| format!("no residue mean kernel for {dtype:?}"))?;
-        let kernel = nvrtc::function(states.device.index, &nvrtc::RESIDUE_MEAN, name)?;
+        let kernel = nvrtc::function(states.device.index, &nvrtc::RESIDUE_MEAN, &name)?;
         let client = states.client.clone();
         let out = CubeTensor::new_contiguous(
             client.clone(),

@@ -440,12 +440,8 @@ mod cuda {
         dtype: DType,
         head_dim: usize,
     ) -> Result<Function, String> {
-        let dtype = match dtype {
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            DType::F32 => "f32",
-            other => return Err(format!("no kernel for {other:?}")),
-        };
+        let dtype = super::super::kernel_names::storage_suffix(dtype)
+            .ok_or_else(|| format!("no kernel for {dtype:?}"))?;
         nvrtc::function(
             ordinal,
             &nvrtc::FLASH,

@@ -156,7 +156,7 @@ impl<K: FloatKernel> Operation<Runtime> for FloatOp<K> {
 /// a multiple of the values per access and every buffer in `pointers` 16-byte aligned (else
 /// it takes one value at a time).
 pub fn vectorisable(width: usize, dtype: DType, pointers: &[u64]) -> bool {
-    width.is_multiple_of(super::cuda_norm::lanes(dtype)) && pointers.iter().all(|p| p % 16 == 0)
+    width.is_multiple_of(super::kernel_names::lanes(dtype)) && pointers.iter().all(|p| p % 16 == 0)
 }
 
 /// Kernel parameters for the device pointers `pointers`, in order: each points at its entry,

@@ -21,6 +21,7 @@ pub mod fp32_places;
 pub mod fusion_op;
 pub mod heads;
 pub mod host;
+pub mod kernel_names;
 pub mod layer;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;

@@ -170,16 +170,30 @@ pub fn ptx(program: &Program, arch: &str) -> Result<Vec<std::ffi::c_char>, Strin
     }
     .result()
     .map_err(|e| format!("{e:?}"))?;
-    // SAFETY: initialised by the successful call above.
-    let handle = unsafe { handle.assume_init() };
+    // SAFETY: initialised by the successful call above; destroyed once, when `created` drops.
+    let created = CreatedProgram(unsafe { handle.assume_init() });
+    let handle = created.0;
     // SAFETY: a program just created; the options are plain strings.
     if unsafe { nvrtc::compile_program(handle, &options) }.is_err() {
+        // SAFETY: the live program above.
         let log = unsafe { nvrtc::get_program_log(handle) }
             .map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>())
             .unwrap_or_default();
         return Err(format!("NVRTC could not compile {}: {log}", program.file));
     }
+    // SAFETY: the live program above, compiled; the PTX is copied out.
     unsafe { nvrtc::get_ptx(handle) }.map_err(|e| format!("{e:?}"))
+}
+
+/// An NVRTC program, destroyed when dropped (on every path out of [`ptx`]).
+struct CreatedProgram(nvrtc_sys::nvrtcProgram);
+
+impl Drop for CreatedProgram {
+    fn drop(&mut self) {
+        // SAFETY: created by nvrtcCreateProgram and destroyed only here. A failure would only
+        // leak the program, so it is ignored.
+        let _ = unsafe { nvrtc::destroy_program(self.0) };
+    }
 }
 
 #[cfg(test)]
