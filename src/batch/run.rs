@@ -11,7 +11,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::oom::{OutOfMemory, catch_out_of_memory};
 use super::{Batch, Batching, Layout, PaddedBatch, packed_batches, padded_batches};
 use crate::input::Protein;
-use crate::model::{Esm2, HostTensor, Widen, cuda_pool};
+use crate::model::{Esm2, HostTensor, PendingRead, Widen, cuda_pool};
 use crate::with_stored;
 
 /// `[tokens, hidden]` states on the host, f32, rows in batch-token order.
@@ -126,6 +126,24 @@ fn pool_stored<T: Widen>(states: &[T], hidden: usize) -> Vec<f32> {
 /// the sequences in parallel over the host's cores. Either way each sequence's sums are those
 /// of [`pool_residues`], so the values depend on neither.
 pub fn pooled_batch<B: Backend>(model: &Esm2<B>, batch: &(impl Batch + ?Sized)) -> Vec<Vec<f32>> {
+    launch_pooled(model, batch).finish(batch)
+}
+
+/// A batch [`launch_pooled`] ran: its pooled rows, or their read from the device still under
+/// way.
+pub struct LaunchedBatch(LaunchedRows);
+
+enum LaunchedRows {
+    /// Pooled on the device; the read of `[sequences, hidden]` f32 started.
+    Device(PendingRead),
+    /// Pooled on the host.
+    Pooled(Vec<Vec<f32>>),
+}
+
+/// [`pooled_batch`] up to the read of the device-pooled rows, which it only starts
+/// ([`HostTensor::start_read`]): the caller can queue the next batch before
+/// [`LaunchedBatch::finish`] waits for them.
+pub fn launch_pooled<B: Backend>(model: &Esm2<B>, batch: &(impl Batch + ?Sized)) -> LaunchedBatch {
     let last = model.config.num_hidden_layers;
     let rows: Vec<Range<usize>> = (0..batch.len()).map(|i| batch.sequence_rows(i)).collect();
     naming_the_batch(batch, || {
@@ -133,22 +151,35 @@ pub fn pooled_batch<B: Backend>(model: &Esm2<B>, batch: &(impl Batch + ?Sized)) 
         let states = representations
             .remove(&last)
             .expect("the forward returns every layer it is asked for");
-        match cuda_pool::residue_means(states, &rows) {
-            Ok(pooled) => {
+        LaunchedBatch(match cuda_pool::residue_means(states, &rows) {
+            Ok(pooled) => LaunchedRows::Device(HostTensor::start_read(pooled)),
+            Err(states) => {
+                let states = HostTensor::read(states);
+                let hidden = states.dims()[1];
+                let pooled =
+                    with_stored!(states.values(), values => pool_sequences(values, hidden, rows));
+                LaunchedRows::Pooled(pooled)
+            }
+        })
+    })
+}
+
+impl LaunchedBatch {
+    /// The pooled rows of `batch` (the one launched), in its sequences' order.
+    pub fn finish(self, batch: &(impl Batch + ?Sized)) -> Vec<Vec<f32>> {
+        match self.0 {
+            LaunchedRows::Pooled(pooled) => pooled,
+            LaunchedRows::Device(read) => naming_the_batch(batch, || {
+                let pooled = read.finish();
                 let hidden = pooled.dims()[1];
-                HostTensor::read(pooled)
+                pooled
                     .to_f32()
                     .chunks_exact(hidden)
                     .map(<[f32]>::to_vec)
                     .collect()
-            }
-            Err(states) => {
-                let states = HostTensor::read(states);
-                let hidden = states.dims()[1];
-                with_stored!(states.values(), values => pool_sequences(values, hidden, rows))
-            }
+            }),
         }
-    })
+    }
 }
 
 /// Each of `rows` of `states` (`[tokens, hidden]` flat) pooled, in parallel.
@@ -223,33 +254,62 @@ pub fn embed<B: Backend, E: From<OutOfMemory>>(
             Cow::Owned(todo.iter().map(|&i| proteins[i].clone()).collect())
         };
         let mut done = vec![false; todo.len()];
-        for batch in batches(model, &remaining, Batching { budget, ..batching }) {
-            let pooled =
-                match catch_out_of_memory(batch.as_ref(), || pooled_batch(model, batch.as_ref())) {
-                    Ok(pooled) => pooled,
-                    Err(oom) if oom.shape.sequences > 1 => {
-                        budget = oom
-                            .shape
-                            .halved_budget()
-                            .min(budget.saturating_sub(1))
-                            .max(1);
-                        eprintln!("warning: {oom}; token budget lowered to {budget}, going on");
-                        todo = todo
-                            .iter()
-                            .zip(&done)
-                            .filter(|&(_, &d)| !d)
-                            .map(|(&i, _)| i)
-                            .collect();
-                        continue 'rebatch;
+        // One batch ahead: each batch is launched before the previous one's rows are
+        // waited for, so the device has the next forward queued while the host waits.
+        let mut in_flight: Option<(Box<dyn Batch>, LaunchedBatch)> = None;
+        let mut batches = batches(model, &remaining, Batching { budget, ..batching });
+        loop {
+            let next = batches.next();
+            let launched = next.as_ref().map(|batch| {
+                catch_out_of_memory(batch.as_ref(), || launch_pooled(model, batch.as_ref()))
+            });
+            let finished = in_flight.take().map(|(batch, launched)| {
+                let pooled =
+                    catch_out_of_memory(batch.as_ref(), || launched.finish(batch.as_ref()));
+                (batch, pooled)
+            });
+            let mut out_of_memory = None;
+            if let Some((batch, pooled)) = finished {
+                match pooled {
+                    Ok(pooled) => {
+                        for (k, row) in pooled.into_iter().enumerate() {
+                            let r = batch.record(k);
+                            let i = todo[r];
+                            done[r] = true;
+                            tokens += proteins[i].token_len();
+                            on_row(i, row)?;
+                        }
                     }
-                    Err(oom) => return Err(oom.into()),
-                };
-            for (k, row) in pooled.into_iter().enumerate() {
-                let r = batch.record(k);
-                let i = todo[r];
-                done[r] = true;
-                tokens += proteins[i].token_len();
-                on_row(i, row)?;
+                    Err(oom) => out_of_memory = Some(oom),
+                }
+            }
+            match (next, launched) {
+                (Some(batch), Some(Ok(launched))) if out_of_memory.is_none() => {
+                    in_flight = Some((batch, launched));
+                }
+                (_, Some(Err(oom))) if out_of_memory.is_none() => out_of_memory = Some(oom),
+                _ => {}
+            }
+            if let Some(oom) = out_of_memory {
+                if oom.shape.sequences <= 1 {
+                    return Err(oom.into());
+                }
+                budget = oom
+                    .shape
+                    .halved_budget()
+                    .min(budget.saturating_sub(1))
+                    .max(1);
+                eprintln!("warning: {oom}; token budget lowered to {budget}, going on");
+                todo = todo
+                    .iter()
+                    .zip(&done)
+                    .filter(|&(_, &d)| !d)
+                    .map(|(&i, _)| i)
+                    .collect();
+                continue 'rebatch;
+            }
+            if in_flight.is_none() {
+                break;
             }
         }
         break;

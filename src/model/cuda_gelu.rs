@@ -55,8 +55,8 @@ mod cuda {
     use burn_cubecl::tensor::CubeTensor;
     use cubecl::cuda::CudaRuntime;
 
-    use crate::model::kernel_names::lanes;
     use crate::model::fusion_op::{self, FloatKernel};
+    use crate::model::kernel_names::lanes;
     use crate::model::nvrtc;
 
     /// Threads per block (`THREADS` in the kernel).

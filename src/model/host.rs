@@ -83,6 +83,19 @@ impl HostTensor {
         Self::from_data(t.into_data())
     }
 
+    /// Starts reading `t`: on esmfuzz's CUDA backend under `ESMFUZZ_PIPELINED_READ=1` the copy
+    /// to the host is queued on the device's stream now, right behind the work that computes
+    /// `t`, and [`PendingRead::finish`] waits for that copy alone, so whatever the host queues
+    /// in between (the next batch's forward) keeps the device busy while it waits. Elsewhere
+    /// `t` is read here, as [`Self::read`] does.
+    pub fn start_read<B: Backend, const D: usize>(t: Tensor<B, D>) -> PendingRead {
+        #[cfg(feature = "cuda")]
+        if pipelined_read_asked() && crate::model::fusion_op::is_cuda::<B>() {
+            return PendingRead(Pending::Copying(cuda::start_read(t)));
+        }
+        PendingRead(Pending::Done(Self::read(t)))
+    }
+
     fn from_data(data: TensorData) -> Self {
         let data = match data.dtype {
             DType::F32 | DType::F16 | DType::BF16 => data,
@@ -113,6 +126,105 @@ impl HostTensor {
     /// The values widened to f32, row-major (in parallel over the host's cores).
     pub fn to_f32(&self) -> Vec<f32> {
         with_stored!(self.values(), values => widened(values))
+    }
+}
+
+/// Whether `ESMFUZZ_PIPELINED_READ=1` asks [`HostTensor::start_read`] to queue its copy and
+/// return (read once). Off by default until timed on a GPU.
+pub fn pipelined_read_asked() -> bool {
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_PIPELINED_READ").is_some_and(|v| v == "1"))
+}
+
+/// A read [`HostTensor::start_read`] started.
+pub struct PendingRead(Pending);
+
+enum Pending {
+    Done(HostTensor),
+    #[cfg(feature = "cuda")]
+    Copying(cuda::Copying),
+}
+
+impl PendingRead {
+    /// The values, once the copy has landed (waits for it, and for nothing queued after it).
+    ///
+    /// # Panics
+    /// Where the device reports an error, as [`HostTensor::read`] does.
+    pub fn finish(self) -> HostTensor {
+        match self.0 {
+            Pending::Done(read) => read,
+            #[cfg(feature = "cuda")]
+            Pending::Copying(copying) => HostTensor::from_data(copying.wait()),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+
+    use burn::tensor::{Tensor, TensorData, backend::Backend};
+    use burn_cubecl::tensor::CubeTensor;
+    use cubecl::client::ComputeClient;
+    use cubecl::cuda::CudaRuntime;
+    use cubecl::server::CopyDescriptor;
+
+    use crate::model::fusion_op::{self, Inner};
+
+    /// A client of `tensor`'s device that lives as long as the process (one per device, made
+    /// once, like the kernels' modules): cubecl's read queues the copy when called, but the
+    /// future it returns borrows the client it was called on.
+    fn process_client(tensor: &CubeTensor<CudaRuntime>) -> &'static ComputeClient<CudaRuntime> {
+        type Clients = Vec<(usize, &'static ComputeClient<CudaRuntime>)>;
+        static CLIENTS: Mutex<Clients> = Mutex::new(Vec::new());
+        let mut clients = CLIENTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ordinal = tensor.device.index;
+        if let Some((_, client)) = clients.iter().find(|(o, _)| *o == ordinal) {
+            return client;
+        }
+        let client: &'static _ = Box::leak(Box::new(tensor.client.clone()));
+        clients.push((ordinal, client));
+        client
+    }
+
+    /// A copy to the host queued on the device's stream, with the fence behind it.
+    pub struct Copying(Pin<Box<dyn Future<Output = Result<TensorData, String>> + Send>>);
+
+    impl Copying {
+        pub fn wait(self) -> TensorData {
+            cubecl::future::block_on(self.0)
+                .unwrap_or_else(|e| panic!("reading a result from the device failed: {e}"))
+        }
+    }
+
+    /// Queues `t`'s copy to the host. burn's fusion stream runs what is queued for `t` first
+    /// (launches, no wait); cubecl then queues the copy into its pinned staging memory and a
+    /// fence behind it, on the same stream, before returning.
+    pub fn start_read<B: Backend, const D: usize>(t: Tensor<B, D>) -> Copying {
+        let fused = fusion_op::float_primitive(t);
+        let client = fused.client.clone();
+        let tensor: CubeTensor<CudaRuntime> = client.resolve_tensor_float::<Inner>(fused);
+        let tensor = burn_cubecl::kernel::into_contiguous(tensor);
+        let shape = tensor.meta.shape().clone();
+        let dtype = tensor.dtype;
+        let descriptor = CopyDescriptor::new(
+            tensor.handle.clone().binding(),
+            shape.clone(),
+            tensor.meta.strides().clone(),
+            tensor.elem_size(),
+        );
+        let copy = process_client(&tensor).read_tensor_async(vec![descriptor]);
+        Copying(Box::pin(async move {
+            // `tensor` lives until the copy has landed.
+            let bytes = copy.await.map_err(|e| e.to_string());
+            drop(tensor);
+            let mut bytes = bytes?;
+            Ok(TensorData::from_bytes(bytes.remove(0), shape, dtype))
+        }))
     }
 }
 

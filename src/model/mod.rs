@@ -36,6 +36,6 @@ pub use engine::resolve_gemm;
 pub use esm2::{Esm2, EsmOutput, ModelSpec, Place};
 pub use fault::FaultSet;
 pub use fp32_places::{Fp32Place, Fp32Places};
-pub use host::{HostTensor, Stored, Widen, to_host};
+pub use host::{HostTensor, PendingRead, Stored, Widen, to_host};
 pub use precision::{AttentionKernel, ComputePlan, Gemm, Precision};
 pub use weights::EsmWeights;

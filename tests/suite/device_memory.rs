@@ -4,7 +4,7 @@
 //! when an allocation fails, with "out of memory" in the message).
 
 use esmfuzz::batch::oom::OutOfMemory;
-use esmfuzz::batch::{Batching, embed};
+use esmfuzz::batch::{Batching, embed, padded_batches};
 use esmfuzz::model::{FaultSet, Precision};
 
 use super::common;
@@ -84,4 +84,76 @@ fn a_single_sequence_the_device_cannot_hold_is_an_error_naming_it() {
         "{text}"
     );
     assert!(text.contains("does not fit on the device"), "{text}");
+}
+
+/// Embedding runs one batch ahead (the next batch is launched before the previous one's rows
+/// are waited for): a later batch running out of memory while an earlier one is still in
+/// flight must keep the earlier one's rows, re-run only the proteins without one, and give
+/// every protein exactly one row, the same as a device with room.
+#[test]
+fn a_batch_running_out_of_memory_behind_a_finished_one_loses_and_repeats_no_row() {
+    esmfuzz::batch::oom::quiet_out_of_memory_panics();
+    let corpus = common::corpus();
+    let long = corpus
+        .iter()
+        .find(|p| (300..=500).contains(&p.token_len()))
+        .expect("the corpus has a protein of 300 to 500 tokens")
+        .clone();
+    let shorts: Vec<_> = corpus
+        .iter()
+        .filter(|p| p.token_len() <= 60)
+        .cloned()
+        .collect();
+    let budget = long.token_len() + 50;
+    let limit = long.token_len() + 10;
+    let proteins: Vec<_> = std::iter::once(long).chain(shorts).collect();
+    // Longest first: the long protein's batch (alone: two would exceed the budget) fits, and
+    // a later batch of short ones does not (the fault counts a padded batch's slots).
+    let slots = |batch: &Vec<usize>| {
+        batch.len()
+            * batch
+                .iter()
+                .map(|&i| proteins[i].token_len())
+                .max()
+                .unwrap_or(0)
+    };
+    let planned = padded_batches(&proteins, budget);
+    assert_eq!(planned[0], [0], "the long protein runs alone, first");
+    assert!(
+        planned.iter().skip(1).any(|b| slots(b) > limit),
+        "a later batch exceeds the limit: {:?}",
+        planned.iter().map(slots).collect::<Vec<_>>()
+    );
+    let faults = FaultSet {
+        device_memory_tokens: Some(limit),
+        ..FaultSet::none()
+    };
+    let small = common::model_with(common::weights(), Precision::F32, faults);
+    let mut calls = vec![0usize; proteins.len()];
+    let mut got = vec![Vec::new(); proteins.len()];
+    let embedded = embed(&small, &proteins, Batching::padded(budget), |i, row| {
+        calls[i] += 1;
+        got[i] = row;
+        Ok::<(), OutOfMemory>(())
+    })
+    .expect("the batches were split");
+    assert!(embedded.final_budget < budget, "the budget was lowered");
+    assert!(calls.iter().all(|&c| c == 1), "rows per protein: {calls:?}");
+    let (want, _) = rows(
+        common::shared_model(Precision::F32),
+        &proteins,
+        embedded.final_budget,
+    )
+    .expect("fits");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let worst = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            g.len() == w.len() && worst <= 1e-5,
+            "protein {i}: {worst} off the unconstrained run"
+        );
+    }
 }
