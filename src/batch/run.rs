@@ -259,18 +259,15 @@ pub fn embed<B: Backend, E: From<OutOfMemory>>(
         let mut in_flight: Option<(Box<dyn Batch>, LaunchedBatch)> = None;
         let mut batches = batches(model, &remaining, Batching { budget, ..batching });
         loop {
-            let next = batches.next();
-            let launched = next.as_ref().map(|batch| {
-                catch_out_of_memory(batch.as_ref(), || launch_pooled(model, batch.as_ref()))
+            let launched = batches.next().map(|batch| {
+                let launched =
+                    catch_out_of_memory(batch.as_ref(), || launch_pooled(model, batch.as_ref()));
+                (batch, launched)
             });
-            let finished = in_flight.take().map(|(batch, launched)| {
-                let pooled =
-                    catch_out_of_memory(batch.as_ref(), || launched.finish(batch.as_ref()));
-                (batch, pooled)
-            });
+            // The previous batch's rows: their read was started before this batch's forward.
             let mut out_of_memory = None;
-            if let Some((batch, pooled)) = finished {
-                match pooled {
+            if let Some((batch, launched)) = in_flight.take() {
+                match catch_out_of_memory(batch.as_ref(), || launched.finish(batch.as_ref())) {
                     Ok(pooled) => {
                         for (k, row) in pooled.into_iter().enumerate() {
                             let r = batch.record(k);
@@ -283,12 +280,12 @@ pub fn embed<B: Backend, E: From<OutOfMemory>>(
                     Err(oom) => out_of_memory = Some(oom),
                 }
             }
-            match (next, launched) {
-                (Some(batch), Some(Ok(launched))) if out_of_memory.is_none() => {
-                    in_flight = Some((batch, launched));
+            match launched {
+                Some((batch, Ok(launched))) => in_flight = Some((batch, launched)),
+                Some((_, Err(oom))) => {
+                    out_of_memory.get_or_insert(oom);
                 }
-                (_, Some(Err(oom))) if out_of_memory.is_none() => out_of_memory = Some(oom),
-                _ => {}
+                None => {}
             }
             if let Some(oom) = out_of_memory {
                 if oom.shape.sequences <= 1 {

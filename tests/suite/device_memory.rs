@@ -23,6 +23,22 @@ fn rows(
     Ok((out, embedded.final_budget))
 }
 
+/// Every protein has its row, each value within 1e-5 of the unconstrained run's.
+fn assert_rows_match(got: &[Vec<f32>], want: &[Vec<f32>]) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len(), "protein {i} has its row");
+        let worst = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-5,
+            "protein {i}: {worst} off the unconstrained run"
+        );
+    }
+}
+
 #[test]
 fn embedding_lowers_the_budget_when_the_device_runs_out_of_memory() {
     esmfuzz::batch::oom::quiet_out_of_memory_panics();
@@ -48,18 +64,7 @@ fn embedding_lowers_the_budget_when_the_device_runs_out_of_memory() {
     );
     let (want, unchanged) = rows(roomy, &proteins, final_budget).expect("fits");
     assert_eq!(unchanged, final_budget);
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(g.len(), w.len(), "protein {i} has its row");
-        let worst = g
-            .iter()
-            .zip(w)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            worst <= 1e-5,
-            "protein {i}: {worst} off the unconstrained run"
-        );
-    }
+    assert_rows_match(&got, &want);
 }
 
 #[test]
@@ -145,15 +150,5 @@ fn a_batch_running_out_of_memory_behind_a_finished_one_loses_and_repeats_no_row(
         embedded.final_budget,
     )
     .expect("fits");
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        let worst = g
-            .iter()
-            .zip(w)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            g.len() == w.len() && worst <= 1e-5,
-            "protein {i}: {worst} off the unconstrained run"
-        );
-    }
+    assert_rows_match(&got, &want);
 }
