@@ -172,4 +172,113 @@ mod tests {
         );
         assert_eq!(kernel_name(DType::I32, true), None);
     }
+
+    /// `bias_gelu.cu` divides a half value by T(sqrt 2) = 181/128 as `T(float(y) *
+    /// INV_T_SQRT2)`, where the composition calls `__hdiv` (f16: a reciprocal within 1 ulp,
+    /// a multiply, a fix-up for subnormal results; bf16: `div.approx.f32`, within 2 ulp). Both
+    /// give the correctly rounded quotient for every finite value if that quotient lies more
+    /// than 4 f32 ulps from every rounding midpoint of T (then no f32 result within 4 ulps can
+    /// round differently), and the multiply's quotient rounds to it. Checked here for all 2^16
+    /// bit patterns of each type, exactly: the quotient in f64 (53 bits, far finer than the
+    /// margins), the multiply in f32 as the GPU rounds it (`mul.rn.f32`, subnormals kept).
+    #[test]
+    fn half_division_by_sqrt2_is_one_correctly_rounded_multiply_for_every_value() {
+        let source = include_str!("bias_gelu.cu");
+        let inv_sqrt2 = 128.0f32 / 181.0;
+        assert!(
+            source.contains(&format!("#define INV_T_SQRT2 {}", hex_f32(inv_sqrt2))),
+            "bias_gelu.cu's INV_T_SQRT2 is not {}",
+            hex_f32(inv_sqrt2)
+        );
+        assert_eq!(
+            half::f16::from_f32(std::f32::consts::SQRT_2).to_f64(),
+            181.0 / 128.0
+        );
+        assert_eq!(
+            half::bf16::from_f32(std::f32::consts::SQRT_2).to_f64(),
+            181.0 / 128.0
+        );
+
+        type Round = fn(f64) -> (f64, f64, f64);
+        // Each type's value nearest to a f64, and its neighbours below and above.
+        let f16_round: Round = |q| {
+            let r = half::f16::from_f64(q);
+            let below = half::f16::from_bits(step(r.to_bits(), -1, q)).to_f64();
+            let above = half::f16::from_bits(step(r.to_bits(), 1, q)).to_f64();
+            (r.to_f64(), below, above)
+        };
+        let bf16_round: Round = |q| {
+            let r = half::bf16::from_f64(q);
+            let below = half::bf16::from_bits(step(r.to_bits(), -1, q)).to_f64();
+            let above = half::bf16::from_bits(step(r.to_bits(), 1, q)).to_f64();
+            (r.to_f64(), below, above)
+        };
+        let types: [(&str, fn(u16) -> f32, fn(f32) -> f64, Round); 2] = [
+            (
+                "f16",
+                |b| half::f16::from_bits(b).to_f32(),
+                |v| half::f16::from_f32(v).to_f64(),
+                f16_round,
+            ),
+            (
+                "bf16",
+                |b| half::bf16::from_bits(b).to_f32(),
+                |v| half::bf16::from_f32(v).to_f64(),
+                bf16_round,
+            ),
+        ];
+        for (name, value_of, narrow, round) in types {
+            let mut checked = 0;
+            for bits in 0..=u16::MAX {
+                let y = value_of(bits);
+                if !y.is_finite() {
+                    continue;
+                }
+                let q = f64::from(y) / (181.0 / 128.0);
+                let (nearest, below, above) = round(q);
+                let by_multiply = narrow(y * inv_sqrt2);
+                assert!(
+                    by_multiply == nearest
+                        && by_multiply.is_sign_negative() == nearest.is_sign_negative(),
+                    "{name} {y:e} (bits {bits:#06x}): multiply gives {by_multiply:e}, the quotient rounds to {nearest:e}"
+                );
+                if q != 0.0 {
+                    let to_midpoint = ((nearest + below) / 2.0 - q)
+                        .abs()
+                        .min(((nearest + above) / 2.0 - q).abs());
+                    let ulp_f32 = (q.abs().log2().floor() - 23.0).max(-149.0).exp2();
+                    assert!(
+                        to_midpoint > 4.0 * ulp_f32 + q.abs() * f64::EPSILON,
+                        "{name} {y:e} (bits {bits:#06x}): quotient {q:e} lies {to_midpoint:e} from a rounding midpoint"
+                    );
+                }
+                checked += 1;
+            }
+            assert!(checked > 63_000, "{name}: {checked} values");
+        }
+    }
+
+    /// `v` as a C hexadecimal float literal (`0x1.6a13cep-1f`).
+    fn hex_f32(v: f32) -> String {
+        let bits = v.to_bits();
+        let exponent = ((bits >> 23) & 0xff) as i32 - 127;
+        let mantissa = (bits & 0x7f_ffff) << 1; // 24 bits: six hex digits
+        let digits = format!("{mantissa:06x}");
+        format!("0x1.{}p{exponent}f", digits.trim_end_matches('0'))
+    }
+
+    /// The bit pattern one value below (`dir` -1) or above (+1) `bits`, a value of sign
+    /// `q`'s (half types order their magnitudes as their bits).
+    fn step(bits: u16, dir: i32, q: f64) -> u16 {
+        let magnitude = bits & 0x7fff;
+        let sign = bits & 0x8000;
+        // Moving away from zero is one more in magnitude; towards zero one less (past zero,
+        // the other sign's smallest value).
+        let away = (dir > 0) == (q >= 0.0);
+        match (away, magnitude) {
+            (true, m) => sign | (m + 1),
+            (false, 0) => (sign ^ 0x8000) | 1,
+            (false, m) => sign | (m - 1),
+        }
+    }
 }

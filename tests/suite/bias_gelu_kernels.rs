@@ -75,3 +75,48 @@ fn the_bias_gelu_kernel_gives_the_composed_values_bit_for_bit() {
     }
     assert_eq!(checked, 9);
 }
+
+/// Every value of each half type (all 2^16 bit patterns: subnormals, infinities and NaN
+/// included) through the kernel and the composition, bias zero: the kernel's own division
+/// and paired-lane steps (`bias_gelu.cu`) must agree with the composition on every input
+/// GELU can see, not only on sampled ones.
+#[test]
+fn the_bias_gelu_kernel_gives_the_composed_values_for_every_half_value() {
+    let device = test_device();
+    let backend = test_backend();
+    let types: [(DType, fn(u16) -> f32); 2] = [
+        (DType::F16, |b| half::f16::from_bits(b).to_f32()),
+        (DType::BF16, |b| half::bf16::from_bits(b).to_f32()),
+    ];
+    for (dtype, value_of) in types {
+        let what = format!("{dtype:?} on {backend}");
+        // Exact in f32, so the cast gives every pattern back.
+        let values: Vec<f32> = (0..=u16::MAX).map(value_of).collect();
+        let x = Tensor::<TestBackend, 2>::from_data(TensorData::new(values, [256, 256]), &device)
+            .cast(dtype);
+        let bias = Tensor::<TestBackend, 1>::zeros([256], &device).cast(dtype);
+        let composed = to_host(ops::gelu_exact(x.clone() + bias.clone().unsqueeze::<2>()));
+        let Some(fused) = kernel(x, &bias) else {
+            panic!("{what}: the bias + GELU kernel did not run");
+        };
+        assert_eq!(fused.len(), 1 << 16, "{what}");
+        let same = |k: f32, c: f32| k.to_bits() == c.to_bits() || (k.is_nan() && c.is_nan());
+        let differing: Vec<_> = fused
+            .iter()
+            .zip(&composed)
+            .enumerate()
+            .filter(|(_, (k, c))| !same(**k, **c))
+            .map(|(i, (k, c))| (value_of(i as u16), *k, *c))
+            .collect();
+        assert!(
+            differing.is_empty(),
+            "{what}: {} of 65536 values differ, the first (input, kernel, composed) {:?}",
+            differing.len(),
+            &differing[..differing.len().min(5)]
+        );
+        assert!(
+            composed.iter().filter(|v| v.is_finite()).count() > 60_000,
+            "{what}"
+        );
+    }
+}
