@@ -199,57 +199,57 @@ mod tests {
             181.0 / 128.0
         );
 
-        type Round = fn(f64) -> (f64, f64, f64);
-        // Each type's value nearest to a f64, and its neighbours below and above.
-        let f16_round: Round = |q| {
-            let r = half::f16::from_f64(q);
-            let below = half::f16::from_bits(step(r.to_bits(), -1, q)).to_f64();
-            let above = half::f16::from_bits(step(r.to_bits(), 1, q)).to_f64();
-            (r.to_f64(), below, above)
-        };
-        let bf16_round: Round = |q| {
-            let r = half::bf16::from_f64(q);
-            let below = half::bf16::from_bits(step(r.to_bits(), -1, q)).to_f64();
-            let above = half::bf16::from_bits(step(r.to_bits(), 1, q)).to_f64();
-            (r.to_f64(), below, above)
-        };
-        let types: [(&str, fn(u16) -> f32, fn(f32) -> f64, Round); 2] = [
-            (
-                "f16",
-                |b| half::f16::from_bits(b).to_f32(),
-                |v| half::f16::from_f32(v).to_f64(),
-                f16_round,
-            ),
-            (
-                "bf16",
-                |b| half::bf16::from_bits(b).to_f32(),
-                |v| half::bf16::from_f32(v).to_f64(),
-                bf16_round,
-            ),
+        // Each type as its values by bit pattern and the bit pattern nearest to a value (round
+        // to nearest even; an f32 widened to f64 exactly rounds as the f32 would).
+        struct HalfType {
+            name: &'static str,
+            value: fn(u16) -> f64,
+            nearest: fn(f64) -> u16,
+        }
+        let types = [
+            HalfType {
+                name: "f16",
+                value: |b| half::f16::from_bits(b).to_f64(),
+                nearest: |v| half::f16::from_f64(v).to_bits(),
+            },
+            HalfType {
+                name: "bf16",
+                value: |b| half::bf16::from_bits(b).to_f64(),
+                nearest: |v| half::bf16::from_f64(v).to_bits(),
+            },
         ];
-        for (name, value_of, narrow, round) in types {
+        for HalfType {
+            name,
+            value,
+            nearest,
+        } in types
+        {
             let mut checked = 0;
             for bits in 0..=u16::MAX {
-                let y = value_of(bits);
+                let y = value(bits) as f32; // exact
                 if !y.is_finite() {
                     continue;
                 }
                 let q = f64::from(y) / (181.0 / 128.0);
-                let (nearest, below, above) = round(q);
-                let by_multiply = narrow(y * inv_sqrt2);
+                let r = nearest(q);
+                let (nearest_value, below, above) =
+                    (value(r), value(step(r, -1, q)), value(step(r, 1, q)));
+                let by_multiply = nearest(f64::from(y * inv_sqrt2));
                 assert!(
-                    by_multiply == nearest
-                        && by_multiply.is_sign_negative() == nearest.is_sign_negative(),
-                    "{name} {y:e} (bits {bits:#06x}): multiply gives {by_multiply:e}, the quotient rounds to {nearest:e}"
+                    by_multiply == r,
+                    "{name} {y:e} (bits {bits:#06x}): multiply gives {:e}, the quotient rounds to \
+                     {nearest_value:e}",
+                    value(by_multiply)
                 );
                 if q != 0.0 {
-                    let to_midpoint = ((nearest + below) / 2.0 - q)
+                    let to_midpoint = ((nearest_value + below) / 2.0 - q)
                         .abs()
-                        .min(((nearest + above) / 2.0 - q).abs());
+                        .min(((nearest_value + above) / 2.0 - q).abs());
                     let ulp_f32 = (q.abs().log2().floor() - 23.0).max(-149.0).exp2();
                     assert!(
                         to_midpoint > 4.0 * ulp_f32 + q.abs() * f64::EPSILON,
-                        "{name} {y:e} (bits {bits:#06x}): quotient {q:e} lies {to_midpoint:e} from a rounding midpoint"
+                        "{name} {y:e} (bits {bits:#06x}): quotient {q:e} lies {to_midpoint:e} \
+                         from a rounding midpoint"
                     );
                 }
                 checked += 1;

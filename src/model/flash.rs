@@ -1,10 +1,9 @@
 //! esmfuzz's fused attention on CUDA: one varlen flash-attention kernel per layer
 //! (`flash_attention.cu`, compiled once per process with NVRTC) that reads the stacked q, k, v
 //! projections of the token stream and writes each query's context back in token order. A
-//! pre-pass adds the qkv bias and rotates and scales q and k once per row; a folded pair that
-//! leaves q's and v's work to the flash kernel's tiles is kept behind a switch
-//! ([`folds_prepass`]: it was slower). No `[batch, heads, L, L]`
-//! scores in memory, no gathers into attention groups and back, one launch for every sequence
+//! pre-pass adds the qkv bias and rotates and scales q and k once per row (eight pairs a
+//! thread for the half types where the buffers allow: [`prepass_prefix`]). No
+//! `[batch, heads, L, L]` scores in memory, no gathers into attention groups and back, one launch for every sequence
 //! of a batch (packed or padded).
 //!
 //! It runs as a custom operation in burn's fusion stream, enqueued on cubecl's own stream like
@@ -158,42 +157,37 @@ pub fn preflight(
         return Ok(());
     }
     #[cfg(feature = "cuda")]
-    return prefixes_for(folds_prepass(plan.dtype()))
-        .iter()
-        .try_for_each(|prefix| cuda::kernel(0, prefix, plan.dtype(), head_dim).map(|_| ()))
-        .map_err(FlashUnavailable);
+    return [
+        prepass_prefix(plan.dtype(), true),
+        "esm_rope_qk",
+        "esm_flash",
+    ]
+    .iter()
+    .try_for_each(|prefix| cuda::kernel(0, prefix, plan.dtype(), head_dim).map(|_| ()))
+    .map_err(FlashUnavailable);
     #[cfg(not(feature = "cuda"))]
     Ok(())
 }
 
-/// Whether `ESMFUZZ_FOLDED_PREPASS=1` asks the half types for the folded kernel pair instead
-/// of the full pre-pass (read once; both give the same values bit for bit).
-pub fn folded_prepass_asked() -> bool {
+/// Whether `ESMFUZZ_SCALAR_PREPASS=1` asks for the one-pair-a-thread pre-pass everywhere
+/// (read once; both pre-passes give the same values bit for bit: `gpu_run.sh same` compares
+/// them, `switches` times them).
+pub fn scalar_prepass_asked() -> bool {
     static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_FOLDED_PREPASS").is_some_and(|v| v == "1"))
+    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_SCALAR_PREPASS").is_some_and(|v| v == "1"))
 }
 
-/// Whether attention in `dtype` runs the folded pair: `esm_rope_k` rotates k alone, and
-/// `esm_flash_folded` adds q's and v's bias and rotates and scales q in its tiles (a third of
-/// the pre-pass's memory traffic). Only f16 and bf16, and only where
-/// [`folded_prepass_asked`]: it moves less memory but was slower on an H100 (session 19,
-/// `results/h100-s19/`: 650M FP16 packed forwards 290,310 folded against 308,109 tokens/s
-/// unfolded; 3B 85,877 against 89,323), since every Q tile adds v's bias to every K/V tile it
-/// reads again and the flash kernel went from 22 to 38 ms of a pass. Everything else runs
-/// `esm_rope_qk` then `esm_flash`.
-pub fn folds_prepass(dtype: burn::tensor::DType) -> bool {
-    use burn::tensor::DType;
-    matches!(dtype, DType::F16 | DType::BF16) && folded_prepass_asked()
-}
-
-/// The kernels attention launches, by prefix, in launch order: the folded pair or the full
-/// pre-pass and the flash kernel ([`folds_prepass`] decides per dtype).
+/// The pre-pass attention in `dtype` launches before the flash kernel (`esm_flash`):
+/// `esm_rope_qk_v8`, eight rotated pairs a thread in 16-byte accesses, for f16 and bf16 where
+/// its buffers are 16-byte `aligned` (and [`scalar_prepass_asked`] does not say otherwise);
+/// `esm_rope_qk`, one pair a thread, otherwise.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn prefixes_for(folded: bool) -> [&'static str; 2] {
-    if folded {
-        ["esm_rope_k", "esm_flash_folded"]
+fn prepass_prefix(dtype: burn::tensor::DType, aligned: bool) -> &'static str {
+    use burn::tensor::DType;
+    if matches!(dtype, DType::F16 | DType::BF16) && aligned && !scalar_prepass_asked() {
+        "esm_rope_qk_v8"
     } else {
-        ["esm_rope_qk", "esm_flash"]
+        "esm_rope_qk"
     }
 }
 
@@ -335,20 +329,16 @@ mod cuda {
             client.empty(rows * hidden * dtype.size()),
             dtype,
         );
-        // Written by the pre-pass, read by the flash kernel: k rotated (folded), or q, k, v
-        // with their bias, q rotated and scaled, k rotated.
-        let folded = super::folds_prepass(dtype);
-        let width = if folded { hidden } else { 3 * hidden };
+        // Written by the pre-pass, read by the flash kernel: q, k, v with their bias, q
+        // rotated and scaled, k rotated.
         let prepared = CubeTensor::new_contiguous(
             client.clone(),
             device.clone(),
-            vec![rows, width].into(),
-            client.empty(rows * width * dtype.size()),
+            vec![rows, 3 * hidden].into(),
+            client.empty(rows * 3 * hidden * dtype.size()),
             dtype,
         );
-        let [rope_prefix, flash_prefix] = super::prefixes_for(folded);
-        let prepass = kernel(device.index, rope_prefix, dtype, head_dim)?;
-        let flash = kernel(device.index, flash_prefix, dtype, head_dim)?;
+        let flash = kernel(device.index, "esm_flash", dtype, head_dim)?;
         let resource = |t: &CubeTensor<CudaRuntime>| {
             client
                 .get_resource(t.handle.clone())
@@ -366,6 +356,12 @@ mod cuda {
         let mut p_qkv = rq.resource().ptr;
         let mut p_bias = rb.resource().ptr;
         let mut p_prepared = rp.resource().ptr;
+        let mut p_rope = rr.resource().ptr;
+        let aligned = [p_qkv, p_bias, p_prepared, p_rope]
+            .iter()
+            .all(|p| p % 16 == 0);
+        let rope_prefix = super::prepass_prefix(dtype, aligned);
+        let prepass = kernel(device.index, rope_prefix, dtype, head_dim)?;
         let mut p_rows = i32::try_from(rows).map_err(|_| "too many rows")?;
         let mut p_hidden = hidden as i32;
         let mut p_out = ro.resource().ptr;
@@ -373,10 +369,8 @@ mod cuda {
         let mut p_row_pos = p_meta + (4 * (2 * tiles + 3 * sequences)) as u64;
         let mut p_tiles = tiles as i32;
         let mut p_sequences = sequences as i32;
-        let mut p_rope = rr.resource().ptr;
         let mut scale = (head_dim as f32).powf(-0.5);
-        // The pre-passes: `esm_rope_k` (qkv, bias, rows, hidden, k_rot, row_pos, rope) and
-        // `esm_rope_qk` (the same, `prepared` for `k_rot`, then scale).
+        // The pre-passes (qkv, bias, rows, hidden, prepared, row_pos, rope, scale).
         let mut rope_params: Vec<*mut c_void> = vec![
             (&mut p_qkv as *mut u64).cast(),
             (&mut p_bias as *mut u64).cast(),
@@ -385,36 +379,26 @@ mod cuda {
             (&mut p_prepared as *mut u64).cast(),
             (&mut p_row_pos as *mut u64).cast(),
             (&mut p_rope as *mut u64).cast(),
+            (&mut scale as *mut f32).cast(),
         ];
-        if !folded {
-            rope_params.push((&mut scale as *mut f32).cast());
-        }
-        // The flash kernels: `esm_flash` (prepared, hidden, out, meta, tiles, sequences);
-        // `esm_flash_folded` (qkv, k_rot, bias, row_pos, rope, scale, then those after
-        // `prepared`).
-        let mut flash_params: Vec<*mut c_void> = if folded {
-            vec![
-                (&mut p_qkv as *mut u64).cast(),
-                (&mut p_prepared as *mut u64).cast(),
-                (&mut p_bias as *mut u64).cast(),
-                (&mut p_row_pos as *mut u64).cast(),
-                (&mut p_rope as *mut u64).cast(),
-                (&mut scale as *mut f32).cast(),
-            ]
-        } else {
-            vec![(&mut p_prepared as *mut u64).cast()]
-        };
-        flash_params.extend([
+        // The flash kernel (prepared, hidden, out, meta, tiles, sequences).
+        let mut flash_params: Vec<*mut c_void> = vec![
+            (&mut p_prepared as *mut u64).cast(),
             (&mut p_hidden as *mut i32).cast(),
             (&mut p_out as *mut u64).cast(),
             (&mut p_meta as *mut u64).cast(),
             (&mut p_tiles as *mut i32).cast(),
             (&mut p_sequences as *mut i32).cast(),
-        ]);
-        // One pre-pass thread per rotated pair (j, j + head_dim / 2) of k (folded), or of q,
-        // k and v.
-        let pairs = rows * hidden / 2;
-        let rope_grid = u32::try_from(pairs.div_ceil(256)).map_err(|_| "too many rows")?;
+        ];
+        // One pre-pass thread per rotated pair (j, j + head_dim / 2) of q, k and v, or per
+        // eight of them.
+        let pairs_per_thread = if rope_prefix == "esm_rope_qk_v8" {
+            8
+        } else {
+            1
+        };
+        let threads = rows * hidden / 2 / pairs_per_thread;
+        let rope_grid = u32::try_from(threads.div_ceil(256)).map_err(|_| "too many rows")?;
         let grid = (
             u32::try_from(tiles).map_err(|_| "too many tiles")?,
             heads as u32,
@@ -432,7 +416,7 @@ mod cuda {
         Ok(out)
     }
 
-    /// Kernel `prefix` (`esm_rope_qk`, `esm_flash`, `esm_rope_k`, `esm_flash_folded`) for
+    /// Kernel `prefix` (`esm_rope_qk`, `esm_rope_qk_v8`, `esm_flash`) for
     /// `dtype` and `head_dim` on device `ordinal`.
     pub(super) fn kernel(
         ordinal: usize,
@@ -499,17 +483,21 @@ mod tests {
     }
 
     #[test]
-    fn only_an_asked_half_type_folds_the_prepass_and_every_kernel_named_exists() {
+    fn only_aligned_half_types_take_the_vector_prepass_and_every_kernel_named_exists() {
         use burn::tensor::DType;
         let source = include_str!("flash_attention.cu");
-        assert!(!folds_prepass(DType::F32));
+        let vector = if scalar_prepass_asked() {
+            "esm_rope_qk"
+        } else {
+            "esm_rope_qk_v8"
+        };
         for dtype in [DType::F16, DType::BF16] {
-            assert_eq!(folds_prepass(dtype), folded_prepass_asked());
+            assert_eq!(prepass_prefix(dtype, true), vector);
+            assert_eq!(prepass_prefix(dtype, false), "esm_rope_qk");
         }
-        assert_eq!(prefixes_for(true), ["esm_rope_k", "esm_flash_folded"]);
-        assert_eq!(prefixes_for(false), ["esm_rope_qk", "esm_flash"]);
+        assert_eq!(prepass_prefix(DType::F32, true), "esm_rope_qk");
         let instances = [
-            ("FOLDED_INSTANCE", &["f16", "bf16"][..]),
+            ("VECTOR_INSTANCE", &["f16", "bf16"][..]),
             ("INSTANCE", &["f16", "bf16", "f32"][..]),
         ];
         for (instance, names) in instances {
@@ -520,7 +508,7 @@ mod tests {
                 }
             }
         }
-        for prefix in ["esm_rope_k", "esm_flash_folded", "esm_rope_qk", "esm_flash"] {
+        for prefix in ["esm_rope_qk_v8", "esm_rope_qk", "esm_flash"] {
             assert!(source.contains(&format!("{prefix}_##SUFFIX(")), "{prefix}");
         }
     }

@@ -12,14 +12,12 @@
 // `[positions, HD]` (see `rope_qk`).
 // Output: `out [rows, hidden]`, each query row's context, heads side by side.
 //
-// Two launches. By default: `esm_rope_qk_*` adds the bias to q, k and v, rotates q and k and
-// scales q, into a scratch `[rows, 3 * hidden]` in the same layout; `esm_flash_*` then reads
-// it. f16 and bf16 under ESMFUZZ_FOLDED_PREPASS=1, the folded pair: `esm_rope_k_*` adds k's
-// bias and rotates k alone into `[rows, hidden]`, and `esm_flash_folded_*` reads q and v raw
-// and adds their bias (and rotates and scales q) in shared memory, once per Q tile and once
-// per K/V tile, with `rope_qk`'s expressions: the same values, a third of the pre-pass's
-// memory traffic, but 3-6% slower on an H100 (results/h100-s19/: every Q tile redoes v's bias
-// for every K/V tile, and the kernel went from 22 to 38 ms of a 650M pass). One block of 128
+// Two launches. `esm_rope_qk_*` adds the bias to q, k and v, rotates q and k and scales q,
+// into a scratch `[rows, 3 * hidden]` in the same layout (`esm_rope_qk_v8_*`, f16 and bf16:
+// the same values, eight pairs a thread in 16-byte accesses where the buffers allow);
+// `esm_flash_*` then reads it. (A folded pair that left q's and v's bias and q's rotation to
+// the flash kernel moved a third of the memory but was 3-6% slower on an H100, since every
+// Q tile redid v's bias for every K/V tile: results/h100-s19/; removed.) One block of 128
 // threads (4 warps) computes 64 query rows of one head of one sequence (a "tile";
 // tile_seq/tile_row0 list them), each warp 16 rows. Keys are visited 64 at a time, the next
 // K/V tiles loaded asynchronously (cp.async, double-buffered) while the current ones are
@@ -39,8 +37,7 @@
 // One rotated pair (x_d, x_{d + HD / 2}) of q or k, already `x + bias` rounded to T: x_d cos
 // + (partner sin, rounded), as one FMA over a rounded product, written out so that the
 // compiler's contraction choices cannot change the values; q is then times `scale` (f32) and
-// both rounded to T. Every path that rotates (the pre-passes, the folded flash kernel's
-// prologue) goes through here, so they give the same values.
+// both rounded to T. Both pre-passes rotate through here, so they give the same values.
 template <typename T, bool SCALED>
 __device__ __forceinline__ void rotate_pair(
     const T biased_lo, const T biased_hi, const float c, const float s, const float scale,
@@ -113,22 +110,60 @@ __device__ void rope_qk(
     }
 }
 
-// The folded kernel's pre-pass: k alone, `k + bias` rounded to T and rotated as `rope_qk`
-// rotates it, into `k_rot [rows, hidden]`; q and v are left to the flash kernel. A third of
-// `rope_qk`'s memory traffic.
+// `rope_qk` eight pairs at a time: thread i takes dims d0 .. d0 + 7 and their partners
+// d0 + HD / 2 .. of one row and head (row i / (hidden / 16), then the heads' 8-pair chunks in
+// order), loading and storing them 16 bytes at a time, each value through `rotate_pair` as
+// `rope_qk` computes it. Needs qkv, bias, prepared and rope_table 16-byte aligned (HD is a
+// multiple of 16, so every chunk then is).
 template <typename T, int HD>
-__device__ void rope_k(
+__device__ void rope_qk_v8(
     const T* __restrict__ qkv, const T* __restrict__ bias, const int rows, const int hidden,
-    T* __restrict__ k_rot, const int* __restrict__ row_pos, const float* __restrict__ rope_table)
+    T* __restrict__ prepared, const int* __restrict__ row_pos,
+    const float* __restrict__ rope_table, const float scale)
 {
-    const int half = HD / 2;
-    RotatedPair p;
-    if (!rotated_pair_of_thread<HD>(rows, hidden, row_pos, rope_table, &p)) return;
-    const T* x = qkv + (size_t)p.row * 3 * hidden + hidden;
-    T* y = k_rot + (size_t)p.row * hidden;
-    const T biased_lo = x[p.col] + bias[hidden + p.col];
-    const T biased_hi = x[p.col + half] + bias[hidden + p.col + half];
-    rotate_pair<T, false>(biased_lo, biased_hi, p.c, p.s, 1.f, y + p.col, y + p.col + half);
+    constexpr int half = HD / 2;
+    constexpr int chunks_per_head = half / 8;
+    const int chunks_per_row = hidden / 16;
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (unsigned)rows * (unsigned)chunks_per_row) return;
+    const int row = (int)(i / (unsigned)chunks_per_row);
+    const int chunk = (int)(i - (unsigned)row * (unsigned)chunks_per_row);
+    const int d0 = (chunk % chunks_per_head) * 8;
+    const int col = (chunk / chunks_per_head) * HD + d0;
+    const float* cs = rope_table + row_pos[row] * HD + d0;
+    float c[8], sn[8];
+    *reinterpret_cast<float4*>(c) = *reinterpret_cast<const float4*>(cs);
+    *reinterpret_cast<float4*>(c + 4) = *reinterpret_cast<const float4*>(cs + 4);
+    *reinterpret_cast<float4*>(sn) = *reinterpret_cast<const float4*>(cs + half);
+    *reinterpret_cast<float4*>(sn + 4) = *reinterpret_cast<const float4*>(cs + half + 4);
+    const T* x = qkv + (size_t)row * 3 * hidden;
+    T* y = prepared + (size_t)row * 3 * hidden;
+    #pragma unroll
+    for (int part = 0; part < 3; ++part) {
+        const int at = part * hidden + col;
+        const Pack<T, 8> lo = *reinterpret_cast<const Pack<T, 8>*>(x + at);
+        const Pack<T, 8> hi = *reinterpret_cast<const Pack<T, 8>*>(x + at + half);
+        const Pack<T, 8> b_lo = *reinterpret_cast<const Pack<T, 8>*>(bias + at);
+        const Pack<T, 8> b_hi = *reinterpret_cast<const Pack<T, 8>*>(bias + at + half);
+        Pack<T, 8> out_lo, out_hi;
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            // T + T: the storage type's own rounded add, as the composed `x + bias`.
+            const T biased_lo = lo.v[k] + b_lo.v[k], biased_hi = hi.v[k] + b_hi.v[k];
+            if (part == 2) {
+                out_lo.v[k] = biased_lo;
+                out_hi.v[k] = biased_hi;
+            } else if (part == 0) {
+                rotate_pair<T, true>(biased_lo, biased_hi, c[k], sn[k], scale, &out_lo.v[k],
+                                     &out_hi.v[k]);
+            } else {
+                rotate_pair<T, false>(biased_lo, biased_hi, c[k], sn[k], scale, &out_lo.v[k],
+                                      &out_hi.v[k]);
+            }
+        }
+        *reinterpret_cast<Pack<T, 8>*>(y + at) = out_lo;
+        *reinterpret_cast<Pack<T, 8>*>(y + at + half) = out_hi;
+    }
 }
 
 // 32-bit pair of the storage type (lower half = first element), as the tensor cores read it.
@@ -176,6 +211,21 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* row) 
                  : "r"(shared_address(row)));
 }
 
+// Four (x4) or two (x2) 8x8 matrices of a row-major shared tile as they are: lane l holds
+// row l / 4, elements 2 (l % 4) and + 1 of each, which is the B operand of m16n8k16 where the
+// tile's rows are B's columns (K's rows for S = Q K^T). Lanes 8j .. 8j + 7 address matrix j's
+// rows (x2 reads lanes 0-15 only).
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(row)));
+}
+__device__ __forceinline__ void ldmatrix_x2(unsigned* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(shared_address(row)));
+}
+
 // `n` rows of HD elements from global `src` (row stride `stride` elements) into shared `dst`
 // (row stride LD), 16 bytes at a time and asynchronously (cp.async); rows past `valid` are
 // zero-filled. Completed by `cp.async.wait_group`.
@@ -199,53 +249,12 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING));
 }
 
-// The folded kernel's extra inputs: k rotated by `rope_k` (`[rows, hidden]`), and what it
-// needs to add the bias to q and v and rotate and scale q itself, as `rope_qk` would have.
-template <typename T> struct Folded {
-    const T* k_rot;
-    const T* bias;                  // [3 * hidden]: q | k | v
-    const int* row_pos;             // each row's RoPE position
-    const float* rope_table;
-    float scale;
-};
-
-// Rows 0..n of the Q tile (raw q) in place: `q + bias` rounded to T, rotated and scaled as
-// `rope_qk` does it (`rotate_pair`); `pos` the rows' RoPE positions.
-template <typename T, int HD, int LD>
-__device__ __forceinline__ void rotate_q_tile(
-    T* q_tile, const int n, const T* __restrict__ q_bias, const int* __restrict__ pos,
-    const float* __restrict__ rope_table, const float scale)
-{
-    constexpr int half = HD / 2;
-    for (int i = threadIdx.x; i < n * half; i += THREADS) {
-        const int r = i / half, d = i % half;
-        const float* cs = rope_table + pos[r] * HD;
-        T* x = q_tile + r * LD;
-        const T biased_lo = x[d] + q_bias[d], biased_hi = x[d + half] + q_bias[d + half];
-        rotate_pair<T, true>(biased_lo, biased_hi, cs[d], cs[half + d], scale, x + d,
-                             x + d + half);
-    }
-}
-
-// Rows 0..n of a V tile (raw v) in place: `v + bias` rounded to T, the composed add.
-template <typename T, int HD, int LD>
-__device__ __forceinline__ void add_v_bias(T* v_tile, const int n, const T* __restrict__ v_bias)
-{
-    for (int i = threadIdx.x; i < n * HD; i += THREADS) {
-        const int r = i / HD, c = i % HD;
-        v_tile[r * LD + c] = v_tile[r * LD + c] + v_bias[c];
-    }
-}
-
-// FOLD false: `qkv` is `rope_qk`'s prepared buffer (q, k, v all done). FOLD true: `qkv` is
-// the raw projections; k comes rotated from `folded.k_rot`, q and v get their bias (and q its
-// rotation and scale) here, once per Q tile and once per V tile, with the same expressions:
-// the values of both are the same bit for bit.
-template <typename T, int HD, bool FOLD>
+// `qkv` is the pre-pass's prepared buffer (q, k, v with their bias, q rotated and scaled, k
+// rotated).
+template <typename T, int HD>
 __device__ void flash_attention(
     const T* __restrict__ qkv, const int hidden,
-    T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq,
-    const Folded<T> folded)
+    T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq)
 {
     constexpr int LD = HD + 8;           // row stride of the Q, K, V tiles (conflict-free)
     __shared__ __align__(128) T q_tile[BQ * LD];
@@ -267,17 +276,15 @@ __device__ void flash_attention(
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;     // fragment row group and column pair
     const size_t stride = 3 * (size_t)hidden;
-    const size_t k_stride = FOLD ? (size_t)hidden : stride;
     const T* q_src = qkv + (size_t)(start + row0) * stride + head * HD;
-    const T* k_src = FOLD ? folded.k_rot + (size_t)start * k_stride + head * HD
-                          : qkv + (size_t)start * stride + hidden + head * HD;
+    const T* k_src = qkv + (size_t)start * stride + hidden + head * HD;
     const T* v_src = qkv + (size_t)start * stride + 2 * hidden + head * HD;
     const int key_tiles = (nk + BK - 1) / BK;
 
-    // Q (rotated and scaled by the pre-pass, or raw when folded) and the first K (rotated),
-    // V tiles, zero past the sequence.
+    // Q (rotated and scaled by the pre-pass) and the first K (rotated), V tiles, zero past
+    // the sequence.
     load_rows_async<T, HD, LD>(q_tile, q_src, stride, BQ, nq);
-    load_rows_async<T, HD, LD>(k_tile[0], k_src, k_stride, BK, nk);
+    load_rows_async<T, HD, LD>(k_tile[0], k_src, stride, BK, nk);
     load_rows_async<T, HD, LD>(v_tile[0], v_src, stride, BK, nk);
     cp_async_commit();
 
@@ -293,8 +300,8 @@ __device__ void flash_attention(
         const int buf = it & 1, k0 = it * BK;
         if (it + 1 < key_tiles) {  // prefetch the next K, V tiles into the other buffer
             const int k1 = k0 + BK;
-            load_rows_async<T, HD, LD>(k_tile[buf ^ 1], k_src + (size_t)k1 * k_stride,
-                                       k_stride, BK, nk - k1);
+            load_rows_async<T, HD, LD>(k_tile[buf ^ 1], k_src + (size_t)k1 * stride, stride,
+                                       BK, nk - k1);
             load_rows_async<T, HD, LD>(v_tile[buf ^ 1], v_src + (size_t)k1 * stride,
                                        stride, BK, nk - k1);
             cp_async_commit();
@@ -303,15 +310,6 @@ __device__ void flash_attention(
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (FOLD) {
-            if (it == 0)
-                rotate_q_tile<T, HD, LD>(q_tile, nq, folded.bias + head * HD,
-                                         folded.row_pos + start + row0, folded.rope_table,
-                                         folded.scale);
-            add_v_bias<T, HD, LD>(v_tile[buf], min(BK, nk - k0),
-                                  folded.bias + 2 * hidden + head * HD);
-            __syncthreads();
-        }
         if (it == 0) {
             const T* q_rows = q_tile + (warp * 16 + g) * LD + 2 * t;
             #pragma unroll
@@ -326,15 +324,26 @@ __device__ void flash_attention(
         const T* vt = v_tile[buf];
 
         // S = Q K^T for the warp's 16 rows and the tile's 64 keys (f32), keys past nk at -inf.
+        // K's B operands by ldmatrix: for n-tile n, matrix j (lanes 8j .. 8j + 7 address its
+        // rows) is keys n * 8 .. + 7, dims 8 j .. + 7 of the k-chunk pair (kc, kc + 1), so
+        // registers (0, 1) are chunk kc's (b0, b1) and (2, 3) chunk kc + 1's.
         float s[BK / 8][4];
+        const T* k_lane = kt + (lane % 8) * LD + (lane / 8) * 8;
         #pragma unroll
         for (int n = 0; n < BK / 8; ++n) {
             s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-            const T* k_row = kt + (n * 8 + g) * LD + 2 * t;
             #pragma unroll
-            for (int kc = 0; kc < HD / 16; ++kc)
-                mma(s[n], q_frag[kc], *reinterpret_cast<const unsigned*>(k_row + kc * 16),
-                    *reinterpret_cast<const unsigned*>(k_row + kc * 16 + 8), T());
+            for (int kc = 0; kc < HD / 16; kc += 2) {
+                unsigned b[4];
+                if (HD / 16 - kc >= 2) {
+                    ldmatrix_x4(b, k_lane + n * 8 * LD + kc * 16);
+                    mma(s[n], q_frag[kc], b[0], b[1], T());
+                    mma(s[n], q_frag[kc + 1], b[2], b[3], T());
+                } else {  // HD 16: one chunk, lanes 0-15 address it
+                    ldmatrix_x2(b, kt + (n * 8 + lane % 8) * LD + ((lane / 8) % 2) * 8);
+                    mma(s[n], q_frag[kc], b[0], b[1], T());
+                }
+            }
         }
         if (k0 + BK > nk) {
             #pragma unroll
@@ -551,7 +560,7 @@ __device__ void flash_attention_f32(
 template <typename T, int HD> struct Flash {
     static __device__ void run(const T* qkv, int hidden, T* out, const int* meta, int n_tiles,
                                int n_seq) {
-        flash_attention<T, HD, false>(qkv, hidden, out, meta, n_tiles, n_seq, Folded<T>{});
+        flash_attention<T, HD>(qkv, hidden, out, meta, n_tiles, n_seq);
     }
 };
 template <int HD> struct Flash<float, HD> {
@@ -572,19 +581,13 @@ template <int HD> struct Flash<float, HD> {
         Flash<T, HD>::run(prepared, hidden, out, meta, n_tiles, n_seq);                      \
     }
 
-// The folded pair of the tensor-core types: `esm_rope_k_*` then `esm_flash_folded_*`.
-#define FOLDED_INSTANCE(SUFFIX, T, HD)                                                       \
-    extern "C" __global__ void __launch_bounds__(256) esm_rope_k_##SUFFIX(                   \
-        const T* qkv, const T* bias, int rows, int hidden, T* k_rot, const int* row_pos,      \
-        const float* rope_table) {                                                           \
-        rope_k<T, HD>(qkv, bias, rows, hidden, k_rot, row_pos, rope_table);                  \
-    }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_folded_##SUFFIX(         \
-        const T* qkv, const T* k_rot, const T* bias, const int* row_pos,                     \
-        const float* rope_table, float scale, int hidden, T* out, const int* meta,           \
-        int n_tiles, int n_seq) {                                                            \
-        flash_attention<T, HD, true>(qkv, hidden, out, meta, n_tiles, n_seq,                 \
-                                     Folded<T>{k_rot, bias, row_pos, rope_table, scale});    \
+// `esm_rope_qk_v8_*`: `rope_qk` eight pairs a thread (f16 and bf16, 16-byte accesses; the
+// launcher checks the alignment).
+#define VECTOR_INSTANCE(SUFFIX, T, HD)                                                       \
+    extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_v8_##SUFFIX(               \
+        const T* qkv, const T* bias, int rows, int hidden, T* prepared, const int* row_pos,   \
+        const float* rope_table, float scale) {                                              \
+        rope_qk_v8<T, HD>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale);    \
     }
 
 INSTANCE(f16_hd16, __half, 16)
@@ -596,9 +599,9 @@ INSTANCE(bf16_hd64, __nv_bfloat16, 64)
 INSTANCE(f32_hd16, float, 16)
 INSTANCE(f32_hd32, float, 32)
 INSTANCE(f32_hd64, float, 64)
-FOLDED_INSTANCE(f16_hd16, __half, 16)
-FOLDED_INSTANCE(f16_hd32, __half, 32)
-FOLDED_INSTANCE(f16_hd64, __half, 64)
-FOLDED_INSTANCE(bf16_hd16, __nv_bfloat16, 16)
-FOLDED_INSTANCE(bf16_hd32, __nv_bfloat16, 32)
-FOLDED_INSTANCE(bf16_hd64, __nv_bfloat16, 64)
+VECTOR_INSTANCE(f16_hd16, __half, 16)
+VECTOR_INSTANCE(f16_hd32, __half, 32)
+VECTOR_INSTANCE(f16_hd64, __half, 64)
+VECTOR_INSTANCE(bf16_hd16, __nv_bfloat16, 16)
+VECTOR_INSTANCE(bf16_hd32, __nv_bfloat16, 32)
+VECTOR_INSTANCE(bf16_hd64, __nv_bfloat16, 64)

@@ -209,8 +209,8 @@ mod tests {
     fn every_program_compiles_with_the_shared_header() {
         for (program, kernel) in [
             (&FLASH, "esm_flash_f16_hd64"),
-            (&FLASH, "esm_flash_folded_bf16_hd32"),
-            (&FLASH, "esm_rope_k_f16_hd64"),
+            (&FLASH, "esm_rope_qk_v8_bf16_hd32"),
+            (&FLASH, "esm_rope_qk_v8_f16_hd16"),
             (&LAYER_NORM, "esm_residual_layer_norm_bf16_stored_v8"),
             (&BIAS_GELU, "esm_bias_gelu_f32_v4"),
             (&RESIDUE_MEAN, "esm_residue_mean_bf16"),

@@ -84,7 +84,8 @@ fn the_bias_gelu_kernel_gives_the_composed_values_bit_for_bit() {
 fn the_bias_gelu_kernel_gives_the_composed_values_for_every_half_value() {
     let device = test_device();
     let backend = test_backend();
-    let types: [(DType, fn(u16) -> f32); 2] = [
+    type ValueOf = fn(u16) -> f32;
+    let types: [(DType, ValueOf); 2] = [
         (DType::F16, |b| half::f16::from_bits(b).to_f32()),
         (DType::BF16, |b| half::bf16::from_bits(b).to_f32()),
     ];
