@@ -179,10 +179,18 @@ for step in $steps; do
       # changes that must keep every bit) and by this binary as it is, at each of
       # BASE_PRECISIONS and BASE_ATTENTION; the first two must be bit-identical, all three
       # with BASE_EXPECT_IDENTICAL=2 (a change that must keep every bit by default too).
+      # BASE_SYNTH=<preset> embeds with random weights of that size (`esmfuzz synth`, f16)
+      # instead of 8M's, for kernels whose shapes 8M does not reach (head dim 64).
       xz -dc gpu/esmfuzz-base.xz > /tmp/esmfuzz-base && chmod +x /tmp/esmfuzz-base
+      weights=()
+      if [ -n "${BASE_SYNTH:-}" ]; then
+        rm -rf "/tmp/synth-$BASE_SYNTH"
+        run "$bin" synth --preset "$BASE_SYNTH" --dtype f16 --out "/tmp/synth-$BASE_SYNTH"
+        weights=(--weights "/tmp/synth-$BASE_SYNTH")
+      fi
       for p in ${BASE_PRECISIONS:-f16 bf16 f32}; do
         for a in ${BASE_ATTENTION:-fused composed}; do
-          emb=(embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --packed --precision "$p" --attention "$a")
+          emb=(embed --backend cuda "${weights[@]}" --fasta ../shared/corpus/uniprot_sprot196.fasta --packed --precision "$p" --attention "$a")
           run /tmp/esmfuzz-base "${emb[@]}" --out "$out/base-$p-$a.npy"
           run env ${BASE_ENV:-ESMFUZZ_COMPOSED_LAYER_NORM=1} "$bin" "${emb[@]}" --out "$out/env-$p-$a.npy"
           run "$bin" "${emb[@]}" --out "$out/new-$p-$a.npy"
