@@ -19,7 +19,9 @@
 # batches), each checked against HF FP32 before it is timed, at TORCH_PRECISIONS, under
 # STEP_SECONDS_TORCH (420) in all and TORCH_MODE_SECONDS (240) per mode; then esmfuzz's bench
 # with its ratio against each anchor. A torch.compile first pass took 81 s at 650M, 92 s at 3B
-# (H200): four compiled modes at 650M fill most of a 600 s call, so name fewer precisions.
+# (H200), 71-106 s at 650M and 85 s at 3B (H100, session 20): give each compiled mode
+# TORCH_MODE_SECONDS >= 150 (with 95-105 s both compiled modes timed out in session 20), and
+# name fewer precisions: four modes at 650M fill most of a 600 s call.
 # big: a synthetic checkpoint of BIG_PRESET (default esm2_t36_3B_UR50D, f32 safetensors)
 # written here, then a campaign on it (BIG_PRECISION against true FP32, BIG_CASES per family).
 # BENCH_ATTENTION=composed,fused also times burn's fused (flash) attention for half policies.
@@ -288,9 +290,10 @@ carried=$(du -m /tmp/cubecl-cache.tar.xz | cut -f1)
 if [ "$carried" -le "${CACHE_CARRY_MB:-40}" ]; then
   mv /tmp/cubecl-cache.tar.xz "$out/cubecl-cache.tar.xz"
 else
-  echo "cubecl cache $(du -sh "$cache" | cut -f1), $carried MB compressed: too large to carry, not saved" | tee -a "$log"
+  echo "cubecl cache $(du -sh "$cache" | cut -f1), $carried MB compressed: over CACHE_CARRY_MB (${CACHE_CARRY_MB:-40}), not saved" | tee -a "$log"
 fi
-# The device tool brings back only a few files per call (a campaign's report.json was left
+# The device tool brings back only a few files per call (8 in session 20: a fifth OUT_DIR's
+# log.txt and bundle were left behind; a campaign's report.json was left
 # behind once): unless BUNDLE=0, everything but log.txt travels as one OUT_DIR/bundle.tar.gz.
 if [ "${BUNDLE:-1}" = 1 ]; then
   tar -C "$out" --exclude=log.txt --exclude=bundle.tar.gz -czf /tmp/esmfuzz-bundle.tar.gz . &&
