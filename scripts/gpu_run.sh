@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
-# STEP: matmul parity bench gemm torchbench hostsync ordering same switches base profile
+# STEP: matmul parity bench gemm torchbench hostsync ordering same switches base basebench profile
 # longtail big fuzz devices fixtures suite bisect sanitizer
 # (default: matmul parity bench fuzz).
 # hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
@@ -9,6 +9,7 @@
 # same: embed as it is vs under switches that must keep every bit (SAME_ENVS), bit for bit.
 # switches: bench as it is and under each of SAME_ENVS alone (BENCH_MODELS, BENCH_PRECISIONS).
 # base: embed with gpu/esmfuzz-base.xz (an earlier build) and this one, compared bit for bit.
+# basebench: bench with gpu/esmfuzz-base.xz and this one, alternating, same machine and batches.
 # profile: kernel time per class of one warm pass per layout, and the host gap against the same
 # pass unprofiled (ncu; PROFILE_MODELS, PROFILE_LAYOUTS, PROFILE_ENV).
 # longtail: padded vs packed on `esmfuzz cases` (LONGTAIL_CASES per stratum, tiny..very-long).
@@ -198,6 +199,24 @@ for step in $steps; do
           run "$bin" "${emb[@]}" --out "$out/new-$p-$a.npy"
           run python3 scripts/compare_npy.py "$out/base-$p-$a.npy" "$out/env-$p-$a.npy" "$out/new-$p-$a.npy" --expect-identical "${BASE_EXPECT_IDENTICAL:-1}"
         done
+      done ;;
+    basebench)
+      # Speed against the earlier build, gpu/esmfuzz-base.xz: `bench` by it and by this binary,
+      # alternating BASEBENCH_ROUNDS (3) times, for each of BENCH_MODELS, BENCH_PRECISIONS
+      # (f16), fused attention, BENCH_REPEAT (5) warm passes each. Warm figures of one card vary
+      # a few percent between processes (8M's passes last about 10 ms), hence the rounds; the
+      # summary gives each build's best and median per model (a build change is only seen here,
+      # never across machines: session 20's 8M figures were 11% below session 19's).
+      xz -dc gpu/esmfuzz-base.xz > /tmp/esmfuzz-base && chmod +x /tmp/esmfuzz-base
+      for m in ${BENCH_MODELS:-8M}; do
+        model_args "$m"
+        for r in $(seq "${BASEBENCH_ROUNDS:-3}"); do
+          for b in base new; do
+            exe=$bin; [ "$b" = base ] && exe=/tmp/esmfuzz-base
+            run timeout "${STEP_SECONDS_BENCH:-400}" "$exe" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f16}" --repeat "${BENCH_REPEAT:-5}" --attention fused --report "$out/basebench-$m-$b-$r.json"
+          done
+        done
+        run python3 scripts/basebench_summary.py "$out" "$m"
       done ;;
     sanitizer)
       # compute-sanitizer on esmfuzz's own kernels and cuBLAS on cubecl's stream: 12 corpus
