@@ -391,6 +391,7 @@ mod tests {
 
     #[test]
     fn a_locked_folder_is_refused_naming_the_holder_and_free_once_dropped() {
+        let _forks = crate::cli::fork_guard();
         let dir = tempfile::tempdir().unwrap();
         let owned = claim(dir.path(), Claim::NewCampaign, &[]).unwrap();
         let pid = format!("pid {}", std::process::id());
@@ -416,6 +417,7 @@ mod tests {
 
     #[test]
     fn overwrite_removes_only_what_the_manifest_lists() {
+        let _forks = crate::cli::fork_guard();
         let dir = tempfile::tempdir().unwrap();
         let extra = ["stratum-tiny.fasta".to_string()];
         drop(claim(dir.path(), Claim::NewCampaign, &extra).unwrap());
@@ -434,6 +436,7 @@ mod tests {
 
     #[test]
     fn overwrite_of_a_campaign_without_a_manifest_is_refused_and_removes_nothing() {
+        let _forks = crate::cli::fork_guard();
         let dir = tempfile::tempdir().unwrap();
         for name in ["report.json", CASES_FILE, "stratum-tiny.fasta"] {
             std::fs::write(dir.path().join(name), "x").unwrap();
@@ -448,6 +451,7 @@ mod tests {
 
     #[test]
     fn a_new_campaign_in_a_folder_of_someone_else_s_files_is_refused() {
+        let _forks = crate::cli::fork_guard();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("report.md"), "my notes").unwrap();
         for how in [Claim::NewCampaign, Claim::Overwrite, Claim::Merge] {
@@ -467,6 +471,7 @@ mod tests {
 
     #[test]
     fn a_symlinked_lock_file_is_refused_and_its_target_kept() {
+        let _forks = crate::cli::fork_guard();
         let dir = tempfile::tempdir().unwrap();
         let precious = dir.path().join("precious.txt");
         std::fs::write(&precious, "keep").unwrap();

@@ -1315,6 +1315,7 @@ mod tests {
 
     #[test]
     fn a_signal_to_the_devices_parent_is_forwarded_to_every_shard_and_each_is_waited_for() {
+        let _forks = crate::cli::fork_guard();
         // Two children that end on SIGINT (sh's trap), else after about 5 s, standing in
         // for shards: without the forwarding they end on their own and no stop is seen.
         let spawn = || {

@@ -612,6 +612,19 @@ fn check_outputs(
     Ok(())
 }
 
+/// Serialises this binary's tests that start child processes with those that take a lock,
+/// release it and take it again. A child between fork and exec holds a copy of every open
+/// file of the test process, flock's locks with them, so a lock released meanwhile stays held
+/// until the child execs: CI once saw a campaign folder refused, named as held by its own
+/// test's pid, while `fuzz`'s signal test started its children.
+#[cfg(test)]
+pub(crate) fn fork_guard() -> std::sync::MutexGuard<'static, ()> {
+    static GUARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GUARD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
