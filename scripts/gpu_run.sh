@@ -90,6 +90,17 @@ model_args() {
   if [ "$name" = 8M ]; then model=(); else model=(--preset "$name" --synthetic); fi
   if [ "$name" != "$1" ]; then model+=(--token-budget "${1#*@}"); fi
 }
+# base_binary: unpacks gpu/esmfuzz-base.xz (the earlier build `base` and `basebench` compare
+# against) to /tmp/esmfuzz-base; without it the step is refused, named in the log, and the run
+# fails.
+base_binary() {
+  if xz -dc gpu/esmfuzz-base.xz > /tmp/esmfuzz-base 2>> "$log" && chmod +x /tmp/esmfuzz-base; then
+    return 0
+  fi
+  echo "== $step: no earlier build in gpu/esmfuzz-base.xz (build one and put it there); step not run" | tee -a "$log"
+  status=1
+  return 1
+}
 run() {
   echo "== $*" | tee -a "$log"
   local samples="$out/.device-memory" start=$SECONDS
@@ -184,7 +195,7 @@ for step in $steps; do
       # with BASE_EXPECT_IDENTICAL=2 (a change that must keep every bit by default too).
       # BASE_SYNTH=<preset> embeds with random weights of that size (`esmfuzz synth`, f16)
       # instead of 8M's, for kernels whose shapes 8M does not reach (head dim 64).
-      xz -dc gpu/esmfuzz-base.xz > /tmp/esmfuzz-base && chmod +x /tmp/esmfuzz-base
+      base_binary || continue
       weights=()
       if [ -n "${BASE_SYNTH:-}" ]; then
         rm -rf "/tmp/synth-$BASE_SYNTH"
@@ -207,7 +218,7 @@ for step in $steps; do
       # a few percent between processes (8M's passes last about 10 ms), hence the rounds; the
       # summary gives each build's best and median per model (a build change is only seen here,
       # never across machines: session 20's 8M figures were 11% below session 19's).
-      xz -dc gpu/esmfuzz-base.xz > /tmp/esmfuzz-base && chmod +x /tmp/esmfuzz-base
+      base_binary || continue
       for m in ${BENCH_MODELS:-8M}; do
         model_args "$m"
         for r in $(seq "${BASEBENCH_ROUNDS:-3}"); do

@@ -471,7 +471,6 @@ mod tests {
 
     #[test]
     fn a_symlinked_lock_file_is_refused_and_its_target_kept() {
-        let _forks = crate::cli::fork_guard();
         let dir = tempfile::tempdir().unwrap();
         let precious = dir.path().join("precious.txt");
         std::fs::write(&precious, "keep").unwrap();
