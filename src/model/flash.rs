@@ -160,7 +160,7 @@ pub fn preflight(
     return [
         prepass_prefix(plan.dtype(), true),
         "esm_rope_qk",
-        "esm_flash",
+        flash_kernel(plan.dtype()).0,
     ]
     .iter()
     .try_for_each(|prefix| cuda::kernel(0, prefix, plan.dtype(), head_dim).map(|_| ()))
@@ -191,6 +191,27 @@ fn prepass_prefix(dtype: burn::tensor::DType, aligned: bool) -> &'static str {
     }
 }
 
+/// Whether `ESMFUZZ_FLASH_WARP_ROWS=32` asks for the flash kernel with 32 query rows a warp
+/// (read once; the same values bit for bit: `gpu_run.sh same` compares them, `switches` times
+/// them).
+pub fn wide_warps_asked() -> bool {
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_FLASH_WARP_ROWS").is_some_and(|v| v == "32"))
+}
+
+/// The flash kernel in `dtype` and its threads a block: `esm_flash_w32` (2 warps of 32 query
+/// rows a tile) for f16 and bf16 where [`wide_warps_asked`], `esm_flash` (4 warps of 16)
+/// otherwise. Both take the same tiles of 64 queries.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn flash_kernel(dtype: burn::tensor::DType) -> (&'static str, u32) {
+    use burn::tensor::DType;
+    if matches!(dtype, DType::F16 | DType::BF16) && wide_warps_asked() {
+        ("esm_flash_w32", 64)
+    } else {
+        ("esm_flash", 128)
+    }
+}
+
 /// The flash kernel could not be compiled or loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("--attention fused: esmfuzz's flash-attention kernel is unavailable: {0}")]
@@ -209,8 +230,6 @@ mod cuda {
 
     use crate::model::fusion_op::{self, Inner, Runtime};
     use crate::model::nvrtc::{self, Function};
-
-    const THREADS: u32 = 128;
 
     /// Contexts of `qkv + bias`'s rows through the kernels (the bias added by the pre-pass,
     /// rounded as the composed add rounds), or `qkv` back, without the bias, when `B` is not
@@ -338,7 +357,8 @@ mod cuda {
             client.empty(rows * 3 * hidden * dtype.size()),
             dtype,
         );
-        let flash = kernel(device.index, "esm_flash", dtype, head_dim)?;
+        let (flash_prefix, flash_threads) = super::flash_kernel(dtype);
+        let flash = kernel(device.index, flash_prefix, dtype, head_dim)?;
         let resource = |t: &CubeTensor<CudaRuntime>| {
             client
                 .get_resource(t.handle.clone())
@@ -410,13 +430,13 @@ mod cuda {
         unsafe { nvrtc::launch(prepass, (rope_grid, 1, 1), 256, stream, &mut rope_params) }
             .map_err(|e| format!("RoPE launch failed ({rows} rows): {e}"))?;
         // SAFETY: as above.
-        unsafe { nvrtc::launch(flash, grid, THREADS, stream, &mut flash_params) }
+        unsafe { nvrtc::launch(flash, grid, flash_threads, stream, &mut flash_params) }
             .map_err(|e| format!("launch failed ({tiles} tiles x {heads} heads): {e}"))?;
         drop((rq, rb, rr, rm, ro, rp));
         Ok(out)
     }
 
-    /// Kernel `prefix` (`esm_rope_qk`, `esm_rope_qk_v8`, `esm_flash`) for
+    /// Kernel `prefix` (`esm_rope_qk`, `esm_rope_qk_v8`, `esm_flash`, `esm_flash_w32`) for
     /// `dtype` and `head_dim` on device `ordinal`.
     pub(super) fn kernel(
         ordinal: usize,
@@ -496,6 +516,19 @@ mod tests {
             assert_eq!(prepass_prefix(dtype, false), "esm_rope_qk");
         }
         assert_eq!(prepass_prefix(DType::F32, true), "esm_rope_qk");
+        let wide = if wide_warps_asked() {
+            ("esm_flash_w32", 64)
+        } else {
+            ("esm_flash", 128)
+        };
+        for dtype in [DType::F16, DType::BF16] {
+            assert_eq!(flash_kernel(dtype), wide);
+        }
+        assert_eq!(flash_kernel(DType::F32), ("esm_flash", 128));
+        // The launcher's threads are the kernels' own.
+        assert!(source.contains("#define THREADS (WARPS * 32)"));
+        assert!(source.contains("#define WARPS 4 "));
+        assert!(source.contains("__launch_bounds__(FlashShape<2>::THREADS_PER_TILE)"));
         let instances = [
             ("VECTOR_INSTANCE", &["f16", "bf16"][..]),
             ("INSTANCE", &["f16", "bf16", "f32"][..]),
@@ -508,7 +541,12 @@ mod tests {
                 }
             }
         }
-        for prefix in ["esm_rope_qk_v8", "esm_rope_qk", "esm_flash"] {
+        for prefix in [
+            "esm_rope_qk_v8",
+            "esm_rope_qk",
+            "esm_flash",
+            "esm_flash_w32",
+        ] {
             assert!(source.contains(&format!("{prefix}_##SUFFIX(")), "{prefix}");
         }
     }

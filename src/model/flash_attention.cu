@@ -19,7 +19,8 @@
 // the flash kernel moved a third of the memory but was 3-6% slower on an H100, since every
 // Q tile redid v's bias for every K/V tile: results/h100-s19/; removed.) One block of 128
 // threads (4 warps) computes 64 query rows of one head of one sequence (a "tile";
-// tile_seq/tile_row0 list them), each warp 16 rows. Keys are visited 64 at a time, the next
+// tile_seq/tile_row0 list them), each warp 16 rows (`esm_flash_w32_*`, f16 and bf16: 2 warps
+// of 32 rows, each K and V operand it loads serving twice the rows). Keys are visited 64 at a time, the next
 // K/V tiles loaded asynchronously (cp.async, double-buffered) while the current ones are
 // used. Numerics, as FlashAttention: q, k rotated and q scaled in f32 then rounded to the
 // storage type for the tensor cores (mma.sync m16n8k16), scores and P.V accumulated in f32
@@ -31,7 +32,7 @@
 
 #define BQ 64
 #define BK 64
-#define WARPS 4
+#define WARPS 4                  // f32, and the half types' esm_flash_* (16 rows a warp)
 #define THREADS (WARPS * 32)
 
 // One rotated pair (x_d, x_{d + HD / 2}) of q or k, already `x + bias` rounded to T: x_d cos
@@ -227,15 +228,15 @@ __device__ __forceinline__ void ldmatrix_x2(unsigned* r, const void* row) {
 }
 
 // `n` rows of HD elements from global `src` (row stride `stride` elements) into shared `dst`
-// (row stride LD), 16 bytes at a time and asynchronously (cp.async); rows past `valid` are
-// zero-filled. Completed by `cp.async.wait_group`.
-template <typename T, int HD, int LD>
+// (row stride LD), 16 bytes at a time and asynchronously (cp.async) by the block's NT threads;
+// rows past `valid` are zero-filled. Completed by `cp.async.wait_group`.
+template <typename T, int HD, int LD, int NT>
 __device__ __forceinline__ void load_rows_async(
     T* dst, const T* __restrict__ src, const size_t stride, const int n, const int valid)
 {
     constexpr int V = 8;                 // elements per 16-byte vector
     constexpr int PER_ROW = HD / V;
-    for (int i = threadIdx.x; i < n * PER_ROW; i += THREADS) {
+    for (int i = threadIdx.x; i < n * PER_ROW; i += NT) {
         const int r = i / PER_ROW, c = (i % PER_ROW) * V;
         const bool inside = r < valid;
         const T* from = inside ? src + (size_t)r * stride + c : src;
@@ -249,13 +250,23 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING));
 }
 
+// Warps of a BQ-row tile whose warps take MT m-tiles (16 rows each) of queries.
+template <int MT> struct FlashShape {
+    static constexpr int WARPS_PER_TILE = BQ / (16 * MT);
+    static constexpr int THREADS_PER_TILE = WARPS_PER_TILE * 32;
+};
+
 // `qkv` is the pre-pass's prepared buffer (q, k, v with their bias, q rotated and scaled, k
-// rotated).
-template <typename T, int HD>
+// rotated). Each warp takes MT m-tiles of 16 query rows (MT = 1: 4 warps a tile; MT = 2: 2
+// warps, each K and V operand read from shared memory once for both m-tiles). Every row's
+// arithmetic is the same whatever MT (the same products, summed in the same order), so
+// the values are too; a warp whose rows are all past the tile's last query only loads.
+template <typename T, int HD, int MT>
 __device__ void flash_attention(
     const T* __restrict__ qkv, const int hidden,
     T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq)
 {
+    constexpr int NT = FlashShape<MT>::THREADS_PER_TILE;
     constexpr int LD = HD + 8;           // row stride of the Q, K, V tiles (conflict-free)
     __shared__ __align__(128) T q_tile[BQ * LD];
     __shared__ __align__(128) T k_tile[2][BK * LD];   // double-buffered
@@ -275,6 +286,8 @@ __device__ void flash_attention(
     const int nk = k_len[seq];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;     // fragment row group and column pair
+    const int warp_row0 = warp * 16 * MT;     // the warp's first row within the tile
+    const bool active = warp_row0 < nq;       // warp-uniform
     const size_t stride = 3 * (size_t)hidden;
     const T* q_src = qkv + (size_t)(start + row0) * stride + head * HD;
     const T* k_src = qkv + (size_t)start * stride + hidden + head * HD;
@@ -283,139 +296,174 @@ __device__ void flash_attention(
 
     // Q (rotated and scaled by the pre-pass) and the first K (rotated), V tiles, zero past
     // the sequence.
-    load_rows_async<T, HD, LD>(q_tile, q_src, stride, BQ, nq);
-    load_rows_async<T, HD, LD>(k_tile[0], k_src, stride, BK, nk);
-    load_rows_async<T, HD, LD>(v_tile[0], v_src, stride, BK, nk);
+    load_rows_async<T, HD, LD, NT>(q_tile, q_src, stride, BQ, nq);
+    load_rows_async<T, HD, LD, NT>(k_tile[0], k_src, stride, BK, nk);
+    load_rows_async<T, HD, LD, NT>(v_tile[0], v_src, stride, BK, nk);
     cp_async_commit();
 
-    // Each warp owns 16 query rows; lane holds rows g and g + 8 of them (index 0 and 1).
-    unsigned q_frag[HD / 16][4];
-    float o[HD / 8][4];
+    // m-tile mt of the warp: rows warp_row0 + 16 mt ..; lane holds rows g and g + 8 of it
+    // (index 0 and 1).
+    unsigned q_frag[MT][HD / 16][4];
+    float o[MT][HD / 8][4];
     #pragma unroll
-    for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+        #pragma unroll
+        for (int n = 0; n < HD / 8; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f;
     const float neg_inf = -__int_as_float(0x7f800000);  // NVRTC has no INFINITY
-    float m[2] = {neg_inf, neg_inf}, l[2] = {0.f, 0.f};
+    float m[MT][2], l[MT][2];
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        m[mt][0] = m[mt][1] = neg_inf;
+        l[mt][0] = l[mt][1] = 0.f;
+    }
 
     for (int it = 0; it < key_tiles; ++it) {
         const int buf = it & 1, k0 = it * BK;
         if (it + 1 < key_tiles) {  // prefetch the next K, V tiles into the other buffer
             const int k1 = k0 + BK;
-            load_rows_async<T, HD, LD>(k_tile[buf ^ 1], k_src + (size_t)k1 * stride, stride,
-                                       BK, nk - k1);
-            load_rows_async<T, HD, LD>(v_tile[buf ^ 1], v_src + (size_t)k1 * stride,
-                                       stride, BK, nk - k1);
+            load_rows_async<T, HD, LD, NT>(k_tile[buf ^ 1], k_src + (size_t)k1 * stride,
+                                           stride, BK, nk - k1);
+            load_rows_async<T, HD, LD, NT>(v_tile[buf ^ 1], v_src + (size_t)k1 * stride,
+                                           stride, BK, nk - k1);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
+        if (active) {
         if (it == 0) {
-            const T* q_rows = q_tile + (warp * 16 + g) * LD + 2 * t;
             #pragma unroll
-            for (int kc = 0; kc < HD / 16; ++kc) {
-                q_frag[kc][0] = *reinterpret_cast<const unsigned*>(q_rows + kc * 16);
-                q_frag[kc][1] = *reinterpret_cast<const unsigned*>(q_rows + 8 * LD + kc * 16);
-                q_frag[kc][2] = *reinterpret_cast<const unsigned*>(q_rows + kc * 16 + 8);
-                q_frag[kc][3] = *reinterpret_cast<const unsigned*>(q_rows + 8 * LD + kc * 16 + 8);
+            for (int mt = 0; mt < MT; ++mt) {
+                const T* q_rows = q_tile + (warp_row0 + 16 * mt + g) * LD + 2 * t;
+                #pragma unroll
+                for (int kc = 0; kc < HD / 16; ++kc) {
+                    q_frag[mt][kc][0] = *reinterpret_cast<const unsigned*>(q_rows + kc * 16);
+                    q_frag[mt][kc][1] = *reinterpret_cast<const unsigned*>(q_rows + 8 * LD + kc * 16);
+                    q_frag[mt][kc][2] = *reinterpret_cast<const unsigned*>(q_rows + kc * 16 + 8);
+                    q_frag[mt][kc][3] =
+                        *reinterpret_cast<const unsigned*>(q_rows + 8 * LD + kc * 16 + 8);
+                }
             }
         }
         const T* kt = k_tile[buf];
         const T* vt = v_tile[buf];
 
-        // S = Q K^T for the warp's 16 rows and the tile's 64 keys (f32), keys past nk at -inf.
+        // S = Q K^T for the warp's rows and the tile's 64 keys (f32), keys past nk at -inf.
         // K's B operands by ldmatrix: for n-tile n, matrix j (lanes 8j .. 8j + 7 address its
         // rows) is keys n * 8 .. + 7, dims 8 j .. + 7 of the k-chunk pair (kc, kc + 1), so
-        // registers (0, 1) are chunk kc's (b0, b1) and (2, 3) chunk kc + 1's.
-        float s[BK / 8][4];
+        // registers (0, 1) are chunk kc's (b0, b1) and (2, 3) chunk kc + 1's; each load
+        // serves the warp's MT m-tiles.
+        float s[MT][BK / 8][4];
         const T* k_lane = kt + (lane % 8) * LD + (lane / 8) * 8;
         #pragma unroll
         for (int n = 0; n < BK / 8; ++n) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+            #pragma unroll
+            for (int mt = 0; mt < MT; ++mt) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
             #pragma unroll
             for (int kc = 0; kc < HD / 16; kc += 2) {
                 unsigned b[4];
                 if (HD / 16 - kc >= 2) {
                     ldmatrix_x4(b, k_lane + n * 8 * LD + kc * 16);
-                    mma(s[n], q_frag[kc], b[0], b[1], T());
-                    mma(s[n], q_frag[kc + 1], b[2], b[3], T());
+                    #pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma(s[mt][n], q_frag[mt][kc], b[0], b[1], T());
+                        mma(s[mt][n], q_frag[mt][kc + 1], b[2], b[3], T());
+                    }
                 } else {  // HD 16: one chunk, lanes 0-15 address it
                     ldmatrix_x2(b, kt + (n * 8 + lane % 8) * LD + ((lane / 8) % 2) * 8);
-                    mma(s[n], q_frag[kc], b[0], b[1], T());
+                    #pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) mma(s[mt][n], q_frag[mt][kc], b[0], b[1], T());
                 }
             }
         }
         if (k0 + BK > nk) {
             #pragma unroll
-            for (int n = 0; n < BK / 8; ++n)
+            for (int mt = 0; mt < MT; ++mt)
                 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    if (k0 + n * 8 + 2 * t + (e & 1) >= nk) s[n][e] = neg_inf;
+                for (int n = 0; n < BK / 8; ++n)
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        if (k0 + n * 8 + 2 * t + (e & 1) >= nk) s[mt][n][e] = neg_inf;
         }
 
         // Online softmax (row max and sum over the 4 lanes sharing a row); P in the storage
         // type, laid out as the A operand of P V (two n-tiles of S make one k-chunk).
-        float alpha[2];
+        unsigned p[MT][BK / 16][4];
         #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            float mx = neg_inf;
-            #pragma unroll
-            for (int n = 0; n < BK / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-            const float m_new = fmaxf(m[i], mx);  // finite: every visited tile has a key
-            alpha[i] = __expf(m[i] - m_new);      // 0 on the first tile (m = -inf)
-            m[i] = m_new;
-        }
-        unsigned p[BK / 16][4];
-        float row_sum[2] = {0.f, 0.f};
-        #pragma unroll
-        for (int n = 0; n < BK / 8; ++n) {
+        for (int mt = 0; mt < MT; ++mt) {
+            float alpha[2];
             #pragma unroll
             for (int i = 0; i < 2; ++i) {
-                const unsigned pair = pack2(__expf(s[n][2 * i] - m[i]),
-                                            __expf(s[n][2 * i + 1] - m[i]), T());
-                const float2 rounded = unpack2(pair, T());
-                row_sum[i] += rounded.x + rounded.y;
-                p[n / 2][(n % 2) * 2 + i] = pair;
+                float mx = neg_inf;
+                #pragma unroll
+                for (int n = 0; n < BK / 8; ++n)
+                    mx = fmaxf(mx, fmaxf(s[mt][n][2 * i], s[mt][n][2 * i + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+                const float m_new = fmaxf(m[mt][i], mx);  // finite: every visited tile has a key
+                alpha[i] = __expf(m[mt][i] - m_new);      // 0 on the first tile (m = -inf)
+                m[mt][i] = m_new;
+            }
+            float row_sum[2] = {0.f, 0.f};
+            #pragma unroll
+            for (int n = 0; n < BK / 8; ++n) {
+                #pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const unsigned pair = pack2(__expf(s[mt][n][2 * i] - m[mt][i]),
+                                                __expf(s[mt][n][2 * i + 1] - m[mt][i]), T());
+                    const float2 rounded = unpack2(pair, T());
+                    row_sum[i] += rounded.x + rounded.y;
+                    p[mt][n / 2][(n % 2) * 2 + i] = pair;
+                }
+            }
+            #pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 1);
+                row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 2);
+                l[mt][i] = l[mt][i] * alpha[i] + row_sum[i];
+            }
+            // O = alpha O + P V, here its alpha O.
+            #pragma unroll
+            for (int n = 0; n < HD / 8; ++n) {
+                o[mt][n][0] *= alpha[0]; o[mt][n][1] *= alpha[0];
+                o[mt][n][2] *= alpha[1]; o[mt][n][3] *= alpha[1];
             }
         }
-        #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 1);
-            row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 2);
-            l[i] = l[i] * alpha[i] + row_sum[i];
-        }
 
-        // O = alpha O + P V (V's B operands by transposing loads from its row-major tile).
-        #pragma unroll
-        for (int n = 0; n < HD / 8; ++n) {
-            o[n][0] *= alpha[0]; o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1]; o[n][3] *= alpha[1];
-        }
+        // + P V (V's B operands by transposing loads from its row-major tile, each serving the
+        // warp's MT m-tiles).
         #pragma unroll
         for (int kc = 0; kc < BK / 16; ++kc) {
             #pragma unroll
             for (int n = 0; n < HD / 16; ++n) {
                 unsigned b[4];
                 ldmatrix_x4_trans(b, vt + (kc * 16 + lane % 16) * LD + n * 16 + (lane / 16) * 8);
-                mma(o[2 * n], p[kc], b[0], b[1], T());
-                mma(o[2 * n + 1], p[kc], b[2], b[3], T());
+                #pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma(o[mt][2 * n], p[mt][kc], b[0], b[1], T());
+                    mma(o[mt][2 * n + 1], p[mt][kc], b[2], b[3], T());
+                }
             }
         }
+        }  // active
         __syncthreads();  // this buffer is refilled by the next iteration's prefetch
     }
 
+    if (!active) return;
     #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int r = warp * 16 + g + 8 * i;
-        if (r >= nq) continue;
-        const float inv = 1.f / l[i];
-        T* dst = out + (size_t)(start + row0 + r) * hidden + head * HD + 2 * t;
+    for (int mt = 0; mt < MT; ++mt) {
         #pragma unroll
-        for (int n = 0; n < HD / 8; ++n)
-            *reinterpret_cast<unsigned*>(dst + n * 8) =
-                pack2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv, T());
+        for (int i = 0; i < 2; ++i) {
+            const int r = warp_row0 + 16 * mt + g + 8 * i;
+            if (r >= nq) continue;
+            const float inv = 1.f / l[mt][i];
+            T* dst = out + (size_t)(start + row0 + r) * hidden + head * HD + 2 * t;
+            #pragma unroll
+            for (int n = 0; n < HD / 8; ++n)
+                *reinterpret_cast<unsigned*>(dst + n * 8) =
+                    pack2(o[mt][n][2 * i] * inv, o[mt][n][2 * i + 1] * inv, T());
+        }
     }
 }
 
@@ -557,13 +605,15 @@ __device__ void flash_attention_f32(
 }
 
 // The flash body of a storage type: tensor cores for f16 and bf16, f32 FMA for f32.
-template <typename T, int HD> struct Flash {
+// The flash kernel of a storage type: tensor cores for the half types (MT m-tiles a warp),
+// f32 FMA for f32 (one tiling).
+template <typename T, int HD, int MT> struct Flash {
     static __device__ void run(const T* qkv, int hidden, T* out, const int* meta, int n_tiles,
                                int n_seq) {
-        flash_attention<T, HD>(qkv, hidden, out, meta, n_tiles, n_seq);
+        flash_attention<T, HD, MT>(qkv, hidden, out, meta, n_tiles, n_seq);
     }
 };
-template <int HD> struct Flash<float, HD> {
+template <int HD> struct Flash<float, HD, 1> {
     static __device__ void run(const float* qkv, int hidden, float* out, const int* meta,
                                int n_tiles, int n_seq) {
         flash_attention_f32<HD>(qkv, hidden, out, meta, n_tiles, n_seq);
@@ -578,16 +628,22 @@ template <int HD> struct Flash<float, HD> {
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_##SUFFIX(                \
         const T* prepared, int hidden, T* out, const int* meta, int n_tiles, int n_seq) {    \
-        Flash<T, HD>::run(prepared, hidden, out, meta, n_tiles, n_seq);                      \
+        Flash<T, HD, 1>::run(prepared, hidden, out, meta, n_tiles, n_seq);                   \
     }
 
 // `esm_rope_qk_v8_*`: `rope_qk` eight pairs a thread (f16 and bf16, 16-byte accesses; the
-// launcher checks the alignment).
+// launcher checks the alignment). `esm_flash_w32_*`: the flash kernel with 32 query rows a
+// warp (2 warps, 64 threads, a tile; the same values as `esm_flash_*`).
 #define VECTOR_INSTANCE(SUFFIX, T, HD)                                                       \
     extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_v8_##SUFFIX(               \
         const T* qkv, const T* bias, int rows, int hidden, T* prepared, const int* row_pos,   \
         const float* rope_table, float scale) {                                              \
         rope_qk_v8<T, HD>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale);    \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(FlashShape<2>::THREADS_PER_TILE)            \
+        esm_flash_w32_##SUFFIX(const T* prepared, int hidden, T* out, const int* meta,       \
+                               int n_tiles, int n_seq) {                                     \
+        Flash<T, HD, 2>::run(prepared, hidden, out, meta, n_tiles, n_seq);                   \
     }
 
 INSTANCE(f16_hd16, __half, 16)
