@@ -260,7 +260,8 @@ template <int MT> struct FlashShape {
 // rotated). Each warp takes MT m-tiles of 16 query rows (MT = 1: 4 warps a tile; MT = 2: 2
 // warps, each K and V operand read from shared memory once for both m-tiles). Every row's
 // arithmetic is the same whatever MT (the same products, summed in the same order), so
-// the values are too; a warp whose rows are all past the tile's last query only loads.
+// the values are too; with MT > 1 a warp whose rows all lie past the tile's last query only
+// loads.
 template <typename T, int HD, int MT>
 __device__ void flash_attention(
     const T* __restrict__ qkv, const int hidden,
@@ -287,7 +288,9 @@ __device__ void flash_attention(
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;     // fragment row group and column pair
     const int warp_row0 = warp * 16 * MT;     // the warp's first row within the tile
-    const bool active = warp_row0 < nq;       // warp-uniform
+    // Warp-uniform. MT = 1 computes every warp, as it always has: its code is then the
+    // pre-template kernel's, PTX for PTX (checked with NVRTC when the template came).
+    const bool active = MT == 1 || warp_row0 < nq;
     const size_t stride = 3 * (size_t)hidden;
     const T* q_src = qkv + (size_t)(start + row0) * stride + head * HD;
     const T* k_src = qkv + (size_t)start * stride + hidden + head * HD;
