@@ -20,13 +20,13 @@
 // Q tile redid v's bias for every K/V tile: results/h100-s19/; removed.) One block of 128
 // threads (4 warps) computes 64 query rows of one head of one sequence (a "tile";
 // tile_seq/tile_row0 list them), each warp 16 rows (`esm_flash_w32_*`, f16 and bf16: 2 warps
-// of 32 rows, each K and V operand it loads serving twice the rows). Keys are visited 64 at a time, the next
-// K/V tiles loaded asynchronously (cp.async, double-buffered) while the current ones are
-// used. Numerics, as FlashAttention: q, k rotated and q scaled in f32 then rounded to the
-// storage type for the tensor cores (mma.sync m16n8k16), scores and P.V accumulated in f32
-// registers, online softmax statistics (row max, row sum) in f32, P rounded to the storage
-// type (the row sum adds the rounded values), output rounded once at the end. S and P never
-// leave registers.
+// of 32 rows, each K and V operand it loads serving twice the rows). Keys are visited 64 at a
+// time, the next K/V tiles loaded asynchronously (cp.async, double-buffered) while the
+// current ones are used. Numerics, as FlashAttention: q, k rotated and q scaled in f32 then
+// rounded to the storage type for the tensor cores (mma.sync m16n8k16), scores and P.V
+// accumulated in f32 registers, online softmax statistics (row max, row sum) in f32, P rounded
+// to the storage type (the row sum adds the rounded values), output rounded once at the end.
+// S and P never leave registers.
 
 #include "storage_types.cuh"
 
@@ -311,7 +311,8 @@ __device__ void flash_attention(
     #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
         #pragma unroll
-        for (int n = 0; n < HD / 8; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f;
+        for (int n = 0; n < HD / 8; ++n)
+            o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f;
     const float neg_inf = -__int_as_float(0x7f800000);  // NVRTC has no INFINITY
     float m[MT][2], l[MT][2];
     #pragma unroll
@@ -335,120 +336,124 @@ __device__ void flash_attention(
         }
         __syncthreads();
         if (active) {
-        if (it == 0) {
-            #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                const T* q_rows = q_tile + (warp_row0 + 16 * mt + g) * LD + 2 * t;
+            if (it == 0) {
                 #pragma unroll
-                for (int kc = 0; kc < HD / 16; ++kc) {
-                    q_frag[mt][kc][0] = *reinterpret_cast<const unsigned*>(q_rows + kc * 16);
-                    q_frag[mt][kc][1] = *reinterpret_cast<const unsigned*>(q_rows + 8 * LD + kc * 16);
-                    q_frag[mt][kc][2] = *reinterpret_cast<const unsigned*>(q_rows + kc * 16 + 8);
-                    q_frag[mt][kc][3] =
-                        *reinterpret_cast<const unsigned*>(q_rows + 8 * LD + kc * 16 + 8);
-                }
-            }
-        }
-        const T* kt = k_tile[buf];
-        const T* vt = v_tile[buf];
-
-        // S = Q K^T for the warp's rows and the tile's 64 keys (f32), keys past nk at -inf.
-        // K's B operands by ldmatrix: for n-tile n, matrix j (lanes 8j .. 8j + 7 address its
-        // rows) is keys n * 8 .. + 7, dims 8 j .. + 7 of the k-chunk pair (kc, kc + 1), so
-        // registers (0, 1) are chunk kc's (b0, b1) and (2, 3) chunk kc + 1's; each load
-        // serves the warp's MT m-tiles.
-        float s[MT][BK / 8][4];
-        const T* k_lane = kt + (lane % 8) * LD + (lane / 8) * 8;
-        #pragma unroll
-        for (int n = 0; n < BK / 8; ++n) {
-            #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
-            #pragma unroll
-            for (int kc = 0; kc < HD / 16; kc += 2) {
-                unsigned b[4];
-                if (HD / 16 - kc >= 2) {
-                    ldmatrix_x4(b, k_lane + n * 8 * LD + kc * 16);
+                for (int mt = 0; mt < MT; ++mt) {
+                    const T* q_rows = q_tile + (warp_row0 + 16 * mt + g) * LD + 2 * t;
                     #pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma(s[mt][n], q_frag[mt][kc], b[0], b[1], T());
-                        mma(s[mt][n], q_frag[mt][kc + 1], b[2], b[3], T());
+                    for (int kc = 0; kc < HD / 16; ++kc) {
+                        const T* x = q_rows + kc * 16;
+                        q_frag[mt][kc][0] = *reinterpret_cast<const unsigned*>(x);
+                        q_frag[mt][kc][1] = *reinterpret_cast<const unsigned*>(x + 8 * LD);
+                        q_frag[mt][kc][2] = *reinterpret_cast<const unsigned*>(x + 8);
+                        q_frag[mt][kc][3] = *reinterpret_cast<const unsigned*>(x + 8 * LD + 8);
                     }
-                } else {  // HD 16: one chunk, lanes 0-15 address it
-                    ldmatrix_x2(b, kt + (n * 8 + lane % 8) * LD + ((lane / 8) % 2) * 8);
-                    #pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) mma(s[mt][n], q_frag[mt][kc], b[0], b[1], T());
                 }
             }
-        }
-        if (k0 + BK > nk) {
-            #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-                #pragma unroll
-                for (int n = 0; n < BK / 8; ++n)
-                    #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        if (k0 + n * 8 + 2 * t + (e & 1) >= nk) s[mt][n][e] = neg_inf;
-        }
+            const T* kt = k_tile[buf];
+            const T* vt = v_tile[buf];
 
-        // Online softmax (row max and sum over the 4 lanes sharing a row); P in the storage
-        // type, laid out as the A operand of P V (two n-tiles of S make one k-chunk).
-        unsigned p[MT][BK / 16][4];
-        #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            float alpha[2];
-            #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                float mx = neg_inf;
-                #pragma unroll
-                for (int n = 0; n < BK / 8; ++n)
-                    mx = fmaxf(mx, fmaxf(s[mt][n][2 * i], s[mt][n][2 * i + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-                const float m_new = fmaxf(m[mt][i], mx);  // finite: every visited tile has a key
-                alpha[i] = __expf(m[mt][i] - m_new);      // 0 on the first tile (m = -inf)
-                m[mt][i] = m_new;
-            }
-            float row_sum[2] = {0.f, 0.f};
+            // S = Q K^T for the warp's rows and the tile's 64 keys (f32), keys past nk at -inf.
+            // K's B operands by ldmatrix: for n-tile n, matrix j (lanes 8j .. 8j + 7 address its
+            // rows) is keys n * 8 .. + 7, dims 8 j .. + 7 of the k-chunk pair (kc, kc + 1), so
+            // registers (0, 1) are chunk kc's (b0, b1) and (2, 3) chunk kc + 1's; each load
+            // serves the warp's MT m-tiles.
+            float s[MT][BK / 8][4];
+            const T* k_lane = kt + (lane % 8) * LD + (lane / 8) * 8;
             #pragma unroll
             for (int n = 0; n < BK / 8; ++n) {
                 #pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const unsigned pair = pack2(__expf(s[mt][n][2 * i] - m[mt][i]),
-                                                __expf(s[mt][n][2 * i + 1] - m[mt][i]), T());
-                    const float2 rounded = unpack2(pair, T());
-                    row_sum[i] += rounded.x + rounded.y;
-                    p[mt][n / 2][(n % 2) * 2 + i] = pair;
-                }
-            }
-            #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 1);
-                row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 2);
-                l[mt][i] = l[mt][i] * alpha[i] + row_sum[i];
-            }
-            // O = alpha O + P V, here its alpha O.
-            #pragma unroll
-            for (int n = 0; n < HD / 8; ++n) {
-                o[mt][n][0] *= alpha[0]; o[mt][n][1] *= alpha[0];
-                o[mt][n][2] *= alpha[1]; o[mt][n][3] *= alpha[1];
-            }
-        }
-
-        // + P V (V's B operands by transposing loads from its row-major tile, each serving the
-        // warp's MT m-tiles).
-        #pragma unroll
-        for (int kc = 0; kc < BK / 16; ++kc) {
-            #pragma unroll
-            for (int n = 0; n < HD / 16; ++n) {
-                unsigned b[4];
-                ldmatrix_x4_trans(b, vt + (kc * 16 + lane % 16) * LD + n * 16 + (lane / 16) * 8);
+                for (int mt = 0; mt < MT; ++mt)
+                    s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
                 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    mma(o[mt][2 * n], p[mt][kc], b[0], b[1], T());
-                    mma(o[mt][2 * n + 1], p[mt][kc], b[2], b[3], T());
+                for (int kc = 0; kc < HD / 16; kc += 2) {
+                    unsigned b[4];
+                    if (HD / 16 - kc >= 2) {
+                        ldmatrix_x4(b, k_lane + n * 8 * LD + kc * 16);
+                        #pragma unroll
+                        for (int mt = 0; mt < MT; ++mt) {
+                            mma(s[mt][n], q_frag[mt][kc], b[0], b[1], T());
+                            mma(s[mt][n], q_frag[mt][kc + 1], b[2], b[3], T());
+                        }
+                    } else {  // HD 16: one chunk, lanes 0-15 address it
+                        ldmatrix_x2(b, kt + (n * 8 + lane % 8) * LD + ((lane / 8) % 2) * 8);
+                        #pragma unroll
+                        for (int mt = 0; mt < MT; ++mt)
+                            mma(s[mt][n], q_frag[mt][kc], b[0], b[1], T());
+                    }
                 }
             }
-        }
+            if (k0 + BK > nk) {
+                #pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+                    #pragma unroll
+                    for (int n = 0; n < BK / 8; ++n)
+                        #pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            if (k0 + n * 8 + 2 * t + (e & 1) >= nk) s[mt][n][e] = neg_inf;
+            }
+
+            // Online softmax (row max and sum over the 4 lanes sharing a row); P in the storage
+            // type, laid out as the A operand of P V (two n-tiles of S make one k-chunk).
+            unsigned p[MT][BK / 16][4];
+            #pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                float alpha[2];
+                #pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    float mx = neg_inf;
+                    #pragma unroll
+                    for (int n = 0; n < BK / 8; ++n)
+                        mx = fmaxf(mx, fmaxf(s[mt][n][2 * i], s[mt][n][2 * i + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+                    // Finite: every visited tile has a key.
+                    const float m_new = fmaxf(m[mt][i], mx);
+                    alpha[i] = __expf(m[mt][i] - m_new);      // 0 on the first tile (m = -inf)
+                    m[mt][i] = m_new;
+                }
+                float row_sum[2] = {0.f, 0.f};
+                #pragma unroll
+                for (int n = 0; n < BK / 8; ++n) {
+                    #pragma unroll
+                    for (int i = 0; i < 2; ++i) {
+                        const unsigned pair = pack2(__expf(s[mt][n][2 * i] - m[mt][i]),
+                                                    __expf(s[mt][n][2 * i + 1] - m[mt][i]), T());
+                        const float2 rounded = unpack2(pair, T());
+                        row_sum[i] += rounded.x + rounded.y;
+                        p[mt][n / 2][(n % 2) * 2 + i] = pair;
+                    }
+                }
+                #pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 1);
+                    row_sum[i] += __shfl_xor_sync(0xffffffff, row_sum[i], 2);
+                    l[mt][i] = l[mt][i] * alpha[i] + row_sum[i];
+                }
+                // O = alpha O + P V, here its alpha O.
+                #pragma unroll
+                for (int n = 0; n < HD / 8; ++n) {
+                    o[mt][n][0] *= alpha[0]; o[mt][n][1] *= alpha[0];
+                    o[mt][n][2] *= alpha[1]; o[mt][n][3] *= alpha[1];
+                }
+            }
+
+            // + P V (V's B operands by transposing loads from its row-major tile, each serving the
+            // warp's MT m-tiles).
+            #pragma unroll
+            for (int kc = 0; kc < BK / 16; ++kc) {
+                #pragma unroll
+                for (int n = 0; n < HD / 16; ++n) {
+                    unsigned b[4];
+                    ldmatrix_x4_trans(
+                        b, vt + (kc * 16 + lane % 16) * LD + n * 16 + (lane / 16) * 8);
+                    #pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma(o[mt][2 * n], p[mt][kc], b[0], b[1], T());
+                        mma(o[mt][2 * n + 1], p[mt][kc], b[2], b[3], T());
+                    }
+                }
+            }
         }  // active
         __syncthreads();  // this buffer is refilled by the next iteration's prefetch
     }
