@@ -24,6 +24,15 @@ def nvidia_root() -> pathlib.Path:
     sys.exit("libnvrtc not found: pip install nvidia-cuda-nvrtc nvidia-cuda-runtime")
 
 
+def load(arch: str) -> tuple[ctypes.CDLL, list[bytes]]:
+    """The pip NVRTC library and the options esmfuzz compiles with (src/model/nvrtc.rs)."""
+    root = nvidia_root()
+    nvrtc = ctypes.CDLL(str(next((root / "lib").glob("libnvrtc.so*"))))
+    options = [f"--gpu-architecture={arch}".encode(), f"--include-path={root / 'include'}".encode(),
+               b"-std=c++17"]
+    return nvrtc, options
+
+
 def compile_program(nvrtc, path: pathlib.Path, options: list[bytes]) -> tuple[bool, str, bytes]:
     program = ctypes.c_void_p()
     source = path.read_bytes()
@@ -55,9 +64,7 @@ def main() -> int:
     files = args.files or sorted((repo / "src" / "model").glob("*.cu"))
     if not files:
         sys.exit("no .cu files to compile")
-    root = nvidia_root()
-    nvrtc = ctypes.CDLL(str(next((root / "lib").glob("libnvrtc.so*"))))
-    options = [f"--gpu-architecture={args.arch}".encode(), f"--include-path={root / 'include'}".encode(), b"-std=c++17"]
+    nvrtc, options = load(args.arch)
     failed = 0
     for path in files:
         # The programs' shared header (storage_types.cuh) lies beside them; esmfuzz hands it

@@ -10,7 +10,6 @@ have; kernels only one side has are listed.
 Exit status 1 when a kernel both have differs, or when they share none.
 """
 import argparse
-import ctypes
 import pathlib
 import re
 import subprocess
@@ -50,12 +49,14 @@ def main() -> int:
     ap.add_argument("file", type=pathlib.Path, help="a .cu file of src/model")
     ap.add_argument("--arch", default="sm_90a")
     a = ap.parse_args()
-    root = nvrtc_check.nvidia_root()
-    nvrtc = ctypes.CDLL(str(next((root / "lib").glob("libnvrtc.so*"))))
-    options = [f"--gpu-architecture={a.arch}".encode(), f"--include-path={root / 'include'}".encode(),
-               b"-std=c++17"]
+    nvrtc, options = nvrtc_check.load(a.arch)
     repo = pathlib.Path(__file__).resolve().parent.parent
-    rel = a.file.resolve().relative_to(repo)
+    if not a.file.is_file():
+        sys.exit(f"{a.file}: no such file")
+    try:
+        rel = a.file.resolve().relative_to(repo)
+    except ValueError:
+        sys.exit(f"{a.file}: not a file of this repository ({repo})")
     with tempfile.TemporaryDirectory() as tmp:
         old_dir = pathlib.Path(tmp)
         # The file and the headers beside it, as they were at `rev`.
