@@ -42,6 +42,15 @@ def column(row, *words):
     return None
 
 
+def start_and_duration(row, start, dur, path, n):
+    """A row's start and duration in ns; exits naming the file and data row if not numbers."""
+    try:
+        return int(float(row[start])), int(float(row[dur]))
+    except (TypeError, ValueError):
+        sys.exit(f"{path}: data row {n}: start {row.get(start)!r}, duration {row.get(dur)!r} "
+                 f"are not numbers")
+
+
 def intervals(rows, path):
     if not rows:
         sys.exit(f"{path}: no GPU work in the trace (was the pass marked with --profile-pass, "
@@ -49,8 +58,12 @@ def intervals(rows, path):
     start, dur, name = column(rows[0], "start"), column(rows[0], "duration"), column(rows[0], "name")
     if not (start and dur and name):
         sys.exit(f"{path}: no Start, Duration and Name columns in {list(rows[0])}")
-    out = sorted((int(float(r[start])), int(float(r[start])) + int(float(r[dur])), r[name])
-                 for r in rows if r.get(start) not in (None, ""))
+    out = []
+    for n, r in enumerate(rows, start=1):
+        if r.get(start) not in (None, ""):
+            s, d = start_and_duration(r, start, dur, path, n)
+            out.append((s, s + d, r[name]))
+    out.sort()
     if not out:
         sys.exit(f"{path}: no GPU work in the trace")
     return out
@@ -93,9 +106,9 @@ def main():
         api = rows_of(a.api)
         if api:
             start, dur, name = column(api[0], "start"), column(api[0], "duration"), column(api[0], "name")
-            for r in api:
-                if any(w.lower() in r[name].lower() for w in WAITS):
-                    waits.append((int(float(r[start])), int(float(r[dur])), r[name]))
+            for n, r in enumerate(api, start=1):
+                if any(w.lower() in (r[name] or "").lower() for w in WAITS):
+                    waits.append((*start_and_duration(r, start, dur, a.api, n), r[name]))
         total = sum(d for _, d, _ in waits)
         print(f"\nhost waits in the capture (synchronisations, copies to the host): {len(waits)}, "
               f"{total / 1e6:.2f} ms")
