@@ -17,8 +17,8 @@ use crate::model::blocks::ModelInput;
 pub use packed::{PackedBatch, Packing, first_fit_decreasing, pack_proteins, packed_batches};
 pub use padded::{PaddedBatch, padded_batches, padding_efficiency};
 pub use run::{
-    Embedded, HostStates, LayerStates, batches, embed, forward_only_seconds, pool_residues,
-    pooled_batch, run_batch, sequence_states, token_states,
+    Embedded, ForwardTiming, HostStates, LayerStates, batches, embed, forward_only_seconds,
+    pool_residues, pooled_batch, run_batch, sequence_states, token_states,
 };
 
 /// What a runner needs from a batch of sequences, however it is laid out.

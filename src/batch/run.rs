@@ -317,12 +317,23 @@ pub fn embed<B: Backend, E: From<OutOfMemory>>(
     })
 }
 
-/// Seconds of the forward passes alone over `proteins` under `batching`, timed as the torch
-/// anchors time theirs (`scripts/torch_bench.py`): every batch's forward enqueued one after
-/// another, nothing brought to the host but one value of each batch's last states at the end
-/// (so every batch has run), no pooling. Building the batches is timed too (torch builds its
-/// inputs before its clock starts). The same batches as [`embed`] runs, at a budget it has
-/// already run without running out of memory.
+/// The time of one forward-only pass ([`forward_only_seconds`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardTiming {
+    /// Seconds from the pass's start until every batch had run on the device.
+    pub seconds: f64,
+    /// Seconds from the pass's start until the host had enqueued each batch's forward, in
+    /// batch order: where the last is close to `seconds`, the device waited on the host
+    /// (launches, not kernels, set the pace); where it is well below, the host ran ahead.
+    pub enqueued_seconds: Vec<f64>,
+}
+
+/// The forward passes alone over `proteins` under `batching`, timed as the torch anchors time
+/// theirs (`scripts/torch_bench.py`): every batch's forward enqueued one after another,
+/// nothing brought to the host but one value of each batch's last states at the end (so every
+/// batch has run), no pooling. Building the batches is timed too (torch builds its inputs
+/// before its clock starts). The same batches as [`embed`] runs, at a budget it has already
+/// run without running out of memory.
 ///
 /// # Errors
 /// A batch whose forward panicked (a device error), named by its shape.
@@ -330,10 +341,11 @@ pub fn forward_only_seconds<B: Backend>(
     model: &Esm2<B>,
     proteins: &[Protein],
     batching: Batching,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<ForwardTiming> {
     let last = model.config.num_hidden_layers;
     let start = std::time::Instant::now();
     let mut probes = Vec::new();
+    let mut enqueued_seconds = Vec::new();
     for batch in batches(model, proteins, batching) {
         let run = || {
             model
@@ -347,11 +359,15 @@ pub fn forward_only_seconds<B: Backend>(
             anyhow::anyhow!("the forward-only pass failed on a batch of {shape}")
         })?;
         probes.extend(probe);
+        enqueued_seconds.push(start.elapsed().as_secs_f64());
     }
     for probe in probes {
         crate::model::to_host(probe);
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(ForwardTiming {
+        seconds: start.elapsed().as_secs_f64(),
+        enqueued_seconds,
+    })
 }
 
 /// The last-layer token states of every protein, each `[n + 2, hidden]` flat with BOS and

@@ -233,27 +233,6 @@ fn gemm(
         dtype,
     );
 
-    let resource = |t: &CubeTensor<CudaRuntime>| {
-        client
-            .get_resource(t.handle.clone())
-            .unwrap_or_else(|e| panic!("cuBLAS operand not resident on the device: {e:?}"))
-    };
-    let (ra, rb, rc) = (resource(&a.tensor), resource(&b.tensor), resource(&out));
-    // cubecl's stream for this thread: it already waits on whatever wrote `a` and `b`. A
-    // null one (a cubecl-cuda without the vendored patch) would be the legacy default
-    // stream, unordered with cubecl's non-blocking streams: order by the host then.
-    let stream = rc.resource().stream;
-    let host_sync = host_sync() || stream.is_null();
-    if host_sync {
-        // Everything cubecl queued (the inputs) is done before cuBLAS reads them.
-        cubecl::future::block_on(client.sync())
-            .unwrap_or_else(|e| panic!("CUDA stream failed before a cuBLAS product: {e:?}"));
-    }
-    let (pa, pb, pc) = (
-        ra.resource().ptr as *const c_void,
-        rb.resource().ptr as *const c_void,
-        rc.resource().ptr as *mut c_void,
-    );
     let (alpha, beta) = (1.0f32, 0.0f32);
     let op = |transposed: bool| {
         if transposed {
@@ -262,52 +241,74 @@ fn gemm(
             sys::cublasOperation_t::CUBLAS_OP_N
         }
     };
-    let int = |x: usize| i32::try_from(x).expect("GEMM dimension fits in i32");
-    with_blas(device.index, |blas| {
-        // SAFETY: `stream` is a live stream of the context the handle was made in (cubecl
-        // allocates in the device's primary context, as `with_blas` does).
-        unsafe { blas::set_stream(blas.handle, stream as _) }
-            .unwrap_or_else(|e| panic!("cuBLAS could not use cubecl's stream: {e:?}"));
-        // Row-major C = A B is column-major C^T = B^T A^T: cuBLAS's "A" is our b.
-        // SAFETY: the pointers are live device buffers of the shapes and strides given.
-        // `ra`, `rb`, `rc` keep cubecl from recycling them until the product is enqueued;
-        // after that, any reuse is enqueued on the same stream, behind the product.
-        unsafe {
-            blas::gemm_strided_batched_ex(
-                blas.handle,
-                op(b.transposed),
-                op(a.transposed),
-                int(n),
-                int(m),
-                int(k),
-                (&alpha as *const f32).cast(),
-                pb,
-                data_type,
-                int(b.leading),
-                b.batch_stride as i64,
-                pa,
-                data_type,
-                int(a.leading),
-                a.batch_stride as i64,
-                (&beta as *const f32).cast(),
-                pc,
-                data_type,
-                int(n),
-                (m * n) as i64,
-                int(batch),
-                compute_type,
-                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .unwrap_or_else(|e| panic!("cuBLAS GEMM failed ({m}x{k} @ {k}x{n}, batch {batch}): {e:?}"));
+    let (b_op, a_op) = (op(b.transposed), op(a.transposed));
+    let (b_leading, a_leading) = (b.leading, a.leading);
+    let (b_batch_stride, a_batch_stride) = (b.batch_stride as i64, a.batch_stride as i64);
+    let int = |x: usize| i32::try_from(x).map_err(|_| format!("GEMM dimension {x} over i32"));
+    let dims = (int(n), int(m), int(k), int(batch));
+    let tensors = [&a.tensor, &b.tensor, &out];
+    let enqueued = fusion_op::with_device_pointers(&tensors, |pointers, stream| {
+        let (n, m, k, batch) = (dims.0?, dims.1?, dims.2?, dims.3?);
+        let (pa, pb, pc) = (
+            pointers[0] as *const c_void,
+            pointers[1] as *const c_void,
+            pointers[2] as *mut c_void,
+        );
+        // cubecl's stream for this thread: it already waits on whatever wrote `a` and `b`. A
+        // null one (a cubecl-cuda without the vendored patch) would be the legacy default
+        // stream, unordered with cubecl's non-blocking streams: order by the host then.
+        let host_sync = host_sync() || stream.is_null();
         if host_sync {
-            // SAFETY: a live stream (see above).
-            unsafe { cudarc::driver::result::stream::synchronize(stream as _) }
-                .unwrap_or_else(|e| panic!("CUDA stream failed after a cuBLAS product: {e:?}"));
+            // Everything cubecl queued (the inputs) is done before cuBLAS reads them.
+            cubecl::future::block_on(client.sync())
+                .map_err(|e| format!("CUDA stream failed before a cuBLAS product: {e:?}"))?;
         }
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    drop((ra, rb, rc));
+        with_blas(device.index, |blas| {
+            // SAFETY: `stream` is a live stream of the context the handle was made in
+            // (cubecl allocates in the device's primary context, as `with_blas` does).
+            unsafe { blas::set_stream(blas.handle, stream as _) }
+                .map_err(|e| format!("cuBLAS could not use cubecl's stream: {e:?}"))?;
+            // Row-major C = A B is column-major C^T = B^T A^T: cuBLAS's "A" is our b.
+            // SAFETY: the pointers are live device buffers of the shapes and strides given,
+            // held until the product is enqueued; after that, any reuse is enqueued on the
+            // same stream, behind the product.
+            unsafe {
+                blas::gemm_strided_batched_ex(
+                    blas.handle,
+                    b_op,
+                    a_op,
+                    n,
+                    m,
+                    k,
+                    (&alpha as *const f32).cast(),
+                    pb,
+                    data_type,
+                    int(b_leading)?,
+                    b_batch_stride,
+                    pa,
+                    data_type,
+                    int(a_leading)?,
+                    a_batch_stride,
+                    (&beta as *const f32).cast(),
+                    pc,
+                    data_type,
+                    n,
+                    i64::from(m) * i64::from(n),
+                    batch,
+                    compute_type,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| format!("cuBLAS GEMM failed ({m}x{k} @ {k}x{n}, batch {batch}): {e:?}"))?;
+            if host_sync {
+                // SAFETY: a live stream (see above).
+                unsafe { cudarc::driver::result::stream::synchronize(stream as _) }
+                    .map_err(|e| format!("CUDA stream failed after a cuBLAS product: {e:?}"))?;
+            }
+            Ok(())
+        })?
+    });
+    enqueued.unwrap_or_else(|e| panic!("{e}"));
     out
 }
 

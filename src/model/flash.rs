@@ -359,80 +359,70 @@ mod cuda {
         );
         let (flash_prefix, flash_threads) = super::flash_kernel(dtype);
         let flash = kernel(device.index, flash_prefix, dtype, head_dim)?;
-        let resource = |t: &CubeTensor<CudaRuntime>| {
-            client
-                .get_resource(t.handle.clone())
-                .map_err(|e| format!("operand not resident on the device: {e:?}"))
-        };
-        let (rq, rb, rr, rm, ro, rp) = (
-            resource(&qkv)?,
-            resource(&bias)?,
-            resource(&rope)?,
-            resource(&meta)?,
-            resource(&out)?,
-            resource(&prepared)?,
-        );
-        let stream = ro.resource().stream;
-        let mut p_qkv = rq.resource().ptr;
-        let mut p_bias = rb.resource().ptr;
-        let mut p_prepared = rp.resource().ptr;
-        let mut p_rope = rr.resource().ptr;
-        let aligned = [p_qkv, p_bias, p_prepared, p_rope]
-            .iter()
-            .all(|p| p % 16 == 0);
-        let rope_prefix = super::prepass_prefix(dtype, aligned);
-        let prepass = kernel(device.index, rope_prefix, dtype, head_dim)?;
-        let mut p_rows = i32::try_from(rows).map_err(|_| "too many rows")?;
-        let mut p_hidden = hidden as i32;
-        let mut p_out = ro.resource().ptr;
-        let mut p_meta = rm.resource().ptr;
-        let mut p_row_pos = p_meta + (4 * (2 * tiles + 3 * sequences)) as u64;
-        let mut p_tiles = tiles as i32;
-        let mut p_sequences = sequences as i32;
-        let mut scale = (head_dim as f32).powf(-0.5);
-        // The pre-passes (qkv, bias, rows, hidden, prepared, row_pos, rope, scale).
-        let mut rope_params: Vec<*mut c_void> = vec![
-            (&mut p_qkv as *mut u64).cast(),
-            (&mut p_bias as *mut u64).cast(),
-            (&mut p_rows as *mut i32).cast(),
-            (&mut p_hidden as *mut i32).cast(),
-            (&mut p_prepared as *mut u64).cast(),
-            (&mut p_row_pos as *mut u64).cast(),
-            (&mut p_rope as *mut u64).cast(),
-            (&mut scale as *mut f32).cast(),
-        ];
-        // The flash kernel (prepared, hidden, out, meta, tiles, sequences).
-        let mut flash_params: Vec<*mut c_void> = vec![
-            (&mut p_prepared as *mut u64).cast(),
-            (&mut p_hidden as *mut i32).cast(),
-            (&mut p_out as *mut u64).cast(),
-            (&mut p_meta as *mut u64).cast(),
-            (&mut p_tiles as *mut i32).cast(),
-            (&mut p_sequences as *mut i32).cast(),
-        ];
-        // One pre-pass thread per rotated pair (j, j + head_dim / 2) of q, k and v, or per
-        // eight of them.
-        let pairs_per_thread = if rope_prefix == "esm_rope_qk_v8" {
-            8
-        } else {
-            1
-        };
-        let threads = rows * hidden / 2 / pairs_per_thread;
-        let rope_grid = u32::try_from(threads.div_ceil(256)).map_err(|_| "too many rows")?;
-        let grid = (
-            u32::try_from(tiles).map_err(|_| "too many tiles")?,
-            heads as u32,
-            1,
-        );
-        // SAFETY: the parameters match the kernels' signatures (flash_attention.cu); the
-        // buffers are live (held by the resources until the launches are enqueued, after
-        // which cubecl reuses them only behind them on the same stream).
-        unsafe { nvrtc::launch(prepass, (rope_grid, 1, 1), 256, stream, &mut rope_params) }
-            .map_err(|e| format!("RoPE launch failed ({rows} rows): {e}"))?;
-        // SAFETY: as above.
-        unsafe { nvrtc::launch(flash, grid, flash_threads, stream, &mut flash_params) }
-            .map_err(|e| format!("launch failed ({tiles} tiles x {heads} heads): {e}"))?;
-        drop((rq, rb, rr, rm, ro, rp));
+        let tensors = [&qkv, &bias, &rope, &meta, &out, &prepared];
+        fusion_op::with_device_pointers(&tensors, |pointers, stream| {
+            let [
+                mut p_qkv,
+                mut p_bias,
+                mut p_rope,
+                mut p_meta,
+                mut p_out,
+                mut p_prepared,
+            ] = <[u64; 6]>::try_from(pointers).map_err(|_| "six operands".to_string())?;
+            let aligned = [p_qkv, p_bias, p_prepared, p_rope]
+                .iter()
+                .all(|p| p % 16 == 0);
+            let rope_prefix = super::prepass_prefix(dtype, aligned);
+            let prepass = kernel(device.index, rope_prefix, dtype, head_dim)?;
+            let mut p_rows = i32::try_from(rows).map_err(|_| "too many rows")?;
+            let mut p_hidden = hidden as i32;
+            let mut p_row_pos = p_meta + (4 * (2 * tiles + 3 * sequences)) as u64;
+            let mut p_tiles = tiles as i32;
+            let mut p_sequences = sequences as i32;
+            let mut scale = (head_dim as f32).powf(-0.5);
+            // The pre-passes (qkv, bias, rows, hidden, prepared, row_pos, rope, scale).
+            let mut rope_params: Vec<*mut c_void> = vec![
+                (&mut p_qkv as *mut u64).cast(),
+                (&mut p_bias as *mut u64).cast(),
+                (&mut p_rows as *mut i32).cast(),
+                (&mut p_hidden as *mut i32).cast(),
+                (&mut p_prepared as *mut u64).cast(),
+                (&mut p_row_pos as *mut u64).cast(),
+                (&mut p_rope as *mut u64).cast(),
+                (&mut scale as *mut f32).cast(),
+            ];
+            // The flash kernel (prepared, hidden, out, meta, tiles, sequences).
+            let mut flash_params: Vec<*mut c_void> = vec![
+                (&mut p_prepared as *mut u64).cast(),
+                (&mut p_hidden as *mut i32).cast(),
+                (&mut p_out as *mut u64).cast(),
+                (&mut p_meta as *mut u64).cast(),
+                (&mut p_tiles as *mut i32).cast(),
+                (&mut p_sequences as *mut i32).cast(),
+            ];
+            // One pre-pass thread per rotated pair (j, j + head_dim / 2) of q, k and v, or per
+            // eight of them.
+            let pairs_per_thread = if rope_prefix == "esm_rope_qk_v8" {
+                8
+            } else {
+                1
+            };
+            let threads = rows * hidden / 2 / pairs_per_thread;
+            let rope_grid = u32::try_from(threads.div_ceil(256)).map_err(|_| "too many rows")?;
+            let grid = (
+                u32::try_from(tiles).map_err(|_| "too many tiles")?,
+                heads as u32,
+                1,
+            );
+            // SAFETY: the parameters match the kernels' signatures (flash_attention.cu); the
+            // buffers are live (held until the launches are enqueued, after which cubecl
+            // reuses them only behind them on the same stream).
+            unsafe { nvrtc::launch(prepass, (rope_grid, 1, 1), 256, stream, &mut rope_params) }
+                .map_err(|e| format!("RoPE launch failed ({rows} rows): {e}"))?;
+            // SAFETY: as above.
+            unsafe { nvrtc::launch(flash, grid, flash_threads, stream, &mut flash_params) }
+                .map_err(|e| format!("launch failed ({tiles} tiles x {heads} heads): {e}"))
+        })?;
         Ok(out)
     }
 

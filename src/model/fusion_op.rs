@@ -7,6 +7,7 @@
 use std::any::{Any, TypeId};
 use std::ffi::c_void;
 use std::fmt::Debug;
+use std::sync::OnceLock;
 
 use burn::tensor::{DType, Int, Tensor, TensorPrimitive, backend::Backend};
 use burn_cubecl::CubeBackend;
@@ -171,7 +172,59 @@ pub fn pointer_params(pointers: &mut [u64]) -> Vec<*mut c_void> {
 /// Runs `launch` with the device pointers of `tensors`, in order, and the stream cubecl's own
 /// kernels on them run on (it already waits on whatever wrote them); the buffers stay held
 /// until `launch` returns.
-pub fn with_device_pointers<T>(
+///
+/// `launch` runs on cubecl's device thread, the one that launches cubecl's own kernels,
+/// after every kernel queued before it, in one round trip from the calling thread (burn's
+/// fusion thread): the pointers are fetched there, where each fetch is a plain call. Fetching
+/// them from here costs a blocking round trip each, a thread hand-over that is most of a
+/// custom operation's host time. `ESMFUZZ_POINTER_ROUND_TRIPS=1` fetches them from here, one
+/// round trip each, as before (the same kernels in the same stream order, so the same bits;
+/// `gpu_run.sh same` and `switches` compare them).
+pub fn with_device_pointers<T: Send + 'static>(
+    tensors: &[&CubeTensor<CudaRuntime>],
+    launch: impl FnOnce(&[u64], CUstream) -> Result<T, String>,
+) -> Result<T, String> {
+    let Some(first) = tensors.first() else {
+        return launch(&[], std::ptr::null_mut());
+    };
+    if pointer_round_trips() {
+        return fetch_and_launch(tensors, launch);
+    }
+    // A panic on the device thread would be caught and logged there, the caller seeing only
+    // a closed channel: bring its message back as the error instead.
+    let job = AssertSend(move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fetch_and_launch(tensors, launch)
+        }))
+        .unwrap_or_else(|payload| Err(panic_message(payload.as_ref())))
+    });
+    first
+        .client
+        .exclusive(move || job.run())
+        .map_err(|e| format!("cubecl's device thread did not run the launch: {e:?}"))?
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Whether [`with_device_pointers`] fetches each pointer from the calling thread
+/// (`ESMFUZZ_POINTER_ROUND_TRIPS=1`); read once.
+fn pointer_round_trips() -> bool {
+    static ROUND_TRIPS: OnceLock<bool> = OnceLock::new();
+    *ROUND_TRIPS.get_or_init(|| {
+        std::env::var("ESMFUZZ_POINTER_ROUND_TRIPS").is_ok_and(|v| !v.is_empty() && v != "0")
+    })
+}
+
+/// The pointers of `tensors` and their stream, then `launch` of them, on whichever thread
+/// calls it.
+fn fetch_and_launch<T>(
     tensors: &[&CubeTensor<CudaRuntime>],
     launch: impl FnOnce(&[u64], CUstream) -> Result<T, String>,
 ) -> Result<T, String> {
@@ -188,4 +241,22 @@ pub fn with_device_pointers<T>(
         .first()
         .map_or(std::ptr::null_mut(), |r| r.resource().stream);
     launch(&pointers, stream)
+}
+
+/// A closure moved to cubecl's device thread by [`with_device_pointers`].
+struct AssertSend<F>(F);
+
+// SAFETY: `ComputeClient::exclusive` blocks the calling thread until the closure has run on
+// the device thread, so what the closure owns or borrows is used by one thread at a time, as
+// with a scoped thread. The CUDA handles it may hold (functions, streams, device pointers)
+// are valid on every thread of the process, and the device thread has the primary context,
+// in which they were made, current.
+unsafe impl<F> Send for AssertSend<F> {}
+
+impl<F: FnOnce() -> R, R> AssertSend<F> {
+    /// Runs the closure. A method rather than a field access, so that a closure calling it
+    /// captures the whole wrapper (Send), not the field (perhaps not).
+    fn run(self) -> R {
+        (self.0)()
+    }
 }
