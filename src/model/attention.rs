@@ -3,10 +3,13 @@
 //! stacked at load), `q *= head_dim^-0.5` before the rotation, softmax over keys with padding
 //! masked, then `out_proj`.
 
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use std::cell::{OnceCell, RefCell};
+use std::rc::Rc;
 
-use super::blocks::{DeviceBlocks, DeviceGroup};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
+
+use super::blocks::{DeviceBlocks, DeviceGroup, HostBlocks};
 use super::cpu_kernels;
 use super::device::DeviceLinear;
 use super::flash::{self, SeqTable};
@@ -40,6 +43,70 @@ pub struct SelfAttention<B: Backend> {
 /// kernel ([`super::flash`]) runs instead.
 pub fn uses_burn_fused_op(backend: crate::backend::BackendKind) -> bool {
     backend == crate::backend::BackendKind::Cpu
+}
+
+/// One batch's inputs to the composed attention on the device: the layout's gathers,
+/// scatter and key-padding masks ([`DeviceBlocks`]) and the RoPE tables of each group, each
+/// uploaded the first time a layer asks for it. A layer that the flash kernel or the CPU
+/// kernel attends reads none of them, so a batch they take whole uploads none (at 650M's
+/// 16,384-token batches the f32 RoPE tables alone were 8 MB of host memory and two casts a
+/// batch, all unread).
+pub struct ComposedInputs<'a, B: Backend> {
+    host: &'a HostBlocks,
+    /// The storage dtype the tables are cast to.
+    dtype: DType,
+    device: &'a B::Device,
+    blocks: OnceCell<DeviceBlocks<B>>,
+    /// The tables of the last `inv_freq` asked for (checkpoints store one per layer; they
+    /// are normally all the same), one per group.
+    rotary: RefCell<Option<(Vec<f32>, Rc<[RotaryTables<B>]>)>>,
+}
+
+impl<'a, B: Backend> ComposedInputs<'a, B> {
+    /// Nothing is uploaded until asked for.
+    pub fn new(host: &'a HostBlocks, dtype: DType, device: &'a B::Device) -> Self {
+        Self {
+            host,
+            dtype,
+            device,
+            blocks: OnceCell::new(),
+            rotary: RefCell::new(None),
+        }
+    }
+
+    /// The layout on the device, uploaded on first use.
+    pub fn blocks(&self) -> &DeviceBlocks<B> {
+        self.blocks
+            .get_or_init(|| DeviceBlocks::new(self.host, self.device))
+    }
+
+    /// The RoPE tables of `inv_freq`, one per group, built when `inv_freq` differs from the
+    /// last asked for.
+    pub fn rotary(&self, inv_freq: &[f32]) -> Rc<[RotaryTables<B>]> {
+        let mut last = self.rotary.borrow_mut();
+        if let Some((freq, tables)) = last.as_ref()
+            && freq.as_slice() == inv_freq
+        {
+            return tables.clone();
+        }
+        let tables: Rc<[RotaryTables<B>]> = self
+            .host
+            .groups
+            .iter()
+            .map(|g| {
+                RotaryTables::new(
+                    inv_freq,
+                    &g.positions,
+                    g.position_rows,
+                    g.block_len,
+                    self.dtype,
+                    self.device,
+                )
+            })
+            .collect();
+        *last = Some((inv_freq.to_vec(), tables.clone()));
+        tables
+    }
 }
 
 /// The sequences of one batch's token stream, for the kernels that attend them in place
@@ -124,8 +191,7 @@ impl<B: Backend> SelfAttention<B> {
     pub fn context(
         &self,
         x: Tensor<B, 2>,
-        layout: &DeviceBlocks<B>,
-        rotary: &[RotaryTables<B>],
+        composed: &ComposedInputs<'_, B>,
         seqs: Option<&StreamSeqs<B>>,
     ) -> Tensor<B, 2> {
         // The flash kernel's pre-pass adds the projections' bias itself.
@@ -145,11 +211,12 @@ impl<B: Backend> SelfAttention<B> {
                 &self.inv_freq,
             );
         }
+        let (layout, rotary) = (composed.blocks(), composed.rotary(&self.inv_freq));
         let qkv = layout.extend_for_gather(qkv);
         let mut contexts: Vec<Tensor<B, 2>> = layout
             .groups
             .iter()
-            .zip(rotary)
+            .zip(rotary.iter())
             .map(|(group, rot)| self.attend_group(group, rot, &qkv))
             .collect();
         let context = if contexts.len() == 1 {
@@ -224,14 +291,14 @@ impl<B: Backend> SelfAttention<B> {
     pub fn probabilities(
         &self,
         x: Tensor<B, 2>,
-        layout: &DeviceBlocks<B>,
-        rotary: &[RotaryTables<B>],
+        composed: &ComposedInputs<'_, B>,
     ) -> Vec<Tensor<B, 4>> {
+        let (layout, rotary) = (composed.blocks(), composed.rotary(&self.inv_freq));
         let qkv = layout.extend_for_gather(self.qkv_proj.forward(x));
         layout
             .groups
             .iter()
-            .zip(rotary)
+            .zip(rotary.iter())
             .map(|(group, rot)| {
                 let (q, k, _) = self.heads_of_group(group, rot, &qkv, true);
                 self.composed_probs(group, q, k)

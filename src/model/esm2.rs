@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
-use super::attention::{FlashSeqs, StreamSeqs};
-use super::blocks::{DeviceBlocks, HostBlocks, ModelInput};
+use super::attention::{ComposedInputs, FlashSeqs, StreamSeqs};
+use super::blocks::{HostBlocks, ModelInput};
 use super::config::EsmConfig;
 use super::device::{DeviceNorm, to_device};
 use super::fault::FaultSet;
@@ -15,7 +15,6 @@ use super::flash::{self, SeqTable};
 use super::fp32_places::{Fp32Place, Fp32Places};
 use super::layer::{EsmLayer, LayerPlan};
 use super::precision::{ComputePlan, Precision};
-use super::rotary::RotaryTables;
 use super::weights::{EsmWeights, HostTensor, LayerWeights, NormWeights};
 
 /// ESM-2 on one device under one precision policy. Cloning shares the device tensors.
@@ -322,7 +321,8 @@ impl<B: Backend> Esm2<B> {
         }
 
         let host_layout = self.effective_layout(input);
-        let layout = DeviceBlocks::<B>::new(&host_layout, device);
+        // Uploaded only where a layer takes the composed attention.
+        let composed = ComposedInputs::<B>::new(&host_layout, dtype, device);
         // The attention kernels (CUDA flash, CPU) read the input's own sequences, unless a
         // fault rewrites the layout.
         let seqs = (!self.faults.attention_leaks_across_sequences
@@ -350,33 +350,11 @@ impl<B: Backend> Esm2<B> {
         let mut x = (self.embed_tokens.clone().select(0, ids) * scale).cast(stream);
         observe(Place::Embeddings, &x);
 
-        // RoPE tables per group, rebuilt only when a layer's `inv_freq` differs from the
-        // previous layer's (checkpoints store one per layer; they are normally identical).
-        let mut rotary: Option<(&[f32], Vec<RotaryTables<B>>)> = None;
         // The next LayerNorm of `x`, where the last block's residual add computed it.
         let mut normed: Option<Tensor<B, 2>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let inv_freq = layer.self_attn.inv_freq.as_slice();
-            if rotary.as_ref().is_none_or(|(f, _)| *f != inv_freq) {
-                let tables = host_layout
-                    .groups
-                    .iter()
-                    .map(|g| {
-                        RotaryTables::new(
-                            inv_freq,
-                            &g.positions,
-                            g.position_rows,
-                            g.block_len,
-                            dtype,
-                            device,
-                        )
-                    })
-                    .collect();
-                rotary = Some((inv_freq, tables));
-            }
-            let rotary = rotary.as_ref().map_or(&[][..], |(_, t)| t.as_slice());
             if let Some(maps) = maps.as_deref_mut() {
-                maps.push(layer.attention_probabilities(x.clone(), &layout, rotary));
+                maps.push(layer.attention_probabilities(x.clone(), &composed));
             }
             // Each block's residual add is done with the LayerNorm after it (one CUDA kernel
             // where it takes them): `normed` is this layer's first LayerNorm of `x`.
@@ -384,7 +362,7 @@ impl<B: Backend> Esm2<B> {
                 .take()
                 .unwrap_or_else(|| layer.self_attn_layer_norm.forward(x.clone()));
             let (after_attention, normed_ffn) = layer
-                .attention_end(x, attention_input, &layout, rotary, seqs.as_ref())
+                .attention_end(x, attention_input, &composed, seqs.as_ref())
                 .finish_normed(&layer.final_layer_norm);
             observe(Place::Attention(i), &after_attention);
             let end = layer.ffn_end(after_attention, normed_ffn);
@@ -457,29 +435,15 @@ mod tests {
             layout: HostBlocks::packed(&cu, 1024),
         };
         let host_layout = model.effective_layout(&input);
-        let layout = DeviceBlocks::<Cpu>::new(&host_layout, &device);
+        let composed = ComposedInputs::<Cpu>::new(&host_layout, plan.dtype(), &device);
         let attention = &model.layers[0].self_attn;
-        let rotary: Vec<_> = host_layout
-            .groups
-            .iter()
-            .map(|g| {
-                RotaryTables::<Cpu>::new(
-                    &attention.inv_freq,
-                    &g.positions,
-                    g.position_rows,
-                    g.block_len,
-                    plan.dtype(),
-                    &device,
-                )
-            })
-            .collect();
         let seqs = StreamSeqs {
             table: SeqTable::of_blocks(&input.layout).unwrap(),
             flash: None,
         };
         let x = crate::model::cpu_kernels::seeded([64, 64], seed, 1.7, 0.0).cast(plan.dtype());
         let attend = |x, seqs| {
-            let context = attention.context(x, &layout, &rotary, seqs);
+            let context = attention.context(x, &composed, seqs);
             to_host(attention.out_proj.forward(context))
         };
         let kernel = attend(x.clone(), Some(&seqs));

@@ -3,13 +3,11 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::attention::{SelfAttention, StreamSeqs};
-use super::blocks::DeviceBlocks;
+use super::attention::{ComposedInputs, SelfAttention, StreamSeqs};
 use super::device::{DeviceLinear, DeviceNorm};
 use super::fault::FaultSet;
 use super::fp32_places::{Fp32Place, Fp32Places};
 use super::precision::ComputePlan;
-use super::rotary::RotaryTables;
 use super::weights::LayerWeights;
 
 /// One transformer layer on the device. Cloning shares the device tensors.
@@ -74,12 +72,11 @@ impl<B: Backend> EsmLayer<B> {
     pub fn attention_block(
         &self,
         x: Tensor<B, 2>,
-        layout: &DeviceBlocks<B>,
-        rotary: &[RotaryTables<B>],
+        composed: &ComposedInputs<'_, B>,
         seqs: Option<&StreamSeqs<B>>,
     ) -> Tensor<B, 2> {
         let h = self.self_attn_layer_norm.forward(x.clone());
-        self.attention_end(x, h, layout, rotary, seqs).finish()
+        self.attention_end(x, h, composed, seqs).finish()
     }
 
     /// [`Self::attention_block`] of `x` given `normed = LN(x)` (this layer's
@@ -91,11 +88,10 @@ impl<B: Backend> EsmLayer<B> {
         &self,
         x: Tensor<B, 2>,
         normed: Tensor<B, 2>,
-        layout: &DeviceBlocks<B>,
-        rotary: &[RotaryTables<B>],
+        composed: &ComposedInputs<'_, B>,
         seqs: Option<&StreamSeqs<B>>,
     ) -> BlockEnd<B> {
-        let context = self.self_attn.context(normed, layout, rotary, seqs);
+        let context = self.self_attn.context(normed, composed, seqs);
         BlockEnd {
             product: self.self_attn.out_proj.forward_unbiased(context),
             linear: self.self_attn.out_proj.clone(),
@@ -111,11 +107,10 @@ impl<B: Backend> EsmLayer<B> {
     pub fn attention_probabilities(
         &self,
         x: Tensor<B, 2>,
-        layout: &DeviceBlocks<B>,
-        rotary: &[RotaryTables<B>],
+        composed: &ComposedInputs<'_, B>,
     ) -> Vec<Tensor<B, 4>> {
         let h = self.self_attn_layer_norm.forward(x);
-        self.self_attn.probabilities(h, layout, rotary)
+        self.self_attn.probabilities(h, composed)
     }
 
     /// `x + fc2(gelu(fc1(LN(x))))`, the FFN in its weights' dtype.
