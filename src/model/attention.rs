@@ -80,6 +80,12 @@ impl<'a, B: Backend> ComposedInputs<'a, B> {
             .get_or_init(|| DeviceBlocks::new(self.host, self.device))
     }
 
+    /// Whether anything has been uploaded yet.
+    #[cfg(test)]
+    pub fn uploaded(&self) -> bool {
+        self.blocks.get().is_some() || self.rotary.borrow().is_some()
+    }
+
     /// The RoPE tables of `inv_freq`, one per group, built when `inv_freq` differs from the
     /// last asked for.
     pub fn rotary(&self, inv_freq: &[f32]) -> Rc<[RotaryTables<B>]> {
