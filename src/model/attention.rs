@@ -58,9 +58,12 @@ pub struct ComposedInputs<'a, B: Backend> {
     device: &'a B::Device,
     blocks: OnceCell<DeviceBlocks<B>>,
     /// The tables of the last `inv_freq` asked for (checkpoints store one per layer; they
-    /// are normally all the same), one per group.
-    rotary: RefCell<Option<(Vec<f32>, Rc<[RotaryTables<B>]>)>>,
+    /// are normally all the same).
+    rotary: RefCell<Option<LastRotary<B>>>,
 }
+
+/// An `inv_freq` and its RoPE tables, one per group.
+type LastRotary<B> = (Vec<f32>, Rc<[RotaryTables<B>]>);
 
 impl<'a, B: Backend> ComposedInputs<'a, B> {
     /// Nothing is uploaded until asked for.
