@@ -122,7 +122,9 @@ fn device_failure_detail(message: &str) -> String {
     specific.unwrap_or_else(|| first_line(message)).to_string()
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The text of a panic's payload (a named batch's message, a `&str` or a `String`; empty
+/// for any other payload).
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(named) = payload.downcast_ref::<BatchPanic>() {
         named.message.clone()
     } else if let Some(s) = payload.downcast_ref::<&str>() {

@@ -241,14 +241,10 @@ fn gemm(
             sys::cublasOperation_t::CUBLAS_OP_N
         }
     };
-    let (b_op, a_op) = (op(b.transposed), op(a.transposed));
-    let (b_leading, a_leading) = (b.leading, a.leading);
-    let (b_batch_stride, a_batch_stride) = (b.batch_stride as i64, a.batch_stride as i64);
     let int = |x: usize| i32::try_from(x).map_err(|_| format!("GEMM dimension {x} over i32"));
-    let dims = (int(n), int(m), int(k), int(batch));
     let tensors = [&a.tensor, &b.tensor, &out];
     let enqueued = fusion_op::with_device_pointers(&tensors, |pointers, stream| {
-        let (n, m, k, batch) = (dims.0?, dims.1?, dims.2?, dims.3?);
+        let (n, m, k, batch) = (int(n)?, int(m)?, int(k)?, int(batch)?);
         let (pa, pb, pc) = (
             pointers[0] as *const c_void,
             pointers[1] as *const c_void,
@@ -275,20 +271,20 @@ fn gemm(
             unsafe {
                 blas::gemm_strided_batched_ex(
                     blas.handle,
-                    b_op,
-                    a_op,
+                    op(b.transposed),
+                    op(a.transposed),
                     n,
                     m,
                     k,
                     (&alpha as *const f32).cast(),
                     pb,
                     data_type,
-                    int(b_leading)?,
-                    b_batch_stride,
+                    int(b.leading)?,
+                    b.batch_stride as i64,
                     pa,
                     data_type,
-                    int(a_leading)?,
-                    a_batch_stride,
+                    int(a.leading)?,
+                    a.batch_stride as i64,
                     (&beta as *const f32).cast(),
                     pc,
                     data_type,

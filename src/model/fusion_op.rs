@@ -196,21 +196,19 @@ pub fn with_device_pointers<T: Send + 'static>(
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             fetch_and_launch(tensors, launch)
         }))
-        .unwrap_or_else(|payload| Err(panic_message(payload.as_ref())))
+        .unwrap_or_else(|payload| {
+            let message = crate::batch::oom::panic_message(payload.as_ref());
+            Err(if message.is_empty() {
+                "a panic without a message".into()
+            } else {
+                message
+            })
+        })
     });
     first
         .client
         .exclusive(move || job.run())
         .map_err(|e| format!("cubecl's device thread did not run the launch: {e:?}"))?
-}
-
-/// The text of a panic's payload.
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Whether [`with_device_pointers`] fetches each pointer from the calling thread
