@@ -1,10 +1,11 @@
 //! esmfuzz's fused attention on CUDA: one varlen flash-attention kernel per layer
 //! (`flash_attention.cu`, compiled once per process with NVRTC) that reads the stacked q, k, v
 //! projections of the token stream and writes each query's context back in token order. A
-//! pre-pass adds the qkv bias and rotates and scales q and k once per row (eight pairs a
-//! thread for the half types where the buffers allow: [`prepass_prefix`]). No
-//! `[batch, heads, L, L]` scores in memory, no gathers into attention groups and back, one launch for every sequence
-//! of a batch (packed or padded).
+//! pre-pass adds the qkv bias and rotates k (and q) once per row; for the half types, where
+//! the buffers allow, eight pairs a thread, and q is left to the flash kernel, which adds its
+//! bias, rotates and scales it as it loads the query tile, the same values ([`launches`]). No
+//! `[batch, heads, L, L]` scores in memory, no gathers into attention groups and back, one
+//! launch for every sequence of a batch (packed or padded).
 //!
 //! It runs as a custom operation in burn's fusion stream, enqueued on cubecl's own stream like
 //! the cuBLAS products ([`super::cublas`]). f16 and bf16 storage on tensor cores (mma.sync),
@@ -157,11 +158,16 @@ pub fn preflight(
         return Ok(());
     }
     #[cfg(feature = "cuda")]
-    return [
-        prepass_prefix(plan.dtype(), true),
-        "esm_rope_qk",
-        flash_kernel(plan.dtype()).0,
-    ]
+    return {
+        // Aligned buffers' pair, and the one of unaligned buffers.
+        let [aligned, unaligned] = [true, false].map(|a| launches(plan.dtype(), a));
+        [
+            aligned.prepass,
+            aligned.flash,
+            unaligned.prepass,
+            unaligned.flash,
+        ]
+    }
     .iter()
     .try_for_each(|prefix| cuda::kernel(0, prefix, plan.dtype(), head_dim).map(|_| ()))
     .map_err(FlashUnavailable);
@@ -177,20 +183,6 @@ pub fn scalar_prepass_asked() -> bool {
     *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_SCALAR_PREPASS").is_some_and(|v| v == "1"))
 }
 
-/// The pre-pass attention in `dtype` launches before the flash kernel (`esm_flash`):
-/// `esm_rope_qk_v8`, eight rotated pairs a thread in 16-byte accesses, for f16 and bf16 where
-/// its buffers are 16-byte `aligned` (and [`scalar_prepass_asked`] does not say otherwise);
-/// `esm_rope_qk`, one pair a thread, otherwise.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn prepass_prefix(dtype: burn::tensor::DType, aligned: bool) -> &'static str {
-    use burn::tensor::DType;
-    if matches!(dtype, DType::F16 | DType::BF16) && aligned && !scalar_prepass_asked() {
-        "esm_rope_qk_v8"
-    } else {
-        "esm_rope_qk"
-    }
-}
-
 /// Whether `ESMFUZZ_FLASH_WARP_ROWS=32` asks for the flash kernel with 32 query rows a warp
 /// (read once; the same values bit for bit: `gpu_run.sh same` compares them, `switches` times
 /// them).
@@ -199,16 +191,62 @@ pub fn wide_warps_asked() -> bool {
     *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_FLASH_WARP_ROWS").is_some_and(|v| v == "32"))
 }
 
-/// The flash kernel in `dtype` and its threads a block: `esm_flash_w32` (2 warps of 32 query
-/// rows a tile) for f16 and bf16 where [`wide_warps_asked`], `esm_flash` (4 warps of 16)
-/// otherwise. Both take the same tiles of 64 queries.
+/// Whether `ESMFUZZ_QUERY_PREPASS=1` asks for q to be rotated by the pre-pass, as before the
+/// flash kernel rotated it itself (read once; the same values bit for bit: `gpu_run.sh same`
+/// compares them, `switches` times them).
+pub fn query_prepass_asked() -> bool {
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_QUERY_PREPASS").is_some_and(|v| v == "1"))
+}
+
+/// The fused attention's two launches for one storage dtype: a pre-pass that adds the qkv
+/// bias and rotates, then the flash kernel. Every pair gives the same values bit for bit.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn flash_kernel(dtype: burn::tensor::DType) -> (&'static str, u32) {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Launches {
+    /// The pre-pass's kernel prefix.
+    prepass: &'static str,
+    /// Rotated pairs a pre-pass thread takes.
+    pairs_per_thread: usize,
+    /// The flash kernel's prefix and its threads a block.
+    flash: &'static str,
+    flash_threads: u32,
+    /// Whether the flash kernel reads q from the projections and rotates it itself (the
+    /// pre-pass then writes only k and v), taking the projections, the bias, the RoPE table
+    /// and the scale as four more parameters.
+    flash_rotates_q: bool,
+}
+
+/// The launches for `dtype`, where the pre-pass's buffers are 16-byte `aligned` or not.
+/// - f16 and bf16, aligned: `esm_rope_kv_v8` (k and v, eight pairs a thread in 16-byte
+///   accesses) and `esm_flash_rq` (q rotated as the kernel loads it, a third less memory
+///   moved by the pre-pass). `ESMFUZZ_QUERY_PREPASS=1` asks for `esm_rope_qk_v8` (q too) and
+///   `esm_flash` instead; `ESMFUZZ_FLASH_WARP_ROWS=32` for `esm_rope_qk_v8` and
+///   `esm_flash_w32` (2 warps of 32 query rows a tile); `ESMFUZZ_SCALAR_PREPASS=1` for
+///   `esm_rope_qk` (one pair a thread).
+/// - Otherwise (f32, unaligned buffers): `esm_rope_qk` and `esm_flash` (4 warps of 16 rows).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn launches(dtype: burn::tensor::DType, aligned: bool) -> Launches {
     use burn::tensor::DType;
-    if matches!(dtype, DType::F16 | DType::BF16) && wide_warps_asked() {
+    let half = matches!(dtype, DType::F16 | DType::BF16);
+    let vector = half && aligned && !scalar_prepass_asked();
+    let (flash, flash_threads) = if half && wide_warps_asked() {
         ("esm_flash_w32", 64)
     } else {
         ("esm_flash", 128)
+    };
+    let rotates_q = vector && flash == "esm_flash" && !query_prepass_asked();
+    let (prepass, pairs_per_thread) = match (vector, rotates_q) {
+        (true, true) => ("esm_rope_kv_v8", 8),
+        (true, false) => ("esm_rope_qk_v8", 8),
+        (false, _) => ("esm_rope_qk", 1),
+    };
+    Launches {
+        prepass,
+        pairs_per_thread,
+        flash: if rotates_q { "esm_flash_rq" } else { flash },
+        flash_threads,
+        flash_rotates_q: rotates_q,
     }
 }
 
@@ -348,8 +386,9 @@ mod cuda {
             client.empty(rows * hidden * dtype.size()),
             dtype,
         );
-        // Written by the pre-pass, read by the flash kernel: q, k, v with their bias, q
-        // rotated and scaled, k rotated.
+        // Written by the pre-pass, read by the flash kernel: k and v with their bias, k
+        // rotated; q with its bias, rotated and scaled, unless the flash kernel rotates q
+        // itself (its columns are then left unwritten).
         let prepared = CubeTensor::new_contiguous(
             client.clone(),
             device.clone(),
@@ -357,8 +396,6 @@ mod cuda {
             client.empty(rows * 3 * hidden * dtype.size()),
             dtype,
         );
-        let (flash_prefix, flash_threads) = super::flash_kernel(dtype);
-        let flash = kernel(device.index, flash_prefix, dtype, head_dim)?;
         let tensors = [&qkv, &bias, &rope, &meta, &out, &prepared];
         fusion_op::with_device_pointers(&tensors, |pointers, stream| {
             let [
@@ -372,8 +409,9 @@ mod cuda {
             let aligned = [p_qkv, p_bias, p_prepared, p_rope]
                 .iter()
                 .all(|p| p % 16 == 0);
-            let rope_prefix = super::prepass_prefix(dtype, aligned);
-            let prepass = kernel(device.index, rope_prefix, dtype, head_dim)?;
+            let launches = super::launches(dtype, aligned);
+            let prepass = kernel(device.index, launches.prepass, dtype, head_dim)?;
+            let flash = kernel(device.index, launches.flash, dtype, head_dim)?;
             let mut p_rows = i32::try_from(rows).map_err(|_| "too many rows")?;
             let mut p_hidden = hidden as i32;
             let mut p_row_pos = p_meta + (4 * (2 * tiles + 3 * sequences)) as u64;
@@ -391,7 +429,8 @@ mod cuda {
                 (&mut p_rope as *mut u64).cast(),
                 (&mut scale as *mut f32).cast(),
             ];
-            // The flash kernel (prepared, hidden, out, meta, tiles, sequences).
+            // The flash kernel (prepared, hidden, out, meta, tiles, sequences), and where it
+            // rotates q itself (qkv, bias, rope, scale).
             let mut flash_params: Vec<*mut c_void> = vec![
                 (&mut p_prepared as *mut u64).cast(),
                 (&mut p_hidden as *mut i32).cast(),
@@ -400,14 +439,17 @@ mod cuda {
                 (&mut p_tiles as *mut i32).cast(),
                 (&mut p_sequences as *mut i32).cast(),
             ];
-            // One pre-pass thread per rotated pair (j, j + head_dim / 2) of q, k and v, or per
-            // eight of them.
-            let pairs_per_thread = if rope_prefix == "esm_rope_qk_v8" {
-                8
-            } else {
-                1
-            };
-            let threads = rows * hidden / 2 / pairs_per_thread;
+            if launches.flash_rotates_q {
+                flash_params.extend([
+                    rope_params[0],
+                    rope_params[1],
+                    rope_params[6],
+                    rope_params[7],
+                ]);
+            }
+            // One pre-pass thread per rotated pair (j, j + head_dim / 2) of a row and head, or
+            // per eight of them.
+            let threads = rows * hidden / 2 / launches.pairs_per_thread;
             let rope_grid = u32::try_from(threads.div_ceil(256)).map_err(|_| "too many rows")?;
             let grid = (
                 u32::try_from(tiles).map_err(|_| "too many tiles")?,
@@ -419,14 +461,16 @@ mod cuda {
             // reuses them only behind them on the same stream).
             unsafe { nvrtc::launch(prepass, (rope_grid, 1, 1), 256, stream, &mut rope_params) }
                 .map_err(|e| format!("RoPE launch failed ({rows} rows): {e}"))?;
+            let threads = launches.flash_threads;
             // SAFETY: as above.
-            unsafe { nvrtc::launch(flash, grid, flash_threads, stream, &mut flash_params) }
+            unsafe { nvrtc::launch(flash, grid, threads, stream, &mut flash_params) }
                 .map_err(|e| format!("launch failed ({tiles} tiles x {heads} heads): {e}"))
         })?;
         Ok(out)
     }
 
-    /// Kernel `prefix` (`esm_rope_qk`, `esm_rope_qk_v8`, `esm_flash`, `esm_flash_w32`) for
+    /// Kernel `prefix` (`esm_rope_qk`, `esm_rope_qk_v8`, `esm_rope_kv_v8`, `esm_flash`,
+    /// `esm_flash_rq`, `esm_flash_w32`) for
     /// `dtype` and `head_dim` on device `ordinal`.
     pub(super) fn kernel(
         ordinal: usize,
@@ -496,25 +540,46 @@ mod tests {
     fn only_aligned_half_types_take_the_vector_prepass_and_every_kernel_named_exists() {
         use burn::tensor::DType;
         let source = include_str!("flash_attention.cu");
-        let vector = if scalar_prepass_asked() {
-            "esm_rope_qk"
-        } else {
-            "esm_rope_qk_v8"
-        };
+        // What the switches this process was started with ask for.
+        let scalar = scalar_prepass_asked();
+        let wide = wide_warps_asked();
+        let rotates_q = !scalar && !wide && !query_prepass_asked();
         for dtype in [DType::F16, DType::BF16] {
-            assert_eq!(prepass_prefix(dtype, true), vector);
-            assert_eq!(prepass_prefix(dtype, false), "esm_rope_qk");
+            let aligned = launches(dtype, true);
+            let expected_prepass = match (scalar, rotates_q) {
+                (true, _) => "esm_rope_qk",
+                (false, true) => "esm_rope_kv_v8",
+                (false, false) => "esm_rope_qk_v8",
+            };
+            assert_eq!(aligned.prepass, expected_prepass);
+            assert_eq!(aligned.pairs_per_thread, if scalar { 1 } else { 8 });
+            assert_eq!(aligned.flash_rotates_q, rotates_q);
+            let expected_flash = match (wide, rotates_q) {
+                (true, _) => ("esm_flash_w32", 64),
+                (false, true) => ("esm_flash_rq", 128),
+                (false, false) => ("esm_flash", 128),
+            };
+            assert_eq!((aligned.flash, aligned.flash_threads), expected_flash);
+            // Unaligned buffers: the scalar pre-pass, q rotated there.
+            let unaligned = launches(dtype, false);
+            assert_eq!(
+                (unaligned.prepass, unaligned.pairs_per_thread),
+                ("esm_rope_qk", 1)
+            );
+            assert!(!unaligned.flash_rotates_q);
+            assert_eq!(
+                unaligned.flash,
+                if wide { "esm_flash_w32" } else { "esm_flash" }
+            );
         }
-        assert_eq!(prepass_prefix(DType::F32, true), "esm_rope_qk");
-        let wide = if wide_warps_asked() {
-            ("esm_flash_w32", 64)
-        } else {
-            ("esm_flash", 128)
-        };
-        for dtype in [DType::F16, DType::BF16] {
-            assert_eq!(flash_kernel(dtype), wide);
+        for aligned in [true, false] {
+            let f32 = launches(DType::F32, aligned);
+            assert_eq!(
+                (f32.prepass, f32.flash, f32.flash_threads),
+                ("esm_rope_qk", "esm_flash", 128)
+            );
+            assert!(!f32.flash_rotates_q);
         }
-        assert_eq!(flash_kernel(DType::F32), ("esm_flash", 128));
         // The launcher's threads are the kernels' own.
         assert!(source.contains("#define THREADS (WARPS * 32)"));
         assert!(source.contains("#define WARPS 4 "));
@@ -533,8 +598,10 @@ mod tests {
         }
         for prefix in [
             "esm_rope_qk_v8",
+            "esm_rope_kv_v8",
             "esm_rope_qk",
             "esm_flash",
+            "esm_flash_rq",
             "esm_flash_w32",
         ] {
             assert!(source.contains(&format!("{prefix}_##SUFFIX(")), "{prefix}");

@@ -84,7 +84,9 @@ __device__ __forceinline__ bool rotated_pair_of_thread(
 // rotated, v as it is, into `prepared`: one thread per rotated pair (d, d + HD / 2) of one row
 // and head, RoPE positions from the row's sequence.
 // Each value is `rope` of it, as written there (same expression, same rounding).
-template <typename T, int HD>
+// FIRST = 1 leaves q out (prepared's q columns unwritten): the flash kernel's `rotate_q_tile`
+// then computes q, through the same `rotate_pair`, from `qkv` itself.
+template <typename T, int HD, int FIRST>
 __device__ void rope_qk(
     const T* __restrict__ qkv, const T* __restrict__ bias, const int rows, const int hidden,
     T* __restrict__ prepared, const int* __restrict__ row_pos,
@@ -96,7 +98,7 @@ __device__ void rope_qk(
     const T* x = qkv + (size_t)p.row * 3 * hidden;
     T* y = prepared + (size_t)p.row * 3 * hidden;
     #pragma unroll
-    for (int part = 0; part < 3; ++part) {
+    for (int part = FIRST; part < 3; ++part) {
         const int at = part * hidden + p.col;
         // T + T: the storage type's own rounded add, as the composed `x + bias`.
         const T biased_lo = x[at] + bias[at], biased_hi = x[at + half] + bias[at + half];
@@ -116,7 +118,7 @@ __device__ void rope_qk(
 // order), loading and storing them 16 bytes at a time, each value through `rotate_pair` as
 // `rope_qk` computes it. Needs qkv, bias, prepared and rope_table 16-byte aligned (HD is a
 // multiple of 16, so every chunk then is).
-template <typename T, int HD>
+template <typename T, int HD, int FIRST>
 __device__ void rope_qk_v8(
     const T* __restrict__ qkv, const T* __restrict__ bias, const int rows, const int hidden,
     T* __restrict__ prepared, const int* __restrict__ row_pos,
@@ -140,7 +142,7 @@ __device__ void rope_qk_v8(
     const T* x = qkv + (size_t)row * 3 * hidden;
     T* y = prepared + (size_t)row * 3 * hidden;
     #pragma unroll
-    for (int part = 0; part < 3; ++part) {
+    for (int part = FIRST; part < 3; ++part) {
         const int at = part * hidden + col;
         const Pack<T, 8> lo = *reinterpret_cast<const Pack<T, 8>*>(x + at);
         const Pack<T, 8> hi = *reinterpret_cast<const Pack<T, 8>*>(x + at + half);
@@ -250,21 +252,72 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING));
 }
 
+// Where the flash kernel reads q. ROTATE_Q = false: the pre-pass's `prepared` buffer, q with
+// its bias, rotated and scaled. ROTATE_Q = true: the projections `raw` themselves (q without
+// its bias, unrotated), which `rotate_q_tile` turns into the same values in shared memory
+// with `bias` (the qkv bias, q's part first), `rope_table` and `scale`, so the pre-pass moves
+// only k and v (a third less memory traffic).
+template <typename T> struct QuerySource {
+    const T* raw;
+    const T* bias;
+    const float* rope_table;
+    float scale;
+};
+
+// The Q tile (rows 0 .. nq - 1 of it are queries row0 .. of a sequence, head `head`, as
+// loaded from `raw`) made what the pre-pass writes for it: `q + bias` rounded to T, rotated
+// at RoPE position row0 + r (a row's offset in its sequence, which is the pre-pass's
+// row_pos) and times `scale`, through `rotate_pair`, eight pairs a thread as `rope_qk_v8`
+// takes them (so bias and rope_table must be 16-byte aligned; LD keeps shared rows so).
+// Rows past nq stay as loaded (zero). The caller synchronises the block before and after.
+template <typename T, int HD, int LD, int NT>
+__device__ __forceinline__ void rotate_q_tile(
+    T* q_tile, const QuerySource<T>& q, const int head, const int row0, const int nq)
+{
+    constexpr int half = HD / 2;
+    constexpr int chunks_per_row = half / 8;
+    const T* bias = q.bias + head * HD;
+    for (int i = threadIdx.x; i < nq * chunks_per_row; i += NT) {
+        const int r = i / chunks_per_row, d0 = (i % chunks_per_row) * 8;
+        const float* cs = q.rope_table + (size_t)(row0 + r) * HD + d0;
+        float c[8], sn[8];
+        *reinterpret_cast<float4*>(c) = *reinterpret_cast<const float4*>(cs);
+        *reinterpret_cast<float4*>(c + 4) = *reinterpret_cast<const float4*>(cs + 4);
+        *reinterpret_cast<float4*>(sn) = *reinterpret_cast<const float4*>(cs + half);
+        *reinterpret_cast<float4*>(sn + 4) = *reinterpret_cast<const float4*>(cs + half + 4);
+        T* row = q_tile + r * LD + d0;
+        const Pack<T, 8> lo = *reinterpret_cast<const Pack<T, 8>*>(row);
+        const Pack<T, 8> hi = *reinterpret_cast<const Pack<T, 8>*>(row + half);
+        const Pack<T, 8> b_lo = *reinterpret_cast<const Pack<T, 8>*>(bias + d0);
+        const Pack<T, 8> b_hi = *reinterpret_cast<const Pack<T, 8>*>(bias + d0 + half);
+        Pack<T, 8> out_lo, out_hi;
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            // T + T: the storage type's own rounded add, as the pre-pass's.
+            const T biased_lo = lo.v[k] + b_lo.v[k], biased_hi = hi.v[k] + b_hi.v[k];
+            rotate_pair<T, true>(biased_lo, biased_hi, c[k], sn[k], q.scale, &out_lo.v[k],
+                                 &out_hi.v[k]);
+        }
+        *reinterpret_cast<Pack<T, 8>*>(row) = out_lo;
+        *reinterpret_cast<Pack<T, 8>*>(row + half) = out_hi;
+    }
+}
+
 // Warps of a BQ-row tile whose warps take MT m-tiles (16 rows each) of queries.
 template <int MT> struct FlashShape {
     static constexpr int WARPS_PER_TILE = BQ / (16 * MT);
     static constexpr int THREADS_PER_TILE = WARPS_PER_TILE * 32;
 };
 
-// `qkv` is the pre-pass's prepared buffer (q, k, v with their bias, q rotated and scaled, k
-// rotated). Each warp takes MT m-tiles of 16 query rows (MT = 1: 4 warps a tile; MT = 2: 2
+// `qkv` is the pre-pass's prepared buffer (k, v with their bias, k rotated; q with its
+// bias, rotated and scaled, unless ROTATE_Q: then q comes from `q.raw`, see `QuerySource`). Each warp takes MT m-tiles of 16 query rows (MT = 1: 4 warps a tile; MT = 2: 2
 // warps, each K and V operand read from shared memory once for both m-tiles). Every row's
 // arithmetic is the same whatever MT (the same products, summed in the same order), so
 // the values are too; with MT > 1 a warp whose rows all lie past the tile's last query only
 // loads.
-template <typename T, int HD, int MT>
+template <typename T, int HD, int MT, bool ROTATE_Q>
 __device__ void flash_attention(
-    const T* __restrict__ qkv, const int hidden,
+    const T* __restrict__ qkv, const QuerySource<T> q, const int hidden,
     T* __restrict__ out, const int* __restrict__ meta, const int n_tiles, const int n_seq)
 {
     constexpr int NT = FlashShape<MT>::THREADS_PER_TILE;
@@ -292,13 +345,13 @@ __device__ void flash_attention(
     // pre-template kernel's, PTX for PTX (checked with NVRTC when the template came).
     const bool active = MT == 1 || warp_row0 < nq;
     const size_t stride = 3 * (size_t)hidden;
-    const T* q_src = qkv + (size_t)(start + row0) * stride + head * HD;
+    const T* q_src = (ROTATE_Q ? q.raw : qkv) + (size_t)(start + row0) * stride + head * HD;
     const T* k_src = qkv + (size_t)start * stride + hidden + head * HD;
     const T* v_src = qkv + (size_t)start * stride + 2 * hidden + head * HD;
     const int key_tiles = (nk + BK - 1) / BK;
 
-    // Q (rotated and scaled by the pre-pass) and the first K (rotated), V tiles, zero past
-    // the sequence.
+    // Q (rotated and scaled by the pre-pass, or as projected where ROTATE_Q) and the first K
+    // (rotated), V tiles, zero past the sequence.
     load_rows_async<T, HD, LD, NT>(q_tile, q_src, stride, BQ, nq);
     load_rows_async<T, HD, LD, NT>(k_tile[0], k_src, stride, BK, nk);
     load_rows_async<T, HD, LD, NT>(v_tile[0], v_src, stride, BK, nk);
@@ -335,6 +388,10 @@ __device__ void flash_attention(
             cp_async_wait<0>();
         }
         __syncthreads();
+        if (ROTATE_Q && it == 0) {  // block-uniform: every thread takes part
+            rotate_q_tile<T, HD, LD, NT>(q_tile, q, head, row0, nq);
+            __syncthreads();
+        }
         if (active) {
             if (it == 0) {
                 #pragma unroll
@@ -618,7 +675,8 @@ __device__ void flash_attention_f32(
 template <typename T, int HD, int MT> struct Flash {
     static __device__ void run(const T* qkv, int hidden, T* out, const int* meta, int n_tiles,
                                int n_seq) {
-        flash_attention<T, HD, MT>(qkv, hidden, out, meta, n_tiles, n_seq);
+        flash_attention<T, HD, MT, false>(qkv, QuerySource<T>{}, hidden, out, meta, n_tiles,
+                                          n_seq);
     }
 };
 template <int HD> struct Flash<float, HD, 1> {
@@ -632,7 +690,7 @@ template <int HD> struct Flash<float, HD, 1> {
     extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_##SUFFIX(                  \
         const T* qkv, const T* bias, int rows, int hidden, T* prepared, const int* row_pos,   \
         const float* rope_table, float scale) {                                              \
-        rope_qk<T, HD>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale);       \
+        rope_qk<T, HD, 0>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale);    \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_##SUFFIX(                \
         const T* prepared, int hidden, T* out, const int* meta, int n_tiles, int n_seq) {    \
@@ -640,13 +698,27 @@ template <int HD> struct Flash<float, HD, 1> {
     }
 
 // `esm_rope_qk_v8_*`: `rope_qk` eight pairs a thread (f16 and bf16, 16-byte accesses; the
-// launcher checks the alignment). `esm_flash_w32_*`: the flash kernel with 32 query rows a
-// warp (2 warps, 64 threads, a tile; the same values as `esm_flash_*`).
+// launcher checks the alignment). `esm_rope_kv_v8_*` and `esm_flash_rq_*`, the default pair
+// for the half types: the same pre-pass for k and v only, and the flash kernel that rotates
+// q itself as it loads it (`rotate_q_tile`; the same values as the pair before them).
+// `esm_flash_w32_*`: the flash kernel with 32 query rows a warp (2 warps, 64 threads, a
+// tile; the same values as `esm_flash_*`).
 #define VECTOR_INSTANCE(SUFFIX, T, HD)                                                       \
     extern "C" __global__ void __launch_bounds__(256) esm_rope_qk_v8_##SUFFIX(               \
         const T* qkv, const T* bias, int rows, int hidden, T* prepared, const int* row_pos,   \
         const float* rope_table, float scale) {                                              \
-        rope_qk_v8<T, HD>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale);    \
+        rope_qk_v8<T, HD, 0>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale); \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(256) esm_rope_kv_v8_##SUFFIX(               \
+        const T* qkv, const T* bias, int rows, int hidden, T* prepared, const int* row_pos,   \
+        const float* rope_table, float scale) {                                              \
+        rope_qk_v8<T, HD, 1>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale); \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_rq_##SUFFIX(             \
+        const T* prepared, int hidden, T* out, const int* meta, int n_tiles, int n_seq,       \
+        const T* qkv, const T* bias, const float* rope_table, float scale) {                 \
+        flash_attention<T, HD, 1, true>(prepared, QuerySource<T>{qkv, bias, rope_table, scale},\
+                                        hidden, out, meta, n_tiles, n_seq);                  \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(FlashShape<2>::THREADS_PER_TILE)            \
         esm_flash_w32_##SUFFIX(const T* prepared, int hidden, T* out, const int* meta,       \

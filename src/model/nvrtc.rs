@@ -24,7 +24,7 @@ pub struct Program {
     pub source: &'static str,
 }
 
-/// `flash_attention.cu`: `esm_rope_qk_*` and `esm_flash_*`.
+/// `flash_attention.cu`: `esm_rope_qk_*`, `esm_rope_kv_*` and `esm_flash_*`.
 pub static FLASH: Program = Program {
     file: "flash_attention.cu",
     source: include_str!("flash_attention.cu"),
@@ -211,6 +211,8 @@ mod tests {
             (&FLASH, "esm_flash_f16_hd64"),
             (&FLASH, "esm_rope_qk_v8_bf16_hd32"),
             (&FLASH, "esm_rope_qk_v8_f16_hd16"),
+            (&FLASH, "esm_rope_kv_v8_f16_hd64"),
+            (&FLASH, "esm_flash_rq_bf16_hd16"),
             (&LAYER_NORM, "esm_residual_layer_norm_bf16_stored_v8"),
             (&BIAS_GELU, "esm_bias_gelu_f32_v4"),
             (&RESIDUE_MEAN, "esm_residue_mean_bf16"),
