@@ -1,9 +1,10 @@
 //! esmfuzz's fused attention on CUDA: one varlen flash-attention kernel per layer
 //! (`flash_attention.cu`, compiled once per process with NVRTC) that reads the stacked q, k, v
 //! projections of the token stream and writes each query's context back in token order. A
-//! pre-pass adds the qkv bias and rotates k (and q) once per row; for the half types, where
-//! the buffers allow, eight pairs a thread, and q is left to the flash kernel, which adds its
-//! bias, rotates and scales it as it loads the query tile, the same values ([`launches`]). No
+//! pre-pass adds the qkv bias and rotates and scales q and k once per row (eight pairs a
+//! thread for the half types where the buffers allow; under `ESMFUZZ_FLASH_ROTATES_Q=1` q is
+//! left to the flash kernel, which adds its bias, rotates and scales it as it loads the query
+//! tile, the same values: [`launches`]). No
 //! `[batch, heads, L, L]` scores in memory, no gathers into attention groups and back, one
 //! launch for every sequence of a batch (packed or padded).
 //!
@@ -191,12 +192,14 @@ pub fn wide_warps_asked() -> bool {
     *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_FLASH_WARP_ROWS").is_some_and(|v| v == "32"))
 }
 
-/// Whether `ESMFUZZ_QUERY_PREPASS=1` asks for q to be rotated by the pre-pass, as before the
-/// flash kernel rotated it itself (read once; the same values bit for bit: `gpu_run.sh same`
-/// compares them, `switches` times them).
-pub fn query_prepass_asked() -> bool {
+/// Whether `ESMFUZZ_FLASH_ROTATES_Q=1` asks for the flash kernel that rotates q itself
+/// (`esm_flash_rq` after `esm_rope_kv_v8`; read once). It computes the same values as the
+/// default pair by construction, but no GPU has run it yet (session 23 had no device time
+/// left): it stays behind the switch until `gpu_run.sh same` and `base` show every bit equal
+/// and `switches` shows it faster.
+pub fn flash_rotates_q_asked() -> bool {
     static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_QUERY_PREPASS").is_some_and(|v| v == "1"))
+    *ASKED.get_or_init(|| std::env::var_os("ESMFUZZ_FLASH_ROTATES_Q").is_some_and(|v| v == "1"))
 }
 
 /// The fused attention's two launches for one storage dtype: a pre-pass that adds the qkv
@@ -218,12 +221,12 @@ struct Launches {
 }
 
 /// The launches for `dtype`, where the pre-pass's buffers are 16-byte `aligned` or not.
-/// - f16 and bf16, aligned: `esm_rope_kv_v8` (k and v, eight pairs a thread in 16-byte
-///   accesses) and `esm_flash_rq` (q rotated as the kernel loads it, a third less memory
-///   moved by the pre-pass). `ESMFUZZ_QUERY_PREPASS=1` asks for `esm_rope_qk_v8` (q too) and
-///   `esm_flash` instead; `ESMFUZZ_FLASH_WARP_ROWS=32` for `esm_rope_qk_v8` and
-///   `esm_flash_w32` (2 warps of 32 query rows a tile); `ESMFUZZ_SCALAR_PREPASS=1` for
-///   `esm_rope_qk` (one pair a thread).
+/// - f16 and bf16, aligned: `esm_rope_qk_v8` (q, k and v, eight pairs a thread in 16-byte
+///   accesses) and `esm_flash` (4 warps of 16 query rows a tile).
+///   `ESMFUZZ_FLASH_ROTATES_Q=1` asks for `esm_rope_kv_v8` (k and v only) and `esm_flash_rq`
+///   (q rotated as the kernel loads it: a third less memory moved by the pre-pass);
+///   `ESMFUZZ_FLASH_WARP_ROWS=32` for `esm_flash_w32` (2 warps of 32 query rows a tile);
+///   `ESMFUZZ_SCALAR_PREPASS=1` for `esm_rope_qk` (one pair a thread).
 /// - Otherwise (f32, unaligned buffers): `esm_rope_qk` and `esm_flash` (4 warps of 16 rows).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn launches(dtype: burn::tensor::DType, aligned: bool) -> Launches {
@@ -235,7 +238,7 @@ fn launches(dtype: burn::tensor::DType, aligned: bool) -> Launches {
     } else {
         ("esm_flash", 128)
     };
-    let rotates_q = vector && flash == "esm_flash" && !query_prepass_asked();
+    let rotates_q = vector && flash == "esm_flash" && flash_rotates_q_asked();
     let (prepass, pairs_per_thread) = match (vector, rotates_q) {
         (true, true) => ("esm_rope_kv_v8", 8),
         (true, false) => ("esm_rope_qk_v8", 8),
@@ -543,7 +546,7 @@ mod tests {
         // What the switches this process was started with ask for.
         let scalar = scalar_prepass_asked();
         let wide = wide_warps_asked();
-        let rotates_q = !scalar && !wide && !query_prepass_asked();
+        let rotates_q = !scalar && !wide && flash_rotates_q_asked();
         for dtype in [DType::F16, DType::BF16] {
             let aligned = launches(dtype, true);
             let expected_prepass = match (scalar, rotates_q) {

@@ -698,9 +698,10 @@ template <int HD> struct Flash<float, HD, 1> {
     }
 
 // `esm_rope_qk_v8_*`: `rope_qk` eight pairs a thread (f16 and bf16, 16-byte accesses; the
-// launcher checks the alignment). `esm_rope_kv_v8_*` and `esm_flash_rq_*`, the default pair
-// for the half types: the same pre-pass for k and v only, and the flash kernel that rotates
-// q itself as it loads it (`rotate_q_tile`; the same values as the pair before them).
+// launcher checks the alignment). `esm_rope_kv_v8_*` and `esm_flash_rq_*` (under
+// ESMFUZZ_FLASH_ROTATES_Q=1, not yet run on a GPU): the same pre-pass for k and v only, and
+// the flash kernel that rotates q itself as it loads it (`rotate_q_tile`; the same values as
+// the default pair by construction).
 // `esm_flash_w32_*`: the flash kernel with 32 query rows a warp (2 warps, 64 threads, a
 // tile; the same values as `esm_flash_*`).
 #define VECTOR_INSTANCE(SUFFIX, T, HD)                                                       \
