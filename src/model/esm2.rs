@@ -435,7 +435,7 @@ mod tests {
             layout: HostBlocks::packed(&cu, 1024),
         };
         let host_layout = model.effective_layout(&input);
-        let composed = ComposedInputs::<Cpu>::new(&host_layout, plan.dtype(), &device);
+        let inputs = ComposedInputs::<Cpu>::new(&host_layout, plan.dtype(), &device);
         let attention = &model.layers[0].self_attn;
         let seqs = StreamSeqs {
             table: SeqTable::of_blocks(&input.layout).unwrap(),
@@ -443,17 +443,16 @@ mod tests {
         };
         let x = crate::model::cpu_kernels::seeded([64, 64], seed, 1.7, 0.0).cast(plan.dtype());
         let attend = |x, seqs| {
-            let context = attention.context(x, &composed, seqs);
+            let context = attention.context(x, &inputs, seqs);
             to_host(attention.out_proj.forward(context))
         };
         let kernel = attend(x.clone(), Some(&seqs));
         // Where the kernel runs, it reads none of the composed path's inputs, so none was
         // uploaded (TF32 has no kernel: both passes are the composed path).
         let kernel_ran = crate::model::cpu_kernels::attention_runs_for(&plan);
-        assert_eq!(composed.uploaded(), !kernel_ran, "{precision}");
-        let composed_states = attend(x, None);
-        assert!(composed.uploaded());
-        let composed = composed_states;
+        assert_eq!(inputs.uploaded(), !kernel_ran, "{precision}");
+        let composed = attend(x, None);
+        assert!(inputs.uploaded());
         let rows = kernel
             .chunks(64)
             .zip(composed.chunks(64))

@@ -444,10 +444,10 @@ mod cuda {
             ];
             if launches.flash_rotates_q {
                 flash_params.extend([
-                    rope_params[0],
-                    rope_params[1],
-                    rope_params[6],
-                    rope_params[7],
+                    (&mut p_qkv as *mut u64).cast::<c_void>(),
+                    (&mut p_bias as *mut u64).cast(),
+                    (&mut p_rope as *mut u64).cast(),
+                    (&mut scale as *mut f32).cast(),
                 ]);
             }
             // One pre-pass thread per rotated pair (j, j + head_dim / 2) of a row and head, or

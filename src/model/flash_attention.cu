@@ -113,6 +113,46 @@ __device__ void rope_qk(
     }
 }
 
+// The cos and sin of one row's RoPE position for eight consecutive frequencies: cos at
+// cs[0 .. 8], sin HALF further (a `rope_table` row), 16 bytes at a time.
+template <int HALF>
+__device__ __forceinline__ void load_rope8(const float* cs, float* c, float* sn)
+{
+    *reinterpret_cast<float4*>(c) = *reinterpret_cast<const float4*>(cs);
+    *reinterpret_cast<float4*>(c + 4) = *reinterpret_cast<const float4*>(cs + 4);
+    *reinterpret_cast<float4*>(sn) = *reinterpret_cast<const float4*>(cs + HALF);
+    *reinterpret_cast<float4*>(sn + 4) = *reinterpret_cast<const float4*>(cs + HALF + 4);
+}
+
+// Eight pairs of one row and head: x[k] and its partner x[k + HALF] (k < 8) plus their bias,
+// rounded to T, then (ROTATE) through `rotate_pair` with c[k], sn[k] (SCALED: times
+// `scale`), into y at the same offsets; 16-byte accesses. Every load comes before the
+// stores, so y may be x.
+template <typename T, int HALF, bool ROTATE, bool SCALED>
+__device__ __forceinline__ void bias_rotate8(
+    const T* x, const T* bias, const float* c, const float* sn, const float scale, T* y)
+{
+    const Pack<T, 8> lo = *reinterpret_cast<const Pack<T, 8>*>(x);
+    const Pack<T, 8> hi = *reinterpret_cast<const Pack<T, 8>*>(x + HALF);
+    const Pack<T, 8> b_lo = *reinterpret_cast<const Pack<T, 8>*>(bias);
+    const Pack<T, 8> b_hi = *reinterpret_cast<const Pack<T, 8>*>(bias + HALF);
+    Pack<T, 8> out_lo, out_hi;
+    #pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        // T + T: the storage type's own rounded add, as the composed `x + bias`.
+        const T biased_lo = lo.v[k] + b_lo.v[k], biased_hi = hi.v[k] + b_hi.v[k];
+        if (ROTATE) {
+            rotate_pair<T, SCALED>(biased_lo, biased_hi, c[k], sn[k], scale, &out_lo.v[k],
+                                   &out_hi.v[k]);
+        } else {
+            out_lo.v[k] = biased_lo;
+            out_hi.v[k] = biased_hi;
+        }
+    }
+    *reinterpret_cast<Pack<T, 8>*>(y) = out_lo;
+    *reinterpret_cast<Pack<T, 8>*>(y + HALF) = out_hi;
+}
+
 // `rope_qk` eight pairs at a time: thread i takes dims d0 .. d0 + 7 and their partners
 // d0 + HD / 2 .. of one row and head (row i / (hidden / 16), then the heads' 8-pair chunks in
 // order), loading and storing them 16 bytes at a time, each value through `rotate_pair` as
@@ -133,39 +173,20 @@ __device__ void rope_qk_v8(
     const int chunk = (int)(i - (unsigned)row * (unsigned)chunks_per_row);
     const int d0 = (chunk % chunks_per_head) * 8;
     const int col = (chunk / chunks_per_head) * HD + d0;
-    const float* cs = rope_table + row_pos[row] * HD + d0;
     float c[8], sn[8];
-    *reinterpret_cast<float4*>(c) = *reinterpret_cast<const float4*>(cs);
-    *reinterpret_cast<float4*>(c + 4) = *reinterpret_cast<const float4*>(cs + 4);
-    *reinterpret_cast<float4*>(sn) = *reinterpret_cast<const float4*>(cs + half);
-    *reinterpret_cast<float4*>(sn + 4) = *reinterpret_cast<const float4*>(cs + half + 4);
+    load_rope8<half>(rope_table + row_pos[row] * HD + d0, c, sn);
     const T* x = qkv + (size_t)row * 3 * hidden;
     T* y = prepared + (size_t)row * 3 * hidden;
     #pragma unroll
     for (int part = FIRST; part < 3; ++part) {
         const int at = part * hidden + col;
-        const Pack<T, 8> lo = *reinterpret_cast<const Pack<T, 8>*>(x + at);
-        const Pack<T, 8> hi = *reinterpret_cast<const Pack<T, 8>*>(x + at + half);
-        const Pack<T, 8> b_lo = *reinterpret_cast<const Pack<T, 8>*>(bias + at);
-        const Pack<T, 8> b_hi = *reinterpret_cast<const Pack<T, 8>*>(bias + at + half);
-        Pack<T, 8> out_lo, out_hi;
-        #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-            // T + T: the storage type's own rounded add, as the composed `x + bias`.
-            const T biased_lo = lo.v[k] + b_lo.v[k], biased_hi = hi.v[k] + b_hi.v[k];
-            if (part == 2) {
-                out_lo.v[k] = biased_lo;
-                out_hi.v[k] = biased_hi;
-            } else if (part == 0) {
-                rotate_pair<T, true>(biased_lo, biased_hi, c[k], sn[k], scale, &out_lo.v[k],
-                                     &out_hi.v[k]);
-            } else {
-                rotate_pair<T, false>(biased_lo, biased_hi, c[k], sn[k], scale, &out_lo.v[k],
-                                      &out_hi.v[k]);
-            }
+        if (part == 2) {
+            bias_rotate8<T, half, false, false>(x + at, bias + at, c, sn, scale, y + at);
+        } else if (part == 0) {
+            bias_rotate8<T, half, true, true>(x + at, bias + at, c, sn, scale, y + at);
+        } else {
+            bias_rotate8<T, half, true, false>(x + at, bias + at, c, sn, scale, y + at);
         }
-        *reinterpret_cast<Pack<T, 8>*>(y + at) = out_lo;
-        *reinterpret_cast<Pack<T, 8>*>(y + at + half) = out_hi;
     }
 }
 
@@ -279,27 +300,10 @@ __device__ __forceinline__ void rotate_q_tile(
     const T* bias = q.bias + head * HD;
     for (int i = threadIdx.x; i < nq * chunks_per_row; i += NT) {
         const int r = i / chunks_per_row, d0 = (i % chunks_per_row) * 8;
-        const float* cs = q.rope_table + (size_t)(row0 + r) * HD + d0;
         float c[8], sn[8];
-        *reinterpret_cast<float4*>(c) = *reinterpret_cast<const float4*>(cs);
-        *reinterpret_cast<float4*>(c + 4) = *reinterpret_cast<const float4*>(cs + 4);
-        *reinterpret_cast<float4*>(sn) = *reinterpret_cast<const float4*>(cs + half);
-        *reinterpret_cast<float4*>(sn + 4) = *reinterpret_cast<const float4*>(cs + half + 4);
+        load_rope8<half>(q.rope_table + (size_t)(row0 + r) * HD + d0, c, sn);
         T* row = q_tile + r * LD + d0;
-        const Pack<T, 8> lo = *reinterpret_cast<const Pack<T, 8>*>(row);
-        const Pack<T, 8> hi = *reinterpret_cast<const Pack<T, 8>*>(row + half);
-        const Pack<T, 8> b_lo = *reinterpret_cast<const Pack<T, 8>*>(bias + d0);
-        const Pack<T, 8> b_hi = *reinterpret_cast<const Pack<T, 8>*>(bias + d0 + half);
-        Pack<T, 8> out_lo, out_hi;
-        #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-            // T + T: the storage type's own rounded add, as the pre-pass's.
-            const T biased_lo = lo.v[k] + b_lo.v[k], biased_hi = hi.v[k] + b_hi.v[k];
-            rotate_pair<T, true>(biased_lo, biased_hi, c[k], sn[k], q.scale, &out_lo.v[k],
-                                 &out_hi.v[k]);
-        }
-        *reinterpret_cast<Pack<T, 8>*>(row) = out_lo;
-        *reinterpret_cast<Pack<T, 8>*>(row + half) = out_hi;
+        bias_rotate8<T, half, true, true>(row, bias + d0, c, sn, q.scale, row);
     }
 }
 
