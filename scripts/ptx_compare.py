@@ -43,6 +43,22 @@ def compile_ptx(nvrtc, path: pathlib.Path, options: list[bytes]) -> str:
     return ptx.decode()
 
 
+def ptx_at_revision(nvrtc, options: list[bytes], repo: pathlib.Path, rel: pathlib.Path,
+                    rev: str) -> str:
+    """The PTX of `rel` (a .cu file of the repository) as it was at `rev`, with the headers
+    beside it as they were then."""
+    with tempfile.TemporaryDirectory() as tmp:
+        old_dir = pathlib.Path(tmp)
+        for sibling in [rel] + [p.relative_to(repo) for p in (repo / rel).parent.glob("*.cuh")]:
+            text = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{sibling}"],
+                                  capture_output=True, check=False)
+            if text.returncode == 0:
+                (old_dir / sibling.name).write_bytes(text.stdout)
+            elif sibling == rel:
+                sys.exit(f"{rel} at {rev}: {text.stderr.decode().strip()}")
+        return compile_ptx(nvrtc, old_dir / rel.name, options)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("rev", help="the git revision to compare with (e.g. HEAD~1, f4265f2)")
@@ -57,17 +73,7 @@ def main() -> int:
         rel = a.file.resolve().relative_to(repo)
     except ValueError:
         sys.exit(f"{a.file}: not a file of this repository ({repo})")
-    with tempfile.TemporaryDirectory() as tmp:
-        old_dir = pathlib.Path(tmp)
-        # The file and the headers beside it, as they were at `rev`.
-        for sibling in [rel] + [p.relative_to(repo) for p in a.file.resolve().parent.glob("*.cuh")]:
-            text = subprocess.run(["git", "-C", str(repo), "show", f"{a.rev}:{sibling}"],
-                                  capture_output=True, check=False)
-            if text.returncode == 0:
-                (old_dir / sibling.name).write_bytes(text.stdout)
-            elif sibling == rel:
-                sys.exit(f"{rel} at {a.rev}: {text.stderr.decode().strip()}")
-        old = kernels(compile_ptx(nvrtc, old_dir / rel.name, options))
+    old = kernels(ptx_at_revision(nvrtc, options, repo, rel, a.rev))
     new = kernels(compile_ptx(nvrtc, a.file, options))
     both = sorted(set(old) & set(new))
     if not both:

@@ -34,6 +34,14 @@
 #define BK 64
 #define WARPS 4                  // f32, and the half types' esm_flash_* (16 rows a warp)
 #define THREADS (WARPS * 32)
+// Blocks a multiprocessor is to hold of a flash kernel (0: as ptxas chooses). The half types
+// at head dim 64 take 142 registers a thread as ptxas chooses, which holds a multiprocessor to
+// 3 blocks (12 warps); at 4 they get 128 (f16 spills 3). Elsewhere a bound only added
+// registers. esmfuzz defines FLASH_MIN_BLOCKS_HD64 from ESMFUZZ_FLASH_MIN_BLOCKS where set.
+#ifndef FLASH_MIN_BLOCKS_HD64
+#define FLASH_MIN_BLOCKS_HD64 4
+#endif
+#define FLASH_MIN_BLOCKS(T, HD) (sizeof(T) == 2 && (HD) == 64 ? FLASH_MIN_BLOCKS_HD64 : 0)
 
 // One rotated pair (x_d, x_{d + HD / 2}) of q or k, already `x + bias` rounded to T: x_d cos
 // + (partner sin, rounded), as one FMA over a rounded product, written out so that the
@@ -250,21 +258,32 @@ __device__ __forceinline__ void ldmatrix_x2(unsigned* r, const void* row) {
                  : "r"(shared_address(row)));
 }
 
-// `n` rows of HD elements from global `src` (row stride `stride` elements) into shared `dst`
+// N rows of HD elements from global `src` (row stride `stride` elements) into shared `dst`
 // (row stride LD), 16 bytes at a time and asynchronously (cp.async) by the block's NT threads;
-// rows past `valid` are zero-filled. Completed by `cp.async.wait_group`.
-template <typename T, int HD, int LD, int NT>
+// rows past `valid` are zero-filled. Completed by `cp.async.wait_group`. Each thread copies
+// the same 16-byte column of N / (NT / (HD / 8)) rows, so its addresses are one product and
+// then constant steps (the loop unrolled): the flash kernel's key loop calls this twice a
+// tile, and a loop over `threadIdx.x + i NT` with its divisions and 64-bit products per
+// vector cost more issue slots there than the tensor-core products.
+template <typename T, int HD, int LD, int NT, int N>
 __device__ __forceinline__ void load_rows_async(
-    T* dst, const T* __restrict__ src, const size_t stride, const int n, const int valid)
+    T* dst, const T* __restrict__ src, const size_t stride, const int valid)
 {
     constexpr int V = 8;                 // elements per 16-byte vector
     constexpr int PER_ROW = HD / V;
-    for (int i = threadIdx.x; i < n * PER_ROW; i += NT) {
-        const int r = i / PER_ROW, c = (i % PER_ROW) * V;
-        const bool inside = r < valid;
-        const T* from = inside ? src + (size_t)r * stride + c : src;
+    constexpr int ROWS_PER_STEP = NT / PER_ROW;
+    static_assert(NT % PER_ROW == 0 && N % ROWS_PER_STEP == 0, "whole rows a step");
+    const int r0 = threadIdx.x / PER_ROW, c = (threadIdx.x % PER_ROW) * V;
+    const T* from = src + (size_t)r0 * stride + c;
+    const size_t step = (size_t)ROWS_PER_STEP * stride;
+    const unsigned to = shared_address(dst + r0 * LD + c);
+    #pragma unroll
+    for (int j = 0; j < N / ROWS_PER_STEP; ++j) {
+        const bool inside = r0 + j * ROWS_PER_STEP < valid;
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-                     :: "r"(shared_address(dst + r * LD + c)), "l"(from), "r"(inside ? 16 : 0));
+                     :: "r"(to + (unsigned)(j * ROWS_PER_STEP * LD * sizeof(T))),
+                        "l"(inside ? from : src), "r"(inside ? 16 : 0));
+        from += step;
     }
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -356,9 +375,9 @@ __device__ void flash_attention(
 
     // Q (rotated and scaled by the pre-pass, or as projected where ROTATE_Q) and the first K
     // (rotated), V tiles, zero past the sequence.
-    load_rows_async<T, HD, LD, NT>(q_tile, q_src, stride, BQ, nq);
-    load_rows_async<T, HD, LD, NT>(k_tile[0], k_src, stride, BK, nk);
-    load_rows_async<T, HD, LD, NT>(v_tile[0], v_src, stride, BK, nk);
+    load_rows_async<T, HD, LD, NT, BQ>(q_tile, q_src, stride, nq);
+    load_rows_async<T, HD, LD, NT, BK>(k_tile[0], k_src, stride, nk);
+    load_rows_async<T, HD, LD, NT, BK>(v_tile[0], v_src, stride, nk);
     cp_async_commit();
 
     // m-tile mt of the warp: rows warp_row0 + 16 mt ..; lane holds rows g and g + 8 of it
@@ -382,10 +401,10 @@ __device__ void flash_attention(
         const int buf = it & 1, k0 = it * BK;
         if (it + 1 < key_tiles) {  // prefetch the next K, V tiles into the other buffer
             const int k1 = k0 + BK;
-            load_rows_async<T, HD, LD, NT>(k_tile[buf ^ 1], k_src + (size_t)k1 * stride,
-                                           stride, BK, nk - k1);
-            load_rows_async<T, HD, LD, NT>(v_tile[buf ^ 1], v_src + (size_t)k1 * stride,
-                                           stride, BK, nk - k1);
+            load_rows_async<T, HD, LD, NT, BK>(k_tile[buf ^ 1], k_src + (size_t)k1 * stride,
+                                               stride, nk - k1);
+            load_rows_async<T, HD, LD, NT, BK>(v_tile[buf ^ 1], v_src + (size_t)k1 * stride,
+                                               stride, nk - k1);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -696,7 +715,8 @@ template <int HD> struct Flash<float, HD, 1> {
         const float* rope_table, float scale) {                                              \
         rope_qk<T, HD, 0>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale);    \
     }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_##SUFFIX(                \
+    extern "C" __global__ void __launch_bounds__(THREADS, FLASH_MIN_BLOCKS(T, HD))          \
+        esm_flash_##SUFFIX(                                                                   \
         const T* prepared, int hidden, T* out, const int* meta, int n_tiles, int n_seq) {    \
         Flash<T, HD, 1>::run(prepared, hidden, out, meta, n_tiles, n_seq);                   \
     }
@@ -719,7 +739,8 @@ template <int HD> struct Flash<float, HD, 1> {
         const float* rope_table, float scale) {                                              \
         rope_qk_v8<T, HD, 1>(qkv, bias, rows, hidden, prepared, row_pos, rope_table, scale); \
     }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(THREADS) esm_flash_rq_##SUFFIX(             \
+    extern "C" __global__ void __launch_bounds__(THREADS, FLASH_MIN_BLOCKS(T, HD))          \
+        esm_flash_rq_##SUFFIX(                                                                \
         const T* prepared, int hidden, T* out, const int* meta, int n_tiles, int n_seq,       \
         const T* qkv, const T* bias, const float* rope_table, float scale) {                 \
         flash_attention<T, HD, 1, true>(prepared, QuerySource<T>{qkv, bias, rope_table, scale},\

@@ -141,7 +141,9 @@ pub fn ptx(program: &Program, arch: &str) -> Result<Vec<std::ffi::c_char>, Strin
         "--include-path={}",
         cubecl::cuda::install::include_path().display()
     );
-    let options = [arch.as_str(), include.as_str(), "-std=c++17"];
+    let min_blocks = min_blocks_define(std::env::var("ESMFUZZ_FLASH_MIN_BLOCKS").ok().as_deref())?;
+    let mut options = vec![arch.as_str(), include.as_str(), "-std=c++17"];
+    options.extend(min_blocks.as_deref());
     let cstring = |s: &str| CString::new(s).map_err(|e| e.to_string());
     let source = cstring(program.source)?;
     let file = cstring(program.file)?;
@@ -185,6 +187,22 @@ pub fn ptx(program: &Program, arch: &str) -> Result<Vec<std::ffi::c_char>, Strin
     unsafe { nvrtc::get_ptx(handle) }.map_err(|e| format!("{e:?}"))
 }
 
+/// The definition `ESMFUZZ_FLASH_MIN_BLOCKS=N` (`value`) asks for: `FLASH_MIN_BLOCKS_HD64`,
+/// the blocks a multiprocessor is to hold of the half types' flash kernels at head dim 64
+/// (`flash_attention.cu`; 0 leaves their registers to ptxas). A launch bound only moves
+/// registers, never values. Unset or empty: none, the program's own default.
+fn min_blocks_define(value: Option<&str>) -> Result<Option<String>, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => match v.parse::<u8>() {
+            Ok(n) if n <= 8 => Ok(Some(format!("-DFLASH_MIN_BLOCKS_HD64={n}"))),
+            _ => Err(format!(
+                "ESMFUZZ_FLASH_MIN_BLOCKS={v}: expected a whole number of blocks from 0 to 8"
+            )),
+        },
+    }
+}
+
 /// An NVRTC program, destroyed when dropped (on every path out of [`ptx`]).
 struct CreatedProgram(nvrtc_sys::nvrtcProgram);
 
@@ -199,6 +217,26 @@ impl Drop for CreatedProgram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flash_block_bound_is_a_small_count_from_the_environment_or_nothing() {
+        assert_eq!(min_blocks_define(None), Ok(None));
+        assert_eq!(min_blocks_define(Some(" ")), Ok(None));
+        for (value, define) in [("0", "=0"), ("4", "=4"), (" 3 ", "=3")] {
+            assert_eq!(
+                min_blocks_define(Some(value)),
+                Ok(Some(format!("-DFLASH_MIN_BLOCKS_HD64{define}")))
+            );
+        }
+        for bad in ["9", "-1", "four", "2.5"] {
+            let e = min_blocks_define(Some(bad)).unwrap_err();
+            assert!(
+                e.contains(&format!("ESMFUZZ_FLASH_MIN_BLOCKS={bad}")),
+                "{e}"
+            );
+            assert!(e.contains("from 0 to 8"), "{e}");
+        }
+    }
 
     /// Needs NVRTC and CUDA's headers, not a GPU; compiling is what the GPU machine does first
     /// with each program. With the pip packages of `scripts/nvrtc_check.py`:
@@ -226,5 +264,26 @@ mod tests {
                 ptx.len()
             );
         }
+        // The half types' head-dim-64 flash kernels carry their block bound (4 by default,
+        // ESMFUZZ_FLASH_MIN_BLOCKS unset here); no other kernel has one.
+        let flash = ptx(&FLASH, "sm_90a").unwrap_or_else(|e| panic!("{e}"));
+        let text: String = flash.iter().map(|&c| c as u8 as char).collect();
+        let bounded: Vec<&str> = text
+            .split(".entry ")
+            .skip(1)
+            .filter(|body| body.contains(".minnctapersm 4"))
+            .map(|body| body.split('(').next().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            bounded,
+            [
+                "esm_flash_f16_hd64",
+                "esm_flash_bf16_hd64",
+                "esm_flash_rq_f16_hd64",
+                "esm_flash_rq_bf16_hd64"
+            ],
+            "kernels with .minnctapersm 4"
+        );
+        assert_eq!(text.matches(".minnctapersm").count(), 4);
     }
 }
