@@ -133,17 +133,26 @@ fn compile(context: &CudaContext, program: &Program) -> Result<usize, String> {
     Ok(module as usize)
 }
 
-/// `program` compiled by NVRTC for `arch` (such as `sm_90a`), with [`HEADERS`]: its PTX,
-/// NUL-terminated. Needs NVRTC, not a device.
+/// `program` compiled by NVRTC for `arch` (such as `sm_90a`), with [`HEADERS`] and what
+/// `ESMFUZZ_FLASH_MIN_BLOCKS` defines: its PTX, NUL-terminated. Needs NVRTC, not a device.
 pub fn ptx(program: &Program, arch: &str) -> Result<Vec<std::ffi::c_char>, String> {
+    let min_blocks = min_blocks_define(std::env::var("ESMFUZZ_FLASH_MIN_BLOCKS").ok().as_deref())?;
+    ptx_with(program, arch, min_blocks.as_deref())
+}
+
+/// [`ptx`] with `define` (`-DNAME=VALUE`) in place of the environment's.
+fn ptx_with(
+    program: &Program,
+    arch: &str,
+    define: Option<&str>,
+) -> Result<Vec<std::ffi::c_char>, String> {
     let arch = format!("--gpu-architecture={arch}");
     let include = format!(
         "--include-path={}",
         cubecl::cuda::install::include_path().display()
     );
-    let min_blocks = min_blocks_define(std::env::var("ESMFUZZ_FLASH_MIN_BLOCKS").ok().as_deref())?;
     let mut options = vec![arch.as_str(), include.as_str(), "-std=c++17"];
-    options.extend(min_blocks.as_deref());
+    options.extend(define);
     let cstring = |s: &str| CString::new(s).map_err(|e| e.to_string());
     let source = cstring(program.source)?;
     let file = cstring(program.file)?;
@@ -264,25 +273,36 @@ mod tests {
                 ptx.len()
             );
         }
-        // The half types' head-dim-64 flash kernels carry their block bound (4 by default,
-        // ESMFUZZ_FLASH_MIN_BLOCKS unset here); no other kernel has one.
+        // No kernel carries a block bound by default (ESMFUZZ_FLASH_MIN_BLOCKS unset here); the
+        // half types' head-dim-64 flash kernels take the one it asks for.
         let flash = ptx(&FLASH, "sm_90a").unwrap_or_else(|e| panic!("{e}"));
         let text: String = flash.iter().map(|&c| c as u8 as char).collect();
-        let bounded: Vec<&str> = text
-            .split(".entry ")
-            .skip(1)
-            .filter(|body| body.contains(".minnctapersm 4"))
-            .map(|body| body.split('(').next().unwrap_or(""))
+        assert_eq!(
+            text.matches(".minnctapersm").count(),
+            0,
+            "a block bound by default"
+        );
+        let bounded = |text: &str| -> Vec<String> {
+            text.split(".entry ")
+                .skip(1)
+                .filter(|body| body.contains(".minnctapersm 4"))
+                .map(|body| body.split('(').next().unwrap_or("").to_string())
+                .collect()
+        };
+        let text: String = ptx_with(&FLASH, "sm_90a", Some("-DFLASH_MIN_BLOCKS_HD64=4"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|&c| c as u8 as char)
             .collect();
         assert_eq!(
-            bounded,
+            bounded(&text),
             [
                 "esm_flash_f16_hd64",
                 "esm_flash_bf16_hd64",
                 "esm_flash_rq_f16_hd64",
                 "esm_flash_rq_bf16_hd64"
             ],
-            "kernels with .minnctapersm 4"
+            "kernels with .minnctapersm 4 with FLASH_MIN_BLOCKS_HD64=4"
         );
         assert_eq!(text.matches(".minnctapersm").count(), 4);
     }
