@@ -180,15 +180,15 @@ for step in $steps; do
       # waited for, ESMFUZZ_FLASH_WARP_ROWS=32: the flash kernel with 32 query rows a warp,
       # ESMFUZZ_POINTER_ROUND_TRIPS=1: custom operations' pointers fetched one hand-over each,
       # ESMFUZZ_FLASH_ROTATES_Q=1: q rotated by the flash kernel, not the attention pre-pass,
-      # ESMFUZZ_FLASH_MIN_BLOCKS=0: the head-dim-64 flash kernels' registers left to ptxas;
-      # 8M's head dim is 16, so use `base` with BASE_SYNTH for that one), at each of
+      # ESMFUZZ_FLASH_MIN_BLOCKS=4: the head-dim-64 flash kernels bound to 4 blocks a
+      # multiprocessor; 8M's head dim is 16, so use `base` with BASE_SYNTH for that one), at each of
       # SAME_PRECISIONS, padded and packed; each must be bit-identical to the default.
       for p in ${SAME_PRECISIONS:-f16 bf16 f32}; do
         for layout in padded packed; do
           flag=(); [ "$layout" = packed ] && flag=(--packed)
           emb=(embed --backend cuda --fasta ../shared/corpus/uniprot_sprot196.fasta --precision "$p" --attention fused "${flag[@]}")
           run "$bin" "${emb[@]}" --out "$out/same-$p-$layout.npy"
-          for e in ${SAME_ENVS:-ESMFUZZ_HOST_POOLING=1 ESMFUZZ_SCALAR_PREPASS=1 ESMFUZZ_PIPELINED_READ=1 ESMFUZZ_FLASH_WARP_ROWS=32 ESMFUZZ_POINTER_ROUND_TRIPS=1 ESMFUZZ_FLASH_ROTATES_Q=1 ESMFUZZ_FLASH_MIN_BLOCKS=0}; do
+          for e in ${SAME_ENVS:-ESMFUZZ_HOST_POOLING=1 ESMFUZZ_SCALAR_PREPASS=1 ESMFUZZ_PIPELINED_READ=1 ESMFUZZ_FLASH_WARP_ROWS=32 ESMFUZZ_POINTER_ROUND_TRIPS=1 ESMFUZZ_FLASH_ROTATES_Q=1 ESMFUZZ_FLASH_MIN_BLOCKS=4}; do
             run env "$e" "$bin" "${emb[@]}" --out "$out/same-$p-$layout-${e%%=*}.npy"
             run python3 scripts/compare_npy.py "$out/same-$p-$layout.npy" "$out/same-$p-$layout-${e%%=*}.npy" --expect-identical 1
           done
@@ -200,7 +200,7 @@ for step in $steps; do
       # on the same card in the same call, so the ratios compare like with like.
       for m in ${BENCH_MODELS:-8M}; do
         model_args "$m"
-        for e in DEFAULT=1 ${SAME_ENVS:-ESMFUZZ_HOST_POOLING=1 ESMFUZZ_SCALAR_PREPASS=1 ESMFUZZ_PIPELINED_READ=1 ESMFUZZ_FLASH_WARP_ROWS=32 ESMFUZZ_POINTER_ROUND_TRIPS=1 ESMFUZZ_FLASH_ROTATES_Q=1 ESMFUZZ_FLASH_MIN_BLOCKS=0}; do
+        for e in DEFAULT=1 ${SAME_ENVS:-ESMFUZZ_HOST_POOLING=1 ESMFUZZ_SCALAR_PREPASS=1 ESMFUZZ_PIPELINED_READ=1 ESMFUZZ_FLASH_WARP_ROWS=32 ESMFUZZ_POINTER_ROUND_TRIPS=1 ESMFUZZ_FLASH_ROTATES_Q=1 ESMFUZZ_FLASH_MIN_BLOCKS=4}; do
           run timeout "${STEP_SECONDS_BENCH:-400}" env "$e" "$bin" bench --backend cuda "${model[@]}" --precisions "${BENCH_PRECISIONS:-f16}" --repeat "${BENCH_REPEAT:-3}" --attention fused --report "$out/bench-switch-$m-${e%%=*}.json"
         done
       done ;;
