@@ -273,29 +273,30 @@ mod tests {
                 ptx.len()
             );
         }
-        // No kernel carries a block bound by default (ESMFUZZ_FLASH_MIN_BLOCKS unset here); the
-        // half types' head-dim-64 flash kernels take the one it asks for.
-        let flash = ptx(&FLASH, "sm_90a").unwrap_or_else(|e| panic!("{e}"));
-        let text: String = flash.iter().map(|&c| c as u8 as char).collect();
+        // No kernel carries a block bound by default; under FLASH_MIN_BLOCKS_HD64=4
+        // (ESMFUZZ_FLASH_MIN_BLOCKS=4) exactly the half types' head-dim-64 flash kernels do.
+        let flash_ptx = |define| -> String {
+            ptx_with(&FLASH, "sm_90a", define)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .map(|&c| c as u8 as char)
+                .collect()
+        };
+        let text = flash_ptx(None);
         assert_eq!(
             text.matches(".minnctapersm").count(),
             0,
             "a block bound by default"
         );
-        let bounded = |text: &str| -> Vec<String> {
-            text.split(".entry ")
-                .skip(1)
-                .filter(|body| body.contains(".minnctapersm 4"))
-                .map(|body| body.split('(').next().unwrap_or("").to_string())
-                .collect()
-        };
-        let text: String = ptx_with(&FLASH, "sm_90a", Some("-DFLASH_MIN_BLOCKS_HD64=4"))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .iter()
-            .map(|&c| c as u8 as char)
+        let text = flash_ptx(Some("-DFLASH_MIN_BLOCKS_HD64=4"));
+        let bounded: Vec<&str> = text
+            .split(".entry ")
+            .skip(1)
+            .filter(|body| body.contains(".minnctapersm 4"))
+            .map(|body| body.split('(').next().unwrap_or(""))
             .collect();
         assert_eq!(
-            bounded(&text),
+            bounded,
             [
                 "esm_flash_f16_hd64",
                 "esm_flash_bf16_hd64",
