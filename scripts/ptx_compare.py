@@ -43,6 +43,18 @@ def compile_ptx(nvrtc, path: pathlib.Path, options: list[bytes]) -> str:
     return ptx.decode()
 
 
+def repository_file(file: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """This repository's root and `file` relative to it; exits with the reason when `file` is
+    missing or lies outside it."""
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    if not file.is_file():
+        sys.exit(f"{file}: no such file")
+    try:
+        return repo, file.resolve().relative_to(repo)
+    except ValueError:
+        sys.exit(f"{file}: not a file of this repository ({repo})")
+
+
 def ptx_at_revision(nvrtc, options: list[bytes], repo: pathlib.Path, rel: pathlib.Path,
                     rev: str) -> str:
     """The PTX of `rel` (a .cu file of the repository) as it was at `rev`, with the headers
@@ -66,13 +78,7 @@ def main() -> int:
     ap.add_argument("--arch", default="sm_90a")
     a = ap.parse_args()
     nvrtc, options = nvrtc_check.load(a.arch)
-    repo = pathlib.Path(__file__).resolve().parent.parent
-    if not a.file.is_file():
-        sys.exit(f"{a.file}: no such file")
-    try:
-        rel = a.file.resolve().relative_to(repo)
-    except ValueError:
-        sys.exit(f"{a.file}: not a file of this repository ({repo})")
+    repo, rel = repository_file(a.file)
     old = kernels(ptx_at_revision(nvrtc, options, repo, rel, a.rev))
     new = kernels(compile_ptx(nvrtc, a.file, options))
     both = sorted(set(old) & set(new))

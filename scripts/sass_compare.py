@@ -90,10 +90,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="kernels whose names start with this")
     a = ap.parse_args()
     nvrtc, options = nvrtc_check.load(a.arch)
-    repo = pathlib.Path(__file__).resolve().parent.parent
-    if not a.file.is_file():
-        sys.exit(f"{a.file}: no such file")
-    rel = a.file.resolve().relative_to(repo)
+    repo, rel = ptx_compare.repository_file(a.file)
     old_ptx = ptx_compare.ptx_at_revision(nvrtc, options, repo, rel, a.rev)
     new_ptx = ptx_compare.compile_ptx(nvrtc, a.file, options)
     with tempfile.TemporaryDirectory() as tmp:
