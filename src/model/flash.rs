@@ -128,6 +128,17 @@ pub fn supports_head_dim(head_dim: usize) -> bool {
     matches!(head_dim, 16 | 32 | 64)
 }
 
+/// Whether the rows of one sequence of a `[rows, width]` buffer of `element_bytes` elements
+/// lie within the 32-bit byte offsets the flash kernel's loads take from the sequence's first
+/// row (`load_rows_async`): up to [`ROPE_POSITIONS`] rows, plus a tile of prefetch past the
+/// last key and the unused step after it. ESM-2 15B in f32 (width 15,360) needs 71 MB.
+pub fn sequence_offsets_fit(width: usize, element_bytes: usize) -> bool {
+    let span = (ROPE_POSITIONS + 2 * TILE_ROWS)
+        .checked_mul(width)
+        .and_then(|n| n.checked_mul(element_bytes));
+    span.is_some_and(|bytes| u32::try_from(bytes).is_ok())
+}
+
 /// Whether the flash kernel exists for a storage dtype: f16 and bf16 (tensor cores), f32
 /// (f32 FMA: true FP32).
 pub fn supports_dtype(dtype: burn::tensor::DType) -> bool {
@@ -293,6 +304,7 @@ mod cuda {
         if !fusion_op::is_cuda::<B>()
             || !super::supports_dtype(qkv.dtype())
             || !super::supports_head_dim(head_dim)
+            || !super::sequence_offsets_fit(width, qkv.dtype().size())
             || bias.dtype() != qkv.dtype()
             || bias.dims() != [width]
             || tiles == 0
@@ -494,6 +506,16 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_esm2_width_fits_the_kernels_32_bit_offsets_and_an_absurd_one_does_not() {
+        // qkv widths (3 x hidden) of ESM-2 8M .. 15B, f32 (the widest elements).
+        for hidden in [320, 480, 640, 1280, 2560, 5120] {
+            assert!(sequence_offsets_fit(3 * hidden, 4), "hidden {hidden}");
+        }
+        assert!(!sequence_offsets_fit(3 * (1 << 20), 2));
+        assert!(!sequence_offsets_fit(usize::MAX, 2));
+    }
 
     #[test]
     fn a_padded_batch_is_one_sequence_per_block_with_its_real_keys() {

@@ -259,32 +259,38 @@ __device__ __forceinline__ void ldmatrix_x2(unsigned* r, const void* row) {
                  : "r"(shared_address(row)));
 }
 
-// N rows of HD elements from global `src` (row stride `stride` elements) into shared `dst`
-// (row stride LD), 16 bytes at a time and asynchronously (cp.async) by the block's NT threads;
-// rows past `valid` are zero-filled. Completed by `cp.async.wait_group`. Each thread copies
-// the same 16-byte column of N / (NT / (HD / 8)) rows, so its addresses are one product and
-// then constant steps (the loop unrolled): the flash kernel's key loop calls this twice a
-// tile, and a loop over `threadIdx.x + i NT` with its divisions and 64-bit products per
-// vector cost more issue slots there than the tensor-core products.
+// Rows row .. row + N - 1 of HD elements from global `src` (row stride `stride` elements)
+// into shared `dst` (row stride LD), 16 bytes at a time and asynchronously (cp.async) by the
+// block's NT threads; rows at or past `end` are zero-filled (their copy reads nothing, and
+// names `src` itself). Completed by `cp.async.wait_group`. Each thread copies the same
+// 16-byte column of N / (NT / (HD / 8)) rows, the loop unrolled. `src` is a sequence's first
+// row and its rows are 32-bit byte offsets from it: a sequence has at most
+// flash::ROPE_POSITIONS rows, and `flash::attention` leaves any width whose offsets would not
+// fit to the composed attention (`sequence_offsets_fit`). An address is then a select and a
+// 64-bit add. The flash kernel's key loop calls this twice a tile: a loop over
+// `threadIdx.x + i NT` with a division and a 64-bit product per vector (f51e2aa), then
+// 64-bit products per row (64a707b), had cost more issue slots there than the tensor cores.
 template <typename T, int HD, int LD, int NT, int N>
 __device__ __forceinline__ void load_rows_async(
-    T* dst, const T* __restrict__ src, const size_t stride, const int valid)
+    T* dst, const T* __restrict__ src, const int stride, const int row, const int end)
 {
     constexpr int V = 8;                 // elements per 16-byte vector
     constexpr int PER_ROW = HD / V;
     constexpr int ROWS_PER_STEP = NT / PER_ROW;
     static_assert(NT % PER_ROW == 0 && N % ROWS_PER_STEP == 0, "whole rows a step");
     const int r0 = threadIdx.x / PER_ROW, c = (threadIdx.x % PER_ROW) * V;
-    const T* from = src + (size_t)r0 * stride + c;
-    const size_t step = (size_t)ROWS_PER_STEP * stride;
+    const int first = row + r0;          // the thread's first row
+    const unsigned step = (unsigned)(ROWS_PER_STEP * sizeof(T)) * (unsigned)stride;
+    unsigned offset = ((unsigned)first * (unsigned)stride + (unsigned)c) * (unsigned)sizeof(T);
+    const char* base = reinterpret_cast<const char*>(src);
     const unsigned to = shared_address(dst + r0 * LD + c);
     #pragma unroll
     for (int j = 0; j < N / ROWS_PER_STEP; ++j) {
-        const bool inside = r0 + j * ROWS_PER_STEP < valid;
+        const bool inside = first + j * ROWS_PER_STEP < end;
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                      :: "r"(to + (unsigned)(j * ROWS_PER_STEP * LD * sizeof(T))),
-                        "l"(inside ? from : src), "r"(inside ? 16 : 0));
-        from += step;
+                        "l"(base + (inside ? offset : 0u)), "r"(inside ? 16 : 0));
+        offset += step;
     }
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -368,17 +374,19 @@ __device__ void flash_attention(
     // Warp-uniform. MT = 1 computes every warp, as it always has: its code is then the
     // pre-template kernel's, PTX for PTX (checked with NVRTC when the template came).
     const bool active = MT == 1 || warp_row0 < nq;
-    const size_t stride = 3 * (size_t)hidden;
-    const T* q_src = (ROTATE_Q ? q.raw : qkv) + (size_t)(start + row0) * stride + head * HD;
-    const T* k_src = qkv + (size_t)start * stride + hidden + head * HD;
-    const T* v_src = qkv + (size_t)start * stride + 2 * hidden + head * HD;
+    // The sequence's first row of q, k and v (64-bit); rows within it are 32-bit offsets.
+    const int stride = 3 * hidden;
+    const size_t seq_row0 = (size_t)start * stride;
+    const T* q_src = (ROTATE_Q ? q.raw : qkv) + seq_row0 + head * HD;
+    const T* k_src = qkv + seq_row0 + hidden + head * HD;
+    const T* v_src = qkv + seq_row0 + 2 * hidden + head * HD;
     const int key_tiles = (nk + BK - 1) / BK;
 
     // Q (rotated and scaled by the pre-pass, or as projected where ROTATE_Q) and the first K
     // (rotated), V tiles, zero past the sequence.
-    load_rows_async<T, HD, LD, NT, BQ>(q_tile, q_src, stride, nq);
-    load_rows_async<T, HD, LD, NT, BK>(k_tile[0], k_src, stride, nk);
-    load_rows_async<T, HD, LD, NT, BK>(v_tile[0], v_src, stride, nk);
+    load_rows_async<T, HD, LD, NT, BQ>(q_tile, q_src, stride, row0, row0 + nq);
+    load_rows_async<T, HD, LD, NT, BK>(k_tile[0], k_src, stride, 0, nk);
+    load_rows_async<T, HD, LD, NT, BK>(v_tile[0], v_src, stride, 0, nk);
     cp_async_commit();
 
     // m-tile mt of the warp: rows warp_row0 + 16 mt ..; lane holds rows g and g + 8 of it
@@ -402,10 +410,8 @@ __device__ void flash_attention(
         const int buf = it & 1, k0 = it * BK;
         if (it + 1 < key_tiles) {  // prefetch the next K, V tiles into the other buffer
             const int k1 = k0 + BK;
-            load_rows_async<T, HD, LD, NT, BK>(k_tile[buf ^ 1], k_src + (size_t)k1 * stride,
-                                               stride, nk - k1);
-            load_rows_async<T, HD, LD, NT, BK>(v_tile[buf ^ 1], v_src + (size_t)k1 * stride,
-                                               stride, nk - k1);
+            load_rows_async<T, HD, LD, NT, BK>(k_tile[buf ^ 1], k_src, stride, k1, nk);
+            load_rows_async<T, HD, LD, NT, BK>(v_tile[buf ^ 1], v_src, stride, k1, nk);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
