@@ -294,14 +294,14 @@ impl ComputePlan {
             }
             (_, _, BackendKind::Cpu) if super::cpu_kernels::tiles_in_use() => {
                 "matmul: AMX tile products, each f16 operand split exactly into two bf16 \
-                 (exact products, f32 accumulation), rounded to f16 (gemm-f16 where a batch of \
-                 matrices is multiplied)"
+                 (exact products, f32 accumulation), rounded to f16 (f16 operands widened to \
+                 f32, f32 gemm, rounded to f16 where a batch of matrices is multiplied)"
             }
             (_, Precision::Bf16, BackendKind::Cpu) => {
                 "matmul: bf16 operands widened to f32, f32 gemm, result rounded to bf16"
             }
             (_, _, BackendKind::Cpu) => {
-                "matmul: gemm-f16 (operands widened to f32, f32 accumulation, rounded to f16)"
+                "matmul: f16 operands widened to f32, f32 gemm, result rounded to f16"
             }
             (_, _, BackendKind::Cuda) => {
                 "matmul: cubek tensor-core kernels on half operands (f32 accumulation per tile)"
