@@ -38,6 +38,7 @@ pub fn narrow(values: &[f32], dtype: Dtype) -> Vec<u16> {
     let narrow_chunk: fn(&[f32], &mut [MaybeUninit<u16>]) = match dtype {
         Dtype::F16 if f16c() => narrow_f16_hw,
         Dtype::F16 => |from, to| fill(from, to, f16_bits),
+        Dtype::Bf16 if avx2() => narrow_bf16_avx2,
         Dtype::Bf16 => |from, to| fill(from, to, bf16_bits),
         Dtype::F32 => panic!("narrow gives f16 or bf16 bits, not f32"),
     };
@@ -157,6 +158,58 @@ fn narrow_f16_hw(from: &[f32], to: &mut [MaybeUninit<u16>]) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     fill(from, to, f16_bits)
+}
+
+/// Whether this CPU has AVX2, which [`narrow_bf16_avx2`] needs.
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`bf16_bits`] eight at a time by AVX2 integer lanes, the tail one by one: the bits plus
+/// 0x7fff plus the kept part's lowest bit, shifted down 16 (to nearest, ties to even;
+/// overflow carries into infinity), a NaN's top half with its quiet bit. The scalar form
+/// stayed scalar (its NaN branch), a twentieth of a bf16 pass on this project's AVX2 machine.
+fn narrow_bf16_avx2(from: &[f32], to: &mut [MaybeUninit<u16>]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn convert(from: &[f32], to: &mut [MaybeUninit<u16>]) {
+            use std::arch::x86_64::*;
+            assert_eq!(from.len(), to.len());
+            let whole = from.len() / 8 * 8;
+            for (from, to) in from[..whole].chunks_exact(8).zip(to.chunks_exact_mut(8)) {
+                // SAFETY: eight f32 read and eight u16 written, unaligned, inside the chunks.
+                unsafe {
+                    let bits = _mm256_loadu_si256(from.as_ptr().cast());
+                    let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+                    let bias = _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff));
+                    let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(bits, bias));
+                    let magnitude = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fff_ffff));
+                    let nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f80_0000));
+                    let quiet =
+                        _mm256_or_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(0x0040));
+                    let half = _mm256_blendv_epi8(rounded, quiet, nan);
+                    // Each 128-bit lane packs its four values (all below 2^16) twice; the
+                    // permutation puts lane 0's four, then lane 1's, in the low 128 bits.
+                    let packed = _mm256_packus_epi32(half, half);
+                    let ordered = _mm256_permute4x64_epi64::<0b1000>(packed);
+                    _mm_storeu_si128(to.as_mut_ptr().cast(), _mm256_castsi256_si128(ordered));
+                }
+            }
+            fill(&from[whole..], &mut to[whole..], bf16_bits);
+        }
+        // SAFETY: chosen only where `avx2()` holds.
+        unsafe { convert(from, to) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    fill(from, to, bf16_bits)
 }
 
 #[cfg(test)]
